@@ -1,0 +1,1 @@
+"""headwater: a product-analytics data platform."""

@@ -1,0 +1,113 @@
+"""Installation home: every piece of state lives under ``HEADWATER_HOME``.
+
+Layout (all paths relative to the home directory, default ``./.headwater``)::
+
+    secrets/hmac.key          32 random bytes, mode 0600: key of the identifier HMAC
+    sources.json              sources and their write keys
+    log/log.db                the embedded event log (SQLite, WAL mode)
+    checkpoints/<query>/      stream checkpoints (offset log, commit log, state)
+    lake/<layer>/<table>/     Delta tables, e.g. lake/bronze/events
+
+Environment variables: ``HEADWATER_HOME``, ``HEADWATER_PORT`` (collector port on
+127.0.0.1, default 8088), ``HEADWATER_WRITE_KEY`` (a source with this write key is
+created by ``headwater up``), ``HEADWATER_HMAC_KEY`` (hex; overrides the key file),
+``HEADWATER_PARTITIONS`` (event-log partitions of a new log, default 4).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 8088
+DEFAULT_PARTITIONS = 4
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create ``path`` with owner-only permissions (0600) and write ``data`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A client source: events sent with ``write_key`` are stamped ``source=name``."""
+
+    name: str
+    write_key: str
+
+
+@dataclass(frozen=True)
+class Home:
+    """The home directory of one installation and the paths inside it."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> "Home":
+        """The home named by ``HEADWATER_HOME`` (default ``./.headwater``), created if absent."""
+        root = Path(os.environ.get("HEADWATER_HOME", ".headwater")).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "log" / "log.db"
+
+    @property
+    def sources_path(self) -> Path:
+        return self.root / "sources.json"
+
+    def checkpoint_dir(self, query: str) -> Path:
+        return self.root / "checkpoints" / query
+
+    def table_path(self, layer: str, name: str) -> Path:
+        """Directory of the Delta table ``<layer>.<name>``, e.g. ``lake/bronze/events``."""
+        return self.root / "lake" / layer / name
+
+    # -- secrets ------------------------------------------------------------------
+    def hmac_key(self) -> bytes:
+        """Key of the identifier HMAC: ``HEADWATER_HMAC_KEY`` (hex) if set, else the key
+        file, generated (32 random bytes, mode 0600) on first use."""
+        env = os.environ.get("HEADWATER_HMAC_KEY")
+        if env:
+            return bytes.fromhex(env)
+        path = self.root / "secrets" / "hmac.key"
+        if not path.exists():
+            _write_private(path, secrets.token_bytes(32))
+        return path.read_bytes()
+
+    # -- sources ------------------------------------------------------------------
+    def sources(self) -> list[Source]:
+        """All sources; ``[]`` before the first one is added."""
+        if not self.sources_path.exists():
+            return []
+        return [Source(**s) for s in json.loads(self.sources_path.read_text())]
+
+    def add_source(self, name: str, write_key: str | None = None) -> Source:
+        """Add (or return the existing) source ``name``; a write key is generated unless given.
+
+        Raises ``ValueError`` if ``write_key`` already belongs to another source."""
+        existing = self.sources()
+        for s in existing:
+            if s.name == name and (write_key is None or s.write_key == write_key):
+                return s
+            if write_key is not None and s.write_key == write_key:
+                raise ValueError(f"write_key: already used by source {s.name!r}")
+        source = Source(name, write_key or secrets.token_urlsafe(24))
+        payload = [s.__dict__ for s in existing if s.name != name] + [source.__dict__]
+        _write_private(self.sources_path, json.dumps(payload, indent=2).encode())
+        return source
+
+
+def port_from_env() -> int:
+    return int(os.environ.get("HEADWATER_PORT", DEFAULT_PORT))
