@@ -1,0 +1,52 @@
+"""``headwater status``: log offsets and lag, stream progress, table row counts.
+
+Shape of :func:`status` (all offsets count events; times are ISO 8601 UTC)::
+
+    {"home": str,
+     "log": {topic: {"partitions": {p: {"end_offset", "committed_offset", "lag"}}, "lag": int}},
+     "lag": int,                      # total over topics
+     "stream": {"last_batch_id", "last_batch_time", "totals": {...}} | null,
+     "tables": {"bronze.events": rows, ...}}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from headwater.config import Home
+from headwater.lake import tables
+from headwater.log.sqlite import SqliteLog
+from headwater.stream.checkpoint import Checkpoint
+from headwater.stream.processor import BAD_ROWS, EVENTS, QUERY
+
+
+def status(home: Home) -> dict[str, Any]:
+    log = SqliteLog(home.log_path)
+    out: dict[str, Any] = {"home": str(home.root), "log": {}, "lag": 0, "stream": None, "tables": {}}
+    for topic in (EVENTS, BAD_ROWS):
+        try:
+            ends, done = log.end_offsets(topic), log.committed(QUERY, topic)
+        except KeyError:
+            continue
+        parts = {p: {"end_offset": e, "committed_offset": done[p], "lag": e - done[p]} for p, e in ends.items()}
+        topic_lag = sum(v["lag"] for v in parts.values())
+        out["log"][topic] = {"partitions": parts, "lag": topic_lag}
+        out["lag"] += topic_lag
+    log.close()
+
+    checkpoint_dir = home.checkpoint_dir(QUERY)
+    if checkpoint_dir.exists():
+        last = Checkpoint(checkpoint_dir).latest_committed()
+        if last is not None:
+            info = Checkpoint(checkpoint_dir).read_commit(last)
+            when = dt.datetime.fromtimestamp(info["committed_ms"] / 1000, dt.timezone.utc)
+            out["stream"] = {"last_batch_id": last, "last_batch_time": when.isoformat(), "totals": info["totals"]}
+
+    lake = home.root / "lake"
+    if lake.exists():
+        for layer in sorted(p for p in lake.iterdir() if p.is_dir()):
+            for table in sorted(p for p in layer.iterdir() if p.is_dir()):
+                if tables.exists(table):
+                    out["tables"][f"{layer.name}.{table.name}"] = tables.row_count(table)
+    return out
