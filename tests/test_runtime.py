@@ -1,0 +1,52 @@
+"""The platform as real processes on 127.0.0.1: the real Segment SDK sends while the stream
+processor is killed with SIGKILL again and again."""
+
+import signal
+import threading
+import time
+
+from deltalake import DeltaTable
+from segment.analytics import Client
+
+from headwater.config import Home
+from headwater.runtime import Platform, free_port
+from headwater.serve.status import status
+
+
+def test_sigkill_of_the_processor_mid_stream_loses_and_duplicates_nothing(tmp_path):
+    home = Home(tmp_path / "home")
+    source = home.add_source("web")
+    platform = Platform(home, free_port()).start()
+    try:
+        client = Client(source.write_key, host=platform.url, gzip=True, upload_size=100, max_queue_size=100_000, thread=2)
+        n = 20_000
+
+        def send():
+            for i in range(n):
+                client.track(user_id=f"user-{i % 300}", event="Product Viewed", properties={"i": i})
+                if i % 1000 == 0:
+                    time.sleep(0.2)  # keep sending while the processor dies and restarts
+            client.flush()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        kills = 0
+        while sender.is_alive() or kills < 5:
+            time.sleep(1.2)
+            platform.procs["stream"].send_signal(signal.SIGKILL)
+            platform.procs["stream"].wait()
+            kills += 1
+            platform.start_component("stream")
+        sender.join()
+        client.join()
+        platform.wait_caught_up(timeout_s=120)
+    finally:
+        platform.stop()
+
+    info = status(home)
+    accepted = sum(p["end_offset"] for p in info["log"]["events"]["partitions"].values())
+    assert accepted == n
+    ids = DeltaTable(str(home.table_path("bronze", "events"))).to_pyarrow_table(columns=["event_id"]).column("event_id")
+    assert len(ids) == accepted
+    assert len(set(ids.to_pylist())) == accepted
+    assert kills >= 5
