@@ -1,0 +1,314 @@
+"""Collector throughput and latency: Segment ``/v1/batch`` requests of 100 events.
+
+    uv run python bench/collector.py [--quick] [--duration S] [--connections N] [--gzip]
+
+Starts the collector (``headwater.collector.server.serve``) as a separate process on
+127.0.0.1 with a temporary ``HEADWATER_HOME``, then a load-generator process: N
+keep-alive connections (asyncio + uvloop, pre-encoded requests, closed loop: each
+connection sends its next request when the previous answer arrived) posting batches of
+100 realistic events with HTTP Basic auth, for a fixed duration after a warm-up.
+A 200 from the collector means the events are durable in the log (group commit,
+``synchronous=FULL``); the bench checks the log holds every accepted event afterwards.
+
+As a peer it runs the same load against a bare Starlette + uvicorn endpoint that reads
+the body and answers 200 — the HTTP stack's ceiling on this machine — and reports
+``ratio = headwater_eps / bare_eps``. Note the load generator shares the machine's
+cores with the server under test.
+
+The last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+WRITE_KEY = "bench-write-key"
+BATCH = 100
+
+_BARE = """
+import sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+async def batch(request):
+    await request.body()
+    return Response(b'{"success":true}', media_type="application/json")
+
+async def health(request):
+    return Response(b"ok")
+
+app = Starlette(routes=[Route("/v1/batch", batch, methods=["POST"]), Route("/health", health)])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+            log_level="warning", access_log=False, server_header=False, date_header=False)
+"""
+
+_COLLECTOR = (
+    "import sys; from headwater.config import Home; from headwater.collector.server import serve; "
+    "serve(Home.from_env(), host='127.0.0.1', port=int(sys.argv[1]))"
+)
+
+
+# -- payloads ------------------------------------------------------------------------------
+EVENTS = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed", "Signed Up", "Search"]
+LIBS = [
+    {"name": "analytics.js", "version": "2.11.1"},
+    {"name": "analytics-ios", "version": "4.1.8"},
+    {"name": "analytics-android", "version": "4.11.3"},
+    {"name": "analytics-python", "version": "2.3.2"},
+]
+
+
+def make_message(rng: random.Random, i: int) -> dict:
+    """A Segment message of ~500-700 bytes, like an SDK's (track mostly, some page/identify)."""
+    user = rng.randrange(20_000)
+    lib = rng.choice(LIBS)
+    ctx = {"library": lib, "ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}", "locale": "en-US"}
+    if lib["name"] == "analytics.js":
+        ctx["page"] = {"path": "/products/42", "url": "https://shop.example/products/42", "referrer": "https://www.google.com/"}
+        ctx["userAgent"] = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
+    elif lib["name"] != "analytics-python":
+        ctx["device"] = {"type": "ios" if "ios" in lib["name"] else "android", "model": "Pixel 7"}
+        ctx["os"] = {"name": "iOS" if "ios" in lib["name"] else "Android", "version": "17.2"}
+    kind = rng.random()
+    m = {
+        "messageId": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "anonymousId": f"anon-{user:06d}-{rng.randrange(3)}",
+        "timestamp": f"2024-03-01T12:{rng.randrange(60):02d}:{rng.randrange(60):02d}.{rng.randrange(1000):03d}Z",
+        "context": ctx,
+    }
+    if rng.random() < 0.7:
+        m["userId"] = f"user-{user:06d}@example.com"
+    if kind < 0.8:
+        m.update(type="track", event=rng.choice(EVENTS), properties={
+            "product_id": f"sku-{rng.randrange(5000)}", "price": round(rng.uniform(1, 300), 2), "currency": "USD",
+            "quantity": rng.randrange(1, 4), "category": rng.choice(["shoes", "hats", "books"]), "position": i % 20,
+        })
+    elif kind < 0.95:
+        m.update(type="page", name="Product", properties={"path": "/products/42", "title": "Product 42"})
+    else:
+        m.update(type="identify", traits={"plan": rng.choice(["free", "pro"]), "created_at": "2023-11-02T10:00:00Z"})
+        m.setdefault("userId", f"user-{user:06d}@example.com")
+    return m
+
+
+def make_requests(n: int, port: int, use_gzip: bool, seed: int = 7) -> list[bytes]:
+    """``n`` distinct pre-encoded HTTP/1.1 requests of ``BATCH`` messages each."""
+    import gzip
+
+    rng = random.Random(seed)
+    auth = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    out = []
+    for r in range(n):
+        body = json.dumps({"batch": [make_message(rng, i) for i in range(BATCH)], "sentAt": "2024-03-01T12:59:59.000Z"}).encode()
+        extra = ""
+        if use_gzip:
+            body = gzip.compress(body, 6)
+            extra = "Content-Encoding: gzip\r\n"
+        head = (
+            f"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Basic {auth}\r\n"
+            f"Content-Type: application/json\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+        )
+        out.append(head.encode() + body)
+    return out
+
+
+# -- load generator (runs in its own process) ----------------------------------------------
+_ACCEPTED = re.compile(rb'"accepted":(\d+)')
+
+
+async def _connection(port: int, reqs: list[bytes], offset: int, start: float, warm_end: float, end: float, out: dict) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = offset
+    try:
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= end:
+                break
+            writer.write(reqs[i % len(reqs)])
+            i += 1
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            body = await reader.readexactly(int(m.group(1))) if m else b""
+            t1 = time.perf_counter()
+            if t0 < warm_end:
+                continue
+            if status != 200:
+                out["errors"] += 1
+                if out["errors"] <= 3:
+                    out["error_samples"].append(f"{status} {body[:200]!r}")
+                continue
+            a = _ACCEPTED.search(body)
+            out["events"] += int(a.group(1)) if a else BATCH
+            out["requests"] += 1
+            out["latencies"].append(t1 - t0)
+    finally:
+        writer.close()
+
+
+def generate(port: int, connections: int, warmup: float, duration: float, n_requests: int, use_gzip: bool) -> dict:
+    import uvloop
+
+    reqs = make_requests(n_requests, port, use_gzip)
+    out = {"events": 0, "requests": 0, "errors": 0, "latencies": [], "error_samples": []}
+
+    async def main():
+        start = time.perf_counter()
+        warm_end, end = start + warmup, start + warmup + duration
+        await asyncio.gather(*(_connection(port, reqs, k * 7, start, warm_end, end, out) for k in range(connections)))
+
+    uvloop.run(main())
+    lat = sorted(out.pop("latencies"))
+
+    def pct(p: float) -> float:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else float("nan")
+
+    return {
+        **out,
+        "duration_s": duration,
+        "eps": round(out["events"] / duration),
+        "rps": round(out["requests"] / duration, 1),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": round(lat[-1] * 1000, 2) if lat else float("nan"),
+        "body_bytes": sum(len(r) for r in reqs) // len(reqs),
+    }
+
+
+# -- orchestration ------------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _run_load(port: int, args) -> dict:
+    cmd = [sys.executable, __file__, "--generate", str(port), "--connections", str(args.connections),
+           "--warmup", str(args.warmup), "--duration", str(args.duration), "--requests", str(args.requests)]
+    if args.gzip:
+        cmd.append("--gzip")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _phase(name: str, server_cmd: list[str], env: dict, args, profile: str | None = None) -> dict:
+    port = _free_port()
+    if profile:
+        fmt = ["--format", "raw"] if profile.endswith(".txt") else []  # collapsed stacks vs flame graph
+        server_cmd = ["py-spy", "record", "-o", profile, "-r", "250", "--threads", *fmt, "--", *server_cmd]
+    proc = subprocess.Popen([*server_cmd, str(port)], env=env)
+    try:
+        _wait(f"http://127.0.0.1:{port}/health", proc)
+        res = _run_load(port, args)
+    finally:
+        _stop(proc)
+    print(f"{name:>10}: {res['eps']:>8} events/s  {res['rps']:>7} req/s  p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms  "
+          f"max {res['max_ms']} ms  errors {res['errors']}  ({res['body_bytes']} B/request)", flush=True)
+    for s in res.get("error_samples", []):
+        print(f"            error: {s}", flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="5 s of load per server (default 20 s)")
+    ap.add_argument("--duration", type=float, default=None)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=200, help="distinct pre-encoded request bodies")
+    ap.add_argument("--gzip", action="store_true", help="send Content-Encoding: gzip bodies")
+    ap.add_argument("--profile", metavar="FILE", help="record the collector with py-spy (on PATH) into FILE (.svg flame graph, .txt collapsed stacks)")
+    ap.add_argument("--generate", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.duration is None:
+        args.duration = 5.0 if args.quick else 20.0
+
+    if args.generate:
+        print(json.dumps(generate(args.generate, args.connections, args.warmup, args.duration, args.requests, args.gzip)))
+        return
+
+    print(f"collector bench: batches of {BATCH} events, {args.connections} keep-alive connections, "
+          f"{args.duration:g} s (+{args.warmup:g} s warm-up) per server, {os.cpu_count()} cores"
+          f"{', gzip' if args.gzip else ''}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="headwater-bench-") as tmp:
+        env = {**os.environ, "HEADWATER_HOME": tmp}
+        env.pop("HEADWATER_PARTITIONS", None)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+        from headwater.config import Home
+        from headwater.log.sqlite import SqliteLog
+
+        home = Home(Path(tmp))
+        home.add_source("bench", WRITE_KEY)
+
+        bare = _phase("bare", [sys.executable, "-c", _BARE], env, args) if not args.profile else {"eps": 0, "p50_ms": None, "p99_ms": None}
+        hw = _phase("headwater", [sys.executable, "-c", _COLLECTOR], env, args, args.profile)
+
+        log = SqliteLog(home.log_path)
+        in_log = sum(log.end_offsets("events").values())
+        log.close()
+        sent_ok = hw["events"]  # accepted after warm-up; the log also holds the warm-up's
+        print(f"   durable: {in_log} events in the log (>= {sent_ok} accepted after warm-up)", flush=True)
+        if in_log < sent_ok:
+            raise SystemExit("accepted events missing from the log")
+
+    result = {
+        "bench": "collector",
+        "events": hw["events"],
+        "headwater_eps": hw["eps"],
+        "p50_ms": hw["p50_ms"],
+        "p99_ms": hw["p99_ms"],
+        "bare_eps": bare["eps"],
+        "bare_p50_ms": bare["p50_ms"],
+        "bare_p99_ms": bare["p99_ms"],
+        "ratio": round(hw["eps"] / bare["eps"], 3) if bare["eps"] else None,
+        "errors": hw["errors"],
+        "durable_in_log": in_log,
+        "batch_size": BATCH,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "gzip": args.gzip,
+        "request_bytes": hw["body_bytes"],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

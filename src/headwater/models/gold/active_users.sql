@@ -1,0 +1,40 @@
+-- gold.active_users
+-- Grain: one row per calendar day ds in [$start, $end] (inclusive), days without events
+-- included (with zero counts).
+--
+-- Active users over trailing windows ending at ds, inclusive, as Mozilla's telemetry defines
+-- them (docs.telemetry.mozilla.org/cookbooks/active_dau: MAU = distinct clients active on
+-- any day of the last 28 days, WAU = last 7 days; also GA4's active7DayUsers /
+-- active28DayUsers):
+--   dau = distinct users with an event on ds                   (window [ds,      ds])
+--   wau = distinct users with an event in the 7 days to ds     (window [ds - 6,  ds])
+--   mau = distinct users with an event in the 28 days to ds    (window [ds - 27, ds])
+-- 28 days (four whole weeks) rather than a calendar month, so every window holds the same
+-- weekdays. Counts are exact count(DISTINCT), not sketches.
+--
+-- A user is coalesce(user_id, anonymous_id) of silver.events (events with neither are not
+-- counted); identity stitching (silver.identity_map) will replace this key later.
+-- Reads silver.events for ds in [$start - 27, $end]: lookback_days = 27 in models/run.py.
+-- Columns: ds date32, dau int64, wau int64, mau int64.
+WITH days AS (
+    SELECT CAST(day AS DATE) AS ds
+    FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)
+),
+user_days AS (
+    SELECT DISTINCT
+        ds,
+        coalesce(user_id, anonymous_id) AS user_key
+    FROM silver.events
+    WHERE ds BETWEEN CAST($start AS DATE) - 27 AND CAST($end AS DATE)
+      AND coalesce(user_id, anonymous_id) IS NOT NULL
+)
+SELECT
+    d.ds,
+    count(DISTINCT u.user_key) FILTER (WHERE u.ds = d.ds) AS dau,
+    count(DISTINCT u.user_key) FILTER (WHERE u.ds >= d.ds - 6) AS wau,
+    count(DISTINCT u.user_key) AS mau
+FROM days AS d
+LEFT JOIN user_days AS u
+    ON u.ds BETWEEN d.ds - 27 AND d.ds
+GROUP BY d.ds
+ORDER BY d.ds

@@ -1,0 +1,158 @@
+"""Test helpers shared across test packages: a real collector process, reading the log back.
+
+    from tests.helpers import start_collector, LogTail
+
+    with start_collector(home_dir, write_key="wk") as c:   # uvicorn on 127.0.0.1:<free port>
+        httpx.post(c.url + "/v1/batch", ...)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+
+from headwater.config import Home
+from headwater.log.base import EventLog
+from headwater.log.codec import decode
+from headwater.log.sqlite import SqliteLog
+
+_SERVE = (
+    "import sys; from headwater.config import Home; from headwater.collector.server import serve; "
+    "serve(Home.from_env(), host='127.0.0.1', port=int(sys.argv[1]))"
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; ``RuntimeError`` if ``proc`` exits or on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered:\n{out}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+@dataclass
+class CollectorProcess:
+    """A collector subprocess serving ``home`` on ``http://127.0.0.1:<port>``."""
+
+    home: Home
+    port: int
+    proc: subprocess.Popen
+    write_key: str | None = None
+    source: str | None = None
+    _log: SqliteLog | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> SqliteLog:
+        """A reader of the collector's log (same SQLite file, another connection)."""
+        if self._log is None:
+            self._log = SqliteLog(self.home.log_path)
+        return self._log
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM (graceful: pending appends are committed), SIGKILL after ``timeout``."""
+        if self._log is not None:
+            self._log.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextmanager
+def start_collector(
+    home_dir: Path,
+    *,
+    write_key: str | None = "test-write-key",
+    source: str = "test",
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Iterator[CollectorProcess]:
+    """Run ``headwater.collector.server.serve`` in a subprocess with ``HEADWATER_HOME=home_dir``.
+
+    Adds source ``source`` with ``write_key`` first (unless ``write_key`` is None), waits
+    for ``GET /health``, yields a :class:`CollectorProcess`, stops it on exit."""
+    home = Home(Path(home_dir))
+    home.root.mkdir(parents=True, exist_ok=True)
+    if write_key is not None:
+        home.add_source(source, write_key)
+    port = port or free_port()
+    penv = {**os.environ, "HEADWATER_HOME": str(home.root), **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, str(port)], env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    c = CollectorProcess(home, port, proc, write_key, source if write_key is not None else None)
+    try:
+        wait_http(c.url + "/health", timeout, proc)
+        yield c
+    finally:
+        c.stop()
+
+
+def read_topic(log: EventLog, topic: str, start: dict[int, int] | None = None) -> pa.Table | None:
+    """All rows of ``topic`` from ``start`` offsets (default 0) to the end, every partition,
+    with ``_partition`` / ``_offset`` columns; None when there are none."""
+    start = start or {}
+    tables = []
+    for p, end in log.end_offsets(topic).items():
+        s = start.get(p, 0)
+        if end > s:
+            t, bad = decode(log.read(topic, p, s, end), s, end)
+            assert not bad, bad
+            if t is not None:
+                tables.append(t)
+    return pa.concat_tables(tables) if tables else None
+
+
+class LogTail:
+    """Rows appended to ``topic`` since the last :meth:`mark` (or construction)."""
+
+    def __init__(self, log: EventLog, topic: str):
+        self.log, self.topic = log, topic
+        self.mark()
+
+    def mark(self) -> None:
+        try:
+            self.start = self.log.end_offsets(self.topic)
+        except KeyError:
+            self.start = {}
+
+    def rows(self) -> list[dict]:
+        t = read_topic(self.log, self.topic, self.start)
+        return t.to_pylist() if t is not None else []
