@@ -8,11 +8,13 @@ import re
 import duckdb
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 
 from headwater.config import Home
 from headwater.events import EVENT_SCHEMA
 from headwater.lake.tables import append_once
-from headwater.models.run import MODELS, build, plan, run_model, source_range
+from headwater.models.run import ACTIVE_USERS_SCHEMA, MODELS, Model, build, plan, run_model, source_range
 from headwater.serve.catalog import query
 
 UTC = dt.timezone.utc
@@ -126,3 +128,28 @@ def test_errors(tmp_path):
     with pytest.raises(duckdb.CatalogException, match="events"):  # silver not built yet
         run_model(home, gold_model, T0.date(), T0.date())
     assert not home.table_path("gold", "active_users").exists()
+
+
+class InlineModel(Model):
+    """A model whose ``sql_file`` field holds the SQL text itself (for error cases)."""
+
+    def sql(self) -> str:
+        return self.sql_file
+
+
+def test_a_result_that_does_not_fit_writes_nothing(tmp_path):
+    home = Home(tmp_path)
+    day = dt.date(2024, 1, 1)
+    good = "SELECT DATE '2024-01-01' AS ds, 1::BIGINT AS dau, 2::BIGINT AS wau, 3::BIGINT AS mau WHERE $start <= $end"
+    assert run_model(home, InlineModel("gold.t", good, ACTIVE_USERS_SCHEMA, ()), day, day) == 1
+    bad = {
+        good.replace("1::BIGINT", "NULL::BIGINT"): (DeltaError, "non-nullable"),
+        good.replace("DATE '2024-01-01'", "DATE '2024-01-02'"): (DeltaError, "Invalid data"),  # outside range
+        good.replace(", 3::BIGINT AS mau", ""): (ValueError, "mau"),
+    }
+    for sql, (error, message) in bad.items():
+        with pytest.raises(error, match=message):
+            run_model(home, InlineModel("gold.t", sql, ACTIVE_USERS_SCHEMA, ()), day, day)
+    path = home.table_path("gold", "t")
+    assert len(DeltaTable(str(path)).history()) == 1
+    assert query(home, "SELECT * FROM gold.t").to_pylist() == [{"ds": day, "dau": 1, "wau": 2, "mau": 3}]

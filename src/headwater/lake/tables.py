@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 
@@ -65,10 +66,15 @@ def overwrite_partitions(path: Path, data: pa.Table, start: dt.date, end: dt.dat
 def dataset(path: Path) -> pads.Dataset | None:
     """The table's current snapshot as a pyarrow dataset (``None`` if the table does not exist).
 
-    DuckDB and Polars push projections and ``ds`` filters down into it."""
+    DuckDB and Polars push projections and ``ds`` filters down into it. Files are read
+    through Arrow's native local filesystem, not delta-rs' Python storage handler: with
+    the latter a process that scanned a dataset aborts at interpreter exit about half the
+    time ("terminate called without an active exception", exit code 134; deltalake 1.6.6,
+    observed here), and the native one is no slower."""
     if not exists(path):
         return None
-    return DeltaTable(str(path)).to_pyarrow_dataset()
+    filesystem = pafs.SubTreeFileSystem(str(Path(path).resolve()), pafs.LocalFileSystem())
+    return DeltaTable(str(path)).to_pyarrow_dataset(filesystem=filesystem)
 
 
 def row_count(path: Path) -> int:

@@ -89,7 +89,8 @@ def source_range(home: Home, table: str = "bronze.events") -> tuple[dt.date, dt.
     if not tables.exists(path):
         return None
     adds = pa.table(DeltaTable(str(path)).get_add_actions(flatten=True))
-    adds = adds.filter(pc.greater(adds.column("num_records"), 0))
+    counts = adds.column("num_records")  # null if a writer kept no statistics: assume rows
+    adds = adds.filter(pc.or_kleene(pc.is_null(counts), pc.greater(counts, 0)))
     if adds.num_rows == 0:
         return None
     ds = adds.column("partition.ds").cast(pa.date32())
@@ -139,10 +140,11 @@ def run_model(
     ``con`` at its new snapshot, so later models on the same connection read it.
     Returns the number of rows written (0 empties the range).
 
-    Raises ``duckdb.CatalogException`` if an input table does not exist,
-    ``ValueError`` if ``start > end``, ``pyarrow.ArrowInvalid`` if the result does not fit
-    ``model.schema`` (e.g. a null in a non-nullable column), ``deltalake.exceptions.DeltaError``
-    if the result holds a row outside the range; in every error case nothing is written."""
+    Raises ``duckdb.CatalogException`` if an input table does not exist, ``ValueError`` if
+    ``start > end`` or the result lacks a column of ``model.schema``,
+    ``deltalake.exceptions.DeltaError`` if a row does not fit the schema (a null in a
+    non-nullable column, an uncastable value: the message names the field) or lies outside
+    ``[start, end]``. In every error case the table is left as it was (no commit)."""
     if start > end:
         raise ValueError(f"start: {start} is after end {end}")
     own = con is None
@@ -150,6 +152,9 @@ def run_model(
         con = catalog.connect(home)
     try:
         result = con.sql(model.sql(), params={"start": start, "end": end}).to_arrow_reader()
+        missing = [n for n in model.schema.names if n not in result.schema.names]
+        if missing:
+            raise ValueError(f"{model.sql_file}: result lacks columns {missing} of {model.table}")
         rows = 0
 
         def conformed() -> Iterator[pa.RecordBatch]:

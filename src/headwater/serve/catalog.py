@@ -7,10 +7,11 @@ and is exposed as the view ``<layer>.<name>`` of an in-memory DuckDB database, e
 table gets a schema of its own.
 
 How a table is read. DuckDB's ``delta`` extension cannot be downloaded here, so each table's
-current snapshot is opened with delta-rs (``DeltaTable(path).to_pyarrow_dataset()``) and
-registered with the connection as the temporary view ``__headwater_<layer>__<name>``
-(read through Arrow's local filesystem, see :func:`_dataset`). That dataset carries, per data file, a partition expression
-built from the Delta log (``ds == 2024-03-01`` plus min/max statistics of every column).
+current snapshot is opened with delta-rs (``DeltaTable(path).to_pyarrow_dataset()``, files
+read through Arrow's local filesystem, see :func:`headwater.lake.tables.dataset`) and registered with the
+connection as the temporary view ``__headwater_<layer>__<name>``. That dataset carries, per
+data file, a partition expression built from the Delta log (``ds == 2024-03-01`` plus
+min/max statistics of every column).
 DuckDB pushes projections and filters of a query into the Arrow scan (``EXPLAIN`` shows
 ``Filters: ds>=...`` on the ``PYTHON_ARROW_SCAN``), and pyarrow drops every file whose
 expression contradicts the filter before opening it: a ``WHERE ds ...`` query reads only the
@@ -30,9 +31,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
-from deltalake import DeltaTable
 
 from headwater.config import Home
 from headwater.lake import tables
@@ -49,20 +47,6 @@ def _quote(ident: str) -> str:
 def _source_name(layer: str, name: str) -> str:
     """Name of the (temporary) Arrow scan a view ``layer.name`` selects from."""
     return f"__headwater_{layer}__{name}"
-
-
-def _dataset(path: Path) -> pads.Dataset | None:
-    """The table's current snapshot as a pyarrow dataset, ``None`` if there is no table.
-
-    Same as :func:`headwater.lake.tables.dataset`, but files are read through Arrow's native
-    local filesystem instead of delta-rs' Python ``DeltaStorageHandler``: with the latter,
-    a process that scanned a dataset aborts at interpreter exit about half the time
-    ("terminate called without an active exception", exit code 134; deltalake 1.6.6,
-    observed here), and the native one is no slower."""
-    if not tables.exists(path):
-        return None
-    filesystem = pafs.SubTreeFileSystem(str(path.resolve()), pafs.LocalFileSystem())
-    return DeltaTable(str(path)).to_pyarrow_dataset(filesystem=filesystem)
 
 
 def list_tables(home: Home) -> list[str]:
@@ -91,7 +75,7 @@ def register(con: duckdb.DuckDBPyConnection, home: Home, table: str) -> bool:
     Returns ``False`` (and leaves ``con`` unchanged) if the table does not exist.
     Raises ``ValueError`` if ``table`` is not of the form ``layer.name``."""
     layer, _, name = table.partition(".")
-    ds = _dataset(table_path(home, table))
+    ds = tables.dataset(table_path(home, table))
     if ds is None:
         return False
     source = _source_name(layer, name)
