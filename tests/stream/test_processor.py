@@ -149,3 +149,15 @@ def test_sigkill_at_random_moments_neither_loses_nor_duplicates(home, event_log)
     assert set(ids) == expected
     history = DeltaTable(str(home.table_path("bronze", "events"))).history()
     assert all(h["operation"] == "WRITE" for h in history if h["operation"] != "CREATE TABLE")
+
+
+def test_compaction_merges_micro_batch_files_without_changing_rows(home, event_log):
+    stream = BronzeStream(home, StreamConfig(compact_every=4))
+    for i in range(4):
+        append_events(event_log, 0, [f"c{i}-{j}" for j in range(5)])
+        stream.run_once()
+    table = DeltaTable(str(home.table_path("bronze", "events")))
+    assert len(table.file_uris()) == 1
+    assert table.history()[0]["operation"] == "OPTIMIZE"
+    assert sorted(bronze_ids(home)) == sorted(f"c{i}-{j}" for i in range(4) for j in range(5))
+    assert tables.committed_batch(home.table_path("bronze", "events"), QUERY) == 3

@@ -26,6 +26,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+from deltalake import DeltaTable
 
 from headwater.config import DEFAULT_PARTITIONS, Home
 from headwater.events import BAD_ROW_SCHEMA, EVENT_SCHEMA, TS
@@ -61,11 +62,14 @@ class StreamConfig:
 
     ``trigger_interval_s``: processing-time trigger (seconds between polls when idle);
     ``max_records_per_partition``: bound of one micro-batch per partition (backpressure);
-    ``dedup_ttl``: how long an event_id is remembered (processing time)."""
+    ``dedup_ttl``: how long an event_id is remembered (processing time);
+    ``compact_every``: every this many batches, the ``ds`` partitions of ``bronze.events``
+    written since the last compaction are compacted (0: never)."""
 
     trigger_interval_s: float = 0.5
     max_records_per_partition: int = 50_000
     dedup_ttl: dt.timedelta = dt.timedelta(hours=24)
+    compact_every: int = 50
 
 
 @dataclass
@@ -98,6 +102,7 @@ class BronzeStream:
         self._next: dict[str, dict[int, int]] = {}
         self._next_batch = 0
         self._totals: dict[str, int] = {}
+        self._touched: set[dt.date] = set()  # ds partitions appended since the last compaction
         self._recover()
 
     # -- recovery ---------------------------------------------------------------------
@@ -224,7 +229,23 @@ class BronzeStream:
             self._next[topic].update(ends)
             self.log.commit(QUERY, topic, ends)
         self._next_batch = batch_id + 1
+        if events is not None and result.written_events:
+            self._touched.update(fresh.get_column("ds").unique().to_list())
+        if self.config.compact_every and (batch_id + 1) % self.config.compact_every == 0:
+            self.compact()
         return result
+
+    def compact(self) -> None:
+        """Rewrite the small files that micro-batches left in recently written ``ds``
+        partitions of ``bronze.events`` into larger ones (delta-rs OPTIMIZE; a commit of its
+        own, outside the batch protocol: a crash during it leaves only unreferenced files).
+
+        Only the stream appends to bronze, so the compaction never conflicts with a writer."""
+        if not self._touched or not tables.exists(self.paths[EVENTS]):
+            return
+        days = sorted(d.isoformat() for d in self._touched)
+        DeltaTable(str(self.paths[EVENTS])).optimize.compact(partition_filters=[("ds", "in", days)])
+        self._touched.clear()
 
 
 def _dead_letter_table(dead: list[tuple[str, Undecodable]]) -> pa.Table | None:
