@@ -112,7 +112,7 @@ def make_requests(n: int, port: int, use_gzip: bool, seed: int = 7) -> list[byte
     rng = random.Random(seed)
     auth = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
     out = []
-    for r in range(n):
+    for _ in range(n):
         body = json.dumps({"batch": [make_message(rng, i) for i in range(BATCH)], "sentAt": "2024-03-01T12:59:59.000Z"}).encode()
         extra = ""
         if use_gzip:
@@ -128,9 +128,10 @@ def make_requests(n: int, port: int, use_gzip: bool, seed: int = 7) -> list[byte
 
 # -- load generator (runs in its own process) ----------------------------------------------
 _ACCEPTED = re.compile(rb'"accepted":(\d+)')
+_LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")
 
 
-async def _connection(port: int, reqs: list[bytes], offset: int, start: float, warm_end: float, end: float, out: dict) -> None:
+async def _connection(port: int, reqs: list[bytes], offset: int, warm_end: float, end: float, out: dict) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = offset
     try:
@@ -142,7 +143,7 @@ async def _connection(port: int, reqs: list[bytes], offset: int, start: float, w
             i += 1
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
-            m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            m = _LENGTH.search(head)
             body = await reader.readexactly(int(m.group(1))) if m else b""
             t1 = time.perf_counter()
             if t0 < warm_end:
@@ -161,17 +162,18 @@ async def _connection(port: int, reqs: list[bytes], offset: int, start: float, w
 
 
 def generate(port: int, connections: int, warmup: float, duration: float, n_requests: int, use_gzip: bool) -> dict:
+    """Run the load against ``127.0.0.1:port``; counts and latencies after the warm-up."""
     import uvloop
 
     reqs = make_requests(n_requests, port, use_gzip)
     out = {"events": 0, "requests": 0, "errors": 0, "latencies": [], "error_samples": []}
 
-    async def main():
+    async def run_all():
         start = time.perf_counter()
         warm_end, end = start + warmup, start + warmup + duration
-        await asyncio.gather(*(_connection(port, reqs, k * 7, start, warm_end, end, out) for k in range(connections)))
+        await asyncio.gather(*(_connection(port, reqs, k * 7, warm_end, end, out) for k in range(connections)))
 
-    uvloop.run(main())
+    uvloop.run(run_all())
     lat = sorted(out.pop("latencies"))
 
     def pct(p: float) -> float:
@@ -231,13 +233,17 @@ def _run_load(port: int, args) -> dict:
 
 def _phase(name: str, server_cmd: list[str], env: dict, args, profile: str | None = None) -> dict:
     port = _free_port()
-    if profile:
-        fmt = ["--format", "raw"] if profile.endswith(".txt") else []  # collapsed stacks vs flame graph
-        server_cmd = ["py-spy", "record", "-o", profile, "-r", "250", "--threads", *fmt, "--", *server_cmd]
     proc = subprocess.Popen([*server_cmd, str(port)], env=env)
+    spy = None
     try:
         _wait(f"http://127.0.0.1:{port}/health", proc)
+        if profile:  # sample the running server during the load (py-spy on PATH)
+            fmt = ["--format", "raw"] if profile.endswith(".txt") else []  # collapsed stacks / flame graph
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "-o", profile, "-r", "250",
+                                    "--duration", str(int(args.warmup + args.duration)), *fmt])
         res = _run_load(port, args)
+        if spy is not None:
+            spy.wait(60)
     finally:
         _stop(proc)
     print(f"{name:>10}: {res['eps']:>8} events/s  {res['rps']:>7} req/s  p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms  "
@@ -255,7 +261,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--requests", type=int, default=200, help="distinct pre-encoded request bodies")
     ap.add_argument("--gzip", action="store_true", help="send Content-Encoding: gzip bodies")
-    ap.add_argument("--profile", metavar="FILE", help="record the collector with py-spy (on PATH) into FILE (.svg flame graph, .txt collapsed stacks)")
+    ap.add_argument("--profile", metavar="FILE", help="sample the collector with py-spy (on PATH) into FILE (.svg flame graph, .txt collapsed stacks); skips the bare peer")
     ap.add_argument("--generate", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.duration is None:
@@ -278,15 +284,18 @@ def main() -> None:
         home = Home(Path(tmp))
         home.add_source("bench", WRITE_KEY)
 
-        bare = _phase("bare", [sys.executable, "-c", _BARE], env, args) if not args.profile else {"eps": 0, "p50_ms": None, "p99_ms": None}
+        if args.profile:
+            bare = {"eps": 0, "p50_ms": None, "p99_ms": None}
+        else:
+            bare = _phase("bare", [sys.executable, "-c", _BARE], env, args)
         hw = _phase("headwater", [sys.executable, "-c", _COLLECTOR], env, args, args.profile)
 
         log = SqliteLog(home.log_path)
         in_log = sum(log.end_offsets("events").values())
         log.close()
-        sent_ok = hw["events"]  # accepted after warm-up; the log also holds the warm-up's
-        print(f"   durable: {in_log} events in the log (>= {sent_ok} accepted after warm-up)", flush=True)
-        if in_log < sent_ok:
+        # accepted after warm-up; the log also holds the warm-up's events
+        print(f"   durable: {in_log} events in the log (>= {hw['events']} accepted after warm-up)", flush=True)
+        if in_log < hw["events"]:
             raise SystemExit("accepted events missing from the log")
 
     result = {

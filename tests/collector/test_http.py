@@ -111,6 +111,12 @@ def test_body_over_500kb_is_413_and_a_1kb_bad_row(http, events, bad_rows):
     assert ids(events.rows()) == ["after-413"]
 
 
+def test_unauthenticated_oversize_body_is_413_and_not_recorded(http, bad_rows):
+    r = http.post("/v1/batch", content=b'{"writeKey": "x", "batch": [' + b" " * 600_000 + b"]}")
+    assert r.status_code == 413 and r.json()["code"] == "size_violation"
+    assert bad_rows.rows() == []  # no source to attribute it to (like a 401)
+
+
 def test_gzip_bomb_is_413_without_inflating_it(http, bad_rows):
     # 50 MB of spaces inside valid JSON, ~50 KB on the wire.
     raw = b'{"batch": [' + b" " * 50_000_000 + b"]}"
@@ -232,6 +238,20 @@ def test_every_single_event_endpoint(http, events, bad_rows, typ, tokenizer):
     assert r.json()["message"] == "Event rejected: Object missing required field `userId` or `anonymousId` (at least one must be a non-empty string) - at `$`"
     assert r.json()["code"] == "envelope_violation"
     assert len(events.rows()) == 1 and len(bad_rows.rows()) == 1
+
+
+def test_analytics_js_short_paths_and_body_write_key(http, events):
+    """analytics.js posts text/plain bodies with the write key inside to /v1/<letter>."""
+    web_ctx = {"library": {"name": "analytics.js", "version": "npm:next-1.70.0"}, "userAgent": "Mozilla/5.0"}
+    body = {"type": "page", "name": "Home", "anonymousId": "a-web", "messageId": "ajs-p", "writeKey": WRITE_KEY, "context": web_ctx}
+    r = http.post("/v1/p", content=json.dumps(body), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 200, r.text
+    batch = {"batch": [ev("ajs-t", context=web_ctx)], "writeKey": WRITE_KEY}
+    assert http.post("/v1/b", content=json.dumps(batch), headers={"Content-Type": "text/plain"}).status_code == 200
+    rows = sorted(events.rows(), key=lambda r: r["event_id"])
+    assert [(r["event_id"], r["event_type"], r["surface"], r["platform"]) for r in rows] == [
+        ("ajs-p", "page", "web", "web"), ("ajs-t", "track", "web", "web"),
+    ]
 
 
 def test_single_endpoint_rejects_other_type(http):

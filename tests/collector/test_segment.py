@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import uuid
 
-import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -27,7 +26,6 @@ from headwater.collector.segment import (
 )
 from headwater.collector.tokens import Tokenizer
 from headwater.events import BAD_ROW_SCHEMA, EVENT_SCHEMA
-from headwater.log.codec import encode
 
 from .conftest import HMAC_KEY, RECEIVED, RECEIVED_US
 
@@ -329,6 +327,23 @@ def test_request_level_errors(body, path_type, code, message):
     assert (e.value.code, e.value.message, e.value.status) == (code, message, 400)
 
 
+def test_invalid_utf8_rejects_only_its_message(tokenizer):
+    good = json.dumps(msg(type="track", event="ok", messageId="good")).encode()
+    bad_props = b'{"type":"track","event":"x","userId":"' + SECRET_USER.encode() + b'","properties":{"a":"\xff"}}'
+    bad_name = b'{"type":"track","event":"\xfe","userId":"u"}'
+    env = parse_request(b'{"batch":[' + good + b"," + bad_props + b"," + bad_name + b"]}")
+    n = normalize(env, source="s", received_at_us=RECEIVED_US, tokenizer=tokenizer)
+    assert n.events.column("event_id").to_pylist() == ["good"]
+    assert [(e["index"], e["code"], e["message"]) for e in n.errors] == [
+        (1, DECODE_FAILURE, "Invalid UTF-8 in JSON (JSON text must be UTF-8) - at `$.batch[1]`"),
+        (2, DECODE_FAILURE, "Invalid UTF-8 in JSON (JSON text must be UTF-8) - at `$.batch[2]`"),
+    ]
+    assert SECRET_USER not in n.bad_rows[0]["payload"] and "\ufffd" in n.bad_rows[0]["payload"]
+    with pytest.raises(WireError) as e:
+        parse_request(b'{"batch":[], "writeKey":"\xff"}')
+    assert (e.value.code, e.value.message) == (DECODE_FAILURE, "Invalid UTF-8 in JSON: invalid start byte (JSON text must be UTF-8)")
+
+
 def test_empty_batch_is_fine(tokenizer):
     n = run([], tokenizer)
     assert n.accepted == 0 and n.rejected == 0 and n.events.schema == EVENT_SCHEMA
@@ -385,3 +400,46 @@ def test_partition_is_stable_hash_of_identity_token(tokenizer):
     assert sum(a.count for a in appends) == 200
     assert all(a.topic == "events" and pa.ipc.open_stream(a.payload).read_all().num_rows == a.count for a in appends)
     assert np.all(partition_of(pa.array([], pa.string()), 4) == np.zeros(0))
+
+
+# -- robustness -----------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_field_values = {
+    "type": st.sampled_from(["track", "identify", "alias", "page", "screen", "group", "nope"]) | _json_values,
+    "userId": st.text(max_size=10) | _json_values,
+    "anonymousId": st.text(max_size=10) | st.none(),
+    "event": st.text(max_size=10) | _json_values,
+    "previousId": st.text(max_size=5) | st.integers(),
+    "groupId": st.text(max_size=5) | _json_values,
+    "properties": _json_values,
+    "traits": _json_values,
+    "context": _json_values | st.just({"library": {"name": "analytics.js"}, "device": {"type": "ios"}}),
+    "timestamp": st.sampled_from(["2024-03-01T10:00:00Z", "2024-03-01T10:00:00", "bad", None]) | _json_values,
+    "sentAt": st.sampled_from(["2024-03-01T10:00:00+05:00", None, 3]),
+    "messageId": st.text(max_size=8) | st.integers() | st.none(),
+}
+_messages = st.fixed_dictionaries({}, optional=_field_values) | _json_values
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(_messages, max_size=6), raw_tail=st.binary(max_size=8))
+def test_any_input_gives_rows_or_errors_never_an_exception(batch, raw_tail):
+    tokenizer = Tokenizer(HMAC_KEY)
+    body = json.dumps({"batch": batch}).encode()
+    n = normalize(parse_request(body), source="s", received_at_us=RECEIVED_US, tokenizer=tokenizer)
+    assert n.accepted + n.rejected == len(batch)
+    assert n.events.schema == EVENT_SCHEMA
+    assert sorted(e["index"] for e in n.errors) == [e["index"] for e in n.errors]
+    bad_rows_table(n.bad_rows)  # always a valid BAD_ROW_SCHEMA table
+    try:
+        parse_request(body[: len(body) // 2] + raw_tail)
+    except WireError:
+        pass

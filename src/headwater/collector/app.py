@@ -5,6 +5,7 @@ Routes (Segment HTTP Tracking API, https://segment.com/docs/connections/sources/
 - ``POST /v1/batch`` — ``{"batch": [message, ...], "sentAt"?, "context"?, "writeKey"?}``
 - ``POST /v1/track|identify|page|screen|alias|group`` — one message; the path gives the
   type when the message has none
+- aliases: ``/v1/import`` and ``/v1/b`` (= batch), ``/v1/t|i|p|s|a|g`` (analytics.js)
 - ``GET /health`` — 200 ``{"status": "ok"}``
 
 Auth: HTTP Basic, username = write key (password ignored), else ``writeKey`` in the
@@ -288,16 +289,30 @@ def create_app(home: Home, log: EventLog) -> Starlette:
         state["partitions"] = log.ensure_topic(EVENTS_TOPIC, partitions_from_env())
         log.ensure_topic(BAD_ROWS_TOPIC, 1)
         state["writer"] = GroupCommitWriter(log)
+        _warm_up(state["partitions"])
         try:
             yield
         finally:
             state["writer"].close()
 
-    routes = [Route("/health", health, methods=["GET"]), Route("/v1/batch", endpoint(None), methods=["POST"])]
+    routes = [Route("/health", health, methods=["GET"])]
+    # /v1/import is Segment's historical-import alias of /v1/batch; analytics.js
+    # (analytics-next) posts to the short paths /v1/b and /v1/<first letter of the type>.
+    routes += [Route(p, endpoint(None), methods=["POST"]) for p in ("/v1/batch", "/v1/import", "/v1/b")]
     routes += [Route(f"/v1/{t}", endpoint(t), methods=["POST"]) for t in EVENT_TYPES]
+    routes += [Route(f"/v1/{t[0]}", endpoint(t), methods=["POST"]) for t in EVENT_TYPES]
     # Browsers (analytics.js) post cross-origin with the write key in the body.
     middleware = [Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"], allow_headers=["*"], max_age=86400)]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+def _warm_up(partitions: int) -> None:
+    """Run the request path once before serving: pyarrow imports pandas (if installed)
+    lazily on its first datetime conversion — about a second that would otherwise land
+    on the first request."""
+    body = b'{"batch":[{"type":"track","event":"warm-up","userId":"u","timestamp":"2024-01-01T00:00:00Z"}],"sentAt":"2024-01-01T00:00:00Z"}'
+    norm = normalize(parse_request(body), source="warm-up", received_at_us=time.time_ns() // 1000, tokenizer=Tokenizer(b"warm-up"))
+    event_appends(norm.events, partitions)
 
 
 async def _try_record(record, appends: list[Append]) -> None:

@@ -35,11 +35,12 @@ class Tokenizer:
             # hmac.digest is the one-shot C implementation: ~3x faster than hmac.new().
             return hmac.digest(self._key, raw_id.encode("utf-8"), "sha256").hex()[:TOKEN_CHARS]
 
-        self._token = _token
+        #: ``token(raw_id) -> str``: the memoised function itself (hot loops bind it once).
+        self.token = _token
 
     def __call__(self, raw_id: str) -> str:
-        return self._token(raw_id)
+        return self.token(raw_id)
 
     def cache_info(self):
         """``functools`` cache statistics (hits, misses, maxsize, currsize)."""
-        return self._token.cache_info()
+        return self.token.cache_info()
