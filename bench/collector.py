@@ -192,27 +192,6 @@ def generate(port: int, connections: int, warmup: float, duration: float, n_requ
 
 
 # -- orchestration ------------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
 def _stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -232,11 +211,13 @@ def _run_load(port: int, args) -> dict:
 
 
 def _phase(name: str, server_cmd: list[str], env: dict, args, profile: str | None = None) -> dict:
-    port = _free_port()
+    from headwater.runtime import free_port, wait_http
+
+    port = free_port()
     proc = subprocess.Popen([*server_cmd, str(port)], env=env)
     spy = None
     try:
-        _wait(f"http://127.0.0.1:{port}/health", proc)
+        wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
         if profile:  # sample the running server during the load (py-spy on PATH)
             fmt = ["--format", "raw"] if profile.endswith(".txt") else []  # collapsed stacks / flame graph
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "-o", profile, "-r", "250",
@@ -277,7 +258,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="headwater-bench-") as tmp:
         env = {**os.environ, "HEADWATER_HOME": tmp}
         env.pop("HEADWATER_PARTITIONS", None)
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
         from headwater.config import Home
         from headwater.log.sqlite import SqliteLog
 

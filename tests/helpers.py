@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,36 +23,7 @@ from headwater.config import Home
 from headwater.log.base import EventLog
 from headwater.log.codec import decode
 from headwater.log.sqlite import SqliteLog
-
-_SERVE = (
-    "import sys; from headwater.config import Home; from headwater.collector.server import serve; "
-    "serve(Home.from_env(), host='127.0.0.1', port=int(sys.argv[1]))"
-)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``url`` until it answers 200; ``RuntimeError`` if ``proc`` exits or on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered:\n{out}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
+from headwater.runtime import free_port, wait_http
 
 @dataclass
 class CollectorProcess:
@@ -115,7 +82,7 @@ def start_collector(
     port = port or free_port()
     penv = {**os.environ, "HEADWATER_HOME": str(home.root), **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVE, str(port)], env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "headwater", "collector", "--port", str(port)], env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     c = CollectorProcess(home, port, proc, write_key, source if write_key is not None else None)
     try:

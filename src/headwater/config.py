@@ -111,3 +111,9 @@ class Home:
 
 def port_from_env() -> int:
     return int(os.environ.get("HEADWATER_PORT", DEFAULT_PORT))
+
+
+def partitions_from_env() -> int:
+    """Partition count for a new ``events`` topic: ``HEADWATER_PARTITIONS`` or the default
+    (an existing topic keeps its own)."""
+    return int(os.environ.get("HEADWATER_PARTITIONS", DEFAULT_PARTITIONS))

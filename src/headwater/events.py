@@ -32,6 +32,11 @@ EVENT_SCHEMA = pa.schema(
 
 EVENT_TYPES = ("track", "identify", "alias", "page", "screen", "group")
 
+# Event-log topics: EVENTS_TOPIC records hold EVENT_SCHEMA rows (partitioned by identity
+# key), BAD_ROWS_TOPIC records hold BAD_ROW_SCHEMA rows (one partition).
+EVENTS_TOPIC = "events"
+BAD_ROWS_TOPIC = "bad_rows"
+
 # Bad rows (Snowplow-style failed events): one row per rejected event or request.
 BAD_ROW_SCHEMA = pa.schema(
     [

@@ -18,8 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from headwater.config import Home
-from headwater.log.sqlite import SqliteLog
-from headwater.stream.processor import BAD_ROWS, EVENTS, QUERY
+from headwater.serve.status import log_offsets
 
 
 def free_port() -> int:
@@ -35,11 +34,14 @@ def spawn(home: Home, *args: str) -> subprocess.Popen:
 
 
 def wait_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``url`` until it answers 200; ``RuntimeError`` on timeout or if ``proc`` exits."""
+    """Poll ``url`` until it answers 200; ``RuntimeError`` on timeout or if ``proc`` exits
+    (with the process's output when it was piped)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with code {proc.returncode} before {url} answered")
+            out = proc.stdout.read() if proc.stdout else ""
+            out = out.decode(errors="replace") if isinstance(out, bytes) else out
+            raise RuntimeError(f"process exited with code {proc.returncode} before {url} answered\n{out}")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
@@ -52,18 +54,7 @@ def wait_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen | None =
 
 def lag(home: Home) -> int:
     """Events in the log not yet committed by the bronze query (both topics, all partitions)."""
-    log = SqliteLog(home.log_path)
-    try:
-        total = 0
-        for topic in (EVENTS, BAD_ROWS):
-            try:
-                ends, done = log.end_offsets(topic), log.committed(QUERY, topic)
-            except KeyError:  # topic not created yet: nothing to wait for
-                continue
-            total += sum(ends[p] - done.get(p, 0) for p in ends)
-        return total
-    finally:
-        log.close()
+    return sum(t["lag"] for t in log_offsets(home).values())
 
 
 @dataclass

@@ -63,25 +63,18 @@ from headwater.collector.segment import (
     write_key_of,
 )
 from headwater.collector.tokens import Tokenizer
-from headwater.config import DEFAULT_PARTITIONS, Home
-from headwater.events import EVENT_TYPES
+from headwater.config import Home, partitions_from_env
+from headwater.events import BAD_ROWS_TOPIC, EVENT_TYPES, EVENTS_TOPIC
 from headwater.log.base import Append, EventLog
 from headwater.log.codec import encode
 from headwater.log.group_commit import GroupCommitWriter
 
-EVENTS_TOPIC = "events"
-BAD_ROWS_TOPIC = "bad_rows"
 OVERSIZE_PAYLOAD_BYTES = 1024  # a 413's bad row keeps only this much of the body
 # A gzip body larger than this cannot inflate to <= MAX_REQUEST_BYTES (deflate's worst
 # case expansion is ~0.03% + a few bytes per block), so it is refused without reading on.
 _MAX_COMPRESSED_BYTES = MAX_REQUEST_BYTES + MAX_REQUEST_BYTES // 64 + 1024
 
 _encode = msgspec.json.Encoder().encode
-
-
-def partitions_from_env() -> int:
-    """Partition count for a new ``events`` topic: ``HEADWATER_PARTITIONS`` or the default."""
-    return int(os.environ.get("HEADWATER_PARTITIONS", DEFAULT_PARTITIONS))
 
 
 class WriteKeys:

@@ -21,19 +21,34 @@ from headwater.stream.checkpoint import Checkpoint
 from headwater.stream.processor import BAD_ROWS, EVENTS, QUERY
 
 
-def status(home: Home) -> dict[str, Any]:
+def log_offsets(home: Home) -> dict[str, Any]:
+    """Per topic: ``{"partitions": {p: {"end_offset", "committed_offset", "lag"}}, "lag"}``,
+    committed offsets being the bronze query's consumer group; topics not yet created are absent."""
     log = SqliteLog(home.log_path)
-    out: dict[str, Any] = {"home": str(home.root), "log": {}, "lag": 0, "stream": None, "tables": {}}
-    for topic in (EVENTS, BAD_ROWS):
-        try:
-            ends, done = log.end_offsets(topic), log.committed(QUERY, topic)
-        except KeyError:
-            continue
-        parts = {p: {"end_offset": e, "committed_offset": done[p], "lag": e - done[p]} for p, e in ends.items()}
-        topic_lag = sum(v["lag"] for v in parts.values())
-        out["log"][topic] = {"partitions": parts, "lag": topic_lag}
-        out["lag"] += topic_lag
-    log.close()
+    out: dict[str, Any] = {}
+    try:
+        for topic in (EVENTS, BAD_ROWS):
+            try:
+                ends, done = log.end_offsets(topic), log.committed(QUERY, topic)
+            except KeyError:
+                continue
+            parts = {p: {"end_offset": e, "committed_offset": done[p], "lag": e - done[p]} for p, e in ends.items()}
+            out[topic] = {"partitions": parts, "lag": sum(v["lag"] for v in parts.values())}
+    finally:
+        log.close()
+    return out
+
+
+def status(home: Home) -> dict[str, Any]:
+    """The status document described in the module docstring."""
+    offsets = log_offsets(home)
+    out: dict[str, Any] = {
+        "home": str(home.root),
+        "log": offsets,
+        "lag": sum(t["lag"] for t in offsets.values()),
+        "stream": None,
+        "tables": {},
+    }
 
     checkpoint_dir = home.checkpoint_dir(QUERY)
     if checkpoint_dir.exists():

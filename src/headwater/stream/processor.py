@@ -28,8 +28,8 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from headwater.config import DEFAULT_PARTITIONS, Home
-from headwater.events import BAD_ROW_SCHEMA, EVENT_SCHEMA, TS
+from headwater.config import Home, partitions_from_env
+from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC, TS
 from headwater.lake import tables
 from headwater.log.base import EventLog
 from headwater.log.codec import Undecodable, decode
@@ -39,7 +39,7 @@ from headwater.stream.dedup import DedupState
 
 log = logging.getLogger("headwater.stream")
 
-EVENTS, BAD_ROWS = "events", "bad_rows"
+EVENTS, BAD_ROWS = EVENTS_TOPIC, BAD_ROWS_TOPIC
 QUERY = "bronze"  # checkpoint name, consumer group and Delta txn app id
 
 DEAD_LETTER_SCHEMA = pa.schema(
@@ -90,7 +90,7 @@ class BronzeStream:
         self.home = home
         self.config = config or StreamConfig()
         self.log = event_log or SqliteLog(home.log_path)
-        self.log.ensure_topic(EVENTS, DEFAULT_PARTITIONS)
+        self.log.ensure_topic(EVENTS, partitions_from_env())
         self.log.ensure_topic(BAD_ROWS, 1)
         self.checkpoint = Checkpoint(home.checkpoint_dir(QUERY))
         self.dedup = DedupState(self.checkpoint.state_dir / "dedup", self.config.dedup_ttl)
