@@ -26,16 +26,27 @@ DEFAULT_PORT = 8088
 DEFAULT_PARTITIONS = 4
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with owner-only permissions (0600) and write ``data`` atomically."""
+def _write_private(path: Path, data: bytes, replace: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically, with owner-only permissions (0600).
+
+    With ``replace=False`` an existing ``path`` is kept (``os.link`` refuses to overwrite),
+    so two processes creating the same file at once agree on one content."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ class Home:
             return bytes.fromhex(env)
         path = self.root / "secrets" / "hmac.key"
         if not path.exists():
-            _write_private(path, secrets.token_bytes(32))
+            _write_private(path, secrets.token_bytes(32), replace=False)
         return path.read_bytes()
 
     # -- sources ------------------------------------------------------------------
