@@ -139,3 +139,24 @@ def test_writer_killed_mid_append_leaves_a_consistent_log(tmp_path):
         assert table.column("_offset").to_pylist() == list(range(end))
     log.append([Append("t", 0, 1, rows(0, 1))])
     assert log.end_offsets("t")[0] == ends[0] + 1
+
+
+def test_retention_deletes_only_old_records_every_group_has_consumed(log):
+    log.append([Append("t", 0, 3, rows(0, 3)), Append("t", 0, 2, rows(3, 2)), Append("t", 1, 4, rows(0, 4))])
+    assert log.enforce_retention(0) == 0  # no group has consumed anything
+    log.commit("bronze", "t", {0: 4, 1: 4})
+    log.commit("other", "t", {0: 5})
+    time.sleep(0.01)
+    assert log.enforce_retention(3_600_000) == 0  # younger than the retention
+    # partition 0: first record (offsets 0-2) is below both groups; the second (3-4) is not
+    # below bronze's 4. Partition 1: "other" has not committed there, so min is bronze's 4.
+    assert log.enforce_retention(0) == 3 + 4
+    assert [r.offset for r in log.read("t", 0, 0, 5)] == [3]
+    assert log.read("t", 1, 0, 4) == []
+    assert log.end_offsets("t") == {0: 5, 1: 4}  # offsets are never reused
+
+
+def test_append_to_a_missing_partition_stores_nothing(log):
+    with pytest.raises(KeyError, match="topic 't' has no partition 2"):
+        log.append([Append("t", 0, 1, rows(0, 1)), Append("t", 2, 1, rows(0, 1))])
+    assert log.end_offsets("t") == {0: 0, 1: 0}

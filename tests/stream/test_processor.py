@@ -161,3 +161,16 @@ def test_compaction_merges_micro_batch_files_without_changing_rows(home, event_l
     assert table.history()[0]["operation"] == "OPTIMIZE"
     assert sorted(bronze_ids(home)) == sorted(f"c{i}-{j}" for i in range(4) for j in range(5))
     assert tables.committed_batch(home.table_path("bronze", "events"), QUERY) == 3
+
+
+def test_consumed_log_records_past_retention_are_deleted(home, event_log):
+    stream = BronzeStream(home, StreamConfig(compact_every=2, log_retention=dt.timedelta(0)))
+    append_events(event_log, 0, ["r1"])
+    stream.run_once()
+    append_events(event_log, 1, ["r2"])
+    stream.run_once()  # second batch: compaction + retention
+    assert event_log.read("events", 0, 0, 1) == [] and event_log.read("events", 1, 0, 1) == []
+    assert event_log.end_offsets("events")[0] == 1
+    append_events(event_log, 0, ["r3"])
+    assert stream.run_once().written_events == 1
+    assert sorted(bronze_ids(home)) == ["r1", "r2", "r3"]

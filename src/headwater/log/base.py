@@ -74,5 +74,12 @@ class EventLog(ABC):
     def committed(self, group: str, topic: str) -> dict[int, int]:
         """Per partition, the offsets ``group`` committed (0 where it committed none)."""
 
+    @abstractmethod
+    def enforce_retention(self, retention_ms: int) -> int:
+        """Delete records appended more than ``retention_ms`` ago (Kafka's ``retention.ms``)
+        that every consumer group has committed past; return how many events were deleted.
+        Unlike Kafka, a record no group has consumed is kept however old: nothing accepted
+        is lost to retention."""
+
     def close(self) -> None:  # pragma: no cover - trivial default
         """Release connections."""

@@ -23,6 +23,14 @@ CREATE TABLE IF NOT EXISTS topics (
     topic TEXT PRIMARY KEY,
     partitions INTEGER NOT NULL
 );
+-- The next offset of each partition, kept apart from the records so that retention can
+-- delete every record of a partition without offsets ever being reused.
+CREATE TABLE IF NOT EXISTS partition_ends (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -65,7 +73,14 @@ class SqliteLog(EventLog):
 
     def ensure_topic(self, topic: str, partitions: int) -> int:
         conn = self._conn()
-        conn.execute("INSERT OR IGNORE INTO topics VALUES (?, ?)", (topic, partitions))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("INSERT OR IGNORE INTO topics VALUES (?, ?)", (topic, partitions)).rowcount:
+                conn.executemany("INSERT INTO partition_ends VALUES (?, ?, 0)", [(topic, p) for p in range(partitions)])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return self.partitions(topic)
 
     def partitions(self, topic: str) -> int:
@@ -90,6 +105,10 @@ class SqliteLog(EventLog):
                 rows.append((a.topic, a.partition, ends[key], a.count, now, a.payload))
                 ends[key] += a.count
             conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany(
+                "UPDATE partition_ends SET end_offset = ? WHERE topic = ? AND partition = ?",
+                [(end, topic, p) for (topic, p), end in ends.items()],
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -98,11 +117,11 @@ class SqliteLog(EventLog):
     @staticmethod
     def _end_offset(conn: sqlite3.Connection, topic: str, partition: int) -> int:
         row = conn.execute(
-            "SELECT base_offset + count FROM records WHERE topic = ? AND partition = ? "
-            "ORDER BY base_offset DESC LIMIT 1",
-            (topic, partition),
+            "SELECT end_offset FROM partition_ends WHERE topic = ? AND partition = ?", (topic, partition)
         ).fetchone()
-        return row[0] if row else 0
+        if row is None:
+            raise KeyError(f"topic {topic!r} has no partition {partition}")
+        return row[0]
 
     def read(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
         conn = self._conn()
@@ -121,12 +140,8 @@ class SqliteLog(EventLog):
         return [Record(topic, partition, o, c, p, ms) for o, c, p, ms in rows if o + c > start]
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        conn = self._conn()
-        conn.execute("BEGIN")  # one snapshot for all partitions
-        try:
-            return {p: self._end_offset(conn, topic, p) for p in range(self.partitions(topic))}
-        finally:
-            conn.execute("COMMIT")
+        self.partitions(topic)  # KeyError for an unknown topic
+        return dict(self._conn().execute("SELECT partition, end_offset FROM partition_ends WHERE topic = ?", (topic,)))
 
     def commit(self, group: str, topic: str, offsets: dict[int, int]) -> None:
         now = int(time.time() * 1000)
@@ -146,6 +161,30 @@ class SqliteLog(EventLog):
             )
         )
         return {p: got.get(p, 0) for p in range(self.partitions(topic))}
+
+    def enforce_retention(self, retention_ms: int) -> int:
+        cutoff = int(time.time() * 1000) - retention_ms
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Per partition, the smallest offset committed by any group; partitions no group
+            # has committed for do not appear and so keep everything.
+            deleted = conn.execute(
+                """
+                DELETE FROM records
+                WHERE appended_ms < ?
+                  AND base_offset + count <= (
+                      SELECT min(c.next_offset) FROM consumer_offsets c
+                      WHERE c.topic = records.topic AND c.partition = records.partition)
+                RETURNING count
+                """,
+                (cutoff,),
+            ).fetchall()
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return sum(c for (c,) in deleted)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -64,12 +64,14 @@ class StreamConfig:
     ``max_records_per_partition``: bound of one micro-batch per partition (backpressure);
     ``dedup_ttl``: how long an event_id is remembered (processing time);
     ``compact_every``: every this many batches, the ``ds`` partitions of ``bronze.events``
-    written since the last compaction are compacted (0: never)."""
+    written since the last compaction are compacted and log retention is applied (0: never);
+    ``log_retention``: log records older than this, once consumed, are deleted."""
 
     trigger_interval_s: float = 0.5
     max_records_per_partition: int = 50_000
     dedup_ttl: dt.timedelta = dt.timedelta(hours=24)
     compact_every: int = 50
+    log_retention: dt.timedelta = dt.timedelta(days=7)
 
 
 @dataclass
@@ -233,6 +235,7 @@ class BronzeStream:
             self._touched.update(fresh.get_column("ds").unique().to_list())
         if self.config.compact_every and (batch_id + 1) % self.config.compact_every == 0:
             self.compact()
+            self.log.enforce_retention(int(self.config.log_retention.total_seconds() * 1000))
         return result
 
     def compact(self) -> None:
