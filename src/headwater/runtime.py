@@ -70,9 +70,20 @@ class Platform:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Platform":
+        """Start both children and wait for the collector; ``RuntimeError`` (children
+        stopped) if the port is taken or the collector does not come up."""
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", self.port))
+            except OSError as e:
+                raise RuntimeError(f"collector cannot listen on {self.url}: {e.strerror}") from None
         self.start_component("collector")
         self.start_component("stream")
-        wait_http(self.url + "/health", proc=self.procs["collector"])
+        try:
+            wait_http(self.url + "/health", proc=self.procs["collector"])
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"collector did not start on {self.url}: {e}") from None
         return self
 
     def start_component(self, name: str) -> None:

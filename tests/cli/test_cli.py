@@ -91,3 +91,11 @@ def test_source_add_refuses_a_write_key_of_another_source(running):
     assert "write_key: already used by source" in bad.stderr
     key = hw(env, "source", "add", "mobile").stdout.strip()
     assert key and key in hw(env, "source", "list").stdout
+
+
+def test_up_on_a_taken_port_fails_clearly(running, tmp_path):
+    _, port, _ = running
+    env = {**os.environ, "HEADWATER_HOME": str(tmp_path), "HEADWATER_PORT": str(port)}
+    bad = hw(env, "up", check=False)
+    assert bad.returncode == 1
+    assert f"collector cannot listen on http://127.0.0.1:{port}: Address already in use" in bad.stderr

@@ -55,7 +55,10 @@ def up(port: int | None) -> None:
 
     home = Home.from_env()
     source = default_source(home)
-    platform = Platform(home, port or port_from_env()).start()
+    try:
+        platform = Platform(home, port or port_from_env()).start()
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"collector  {platform.url}  (Segment HTTP API: POST /v1/batch, /v1/track, ...)")
     click.echo(f"write key  {source.write_key}  (source {source.name!r})")
     click.echo(f"home       {home.root}")
