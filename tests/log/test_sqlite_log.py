@@ -160,3 +160,16 @@ def test_append_to_a_missing_partition_stores_nothing(log):
     with pytest.raises(KeyError, match="topic 't' has no partition 2"):
         log.append([Append("t", 0, 1, rows(0, 1)), Append("t", 2, 1, rows(0, 1))])
     assert log.end_offsets("t") == {0: 0, 1: 0}
+
+
+def test_background_checkpoint_moves_the_wal_into_the_database(tmp_path):
+    log = SqliteLog(tmp_path / "log.db", background_checkpoint_s=0.1)
+    log.ensure_topic("t", 1)
+    payload = encode(pa.table({"v": [b"x" * 100_000]}))
+    for _ in range(50):
+        log.append([Append("t", 0, 1, payload)])
+    deadline = time.monotonic() + 10
+    while (tmp_path / "log.db").stat().st_size < 5_000_000:  # appends live in the WAL until checkpointed
+        assert time.monotonic() < deadline, "no checkpoint within 10 s"
+        time.sleep(0.1)
+    assert sum(log.end_offsets("t").values()) == 50

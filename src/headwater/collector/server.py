@@ -24,7 +24,7 @@ def serve(home: Home, host: str = "127.0.0.1", port: int | None = None, log: Eve
     if log is None:
         from headwater.log.sqlite import SqliteLog
 
-        log = SqliteLog(home.log_path)
+        log = SqliteLog(home.log_path, background_checkpoint_s=1.0)
     app = create_app(home, log)
     uvicorn.run(
         app,

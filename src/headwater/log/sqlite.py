@@ -52,14 +52,31 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
 
 
 class SqliteLog(EventLog):
-    """:class:`EventLog` on a SQLite file; one connection per thread, any number of processes."""
+    """:class:`EventLog` on a SQLite file; one connection per thread, any number of processes.
 
-    def __init__(self, path: Path):
+    ``background_checkpoint_s``: for the writing process (the collector). SQLite copies the
+    WAL back into the database (a checkpoint) inside whichever ``COMMIT`` crosses the
+    auto-checkpoint size, stalling that append by tens of ms. With this set, the process's
+    connections never auto-checkpoint and a daemon thread runs a ``PASSIVE`` checkpoint
+    (never blocks writers or readers) every that many seconds instead."""
+
+    def __init__(self, path: Path, background_checkpoint_s: float | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._auto_checkpoint = background_checkpoint_s is None
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
+        if background_checkpoint_s is not None:
+            threading.Thread(
+                target=self._checkpoint_loop, args=(background_checkpoint_s,), name="log-checkpoint", daemon=True
+            ).start()
+
+    def _checkpoint_loop(self, interval_s: float) -> None:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        while True:
+            time.sleep(interval_s)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -68,6 +85,8 @@ class SqliteLog(EventLog):
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            if not self._auto_checkpoint:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
             self._local.conn = conn
         return conn
 
