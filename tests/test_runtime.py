@@ -50,3 +50,49 @@ def test_sigkill_of_the_processor_mid_stream_loses_and_duplicates_nothing(tmp_pa
     assert len(ids) == accepted
     assert len(set(ids.to_pylist())) == accepted
     assert kills >= 5
+
+
+def test_sigkill_of_the_collector_loses_no_acknowledged_event(tmp_path):
+    """The SDK retries what was not acknowledged; a retry of a batch that did commit before
+    the kill is a duplicate, which the stream drops: bronze ends up with every event once."""
+    home = Home(tmp_path / "home")
+    source = home.add_source("server")
+    platform = Platform(home, free_port()).start()
+    failed = []
+    try:
+        client = Client(
+            source.write_key, host=platform.url, upload_size=100, max_queue_size=100_000, max_retries=20,
+            on_error=lambda e, batch: failed.extend(batch),
+        )
+        n = 6_000
+        ids = [f"msg-{i}" for i in range(n)]
+
+        def send():
+            for i, mid in enumerate(ids):
+                client.track(user_id=f"user-{i % 50}", event="Order Completed", message_id=mid)
+                if i % 300 == 0:
+                    time.sleep(0.5)  # ~10 s of sending
+            client.flush()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        kills_while_sending = 0
+        for _ in range(3):  # spaced out: the SDK's backoff grows with consecutive failures
+            time.sleep(2.5)
+            if not sender.is_alive():
+                break
+            kills_while_sending += 1
+            platform.procs["collector"].send_signal(signal.SIGKILL)
+            platform.procs["collector"].wait()
+            platform.start_component("collector")
+        sender.join()
+        client.join()
+        platform.wait_caught_up(timeout_s=120)
+    finally:
+        platform.stop()
+
+    assert kills_while_sending >= 3
+    assert failed == []
+    got = DeltaTable(str(home.table_path("bronze", "events"))).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()
+    assert len(got) == len(set(got))
+    assert set(got) == set(ids)
