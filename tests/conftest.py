@@ -13,3 +13,18 @@ def spark():
     s = session("headwater-tests")
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (``tests.postgres.PostgresServer``: ``.dsn(db)``,
+    ``.create_database(name)``) for the whole run, ``wal_level=logical``. Skips, saying why,
+    only where no server can be started (no binaries and no apt)."""
+    from tests.postgres import PostgresUnavailable, start_postgres
+
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as e:
+        pytest.skip(f"PostgreSQL unavailable: {e}")
+    yield server
+    server.stop()

@@ -123,3 +123,15 @@ class LogTail:
     def rows(self) -> list[dict]:
         t = read_topic(self.log, self.topic, self.start)
         return t.to_pylist() if t is not None else []
+
+
+def run_stream(home: Home) -> None:
+    """Run the real stream processor on ``home`` in this process (Spark's
+    ``Trigger.AvailableNow``): what the log holds now reaches the bronze tables."""
+    from headwater.stream.processor import BronzeStream
+
+    stream = BronzeStream(home)
+    try:
+        stream.run(available_now=True)
+    finally:
+        stream.log.close()

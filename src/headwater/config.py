@@ -3,24 +3,30 @@
 Layout (all paths relative to the home directory, default ``./.headwater``)::
 
     secrets/hmac.key          32 random bytes, mode 0600: key of the identifier HMAC
-    sources.json              sources and their write keys
+    sources.json              sources: write keys and per-source policies (PII, unregistered events)
     log/log.db                the embedded event log (SQLite, WAL mode)
     checkpoints/<query>/      stream checkpoints (offset log, commit log, state)
     lake/<layer>/<table>/     Delta tables, e.g. lake/bronze/events
+    registry/subjects/        event contracts: one JSON file per event name (headwater.registry)
 
 Environment variables: ``HEADWATER_HOME``, ``HEADWATER_PORT`` (collector port on
 127.0.0.1, default 8088), ``HEADWATER_WRITE_KEY`` (a source with this write key is
 created by ``headwater up``), ``HEADWATER_HMAC_KEY`` (hex; overrides the key file),
-``HEADWATER_PARTITIONS`` (event-log partitions of a new log, default 4).
+``HEADWATER_PARTITIONS`` (event-log partitions of a new log, default 4),
+``HEADWATER_REGISTRY_URL`` (``postgresql://…``: keep event contracts in PostgreSQL instead
+of ``registry/``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 DEFAULT_PORT = 8088
 DEFAULT_PARTITIONS = 4
@@ -49,12 +55,48 @@ def _write_private(path: Path, data: bytes, replace: bool = True) -> None:
         os.unlink(tmp)
 
 
+# Property / trait / context keys (compared lowercase, without a leading "$", "_" or "-")
+# whose values are identifiers: HMAC-tokenised by default (see headwater.collector.pii).
+DEFAULT_TOKENIZE_KEYS = ("email", "emailaddress", "phone", "phonenumber", "mobile", "mobilephone", "telephone", "tel")
+# Keys removed by default: raw IP addresses (no offline GeoIP database ships here, so no
+# country is derived from them; see headwater.collector.pii).
+DEFAULT_DROP_KEYS = ("ip", "ipaddress")
+UNREGISTERED_POLICIES = ("accept", "reject")
+
+
+@dataclass(frozen=True)
+class PiiPolicy:
+    """Per-source handling of personal data in ``properties`` / ``traits`` / ``context``.
+
+    ``tokenize``: keys whose values become HMAC tokens; ``drop``: keys removed; ``keep``:
+    keys exempt from both lists and from value detection. Keys match at any depth and are
+    compared lowercase without a leading ``$`` and without ``_`` / ``-`` (``$Email_Address``
+    → ``emailaddress``). ``detect_values``: also tokenise email addresses, international
+    (``+``) phone numbers and IPv4/IPv6 addresses found inside any other string value."""
+
+    tokenize: tuple[str, ...] = DEFAULT_TOKENIZE_KEYS
+    drop: tuple[str, ...] = DEFAULT_DROP_KEYS
+    keep: tuple[str, ...] = ()
+    detect_values: bool = True
+
+
 @dataclass(frozen=True)
 class Source:
-    """A client source: events sent with ``write_key`` are stamped ``source=name``."""
+    """A client source: events sent with ``write_key`` are stamped ``source=name``.
+
+    Per-source policies (all optional in ``sources.json``): ``pii`` (:class:`PiiPolicy`);
+    ``unregistered_events``: what the collector does with an event whose name has no
+    registered schema — ``"accept"`` (store it, unvalidated) or ``"reject"`` (bad row
+    ``schema_violation``)."""
 
     name: str
     write_key: str
+    pii: PiiPolicy = PiiPolicy()
+    unregistered_events: str = "accept"
+
+    def __post_init__(self):
+        if self.unregistered_events not in UNREGISTERED_POLICIES:
+            raise ValueError(f"unregistered_events: must be one of {', '.join(UNREGISTERED_POLICIES)}, got {self.unregistered_events!r}")
 
 
 @dataclass(frozen=True)
@@ -102,7 +144,10 @@ class Home:
         """All sources; ``[]`` before the first one is added."""
         if not self.sources_path.exists():
             return []
-        return [Source(**s) for s in json.loads(self.sources_path.read_text())]
+        try:
+            return msgspec.json.decode(self.sources_path.read_bytes(), type=list[Source])
+        except msgspec.ValidationError as e:
+            raise ValueError(f"{self.sources_path}: {e}") from None
 
     def add_source(self, name: str, write_key: str | None = None) -> Source:
         """Add (or return the existing) source ``name``; a write key is generated unless given.
@@ -115,9 +160,23 @@ class Home:
             if write_key is not None and s.write_key == write_key:
                 raise ValueError(f"write_key: already used by source {s.name!r}")
         source = Source(name, write_key or secrets.token_urlsafe(24))
-        payload = [s.__dict__ for s in existing if s.name != name] + [source.__dict__]
-        _write_private(self.sources_path, json.dumps(payload, indent=2).encode())
+        self._write_sources([s for s in existing if s.name != name] + [source])
         return source
+
+    def update_source(self, name: str, **changes) -> Source:
+        """Replace fields of source ``name`` (e.g. ``pii=PiiPolicy(...)``,
+        ``unregistered_events="reject"``); ``KeyError`` if there is no such source,
+        ``ValueError`` for an invalid value. The collector picks the change up within a second."""
+        existing = self.sources()
+        match = [s for s in existing if s.name == name]
+        if not match:
+            raise KeyError(f"source {name!r}: no such source")
+        updated = dataclasses.replace(match[0], **changes)
+        self._write_sources([updated if s.name == name else s for s in existing])
+        return updated
+
+    def _write_sources(self, sources: list[Source]) -> None:
+        _write_private(self.sources_path, json.dumps(msgspec.to_builtins(sources), indent=2).encode())
 
 
 def port_from_env() -> int:

@@ -37,14 +37,24 @@ EVENT_TYPES = ("track", "identify", "alias", "page", "screen", "group")
 EVENTS_TOPIC = "events"
 BAD_ROWS_TOPIC = "bad_rows"
 
-# Bad rows (Snowplow-style failed events): one row per rejected event or request.
+# Bad rows: the failed-event taxonomy, modelled on Snowplow's failed events
+# (https://docs.snowplow.io/docs/fundamentals/failed-events/). One bad row per rejected
+# event, or per rejected request when no event of it could be read.
+SIZE_VIOLATION = "size_violation"  # event > 32 KB or request > 500 KB (Snowplow: size violation)
+DECODE_FAILURE = "decode_failure"  # not readable: bad gzip/base64/UTF-8/JSON (Snowplow: adapter/tracker protocol)
+ENVELOPE_VIOLATION = "envelope_violation"  # readable, but breaks the wire protocol: missing id/type/event name, wrong types
+SCHEMA_VIOLATION = "schema_violation"  # properties break the event's registered JSON Schema (Snowplow: schema violation)
+AUTH_FAILURE = "auth_failure"  # missing/unknown write key (rate-limited, source null; key itself never stored)
+BAD_ROW_TYPES = (SIZE_VIOLATION, DECODE_FAILURE, ENVELOPE_VIOLATION, SCHEMA_VIOLATION, AUTH_FAILURE)
+
 BAD_ROW_SCHEMA = pa.schema(
     [
         pa.field("received_at", TS, nullable=False),
         pa.field("source", pa.string()),  # null when the write key was not recognised
-        pa.field("error_type", pa.string(), nullable=False),  # size_violation, envelope_violation, decode_failure
+        pa.field("error_type", pa.string(), nullable=False),  # one of BAD_ROW_TYPES
         pa.field("reason", pa.string(), nullable=False),  # names the field and the rule
-        pa.field("payload", pa.string()),  # the rejected JSON, identifiers tokenised where decodable
+        pa.field("payload", pa.string()),  # the rejected JSON, identifiers and PII tokenised
+        pa.field("protocol", pa.string()),  # wire format of the payload: segment, posthog, … (replay)
         pa.field("ds", pa.date32(), nullable=False),  # UTC date of received_at
     ]
 )

@@ -59,11 +59,17 @@ def lag(home: Home) -> int:
 
 @dataclass
 class Platform:
-    """Collector (HTTP on 127.0.0.1:``port``) + stream processor, as supervised children."""
+    """Collector (HTTP on 127.0.0.1:``port``) + stream processor, as supervised children; with
+    ``dagster_port`` also the Dagster UI + daemon (:mod:`headwater.orchestrate.server`)."""
 
     home: Home
     port: int
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    dagster_port: int | None = None
+
+    @property
+    def dagster_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.dagster_port}" if self.dagster_port else None
 
     @property
     def url(self) -> str:
@@ -77,8 +83,16 @@ class Platform:
                 s.bind(("127.0.0.1", self.port))
             except OSError as e:
                 raise RuntimeError(f"collector cannot listen on {self.url}: {e.strerror}") from None
+        if self.dagster_port:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", self.dagster_port))
+                except OSError as e:
+                    raise RuntimeError(f"Dagster UI cannot listen on {self.dagster_url}: {e.strerror}") from None
         self.start_component("collector")
         self.start_component("stream")
+        if self.dagster_port:
+            self.start_component("dagster")
         try:
             wait_http(self.url + "/health", proc=self.procs["collector"])
         except RuntimeError as e:
@@ -87,6 +101,11 @@ class Platform:
         return self
 
     def start_component(self, name: str) -> None:
+        if name == "dagster":
+            from headwater.orchestrate import server
+
+            self.procs[name] = server.spawn(self.home, self.dagster_port)
+            return
         args = ["collector", "--port", str(self.port)] if name == "collector" else ["stream"]
         self.procs[name] = spawn(self.home, *args)
 

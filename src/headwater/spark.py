@@ -27,10 +27,14 @@ def session(app_name: str = "headwater", cores: int = 2, shuffle_partitions: int
         SparkSession.builder.master(f"local[{cores}]")
         .appName(app_name)
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
         .config("spark.driver.memory", "2g")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.log.level", "ERROR")
+        # Python workers (UDFs, Python data sources) must connect back within this; the 15 s
+        # default is exceeded on a loaded 2-core machine while a worker imports pyarrow.
+        .config("spark.python.authenticate.socketTimeout", "120s")
         .getOrCreate()
     )

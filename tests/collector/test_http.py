@@ -69,15 +69,21 @@ def test_write_key_in_body_is_the_fallback(http, events):
         ({"Authorization": "Bearer abc"}, None, "Authorization header: expected HTTP Basic auth with the write key as username and an empty password"),
     ],
 )
-def test_missing_or_unknown_write_key_is_401_and_not_recorded(http, events, bad_rows, headers, body_key, message):
+def test_missing_or_unknown_write_key_is_401_and_an_auth_failure_row(http, events, bad_rows, headers, body_key, message, tokenizer):
     body = {"writeKey": body_key} if body_key else {}
     r = post_batch(http, [ev("unauth")], headers=headers, **body)
     assert r.status_code == 401
     assert r.json() == {"success": False, "code": "unauthorized", "message": message}
-    # the server keeps serving; nothing of the rejected request was stored
+    # the server keeps serving; no event of the rejected request was stored
     assert post_batch(http, [ev("after-401")]).status_code == 200
     assert ids(events.rows()) == ["after-401"]
-    assert bad_rows.rows() == []
+    # one auth_failure bad row, source unknown (null); a presented key only as its token
+    [bad] = bad_rows.rows()
+    assert (bad["error_type"], bad["source"], bad["protocol"]) == ("auth_failure", None, "segment")
+    assert bad["reason"].startswith(message) and "no-such-key" not in json.dumps(bad, default=str)
+    if "unknown" in message:
+        assert tokenizer("no-such-key") in bad["reason"]
+    assert bad["payload"] is None or UID not in bad["payload"]
 
 
 def test_source_added_while_running_is_seen(http, home, events):

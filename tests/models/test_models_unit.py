@@ -12,39 +12,28 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
 from headwater.config import Home
-from headwater.events import EVENT_SCHEMA
-from headwater.lake.tables import append_once
-from headwater.models.run import ACTIVE_USERS_SCHEMA, MODELS, Model, build, plan, run_model, source_range
+from headwater.models import identity
+from headwater.models.run import MODELS, Model, build, plan, run_model, source_range
+from headwater.models.schemas import ACTIVE_USERS_SCHEMA
 from headwater.serve.catalog import query
-
-UTC = dt.timezone.utc
-T0 = dt.datetime(2024, 5, 1, 12, tzinfo=UTC)
-
-
-def event(eid: str, ts: dt.datetime, *, user: str | None = "u1", anon: str | None = "a1",
-          received: dt.datetime | None = None, **extra) -> dict:
-    return {
-        "event_id": eid, "event_type": "track", "event_name": "Viewed", "anonymous_id": anon,
-        "user_id": user, "event_ts": ts, "received_at": received or ts, "source": "test",
-        "surface": "web", "platform": "web", "properties": "{}", "context": "{}",
-        "schema_version": "1", "ds": ts.date(), **extra,
-    }
-
-
-def write(home: Home, rows: list[dict], batch_id: int = 0) -> None:
-    append_once(home.table_path("bronze", "events"), pa.Table.from_pylist(rows, schema=EVENT_SCHEMA),
-                app_id="unit", batch_id=batch_id)
-
+from tests.models.bronze import MODEL, T0, event, write
 
 def gold(home: Home) -> list[tuple]:
-    return [tuple(r.values()) for r in query(home, "SELECT * FROM gold.active_users ORDER BY ds").to_pylist()]
+    return [tuple(r.values()) for r in query(home, "SELECT ds, dau, wau, mau FROM gold.active_users ORDER BY ds").to_pylist()]
 
 
 def test_every_model_states_its_grain():
     for model in MODELS:
+        if model.compute is not None:  # Python model: the grain is in its module's docstring
+            assert f"rain of ``{model.table}``: one row per" in identity.__doc__
+            with pytest.raises(TypeError, match="Python model"):
+                model.sql()
+            continue
         sql = model.sql()
         assert sql.startswith(f"-- {model.table}\n-- Grain: one row per ")
-        assert set(re.findall(r"\$(\w+)", sql)) == {"start", "end"}  # prepared parameters only
+        assert "{{" not in sql and "{k" not in sql and "-- repeat" not in sql  # fully rendered
+        # prepared parameters only, and a partitioned model is bounded by its range
+        assert set(re.findall(r"\$(\w+)", sql)) == ({"start", "end"} if model.partitioned else set())
 
 
 def test_earliest_delivery_wins_with_deterministic_ties(tmp_path):
@@ -63,7 +52,7 @@ def test_earliest_delivery_wins_with_deterministic_ties(tmp_path):
     rows = query(home, "SELECT event_id, ds, context, platform FROM silver.events ORDER BY event_id").to_pylist()
     assert rows == [
         {"event_id": "e1", "ds": day, "context": '{"n": 1}', "platform": "web"},
-        {"event_id": "e2", "ds": day, "context": "{}", "platform": None},
+        {"event_id": "e2", "ds": day, "context": "{}", "platform": "unknown"},  # conformed: never null
     ]
 
 
@@ -97,23 +86,43 @@ def test_a_range_without_any_event_is_written_as_zeros(tmp_path):
     home = Home(tmp_path)
     write(home, [event("a", T0)])
     start = T0.date() + dt.timedelta(days=50)
-    counts = build(home, start, start + dt.timedelta(days=1))
-    assert counts["silver.events"] == 0
+    build(home, start, start + dt.timedelta(days=1))
+    assert query(home, "SELECT count(*) AS n FROM silver.events WHERE ds >= $s", {"s": start})["n"][0].as_py() == 0
     assert gold(home) == [(start, 0, 0, 0), (start + dt.timedelta(days=1), 0, 0, 0)]
 
 
-def test_plan_widens_inputs_by_the_lookback():
+def test_plan_widens_inputs_to_what_readers_read():
     d = dt.date(2024, 3, 1)
-    runs = [(m.table, s, e) for m, s, e in plan(d, d + dt.timedelta(days=2))]
-    assert runs == [
-        ("silver.events", d - dt.timedelta(days=27), d + dt.timedelta(days=2)),
-        ("gold.active_users", d, d + dt.timedelta(days=2)),
-    ]
-    floor = d - dt.timedelta(days=5)
-    assert plan(d, d, floor=floor)[0][1:] == (floor, d)
-    assert plan(d, d, floor=d + dt.timedelta(days=9))[0][1:] == (d, d)  # never narrower than asked
+    days = dt.timedelta
+    runs = {m.table: (s, e) for m, s, e in plan(d, d + days(days=2))}
+    assert list(runs) == [m.table for m in MODELS]  # dependency order kept
+    # without bounds: lookback 27 (active users) and lookahead 90 (retention week cells)
+    assert runs["silver.events"] == (d - days(days=27), d + days(days=2 + 90))
+    assert all(runs[t] == (d, d + days(days=2)) for t in runs if t != "silver.events")
+    # history readers (retention, experiments) take silver from the floor; the ceiling clips
+    floor, ceiling = d - days(days=60), d + days(days=10)
+    assert {m.table: (s, e) for m, s, e in plan(d, d, floor=floor, ceiling=ceiling)}["silver.events"] == (floor, ceiling)
+    # never narrower than asked, even outside the source's days
+    assert plan(d, d, floor=d + days(days=9), ceiling=d + days(days=9))[2][1:] == (d, d + days(days=9))
+    assert plan(d, d, floor=d - days(days=9), ceiling=d - days(days=9))[2][1:] == (d - days(days=9), d)
     with pytest.raises(ValueError, match="after end"):
-        plan(d, d - dt.timedelta(days=1))
+        plan(d, d - days(days=1))
+
+
+def test_affected_days_mirror_what_each_model_reads():
+    assert {m.table: m.affected_days for m in MODELS} == {
+        "silver.identity_map": (None, None),  # unpartitioned: rebuilt whole
+        "silver.identity_refused": (None, None),
+        "silver.events": (0, 0),
+        "silver.dim_user": (None, None),
+        "gold.events_hourly": (0, 0),
+        "gold.sessions": (-1, 1),
+        "gold.active_users": (0, 27),  # WAU for 6 days after, MAU for 27
+        "gold.active_users_by_platform": (0, 27),
+        "gold.retention": (-90, None),  # cohorts whose cells contain d; later first-active days move
+        "gold.funnels": (-7, 0),
+        "gold.experiments": (0, None),  # cumulative results
+    }
 
 
 def test_errors(tmp_path):
@@ -124,7 +133,7 @@ def test_errors(tmp_path):
     assert source_range(home) == (T0.date(), T0.date())
     with pytest.raises(ValueError, match="after end"):
         build(home, T0.date(), T0.date() - dt.timedelta(days=1))
-    gold_model = MODELS[1]
+    gold_model = MODEL["gold.active_users"]
     with pytest.raises(duckdb.CatalogException, match="events"):  # silver not built yet
         run_model(home, gold_model, T0.date(), T0.date())
     assert not home.table_path("gold", "active_users").exists()
@@ -133,14 +142,14 @@ def test_errors(tmp_path):
 class InlineModel(Model):
     """A model whose ``sql_file`` field holds the SQL text itself (for error cases)."""
 
-    def sql(self) -> str:
+    def sql(self, home=None) -> str:
         return self.sql_file
 
 
 def test_a_result_that_does_not_fit_writes_nothing(tmp_path):
     home = Home(tmp_path)
     day = dt.date(2024, 1, 1)
-    good = "SELECT DATE '2024-01-01' AS ds, 1::BIGINT AS dau, 2::BIGINT AS wau, 3::BIGINT AS mau WHERE $start <= $end"
+    good = "SELECT DATE '2024-01-01' AS ds, 1::BIGINT AS dau, 2::BIGINT AS wau, 3::BIGINT AS mau, 0.5 AS stickiness WHERE $start <= $end"
     assert run_model(home, InlineModel("gold.t", good, ACTIVE_USERS_SCHEMA, ()), day, day) == 1
     bad = {
         good.replace("1::BIGINT", "NULL::BIGINT"): (DeltaError, "non-nullable"),
@@ -152,4 +161,4 @@ def test_a_result_that_does_not_fit_writes_nothing(tmp_path):
             run_model(home, InlineModel("gold.t", sql, ACTIVE_USERS_SCHEMA, ()), day, day)
     path = home.table_path("gold", "t")
     assert len(DeltaTable(str(path)).history()) == 1
-    assert query(home, "SELECT * FROM gold.t").to_pylist() == [{"ds": day, "dau": 1, "wau": 2, "mau": 3}]
+    assert query(home, "SELECT * FROM gold.t").to_pylist() == [{"ds": day, "dau": 1, "wau": 2, "mau": 3, "stickiness": 0.5}]

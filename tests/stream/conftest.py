@@ -55,3 +55,17 @@ def event_log(home) -> SqliteLog:
     log.ensure_topic("bad_rows", 1)
     yield log
     log.close()
+
+
+def table_rows(path, order: list[str] | None = None) -> list[dict]:
+    """Rows of the Delta table at ``path`` as dicts, sorted by ``order`` (all columns by
+    default; nulls first); ``[]`` if the table does not exist."""
+    from headwater.lake import tables
+
+    ds = tables.dataset(path)
+    if ds is None:
+        return []
+    t = ds.to_table()
+    keys = order or t.column_names
+    rows = t.to_pylist()
+    return sorted(rows, key=lambda r: tuple((r[k] is not None, r[k]) for k in keys))

@@ -49,17 +49,23 @@ def _interrupt(*_) -> None:
 
 @cli.command()
 @click.option("--port", type=int, default=None, help="Collector port on 127.0.0.1 (default $HEADWATER_PORT or 8088).")
-def up(port: int | None) -> None:
-    """Run the collector and the stream processor until Ctrl-C; print URL and write key."""
-    from headwater.runtime import Platform
+@click.option("--dagster/--no-dagster", default=True, show_default=True,
+              help="Also serve the Dagster UI + daemon (port $HEADWATER_DAGSTER_PORT or a free one).")
+def up(port: int | None, dagster: bool) -> None:
+    """Run the collector, the stream processor and Dagster until Ctrl-C; print URLs and write key."""
+    from headwater.orchestrate.server import port_from_env as dagster_port_from_env
+    from headwater.runtime import Platform, free_port
 
     home = Home.from_env()
     source = default_source(home)
     try:
-        platform = Platform(home, port or port_from_env()).start()
-    except RuntimeError as e:
+        dagster_port = dagster_port_from_env(free_port()) if dagster else None
+        platform = Platform(home, port or port_from_env(), dagster_port=dagster_port).start()
+    except (RuntimeError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"collector  {platform.url}  (Segment HTTP API: POST /v1/batch, /v1/track, ...)")
+    if platform.dagster_url:
+        click.echo(f"dagster    {platform.dagster_url}  (Dagster UI: assets, runs, backfills; daily schedule, late-data sensor)")
     click.echo(f"write key  {source.write_key}  (source {source.name!r})")
     click.echo(f"home       {home.root}")
     signal.signal(signal.SIGTERM, _interrupt)
@@ -81,24 +87,36 @@ def collector(port: int | None) -> None:
 @cli.command()
 @click.option("--available-now", is_flag=True, help="Process what the log holds now, then exit.")
 @click.option("--trigger-interval", type=float, default=0.5, show_default=True, help="Seconds between polls when idle.")
-def stream(available_now: bool, trigger_interval: float) -> None:
-    """Run only the stream processor (event log -> bronze Delta tables, exactly once)."""
+@click.option("--max-records-per-partition", type=int, default=50_000, show_default=True, help="Micro-batch bound per log partition.")
+@click.option("--retain-batches", type=int, default=100, show_default=True, help="Offset/commit log entries kept.")
+@click.option("--pipeline", "pipeline_path", type=click.Path(exists=True, dir_okay=False), help="Pipeline TOML (default: the built-in real-time aggregates).")
+def stream(available_now: bool, trigger_interval: float, max_records_per_partition: int, retain_batches: int, pipeline_path: str | None) -> None:
+    """Run only the stream processor (event log -> bronze + realtime Delta tables, exactly once)."""
+    from headwater.stream.pipeline import DEFAULT_PIPELINE, Pipeline
     from headwater.stream.processor import BronzeStream, StreamConfig
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    BronzeStream(Home.from_env(), StreamConfig(trigger_interval_s=trigger_interval)).run(stop, available_now=available_now)
+    config = StreamConfig(trigger_interval_s=trigger_interval, max_records_per_partition=max_records_per_partition, retain_batches=retain_batches)
+    pipeline = Pipeline.from_toml(pipeline_path) if pipeline_path else DEFAULT_PIPELINE
+    BronzeStream(Home.from_env(), config, pipeline=pipeline).run(stop, available_now=available_now)
 
 
 @cli.command()
 @click.option("--start", callback=_date, help="First ds (YYYY-MM-DD); default the first ds in bronze.")
 @click.option("--end", callback=_date, help="Last ds (YYYY-MM-DD); default the last ds in bronze.")
-def batch(start: dt.date | None, end: dt.date | None) -> None:
+@click.option("--engine", type=click.Choice(["duckdb", "spark"]), default=None,
+              help="SQL engine (default $HEADWATER_ENGINE or duckdb); spark runs the same SQL on Spark SQL local mode.")
+def batch(start: dt.date | None, end: dt.date | None, engine: str | None) -> None:
     """Build silver and gold tables for a ds range (partitions are overwritten, never appended twice)."""
-    from headwater.models.run import build
+    from headwater.models.run import build, engine_from_env
 
-    counts = build(Home.from_env(), start, end, progress=lambda msg: click.echo(msg, err=True))
+    try:
+        engine = engine_from_env(engine)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    counts = build(Home.from_env(), start, end, progress=lambda msg: click.echo(msg, err=True), engine=engine)
     click.echo(to_json(counts))
 
 
@@ -135,6 +153,12 @@ def status(fmt: str) -> None:
     if info["stream"]:
         s = info["stream"]
         click.echo(f"stream  last batch {s['last_batch_id']} at {s['last_batch_time']}  totals {s['totals']}")
+    for name, m in info.get("metrics", {}).items():
+        delay = "-" if m["watermark_delay_s"] is None else f"{m['watermark_delay_s']:.1f}s"
+        click.echo(
+            f"query {name}  batch {m['last_batch_id']} took {m['batch_duration_s']:.3f}s  "
+            f"in {m['records_in_per_s']:.0f}/s  out {m['records_out_per_s']:.0f}/s  watermark delay {delay}"
+        )
     for name, rows in info["tables"].items():
         click.echo(f"table {name}  {rows} rows")
 
@@ -168,3 +192,22 @@ def demo(port: int | None) -> None:
     from headwater.demo.run import run_demo
 
     sys.exit(run_demo(Home.from_env(), port))
+
+
+from headwater.cli.schema import schema as _schema  # noqa: E402
+cli.add_command(_schema)
+
+from headwater.cli.sources import cdc_group, import_cmd, logs_cmd  # noqa: E402
+
+cli.add_command(import_cmd)
+cli.add_command(logs_cmd)
+cli.add_command(cdc_group)
+
+from headwater.cli.badrows import badrows as _badrows  # noqa: E402
+cli.add_command(_badrows)
+
+from headwater.cli.backfill import backfill as _backfill  # noqa: E402
+cli.add_command(_backfill)
+
+from headwater.cli.policy import policy as _policy  # noqa: E402
+source.add_command(_policy)

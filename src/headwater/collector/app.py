@@ -1,4 +1,4 @@
-"""The collector's ASGI app: Segment HTTP Tracking API → the event log.
+"""The collector's ASGI app: Segment HTTP Tracking API and PostHog capture → the event log.
 
 Routes (Segment HTTP Tracking API, https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/):
 
@@ -6,12 +6,22 @@ Routes (Segment HTTP Tracking API, https://segment.com/docs/connections/sources/
 - ``POST /v1/track|identify|page|screen|alias|group`` — one message; the path gives the
   type when the message has none
 - aliases: ``/v1/import`` and ``/v1/b`` (= batch), ``/v1/t|i|p|s|a|g`` (analytics.js)
+- PostHog capture (:mod:`.posthog`): ``POST /batch/``, ``/e/``, ``/capture/``, ``/i/v0/e/``,
+  ``/track/``, ``/engage/`` (also without the trailing slash); the write key is the PostHog
+  project token (``api_key`` / ``token`` in the body, the events or the query string).
 - ``GET /health`` — 200 ``{"status": "ok"}``
+- ``GET /metrics`` — Prometheus text format: log offsets, lag, stream progress (:mod:`headwater.serve.metrics`)
 
 Auth: HTTP Basic, username = write key (password ignored), else ``writeKey`` in the
 body; the key maps to a source via ``sources.json`` (re-read when it changes: checked at
 most once a second, and at once for an unknown key). Missing / unknown key
-→ 401 (not recorded: no source to attribute it to).
+→ 401, recorded as an ``auth_failure`` bad row with source null, at most 60 a minute
+(the rest are counted into the next one's reason); the presented key is kept only as its
+HMAC token, the body only as its first 1 KB, scrubbed.
+
+PII: accepted events' ``properties`` / ``context`` and every bad-row payload go through the
+source's PII policy (:mod:`.pii`) before the log; events are validated against their
+contracts (:mod:`headwater.registry.validate`) before that, on the values as sent.
 
 Bodies: ``Content-Encoding: gzip`` or none (else 415). At most 500 KB after
 decompression → else 413; decompression is bounded (output capped, never inflated past
@@ -35,12 +45,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import os
 import time
 import zlib
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import msgspec
+import pyarrow as pa
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -48,10 +62,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from headwater.collector import posthog
 from headwater.collector.partitioning import event_appends
+from headwater.collector.pii import scrubber
 from headwater.collector.segment import (
     DECODE_FAILURE,
-    ENVELOPE_VIOLATION,
+    MAX_BAD_PAYLOAD_CHARS,
     MAX_REQUEST_BYTES,
     SIZE_VIOLATION,
     WireError,
@@ -63,11 +79,13 @@ from headwater.collector.segment import (
     write_key_of,
 )
 from headwater.collector.tokens import Tokenizer
-from headwater.config import Home, partitions_from_env
-from headwater.events import BAD_ROWS_TOPIC, EVENT_TYPES, EVENTS_TOPIC
+from headwater.config import Home, PiiPolicy, Source, partitions_from_env
+from headwater.events import AUTH_FAILURE, BAD_ROWS_TOPIC, EVENT_TYPES, EVENTS_TOPIC
 from headwater.log.base import Append, EventLog
 from headwater.log.codec import encode
 from headwater.log.group_commit import GroupCommitWriter
+from headwater.registry import validate as contracts
+from headwater.registry.registry import Registry
 
 OVERSIZE_PAYLOAD_BYTES = 1024  # a 413's bad row keeps only this much of the body
 # A gzip body larger than this cannot inflate to <= MAX_REQUEST_BYTES (deflate's worst
@@ -89,6 +107,7 @@ class WriteKeys:
         self._interval = interval
         self._stamp: tuple | None = None
         self._keys: dict[str, str] = {}
+        self._configs: dict[str, Source] = {}
         self._checked = float("-inf")
         self._refresh(time.monotonic())
 
@@ -102,6 +121,10 @@ class WriteKeys:
             self._refresh(now)
             name = self._keys.get(write_key)
         return name
+
+    def config(self, name: str) -> Source | None:
+        """The full configuration of source ``name`` (reloaded with ``sources.json``)."""
+        return self._configs.get(name)
 
     def _refresh(self, now: float) -> None:
         self._checked = now
@@ -117,6 +140,7 @@ class WriteKeys:
         except (OSError, ValueError, TypeError):  # unreadable: keep the keys we have
             return
         self._keys = {s.write_key: s.name for s in sources}
+        self._configs = {s.name: s for s in sources}
         self._stamp = stamp
 
 
@@ -197,6 +221,76 @@ async def read_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
     return b"".join(out)
 
 
+@dataclass(frozen=True)
+class Wire:
+    """A wire format the collector speaks: ``parse(body, request)`` → an envelope with
+    ``write_key``, ``single``, ``messages`` and ``path(i)`` (raises ``WireError``);
+    ``normalize`` (as :func:`.segment.normalize`); ``redact(raw, tokenizer, limit)`` → bad-row
+    text; ``write_key_of(body, request)`` → the key of an unusable body, never raises."""
+
+    protocol: str
+    parse: Callable[[bytes, Request], Any]
+    normalize: Callable[..., Any]
+    redact: Callable[..., str]
+    write_key_of: Callable[[bytes, Request], str | None]
+    key_help: str
+
+
+def segment_wire(path_type: str | None) -> Wire:
+    return Wire("segment", lambda body, _r: parse_request(body, path_type), normalize, redact,
+                lambda body, _r: write_key_of(body), "HTTP Basic auth with the write key as username, or `writeKey` in the body")
+
+
+def _posthog_parse(body: bytes, request: Request):
+    query = request.query_params
+    return posthog.parse_request(posthog.payload_bytes(body, request.headers.get("content-type", ""), query), query)
+
+
+POSTHOG_WIRE = Wire("posthog", _posthog_parse, posthog.normalize, posthog.redact,
+                    lambda body, r: posthog.write_key_of(body) or r.query_params.get("token") or r.query_params.get("api_key"),
+                    "`api_key` / `token` in the body, in each event, or in the query string")
+
+AUTH_FAILURE_ROWS_PER_MINUTE = 60
+_WRITE_KEY_FIELDS = ("writeKey", "api_key")  # dropped from bad-row payloads
+
+
+class AuthFailureLimiter:
+    """At most ``per_minute`` ``auth_failure`` bad rows a minute (a fixed one-minute window):
+    a client with a wrong key, or a scanner, must not fill the log. Failures over the limit
+    are counted, and the count is reported in the reason of the next recorded one."""
+
+    def __init__(self, per_minute: int = AUTH_FAILURE_ROWS_PER_MINUTE):
+        self.per_minute = per_minute
+        self._window = -1
+        self._used = 0
+        self.suppressed = 0
+
+    def admit(self, now: float) -> bool:
+        window = int(now // 60)
+        if window != self._window:
+            self._window, self._used = window, 0
+        if self._used >= self.per_minute:
+            self.suppressed += 1
+            return False
+        self._used += 1
+        return True
+
+
+def accept(norm, env, wire: Wire, *, source: str, config: Source | None, received_at_us: int, tokenizer: Tokenizer,
+           validator: contracts.ContractValidator) -> tuple[pa.Table, Any]:
+    """The last steps of ingestion after ``wire.normalize``, shared by HTTP and
+    ``headwater badrows replay``: contract validation (on the values as sent), then the
+    source's PII policy on ``properties`` / ``context`` (the log only sees scrubbed ones).
+    Returns the events to log and the :class:`~.segment.Normalized` with contract bad rows."""
+    norm = contracts.apply(
+        norm, validator, messages=env.messages, at=env.path,
+        reject_unregistered=config is not None and config.unregistered_events == "reject",
+        redact=lambda raw: wire.redact(raw, tokenizer), source=source, received_at_us=received_at_us, protocol=wire.protocol,
+    )
+    events = scrubber(config.pii if config is not None else PiiPolicy(), tokenizer).apply(norm.events)
+    return events, norm
+
+
 def create_app(home: Home, log: EventLog) -> Starlette:
     """The collector ASGI app writing to ``log`` (usually ``SqliteLog(home.log_path)``).
 
@@ -206,55 +300,87 @@ def create_app(home: Home, log: EventLog) -> Starlette:
     stops the writer. The HMAC key is ``home.hmac_key()``."""
     tokenizer = Tokenizer(home.hmac_key())
     keys = WriteKeys(home)
+    validator = contracts.ContractValidator(Registry.from_home(home))
     state: dict = {}
 
     def record(appends: list[Append]):
         return asyncio.wrap_future(state["writer"].submit(appends))
 
-    def bad_rows_append(rows: list[dict]) -> Append:
+    auth_limiter = AuthFailureLimiter()
+
+    def policy(source: str | None) -> PiiPolicy:
+        config = keys.config(source) if source is not None else None
+        return config.pii if config is not None else PiiPolicy()
+
+    def bad_rows_append(rows: list[dict], source: str | None = None) -> Append:
+        # Payloads are scrubbed with the source's PII policy (idempotent: tokens stay as they
+        # are), and the write key fields are dropped: a bad row never stores a credential.
+        p = policy(source)
+        scrub = scrubber(dataclasses.replace(p, drop=p.drop + _WRITE_KEY_FIELDS), tokenizer)
+        for r in rows:
+            r["payload"] = scrub.scrub_json(r["payload"])[:MAX_BAD_PAYLOAD_CHARS] if r["payload"] is not None else None
         return Append(BAD_ROWS_TOPIC, 0, len(rows), encode(bad_rows_table(rows)))
 
-    async def ingest(request: Request, path_type: str | None) -> Response:
+    async def unauthorized(received_us: int, message: str, wire: Wire, body: bytes | None = None, key: str | None = None) -> Response:
+        """401, recorded as an ``auth_failure`` bad row (source null) within the rate limit.
+        The presented key is stored only as its HMAC token (to tell clients apart), the body
+        only as its first 1 KB, scrubbed like any payload."""
+        if auth_limiter.admit(time.monotonic()):
+            reason = message + (f" (key token {tokenizer(key)})" if key else "")
+            if auth_limiter.suppressed:
+                reason += f"; {auth_limiter.suppressed} earlier auth failures not recorded (limit {auth_limiter.per_minute}/min)"
+                auth_limiter.suppressed = 0
+            payload = wire.redact(body[:OVERSIZE_PAYLOAD_BYTES], tokenizer, OVERSIZE_PAYLOAD_BYTES) if body else None
+            row = bad_row(received_us, None, AUTH_FAILURE, reason, payload, wire.protocol)
+            await _try_record(record, [bad_rows_append([row])])
+        return _error(401, "unauthorized", message)
+
+    async def ingest(request: Request, wire: Wire) -> Response:
         received_us = time.time_ns() // 1000
         source = None
         auth = request.headers.get("authorization")
-        if auth is not None:
+        if auth is not None and wire.protocol == "segment":
             key = basic_auth_user(auth)
             if key is None:
-                return _error(401, "unauthorized", "Authorization header: expected HTTP Basic auth with the write key as username and an empty password")
+                return await unauthorized(received_us, "Authorization header: expected HTTP Basic auth with the write key as username and an empty password", wire)
             source = keys.source(key)
             if source is None:
-                return _error(401, "unauthorized", "Authorization header: unknown write key")
+                return await unauthorized(received_us, "Authorization header: unknown write key", wire, key=key)
 
         body = b""
         try:
             body = await read_body(request)
-            env = parse_request(body, path_type)
+            env = wire.parse(body, request)
         except _Oversize as e:
             message = f"{e.what} ({MAX_REQUEST_BYTES // 1024} KB limit per request)"
             if source is not None:
-                payload = redact(e.prefix, tokenizer, OVERSIZE_PAYLOAD_BYTES)
-                await _try_record(record, [bad_rows_append([bad_row(received_us, source, SIZE_VIOLATION, message, payload)])])
+                payload = wire.redact(e.prefix, tokenizer, OVERSIZE_PAYLOAD_BYTES)
+                row = bad_row(received_us, source, SIZE_VIOLATION, message, payload, wire.protocol)
+                await _try_record(record, [bad_rows_append([row], source)])
             # Close: the rest of the upload is not read.
             return _error(413, SIZE_VIOLATION, message, {"connection": "close"})
         except WireError as e:
-            if source is None and e.code == ENVELOPE_VIOLATION and (wk := write_key_of(body)):
+            if source is None and (wk := wire.write_key_of(body, request)):
                 source = keys.source(wk)
             if source is not None:
-                await _try_record(record, [bad_rows_append([bad_row(received_us, source, e.code, e.message, redact(body, tokenizer))])])
+                limit = OVERSIZE_PAYLOAD_BYTES if e.code == SIZE_VIOLATION else MAX_BAD_PAYLOAD_CHARS
+                row = bad_row(received_us, source, e.code, e.message, wire.redact(body, tokenizer, limit), wire.protocol)
+                await _try_record(record, [bad_rows_append([row], source)])
             return _error(e.status, e.code, e.message)
 
         if source is None:
             if not env.write_key:
-                return _error(401, "unauthorized", "Missing write key: send HTTP Basic auth with the write key as username, or `writeKey` in the body")
+                return await unauthorized(received_us, f"Missing write key: send {wire.key_help}", wire, body)
             source = keys.source(env.write_key)
             if source is None:
-                return _error(401, "unauthorized", "Field `writeKey`: unknown write key")
+                return await unauthorized(received_us, ("Field `writeKey`" if wire.protocol == "segment" else "Field `api_key` / `token`") + ": unknown write key", wire, body, env.write_key)
 
-        norm = normalize(env, source=source, received_at_us=received_us, tokenizer=tokenizer)
-        appends = event_appends(norm.events, state["partitions"], EVENTS_TOPIC)
+        norm = wire.normalize(env, source=source, received_at_us=received_us, tokenizer=tokenizer)
+        events, norm = accept(norm, env, wire, source=source, config=keys.config(source), received_at_us=received_us,
+                              tokenizer=tokenizer, validator=validator)
+        appends = event_appends(events, state["partitions"], EVENTS_TOPIC)
         if norm.bad_rows:
-            appends.append(bad_rows_append(norm.bad_rows))
+            appends.append(bad_rows_append(norm.bad_rows, source))
         if appends:
             try:
                 await record(appends)
@@ -262,15 +388,17 @@ def create_app(home: Home, log: EventLog) -> Starlette:
                 return _error(503, "unavailable", f"Event log append failed, retry later: {type(e).__name__}: {e}")
 
         result = {"success": norm.accepted > 0 or norm.rejected == 0, "accepted": norm.accepted, "rejected": norm.rejected, "errors": norm.errors}
+        if wire.protocol == "posthog":
+            result["status"] = 1  # what PostHog's capture answers
         if norm.accepted == 0 and norm.rejected:
             first = norm.errors[0]
             what = f"Event rejected: {first['message']}" if env.single else f"All {norm.rejected} events rejected; first (index {first['index']}): {first['message']}"
             return _json(400, {"code": first["code"], "message": what, **result})
         return _json(200, result)
 
-    def endpoint(path_type: str | None):
+    def endpoint(wire: Wire):
         async def handler(request: Request) -> Response:
-            return await ingest(request, path_type)
+            return await ingest(request, wire)
 
         return handler
 
@@ -288,12 +416,19 @@ def create_app(home: Home, log: EventLog) -> Starlette:
         finally:
             state["writer"].close()
 
-    routes = [Route("/health", health, methods=["GET"])]
+    def metrics(request: Request) -> Response:  # sync: Starlette runs it in its thread pool (file + SQLite reads)
+        from headwater.serve.metrics import CONTENT_TYPE, render
+
+        return Response(render(home), media_type=CONTENT_TYPE)
+
+    routes = [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]
     # /v1/import is Segment's historical-import alias of /v1/batch; analytics.js
     # (analytics-next) posts to the short paths /v1/b and /v1/<first letter of the type>.
-    routes += [Route(p, endpoint(None), methods=["POST"]) for p in ("/v1/batch", "/v1/import", "/v1/b")]
-    routes += [Route(f"/v1/{t}", endpoint(t), methods=["POST"]) for t in EVENT_TYPES]
-    routes += [Route(f"/v1/{t[0]}", endpoint(t), methods=["POST"]) for t in EVENT_TYPES]
+    routes += [Route(p, endpoint(segment_wire(None)), methods=["POST"]) for p in ("/v1/batch", "/v1/import", "/v1/b")]
+    routes += [Route(f"/v1/{t}", endpoint(segment_wire(t)), methods=["POST"]) for t in EVENT_TYPES]
+    routes += [Route(f"/v1/{t[0]}", endpoint(segment_wire(t)), methods=["POST"]) for t in EVENT_TYPES]
+    # PostHog capture (posthog-js, posthog-python, posthog-node), with and without the trailing slash.
+    routes += [Route(p, endpoint(POSTHOG_WIRE), methods=["POST"]) for path in posthog.PATHS for p in (path, path.rstrip("/"))]
     # Browsers (analytics.js) post cross-origin with the write key in the body.
     middleware = [Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"], allow_headers=["*"], max_age=86400)]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

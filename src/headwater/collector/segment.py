@@ -58,15 +58,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.collector.tokens import Tokenizer
-from headwater.events import BAD_ROW_SCHEMA, EVENT_SCHEMA, EVENT_TYPES, TS
+from headwater.events import BAD_ROW_SCHEMA, DECODE_FAILURE, ENVELOPE_VIOLATION, EVENT_SCHEMA, EVENT_TYPES, SIZE_VIOLATION, TS
 
 MAX_EVENT_BYTES = 32 * 1024  # Segment: "32KB per call" / per message inside a batch
 MAX_REQUEST_BYTES = 500 * 1024  # Segment: "500KB per batch request" (after decompression)
 MAX_BAD_PAYLOAD_CHARS = 32 * 1024  # a bad row keeps at most this much of the payload
 
-SIZE_VIOLATION = "size_violation"
-ENVELOPE_VIOLATION = "envelope_violation"
-DECODE_FAILURE = "decode_failure"
 
 # Namespace of derived event ids (uuid5 over source + raw message bytes).
 EVENT_ID_NAMESPACE = uuid.UUID("5f6d8a3e-2c1b-5d4e-9a7f-0b1c2d3e4f50")
@@ -166,6 +163,10 @@ class Envelope:
     context: bytes = b""
     write_key: str | None = None
     utf8: bool = True
+
+    def path(self, i: int) -> str:
+        """JSON path of message ``i`` in the request body (``$`` or ``$.batch[i]``)."""
+        return "$" if self.single else f"$.batch[{i}]"
 
 
 @dataclass
@@ -357,8 +358,7 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
 
         mid = m.messageId
         if mid is None or mid == "":
-            # uuid5 computed on bytes (equal to uuid.uuid5(NAMESPACE, source + "\n" + text)).
-            mid = str(uuid.UUID(bytes=hashlib.sha1(source_prefix + bytes(raw)).digest()[:16], version=5))
+            mid = derive_event_id(source_prefix, raw)
         elif mid.__class__ is not str:
             mid = str(mid)
 
@@ -372,16 +372,30 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
     else:
         cols = [()] * 12
     event_ids, types, names, anons, users, tss, otss, sents, surfaces, platforms, props, ctxs = cols
-    events = _build_table(
+    events = build_events(
         event_ids, types, names, anons, users, tss, otss, sents, env.sent_at, received_at_us,
         source, surfaces, platforms, props, ctxs,
     )
     return Normalized(events, bad_rows, errors)
 
 
-def _build_table(event_ids, types, names, anons, users, tss, otss, sents, batch_sent, received_at_us,
+def derive_event_id(source_prefix: bytes, raw: bytes) -> str:
+    """Event id of a message sent without one: ``uuid5(EVENT_ID_NAMESPACE, source + "\\n" +
+    message text)``, computed on bytes; ``source_prefix`` is ``EVENT_ID_NAMESPACE.bytes +
+    source.encode() + b"\\n"``. A retry resending the same bytes gets the same id."""
+    return str(uuid.UUID(bytes=hashlib.sha1(source_prefix + bytes(raw)).digest()[:16], version=5))
+
+
+def build_events(event_ids, types, names, anons, users, tss, otss, sents, batch_sent, received_at_us,
                  source, surfaces, platforms, props, ctxs) -> pa.Table:
-    """One Arrow build per request; event time computed on whole columns."""
+    """The ``EVENT_SCHEMA`` table of one request, from equal-length columns (sequences), with
+    event time computed on whole columns (shared by every wire format).
+
+    ``anons`` / ``users``: tokens or None; ``tss`` / ``otss`` / ``sents``: ``timestamp`` /
+    ``originalTimestamp`` / per-event ``sentAt`` as ``datetime`` or None; ``batch_sent``: the
+    request's ``sentAt`` or None (fills missing ``sents``); ``props`` / ``ctxs``: JSON text
+    (``bytes`` or ``str``). Event time is ``coalesce(ts + (received_at − sent), ts, received_at)``
+    with ``ts = coalesce(tss, otss)`` and ``sent = coalesce(sents, batch_sent)``."""
     n = len(event_ids)
     recv = pa.scalar(received_at_us, TS)
     # pa.array converts tz-aware datetimes to UTC and reads naive ones as UTC.
@@ -493,14 +507,17 @@ def _with_path(msg: str, at: str) -> str:
     return f"{msg} - at `{at}`"
 
 
-def bad_row(received_at_us: int, source: str | None, error_type: str, reason: str, payload: str | None) -> dict:
-    """One ``BAD_ROW_SCHEMA`` row as a dict (``received_at`` µs, ``ds`` days since epoch)."""
+def bad_row(received_at_us: int, source: str | None, error_type: str, reason: str, payload: str | None,
+            protocol: str | None = "segment") -> dict:
+    """One ``BAD_ROW_SCHEMA`` row as a dict (``received_at`` µs, ``ds`` days since epoch);
+    ``protocol`` names the wire format of ``payload`` (what ``headwater badrows replay`` re-runs)."""
     return {
         "received_at": received_at_us,
         "source": source,
         "error_type": error_type,
         "reason": reason,
         "payload": payload,
+        "protocol": protocol,
         "ds": received_at_us // _US_PER_DAY,
     }
 

@@ -31,6 +31,28 @@ def _offsets(home: Home) -> tuple[int, int, int]:
     return ends.get("events", 0), ends.get("bad_rows", 0), dups
 
 
+def _checkout_funnel(home: Home) -> Table:
+    """The configured funnels over the whole range, per platform: persons entering and the
+    share reaching each step (sums of gold.funnels' daily entry cohorts)."""
+    rows = query(
+        home,
+        """
+        SELECT funnel, step, step_name, platform, sum(users) AS users, sum(entered) AS entered
+        FROM gold.funnels GROUP BY ALL ORDER BY funnel, step, platform
+        """,
+    ).to_pylist()
+    platforms = sorted({r["platform"] for r in rows})
+    table = Table("funnel", "step", *platforms, title="gold.funnels: person-days reaching each step (share of entries)")
+    cells: dict[tuple[str, int, str], dict] = {}
+    for r in rows:
+        cells.setdefault((r["funnel"], r["step"], r["step_name"]), {})[r["platform"]] = r
+    for (funnel, step, name), by in cells.items():
+        table.add_row(funnel, f"{step} {name}", *(
+            f"{by[p]['users']:,} ({by[p]['users'] / by[p]['entered']:.0%})" if p in by else "" for p in platforms
+        ))
+    return table
+
+
 def run_demo(home: Home, port: int | None = None) -> int:
     console = Console(stderr=True)
     source = home.add_source("demo")
@@ -70,6 +92,9 @@ def run_demo(home: Home, port: int | None = None) -> int:
     summary.add_row("bronze.events", f"{bronze:,}")
     summary.add_row("silver.events (exactly deduplicated)", f"{silver:,}")
     summary.add_row("gold.active_users (days)", f"{counts.get('gold.active_users', 0):,}")
+    summary.add_row("gold.sessions (30-minute gap)", f"{counts.get('gold.sessions', 0):,}")
+    summary.add_row("gold.retention (cohort cells)", f"{counts.get('gold.retention', 0):,}")
+    summary.add_row("gold.funnels (day × platform × step)", f"{counts.get('gold.funnels', 0):,}")
     summary.add_row("elapsed", f"{time.monotonic() - started:.1f} s")
     out.print(summary)
 
@@ -89,6 +114,7 @@ def run_demo(home: Home, port: int | None = None) -> int:
     for row in metrics.to_pylist():
         table.add_row(str(row["ds"]), str(row["dau"]), str(row["wau"]), str(row["mau"]), row["note"])
     out.print(table)
+    out.print(_checkout_funnel(home))
     out.print(f"Query the tables: HEADWATER_HOME={home.root} headwater query \"SELECT * FROM gold.active_users\"")
 
     if result.failed_batches or accepted + rejected < result.sent:

@@ -2,9 +2,12 @@
 
 A table lives in ``<home>/lake/<layer>/<name>`` (see :meth:`headwater.config.Home.table_path`)
 and is exposed as the view ``<layer>.<name>`` of an in-memory DuckDB database, e.g.
-``bronze.events``, ``bronze.bad_rows``, ``silver.events``, ``gold.active_users``. The schemas
-``bronze``, ``silver`` and ``gold`` always exist; any other layer directory holding a Delta
-table gets a schema of its own.
+``bronze.events``, ``bronze.bad_rows``, ``silver.events``, ``gold.active_users``,
+``realtime.events_per_minute``. The schemas ``bronze``, ``silver``, ``gold`` and ``realtime``
+always exist; any other layer directory holding a Delta
+table gets a schema of its own. Tables are discovered, not listed: the typed table of each
+registered event name (``silver.evt_order_completed``, :mod:`headwater.registry.typed_tables`)
+appears as soon as the batch build has written it.
 
 How a table is read. DuckDB's ``delta`` extension cannot be downloaded here, so each table's
 current snapshot is opened with delta-rs (``DeltaTable(path).to_pyarrow_dataset()``, files
@@ -35,7 +38,7 @@ import pyarrow as pa
 from headwater.config import Home
 from headwater.lake import tables
 
-LAYERS = ("bronze", "silver", "gold")
+LAYERS = ("bronze", "silver", "gold", "realtime")  # realtime: the stream's window aggregates
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

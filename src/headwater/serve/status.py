@@ -6,6 +6,7 @@ Shape of :func:`status` (all offsets count events; times are ISO 8601 UTC)::
      "log": {topic: {"partitions": {p: {"end_offset", "committed_offset", "lag"}}, "lag": int}},
      "lag": int,                      # total over topics
      "stream": {"last_batch_id", "last_batch_time", "totals": {...}} | null,
+     "metrics": {query: {...}},        # the /metrics figures per stream query (serve.metrics.query_metrics)
      "tables": {"bronze.events": rows, ...}}
 """
 
@@ -41,12 +42,15 @@ def log_offsets(home: Home) -> dict[str, Any]:
 
 def status(home: Home) -> dict[str, Any]:
     """The status document described in the module docstring."""
+    from headwater.serve.metrics import query_metrics  # imports log_offsets from here
+
     offsets = log_offsets(home)
     out: dict[str, Any] = {
         "home": str(home.root),
         "log": offsets,
         "lag": sum(t["lag"] for t in offsets.values()),
         "stream": None,
+        "metrics": query_metrics(home),
         "tables": {},
     }
 

@@ -4,10 +4,13 @@ Follows Spark Structured Streaming's ``OffsetSeqLog`` / ``CommitLog``
 (``checkpointLocation/offsets/N`` and ``commits/N``):
 
 1. Before batch N reads anything, ``offsets/N`` records exactly which log offsets it
-   covers, per topic and partition (``[start, end)``), and is fsynced. A replay of batch
-   N after a crash therefore reads the very same events: same batch, same output.
+   covers, per topic and partition (``[start, end)``), and is fsynced, with the batch's
+   metadata under ``"_metadata"`` (its processing-time timestamp, as Spark's
+   ``OffsetSeqMetadata.batchTimestampMs``). A replay of batch N after a crash therefore
+   reads the very same events at the same processing time: same batch, same output.
 2. The batch runs; its sinks commit idempotently (Delta ``txn`` with the batch id), then
-   its state is stored (``state/...`` keyed by N).
+   its state is stored (``state/...`` keyed by N: dedup ids and window-operator snapshots,
+   :mod:`headwater.stream.dedup`, :mod:`headwater.stream.state`).
 3. ``commits/N`` is written last. A batch is complete iff its commit file exists.
 
 Recovery: let P be the newest offsets file and C the newest commit file. If P == C the
@@ -54,8 +57,9 @@ class Checkpoint:
 
     Offsets are ``{topic: {partition: [start, end)}}`` with end exclusive."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, retain: int = RETAIN):
         self.root = Path(root)
+        self.retain = retain
         self.offsets_dir = self.root / "offsets"
         self.commits_dir = self.root / "commits"
         self.state_dir = self.root / "state"
@@ -73,16 +77,27 @@ class Checkpoint:
     def latest_committed(self) -> int | None:
         return self._latest(self.commits_dir)
 
-    def write_offsets(self, batch_id: int, offsets: dict[str, dict[int, tuple[int, int]]]) -> None:
-        body = {t: {str(p): list(r) for p, r in parts.items()} for t, parts in offsets.items()}
+    def write_offsets(
+        self, batch_id: int, offsets: dict[str, dict[int, tuple[int, int]]], metadata: dict[str, Any] | None = None
+    ) -> None:
+        body: dict[str, Any] = {t: {str(p): list(r) for p, r in parts.items()} for t, parts in offsets.items()}
+        if metadata is not None:
+            body["_metadata"] = metadata
         write_atomic(self.offsets_dir / str(batch_id), json.dumps(body).encode())
 
-    def read_offsets(self, batch_id: int) -> dict[str, dict[int, tuple[int, int]]]:
+    def _read_offsets_file(self, batch_id: int) -> dict[str, Any]:
         path = self.offsets_dir / str(batch_id)
         if not path.exists():
             raise CheckpointError(f"offsets/{batch_id} is missing from {self.root}")
-        body = json.loads(path.read_text())
-        return {t: {int(p): (r[0], r[1]) for p, r in parts.items()} for t, parts in body.items()}
+        return json.loads(path.read_text())
+
+    def read_offsets(self, batch_id: int) -> dict[str, dict[int, tuple[int, int]]]:
+        body = self._read_offsets_file(batch_id)
+        return {t: {int(p): (r[0], r[1]) for p, r in parts.items()} for t, parts in body.items() if t != "_metadata"}
+
+    def read_metadata(self, batch_id: int) -> dict[str, Any]:
+        """The ``_metadata`` of ``offsets/N`` (``{}`` if it was written without)."""
+        return self._read_offsets_file(batch_id).get("_metadata", {})
 
     def write_commit(self, batch_id: int, info: dict[str, Any]) -> None:
         write_atomic(self.commits_dir / str(batch_id), json.dumps(info).encode())
@@ -107,7 +122,7 @@ class Checkpoint:
 
     def _purge(self, batch_id: int) -> None:
         for d in (self.offsets_dir, self.commits_dir):
-            old = batch_id - RETAIN
+            old = batch_id - self.retain
             p = d / str(old)
             if old >= 0 and p.exists():
                 p.unlink()

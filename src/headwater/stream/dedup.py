@@ -25,9 +25,10 @@ from headwater.stream.checkpoint import write_atomic
 
 
 class DedupState:
-    """Recently seen ``event_id`` values (strings) with a processing-time TTL."""
+    """Recently seen values of ``key`` (default ``event_id``, strings) with a processing-time TTL."""
 
-    def __init__(self, directory: Path, ttl: dt.timedelta):
+    def __init__(self, directory: Path, ttl: dt.timedelta, key: str = "event_id"):
+        self.key = key
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ttl_us = int(ttl.total_seconds() * 1_000_000)
@@ -51,12 +52,12 @@ class DedupState:
         return len(self._ids)
 
     def filter_new(self, events: pl.DataFrame) -> pl.DataFrame:
-        """Rows of ``events`` (needs ``event_id``) whose id is neither in the state nor earlier
-        in ``events`` itself; the first occurrence wins, input order is kept."""
-        firsts = events.unique(subset="event_id", keep="first", maintain_order=True)
+        """Rows of ``events`` (needs the key column) whose key is neither in the state nor
+        earlier in ``events`` itself; the first occurrence wins, input order is kept."""
+        first = pl.col(self.key).is_first_distinct()
         if len(self._ids) == 0:
-            return firsts
-        return firsts.filter(~pl.col("event_id").is_in(self._ids.implode()))
+            return events.filter(first)
+        return events.filter(first & ~pl.col(self.key).is_in(self._ids.implode()))
 
     def add(self, batch_id: int, event_ids: pl.Series, max_received_us: int) -> None:
         """Record batch ``batch_id``'s new ids durably (one Parquet file), then expire old batches."""

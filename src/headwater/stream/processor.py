@@ -1,77 +1,105 @@
-"""The bronze streaming query: event log → ``bronze.events`` exactly once, in micro-batches.
+"""The streaming query: event log → bronze + real-time aggregates, exactly once, in micro-batches.
+
+headwater's own micro-batch engine, following Spark Structured Streaming's design
+(write-ahead offset log, commit log, versioned state store, idempotent sinks), vectorised
+with Arrow / Polars / DuckDB: no per-event Python on the hot path.
 
 Per micro-batch N (recovery protocol in :mod:`headwater.stream.checkpoint`):
 
-1. plan: for each partition of the ``events`` and ``bad_rows`` topics, read up to
-   ``max_records_per_partition`` events past the previous batch's end; write ``offsets/N``;
-2. read + decode the Arrow records; undecodable ones go to ``bronze.dead_letter``;
-3. dedup ``event_id`` within the batch and against the TTL state (:mod:`dedup`);
-4. append to ``bronze.events`` / ``bronze.bad_rows`` / ``bronze.dead_letter``, each commit
-   carrying Delta txn ``(app_id, N)``; on a replay a table already holding txn N is skipped;
-5. store the batch's dedup state, write ``commits/N``, commit the consumer-group offsets
-   (these last are informational, for lag; the checkpoint is the source of truth).
+1. **plan**: per partition of the ``events`` and ``bad_rows`` topics, up to
+   ``max_records_per_partition`` events past the previous batch's end, and at most
+   ``max_records_per_batch`` in all (backpressure: memory is bounded by the batch);
+   ``offsets/N`` records the ranges and the batch timestamp (processing time);
+2. **read**: decode and validate each log record; bad ones go to ``bronze.dead_letter``
+   (:mod:`headwater.stream.records`);
+3. **dedup** on the pipeline's key within the batch and against the TTL state (:mod:`dedup`);
+4. **lateness**: with the watermark as of the end of batch N−1, events too late for an
+   aggregate are left out of it and written to ``bronze.late_events`` (:mod:`late`);
+5. **watermark**: fold the batch's per-partition max event time in (:mod:`watermark`);
+6. **aggregate**: every :class:`~headwater.stream.pipeline.Aggregate` updates its open
+   windows and closes those behind the new watermark (:mod:`aggregate`);
+7. **sinks**: ``bronze.events`` (all deduped events, late ones too), ``bronze.bad_rows``,
+   ``bronze.dead_letter``, ``bronze.late_events`` and ``realtime.<aggregate>`` (append, or
+   a MERGE upsert in update mode), each commit carrying Delta txn ``(app_id, N)``; on a
+   replay a table already holding txn N is skipped;
+8. **state**: store the batch's dedup ids and the window-operator snapshot (version N), then
+   write ``commits/N`` with the batch's metrics, then commit the consumer-group offsets
+   (informational, for lag; the checkpoint is the source of truth).
 
-A kill -9 anywhere leaves at most batch N half done, and its replay reads the same
-offsets on top of the same state, so it writes the same rows, once.
+A kill -9 anywhere leaves at most batch N half done; its replay reads the same offsets at the
+same batch timestamp on top of the state of N−1, so it computes the same rows, and each
+table receives them once. Readers of the Delta tables never block the writer: each query
+reads the snapshot it opened.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from headwater.config import Home, partitions_from_env
-from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC, TS
+from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC
 from headwater.lake import tables
 from headwater.log.base import EventLog
-from headwater.log.codec import Undecodable, decode
 from headwater.log.sqlite import SqliteLog
-from headwater.stream.checkpoint import Checkpoint
+from headwater.stream import late
+from headwater.stream.aggregate import WindowOperator
+from headwater.stream.checkpoint import RETAIN, Checkpoint
 from headwater.stream.dedup import DedupState
+from headwater.stream.pipeline import DEFAULT_PIPELINE, Pipeline
+from headwater.stream.records import DEAD_LETTER_SCHEMA, dead_letter_table, read_topic
+from headwater.stream.state import StateStore
+from headwater.stream.watermark import WatermarkTracker
+
+__all__ = ["BronzeStream", "StreamConfig", "BatchResult", "DEAD_LETTER_SCHEMA", "QUERY", "EVENTS", "BAD_ROWS"]
 
 log = logging.getLogger("headwater.stream")
 
 EVENTS, BAD_ROWS = EVENTS_TOPIC, BAD_ROWS_TOPIC
 QUERY = "bronze"  # checkpoint name, consumer group and Delta txn app id
 
-DEAD_LETTER_SCHEMA = pa.schema(
-    [
-        pa.field("topic", pa.string(), nullable=False),
-        pa.field("partition", pa.int32(), nullable=False),
-        pa.field("offset", pa.int64(), nullable=False),  # first offset of the record
-        pa.field("count", pa.int64(), nullable=False),  # events the record claimed to hold
-        pa.field("error", pa.string(), nullable=False),
-        pa.field("payload", pa.binary()),
-        pa.field("appended_at", TS, nullable=False),  # log append time
-        pa.field("ds", pa.date32(), nullable=False),  # UTC date of appended_at
-    ]
-)
+# Test-only fault injection: the process SIGKILLs itself right after its N-th Delta sink
+# commit (counted from process start), to crash *between* the commits of one batch.
+KILL_AFTER_COMMIT_ENV = "HEADWATER_STREAM_KILL_AFTER_COMMIT"
+
+_EVENT_FRAME_SCHEMA = pa.schema([*EVENT_SCHEMA, pa.field("_partition", pa.int32()), pa.field("_offset", pa.int64())])
 
 
 @dataclass
 class StreamConfig:
-    """Trigger and state settings of the bronze query.
+    """Trigger, backpressure and state settings of the query.
 
-    ``trigger_interval_s``: processing-time trigger (seconds between polls when idle);
-    ``max_records_per_partition``: bound of one micro-batch per partition (backpressure);
-    ``dedup_ttl``: how long an event_id is remembered (processing time);
+    ``trigger_interval_s``: processing-time trigger (Spark's ``Trigger.ProcessingTime``): a
+    batch starts at most every this many seconds, at once if the previous one took longer;
+    the log is polled at this interval when it has nothing new. ``run(available_now=True)``
+    runs batches back to back;
+    ``max_records_per_partition`` / ``max_records_per_batch`` (``None``: no total cap): the
+    bound of one micro-batch (backpressure); a total cap is shared among partitions in
+    proportion to their backlog (Spark's ``maxOffsetsPerTrigger``);
     ``compact_every``: every this many batches, the ``ds`` partitions of ``bronze.events``
     written since the last compaction are compacted and log retention is applied (0: never);
-    ``log_retention``: log records older than this, once consumed, are deleted."""
+    ``log_retention``: log records older than this, once consumed, are deleted;
+    ``retain_batches``: offset/commit log entries kept (Spark's ``minBatchesToRetain``)."""
 
     trigger_interval_s: float = 0.5
     max_records_per_partition: int = 50_000
-    dedup_ttl: dt.timedelta = dt.timedelta(hours=24)
+    max_records_per_batch: int | None = None
     compact_every: int = 50
     log_retention: dt.timedelta = dt.timedelta(days=7)
+    retain_batches: int = RETAIN
 
 
 @dataclass
@@ -82,25 +110,49 @@ class BatchResult:
     duplicates: int = 0
     bad_rows: int = 0
     dead_letters: int = 0
+    late_events: int = 0
+    window_rows: int = 0
     totals: dict[str, int] = field(default_factory=dict)
 
 
-class BronzeStream:
-    """The streaming query from the event log into the bronze Delta tables."""
+COUNTERS = ("input_events", "written_events", "duplicates", "bad_rows", "dead_letters", "late_events", "window_rows")
 
-    def __init__(self, home: Home, config: StreamConfig | None = None, event_log: EventLog | None = None):
+
+class BronzeStream:
+    """The streaming query from the event log into bronze and the real-time aggregates.
+
+    ``pipeline`` defines dedup, watermark and aggregates (default
+    :data:`~headwater.stream.pipeline.DEFAULT_PIPELINE`); ``clock`` returns processing time
+    in ms since epoch (tests pass a fake one)."""
+
+    def __init__(
+        self,
+        home: Home,
+        config: StreamConfig | None = None,
+        event_log: EventLog | None = None,
+        pipeline: Pipeline = DEFAULT_PIPELINE,
+        clock: Callable[[], int] = lambda: int(time.time() * 1000),
+    ):
         self.home = home
         self.config = config or StreamConfig()
+        self.pipeline = pipeline
+        self.clock = clock
         self.log = event_log or SqliteLog(home.log_path)
         self.log.ensure_topic(EVENTS, partitions_from_env())
         self.log.ensure_topic(BAD_ROWS, 1)
-        self.checkpoint = Checkpoint(home.checkpoint_dir(QUERY))
-        self.dedup = DedupState(self.checkpoint.state_dir / "dedup", self.config.dedup_ttl)
+        self.checkpoint = Checkpoint(home.checkpoint_dir(QUERY), retain=self.config.retain_batches)
+        self.dedup = DedupState(self.checkpoint.state_dir / "dedup", pipeline.dedup.ttl, pipeline.dedup.key)
+        self.store = StateStore(self.checkpoint.state_dir / "windows")
         self.paths = {
             EVENTS: home.table_path("bronze", "events"),
             BAD_ROWS: home.table_path("bronze", "bad_rows"),
             "dead_letter": home.table_path("bronze", "dead_letter"),
+            "late_events": home.table_path("bronze", "late_events"),
+            **{a.table: home.table_path("realtime", a.name) for a in pipeline.aggregates},
         }
+        self._sql = duckdb.connect(":memory:")
+        self._kill_after = int(os.environ.get(KILL_AFTER_COMMIT_ENV, "0"))
+        self._commits = 0
         self._next: dict[str, dict[int, int]] = {}
         self._next_batch = 0
         self._totals: dict[str, int] = {}
@@ -111,6 +163,7 @@ class BronzeStream:
     def _recover(self) -> None:
         replay, committed = self.checkpoint.recover()
         self.dedup.load(committed)
+        self._load_state(committed)
         self._totals = self.checkpoint.read_commit(committed)["totals"] if committed is not None else {}
         last = replay if replay is not None else committed
         self._next = {t: {p: 0 for p in range(self.log.partitions(t))} for t in (EVENTS, BAD_ROWS)}
@@ -120,32 +173,53 @@ class BronzeStream:
                     self._next[topic][p] = end
         if replay is not None:
             log.info("recovering: re-running batch %d", replay)
-            self._run(replay, self.checkpoint.read_offsets(replay), replay=True)
+            meta = self.checkpoint.read_metadata(replay)
+            self._run(replay, self.checkpoint.read_offsets(replay), meta.get("batch_timestamp_ms", self.clock()), replay=True)
         else:
             self._next_batch = 0 if committed is None else committed + 1
+
+    def _load_state(self, version: int | None) -> None:
+        snapshot, meta = self.store.load(version)
+        self.watermark = WatermarkTracker.from_dict(self.pipeline.watermark, meta.get("watermark"))
+        self.operators = [WindowOperator(a, snapshot.get(a.name)) for a in self.pipeline.aggregates]
 
     # -- planning ---------------------------------------------------------------------
     def _plan(self) -> dict[str, dict[int, tuple[int, int]]] | None:
         cap = self.config.max_records_per_partition
-        plan, any_new = {}, False
-        for topic in (EVENTS, BAD_ROWS):
-            ends = self.log.end_offsets(topic)
-            plan[topic] = {}
-            for p, end in ends.items():
-                start = self._next[topic][p]
-                stop = min(end, start + cap)
-                plan[topic][p] = (start, stop)
-                any_new |= stop > start
-        return plan if any_new else None
-
-    def run_once(self) -> BatchResult | None:
-        """Plan and run one micro-batch; ``None`` when the log has nothing new."""
-        plan = self._plan()
-        if plan is None:
+        avail = {t: {p: min(end, self._next[t][p] + cap) - self._next[t][p] for p, end in self.log.end_offsets(t).items()} for t in (EVENTS, BAD_ROWS)}
+        total = sum(n for parts in avail.values() for n in parts.values())
+        if total == 0:
             return None
+        limit = self.config.max_records_per_batch
+        if limit is not None and total > limit:
+            # Share the cap in proportion to each partition's backlog (at least 1 where there
+            # is one, so no partition starves).
+            avail = {t: {p: min(n, max(1 if n else 0, n * limit // total)) for p, n in parts.items()} for t, parts in avail.items()}
+        return {t: {p: (self._next[t][p], self._next[t][p] + n) for p, n in parts.items()} for t, parts in avail.items()}
+
+    def run_once(
+        self, plan: dict[str, dict[int, tuple[int, int]]] | None = None, batch_timestamp_ms: int | None = None
+    ) -> BatchResult | None:
+        """Plan and run one micro-batch; ``None`` when the log has nothing new.
+
+        ``plan`` (``{topic: {partition: (start, end)}}``) and ``batch_timestamp_ms`` re-run a
+        batch recorded by another query's offset log (:meth:`Checkpoint.read_offsets` /
+        :meth:`~Checkpoint.read_metadata`): same input, same batch boundaries, same
+        processing time, hence the same output. ``ValueError`` if the plan does not start
+        where this query stands."""
+        if plan is None:
+            plan = self._plan()
+            if plan is None:
+                return None
+        else:
+            for topic, parts in plan.items():
+                for p, (start, _) in parts.items():
+                    if self._next[topic][p] != start:
+                        raise ValueError(f"plan: {topic}/{p} starts at {start}, this query is at {self._next[topic][p]}")
         batch_id = self._next_batch
-        self.checkpoint.write_offsets(batch_id, plan)
-        return self._run(batch_id, plan, replay=False)
+        now = self.clock() if batch_timestamp_ms is None else batch_timestamp_ms
+        self.checkpoint.write_offsets(batch_id, plan, {"batch_timestamp_ms": now})
+        return self._run(batch_id, plan, now, replay=False)
 
     def run(self, stop: threading.Event | None = None, available_now: bool = False) -> None:
         """Run micro-batches until ``stop`` is set; with ``available_now`` stop once the
@@ -162,68 +236,109 @@ class BronzeStream:
             if result is None:
                 stop.wait(self.config.trigger_interval_s)
             else:
+                if targets is None:  # processing-time trigger: at most one batch per interval
+                    stop.wait(max(0.0, started + self.config.trigger_interval_s - time.monotonic()))
                 log.info(
-                    "batch %d: %d in, %d written, %d duplicates in %.0f ms",
+                    "batch %d: %d in, %d written, %d duplicates, %d late in %.0f ms",
                     result.batch_id,
                     result.input_events,
                     result.written_events,
                     result.duplicates,
+                    result.late_events,
                     (time.monotonic() - started) * 1000,
                 )
 
     # -- one batch --------------------------------------------------------------------
-    def _read(self, topic: str, plan: dict[int, tuple[int, int]]) -> tuple[pa.Table | None, list[Undecodable]]:
-        parts, dead = [], []
-        for p, (start, end) in sorted(plan.items()):
-            if end > start:
-                t, bad = decode(self.log.read(topic, p, start, end), start, end)
-                dead += bad
-                if t is not None:
-                    parts.append(t)
-        return (pa.concat_tables(parts) if parts else None), dead
-
-    def _sink(self, name: str, data: pa.Table | None, batch_id: int, replay: bool) -> None:
+    def _sink(self, name: str, data: pa.Table | None, batch_id: int, replay: bool, keys: tuple[str, ...] | None = None) -> None:
+        """Commit ``data`` to table ``name`` with txn ``(QUERY, batch_id)``: an append, or with
+        ``keys`` an upsert (update mode). Skipped when empty or already committed."""
         if data is None or data.num_rows == 0:
             return
         path = self.paths[name]
         committed = tables.committed_batch(path, QUERY) if replay else None
         if committed is not None and committed >= batch_id:
             return  # this batch's commit already reached the table before the crash
-        tables.append_once(path, data, app_id=QUERY, batch_id=batch_id)
+        if keys is not None:
+            since = ("window_start", pc.min(data.column("window_start")).as_py())
+            tables.upsert_once(path, data, keys, app_id=QUERY, batch_id=batch_id, since=since)
+        elif name.startswith("realtime."):
+            tables.append_once(path, data.drop_columns(["_delete"]), app_id=QUERY, batch_id=batch_id, partition_by=())
+        else:
+            tables.append_once(path, data, app_id=QUERY, batch_id=batch_id)
+        self._commits += 1
+        if self._commits == self._kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    def _run(self, batch_id: int, plan: dict[str, dict[int, tuple[int, int]]], replay: bool) -> BatchResult:
+    def _frame(self, events: pa.Table) -> pl.DataFrame:
+        """The columns the operators need, as Polars: ``_row`` (index into ``events``),
+        ``_ts`` (event time, int64 µs), the dedup key, ``received_at``, ``_partition``,
+        ``ds``, the derived columns (DuckDB over the Arrow batch) and the group/measure
+        columns. Wide payload columns (``properties``, ``context``) stay in Arrow: bronze
+        takes its rows from ``events`` by ``_row``."""
+        p = self.pipeline
+        derived = {c.name for c in p.columns}
+        used = {g for a in p.aggregates for g in a.group_by} | {m.column for a in p.aggregates for m in a.measures if m.column}
+        base = [p.dedup.key, p.watermark.column, "received_at", "_partition", "ds", *sorted(used - derived)]
+        df = pl.from_arrow(events.select(list(dict.fromkeys(base))))
+        if p.columns:
+            exprs = ", ".join(f'{c.expr} AS "{c.name}"' for c in p.columns)
+            df = pl.concat([df, pl.from_arrow(self._sql.from_arrow(events).project(exprs).to_arrow_table())], how="horizontal")
+        return df.with_row_index("_row").with_columns(_ts=pl.col(p.watermark.column).dt.epoch("us"))
+
+    def _run(self, batch_id: int, plan: dict[str, dict[int, tuple[int, int]]], now_ms: int, replay: bool) -> BatchResult:
+        started = time.time()
         result = BatchResult(batch_id)
-        events, dead_ev = self._read(EVENTS, plan[EVENTS])
-        bad, dead_bad = self._read(BAD_ROWS, plan[BAD_ROWS])
+        events, dead_ev = read_topic(self.log, EVENTS, plan[EVENTS], EVENT_SCHEMA)
+        bad, dead_bad = read_topic(self.log, BAD_ROWS, plan[BAD_ROWS], BAD_ROW_SCHEMA)
+        # One chunk per column: the log's many small records would make every take/convert slow.
+        events = events.combine_chunks() if events is not None else _EVENT_FRAME_SCHEMA.empty_table()
 
-        new_ids = pl.Series("event_id", [], pl.String)
-        max_received = 0
-        if events is not None:
-            result.input_events = events.num_rows
-            df = pl.from_arrow(events)
-            fresh = self.dedup.filter_new(df)
-            result.duplicates = events.num_rows - fresh.height
-            result.written_events = fresh.height
-            new_ids = fresh.get_column("event_id")
-            max_received = int(df.get_column("received_at").dt.epoch("us").max())
-            self._sink(EVENTS, fresh.select(EVENT_SCHEMA.names).to_arrow().cast(EVENT_SCHEMA), batch_id, replay)
+        df = self._frame(events)
+        fresh = self.dedup.filter_new(df)
+        result.input_events, result.written_events = df.height, fresh.height
+        result.duplicates = df.height - fresh.height
+
+        # Lateness is decided with the watermark as of the end of the previous batch.
+        wm_before = self.watermark.global_us
+        fresh, late_rows = late.split(fresh, events, self.pipeline.aggregates, wm_before)
+        result.late_events = late_rows.num_rows if late_rows is not None else 0
+        maxima = df.group_by("_partition").agg(pl.col("_ts").max()).iter_rows()
+        read = {f"{EVENTS}/{p}" for p, (s, e) in plan[EVENTS].items() if e > s}
+        wm_after = self.watermark.advance(read, {f"{EVENTS}/{p}": ts for p, ts in maxima}, now_ms)
+
+        outputs = []
+        for i, op in enumerate(self.operators):
+            emit, deleted = op.update(fresh.filter(~pl.col(f"_late_{i}")), wm_after)
+            outputs.append((op, op.output(emit, deleted)))
+            result.window_rows += emit.height
+
+        self._sink(EVENTS, events.take(fresh.get_column("_row").to_arrow()).select(EVENT_SCHEMA.names), batch_id, replay)
         if bad is not None:
             result.bad_rows = bad.num_rows
-            self._sink(BAD_ROWS, bad.select(BAD_ROW_SCHEMA.names).cast(BAD_ROW_SCHEMA), batch_id, replay)
+            self._sink(BAD_ROWS, bad.select(BAD_ROW_SCHEMA.names), batch_id, replay)
         dead = [(EVENTS, d) for d in dead_ev] + [(BAD_ROWS, d) for d in dead_bad]
         result.dead_letters = len(dead)
-        self._sink("dead_letter", _dead_letter_table(dead), batch_id, replay)
+        self._sink("dead_letter", dead_letter_table(dead), batch_id, replay)
+        self._sink("late_events", late_rows, batch_id, replay)
+        for op, rows in outputs:
+            keys = op.merge_keys if op.spec.output_mode == "update" else None
+            self._sink(op.spec.table, rows, batch_id, replay, keys)
 
-        if events is not None:
-            self.dedup.add(batch_id, new_ids, max_received)
-        for key in ("input_events", "written_events", "duplicates", "bad_rows", "dead_letters"):
+        if df.height:
+            received = int(df.get_column("received_at").dt.epoch("us").max())
+            self.dedup.add(batch_id, fresh.get_column(self.pipeline.dedup.key), received)
+        self.store.save(
+            batch_id, {op.spec.name: op.snapshot() for op in self.operators}, {"watermark": self.watermark.to_dict()}
+        )
+        for key in COUNTERS:
             self._totals[key] = self._totals.get(key, 0) + getattr(result, key)
         result.totals = dict(self._totals)
         info: dict[str, Any] = {
             "batch_id": batch_id,
             "committed_ms": int(time.time() * 1000),
-            "batch": {k: getattr(result, k) for k in ("input_events", "written_events", "duplicates", "bad_rows", "dead_letters")},
+            "batch": {k: getattr(result, k) for k in COUNTERS},
             "totals": result.totals,
+            "metrics": self._metrics(plan, started, now_ms, result),
         }
         self.checkpoint.write_commit(batch_id, info)
         for topic in (EVENTS, BAD_ROWS):
@@ -231,40 +346,51 @@ class BronzeStream:
             self._next[topic].update(ends)
             self.log.commit(QUERY, topic, ends)
         self._next_batch = batch_id + 1
-        if events is not None and result.written_events:
+        if result.written_events:
             self._touched.update(fresh.get_column("ds").unique().to_list())
         if self.config.compact_every and (batch_id + 1) % self.config.compact_every == 0:
             self.compact()
             self.log.enforce_retention(int(self.config.log_retention.total_seconds() * 1000))
         return result
 
+    def _metrics(self, plan, started: float, now_ms: int, result: BatchResult) -> dict[str, Any]:
+        """``info["metrics"]`` of the commit log (contract with ``/metrics`` and ``headwater
+        status``): times in ms since epoch (UTC); ``records_out`` = rows written to bronze."""
+        to_ms = lambda v: None if v is None else v // 1000  # noqa: E731
+        parts = {}
+        for topic, ranges in plan.items():
+            for p, (s, e) in ranges.items():
+                clock = self.watermark.partitions.get(f"{topic}/{p}")
+                parts[f"{topic}/{p}"] = {
+                    "start": s,
+                    "end": e,
+                    "max_event_ms": to_ms(clock.max_event_us) if clock else None,
+                    "watermark_ms": to_ms(self.watermark.partition_us(clock)) if clock else None,
+                    "idle": self.watermark.idle(clock, now_ms) if clock else topic == EVENTS,
+                }
+        return {
+            "started_ms": int(started * 1000),
+            "duration_ms": int((time.time() - started) * 1000),
+            "batch_timestamp_ms": now_ms,
+            "records_in": result.input_events + result.bad_rows,
+            "records_out": result.written_events + result.bad_rows,
+            "watermark_ms": to_ms(self.watermark.global_us),
+            "partitions": parts,
+            "state_rows": {op.spec.name: len(op) for op in self.operators} | {"dedup": len(self.dedup)},
+        }
+
     def compact(self) -> None:
         """Rewrite the small files that micro-batches left in recently written ``ds``
-        partitions of ``bronze.events`` into larger ones (delta-rs OPTIMIZE; a commit of its
-        own, outside the batch protocol: a crash during it leaves only unreferenced files).
+        partitions of ``bronze.events``, and in the ``realtime.*`` tables (whose MERGEs scan
+        every file), into larger ones (delta-rs OPTIMIZE; a commit of its own, outside the
+        batch protocol: a crash during it leaves only unreferenced files).
 
-        Only the stream appends to bronze, so the compaction never conflicts with a writer."""
+        Only the stream writes these tables, so the compaction never conflicts with a writer."""
+        for agg in self.pipeline.aggregates:
+            if tables.exists(self.paths[agg.table]):
+                DeltaTable(str(self.paths[agg.table])).optimize.compact()
         if not self._touched or not tables.exists(self.paths[EVENTS]):
             return
         days = sorted(d.isoformat() for d in self._touched)
         DeltaTable(str(self.paths[EVENTS])).optimize.compact(partition_filters=[("ds", "in", days)])
         self._touched.clear()
-
-
-def _dead_letter_table(dead: list[tuple[str, Undecodable]]) -> pa.Table | None:
-    if not dead:
-        return None
-    appended = [dt.datetime.fromtimestamp(d.record.appended_ms / 1000, dt.timezone.utc) for _, d in dead]
-    return pa.table(
-        {
-            "topic": [t for t, _ in dead],
-            "partition": [d.record.partition for _, d in dead],
-            "offset": [d.record.offset for _, d in dead],
-            "count": [d.record.count for _, d in dead],
-            "error": [d.error for _, d in dead],
-            "payload": [d.record.payload for _, d in dead],
-            "appended_at": appended,
-            "ds": [a.date() for a in appended],
-        },
-        schema=DEAD_LETTER_SCHEMA,
-    )

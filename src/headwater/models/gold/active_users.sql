@@ -1,5 +1,5 @@
 -- gold.active_users
--- Grain: one row per calendar day ds in [$start, $end] (inclusive), days without events
+-- Grain: one row per calendar day ds (partition) in [$start, $end] (inclusive), days without events
 -- included (with zero counts).
 --
 -- Active users over trailing windows ending at ds, inclusive, as Mozilla's telemetry defines
@@ -12,10 +12,11 @@
 -- 28 days (four whole weeks) rather than a calendar month, so every window holds the same
 -- weekdays. Counts are exact count(DISTINCT), not sketches.
 --
--- A user is coalesce(user_id, anonymous_id) of silver.events (events with neither are not
--- counted); identity stitching (silver.identity_map) will replace this key later.
+-- A user is a person: person_id of silver.events (identity-resolved; events without one are
+-- not counted). stickiness = dau / mau (the share of the month's users active on the day;
+-- Mixpanel / Amplitude "stickiness"), null when mau = 0.
 -- Reads silver.events for ds in [$start - 27, $end]: lookback_days = 27 in models/run.py.
--- Columns: ds date32, dau int64, wau int64, mau int64.
+-- Columns: headwater.models.schemas.ACTIVE_USERS_SCHEMA (ds, dau, wau, mau, stickiness).
 WITH days AS (
     SELECT CAST(day AS DATE) AS ds
     FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)
@@ -23,18 +24,22 @@ WITH days AS (
 user_days AS (
     SELECT DISTINCT
         ds,
-        coalesce(user_id, anonymous_id) AS user_key
+        person_id
     FROM silver.events
     WHERE ds BETWEEN CAST($start AS DATE) - 27 AND CAST($end AS DATE)
-      AND coalesce(user_id, anonymous_id) IS NOT NULL
+      AND person_id IS NOT NULL
+),
+counts AS (
+    SELECT
+        d.ds,
+        count(DISTINCT u.person_id) FILTER (WHERE u.ds = d.ds) AS dau,
+        count(DISTINCT u.person_id) FILTER (WHERE u.ds >= d.ds - 6) AS wau,
+        count(DISTINCT u.person_id) AS mau
+    FROM days AS d
+    LEFT JOIN user_days AS u
+        ON u.ds BETWEEN d.ds - 27 AND d.ds
+    GROUP BY d.ds
 )
-SELECT
-    d.ds,
-    count(DISTINCT u.user_key) FILTER (WHERE u.ds = d.ds) AS dau,
-    count(DISTINCT u.user_key) FILTER (WHERE u.ds >= d.ds - 6) AS wau,
-    count(DISTINCT u.user_key) AS mau
-FROM days AS d
-LEFT JOIN user_days AS u
-    ON u.ds BETWEEN d.ds - 27 AND d.ds
-GROUP BY d.ds
-ORDER BY d.ds
+SELECT ds, dau, wau, mau, CASE WHEN mau > 0 THEN CAST(dau AS DOUBLE) / mau END AS stickiness
+FROM counts
+ORDER BY ds

@@ -1,5 +1,5 @@
 -- silver.events
--- Grain: one row per event_id (exact deduplication of bronze.events).
+-- Grain: one row per event_id (exact deduplication of bronze.events), partitioned by ds.
 --
 -- bronze.events holds every accepted event once per *delivery*: client retries and SDK
 -- re-sends carry the same event_id, and the stream only removes them within its TTL. Here
@@ -9,9 +9,18 @@
 -- at the collector); ties are broken on every remaining column so the choice is
 -- deterministic. Since received_at only grows, a later delivery never displaces a winner.
 --
+-- Conformed: platform is never null ('unknown' when the source sent none), so every gold
+-- breakdown by platform has a value. person_id (identity resolution, silver.identity_map,
+-- see headwater/models/identity.py): the person of user_id when the event has one, else
+-- the person of anonymous_id; an id absent from the map is its own person. user_id wins
+-- over anonymous_id, so a refused merge never moves an identified user's events. The map
+-- is global over history: anonymous events before a login get the person's id whenever
+-- their day is (re)built after the link (retroactive stitching).
+--
 -- Parameters: $start, $end (DATE, inclusive). Only winners whose ds is in [$start, $end] are
 -- returned; the event_ids seen in that range bound the work (a semi-join), so a one-day
--- rebuild does not rank the whole table. Columns: exactly EVENT_SCHEMA (headwater.events).
+-- rebuild does not rank the whole table. Columns: EVENT_SCHEMA (headwater.events) + person_id
+-- (headwater.models.schemas.SILVER_EVENTS_SCHEMA).
 WITH ranked AS (
     SELECT
         *,
@@ -37,20 +46,24 @@ WITH ranked AS (
     )
 )
 SELECT
-    event_id,
-    event_type,
-    event_name,
-    anonymous_id,
-    user_id,
-    event_ts,
-    received_at,
-    source,
-    surface,
-    platform,
-    properties,
-    context,
-    schema_version,
-    ds
-FROM ranked
-WHERE delivery_rank = 1
-  AND ds BETWEEN $start AND $end
+    r.event_id,
+    r.event_type,
+    r.event_name,
+    r.anonymous_id,
+    r.user_id,
+    r.event_ts,
+    r.received_at,
+    r.source,
+    r.surface,
+    coalesce(r.platform, 'unknown') AS platform,
+    r.properties,
+    r.context,
+    r.schema_version,
+    CASE WHEN r.user_id IS NOT NULL THEN coalesce(mu.person_id, r.user_id)
+         ELSE coalesce(ma.person_id, r.anonymous_id) END AS person_id,
+    r.ds
+FROM ranked AS r
+LEFT JOIN silver.identity_map AS mu ON mu.id = r.user_id
+LEFT JOIN silver.identity_map AS ma ON ma.id = r.anonymous_id
+WHERE r.delivery_rank = 1
+  AND r.ds BETWEEN $start AND $end

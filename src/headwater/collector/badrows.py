@@ -1,0 +1,191 @@
+"""Bad rows: listing ``bronze.bad_rows`` and replaying them after a fix.
+
+The taxonomy (``headwater.events``: ``size_violation``, ``decode_failure``,
+``envelope_violation``, ``schema_violation``, ``auth_failure``) follows Snowplow's failed
+events: each row keeps the failure type, the source, the reason naming field and rule, the
+time, and the payload (identifiers and PII tokenised, write keys removed).
+
+Identity of a bad row: ``bad_row_id = md5(received_at µs | source | error_type | reason |
+payload)`` (DuckDB ``md5``), stable across reads: the table is append-only and carries no id.
+
+Replay (``headwater badrows replay``), for rows matching the filters and not replayed yet:
+
+1. the payload is decoded by the normaliser of its ``protocol`` (Segment message or body,
+   PostHog event or payload), with the row's ``source`` and original ``received_at``;
+   identifiers already tokenised in the payload are kept, not tokenised twice
+   (:class:`ReplayTokenizer`; PII scrubbing is idempotent the same way);
+2. it goes through the same contract validation and PII policy as HTTP ingestion
+   (:func:`headwater.collector.app.accept`) and is appended to the event log, where the
+   stream deduplicates on ``event_id`` as for any client retry;
+3. the row is marked in ``bronze.bad_rows_replayed`` (``bad_row_id``, ``replayed_at``,
+   ``events``), so it is never replayed twice. A row that fails again is not marked (and no
+   new bad row is written): it can be replayed after the next fix.
+
+A crash between 2 and 3 replays the row again next time: its events carry the same ids
+(the payload's, or derived from its bytes) and are removed by dedup. Rows without a source
+(``auth_failure``) or a protocol cannot be replayed; truncated payloads (``size_violation``,
+malformed JSON) fail again with their decode error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from deltalake import write_deltalake
+
+from headwater.collector import posthog
+from headwater.collector.pii import is_token
+from headwater.collector.segment import WireError, parse_request
+from headwater.collector.tokens import Tokenizer
+from headwater.config import Home
+from headwater.events import EVENTS_TOPIC, TS
+from headwater.lake import tables
+
+REPLAYED = ("bronze", "bad_rows_replayed")
+REPLAYED_SCHEMA = pa.schema(
+    [
+        pa.field("bad_row_id", pa.string(), nullable=False),
+        pa.field("replayed_at", TS, nullable=False),
+        pa.field("events", pa.int64(), nullable=False),  # events appended to the log by the replay
+        pa.field("ds", pa.date32(), nullable=False),  # UTC date of replayed_at
+    ]
+)
+_ID_SQL = "md5(concat_ws('|', epoch_us(b.received_at), coalesce(b.source, ''), b.error_type, b.reason, coalesce(b.payload, '')))"
+
+
+class ReplayTokenizer(Tokenizer):
+    """A :class:`Tokenizer` that keeps values which already are tokens: bad-row payloads hold
+    tokens where the client sent raw ids, and a replay must not hash them again."""
+
+    def __init__(self, key: bytes):
+        super().__init__(key)
+        inner = self.token
+        self.token = lambda raw: raw if is_token(raw) else inner(raw)
+
+
+def list_bad_rows(home: Home, *, error_type: str | None = None, source: str | None = None,
+                  since: dt.datetime | None = None, include_replayed: bool = False, limit: int | None = None) -> pa.Table:
+    """Bad rows, newest first: ``bad_row_id, received_at, source, error_type, reason,
+    protocol, payload, replayed_at`` (``replayed_at`` null unless replayed).
+
+    Filters: ``error_type``; ``source`` (``"unknown"`` matches rows without one, i.e.
+    auth failures); ``since`` (``received_at >= since``, a tz-aware datetime); replayed rows
+    only with ``include_replayed``. An empty table when there are no bad rows yet."""
+    from headwater.serve.catalog import query
+
+    if not tables.exists(home.table_path("bronze", "bad_rows")):
+        return pa.table({n: pa.array([], t) for n, t in _LIST_COLUMNS})
+    replayed = tables.exists(home.table_path(*REPLAYED))
+    where, params = [], {}
+    if error_type:
+        where.append("b.error_type = $error_type")
+        params["error_type"] = error_type
+    if source == "unknown":
+        where.append("b.source IS NULL")
+    elif source:
+        where.append("b.source = $source")
+        params["source"] = source
+    if since is not None:
+        where.append("b.received_at >= $since")
+        params["since"] = since
+    if replayed and not include_replayed:
+        where.append("r.bad_row_id IS NULL")
+    join = "LEFT JOIN (SELECT bad_row_id, max(replayed_at) AS replayed_at FROM bronze.bad_rows_replayed GROUP BY 1) r ON r.bad_row_id = b.id" if replayed else ""
+    sql = f"""
+        SELECT b.id AS bad_row_id, b.received_at, b.source, b.error_type, b.reason, b.protocol, b.payload,
+               {"r.replayed_at" if replayed else "CAST(NULL AS TIMESTAMPTZ) AS replayed_at"}
+        FROM (SELECT *, {_ID_SQL} AS id FROM bronze.bad_rows b) b {join}
+        {"WHERE " + " AND ".join(where) if where else ""}
+        ORDER BY b.received_at DESC, b.id {f"LIMIT {int(limit)}" if limit else ""}"""
+    return query(home, sql, params)
+
+
+_LIST_COLUMNS = [("bad_row_id", pa.string()), ("received_at", TS), ("source", pa.string()), ("error_type", pa.string()),
+                 ("reason", pa.string()), ("protocol", pa.string()), ("payload", pa.string()), ("replayed_at", TS)]
+
+
+@dataclass
+class ReplayResult:
+    """Outcome of :func:`replay`: rows replayed (``replayed``, with the ``events`` they put in
+    the log), and ``failed``: ``{"bad_row_id", "error_type", "reason"}`` per row that still
+    fails (left unmarked)."""
+
+    replayed: int = 0
+    events: int = 0
+    failed: list[dict] = field(default_factory=list)
+
+
+def replay(home: Home, *, error_type: str | None = None, source: str | None = None,
+           since: dt.datetime | None = None, log=None) -> ReplayResult:
+    """Replay the not-yet-replayed bad rows matching the filters (see the module doc).
+    ``log`` defaults to the home's event log."""
+    from headwater.collector.app import POSTHOG_WIRE, accept, segment_wire
+    from headwater.collector.partitioning import event_appends
+    from headwater.log.sqlite import SqliteLog
+    from headwater.registry import validate as contracts
+    from headwater.registry.registry import Registry
+
+    rows = list_bad_rows(home, error_type=error_type, source=source, since=since).to_pylist()
+    result = ReplayResult()
+    if not rows:
+        return result
+    own_log = log is None
+    log = log or SqliteLog(home.log_path)
+    try:
+        from headwater.config import partitions_from_env
+
+        partitions = log.ensure_topic(EVENTS_TOPIC, partitions_from_env())
+        tokenizer = ReplayTokenizer(home.hmac_key())
+        validator = contracts.ContractValidator(Registry.from_home(home))
+        configs = {s.name: s for s in home.sources()}
+        wires = {"segment": segment_wire(None), "posthog": POSTHOG_WIRE}
+        marks = []
+        for row in reversed(rows):  # oldest first
+            def fail(reason: str, code: str | None = None) -> None:
+                result.failed.append({"bad_row_id": row["bad_row_id"], "error_type": code or row["error_type"], "reason": reason})
+
+            wire = wires.get(row["protocol"] or "")
+            if row["source"] is None or wire is None or row["payload"] is None:
+                fail("not replayable: the row has no source, protocol or payload")
+                continue
+            received_us = int(row["received_at"].timestamp() * 1_000_000)
+            payload = row["payload"].encode()
+            try:
+                env = _parse(wire.protocol, payload)
+            except WireError as e:
+                fail(e.message, e.code)
+                continue
+            norm = wire.normalize(env, source=row["source"], received_at_us=received_us, tokenizer=tokenizer)
+            events, norm = accept(norm, env, wire, source=row["source"], config=configs.get(row["source"]),
+                                  received_at_us=received_us, tokenizer=tokenizer, validator=validator)
+            if norm.rejected:
+                first = norm.errors[0]
+                fail(first["message"], first["code"])
+                continue
+            if events.num_rows:
+                log.append(event_appends(events, partitions, EVENTS_TOPIC))
+            marks.append((row["bad_row_id"], events.num_rows))
+            result.replayed += 1
+            result.events += events.num_rows
+        if marks:
+            now = dt.datetime.fromtimestamp(time.time(), dt.timezone.utc)
+            table = pa.table({
+                "bad_row_id": [m[0] for m in marks], "replayed_at": [now] * len(marks),
+                "events": [m[1] for m in marks], "ds": [now.date()] * len(marks),
+            }, schema=REPLAYED_SCHEMA)
+            write_deltalake(str(home.table_path(*REPLAYED)), table, mode="append", partition_by=["ds"])
+    finally:
+        if own_log:
+            log.close()
+    return result
+
+
+def _parse(protocol: str, payload: bytes):
+    if protocol == "posthog":
+        return posthog.parse_request(posthog.payload_bytes(payload))
+    # A Segment bad row holds one message (per-event failures) or a whole body (request-level).
+    body = payload if payload.lstrip().startswith(b'{"batch"') else b'{"batch":[' + payload + b"]}"
+    return parse_request(body)

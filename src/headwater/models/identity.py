@@ -1,0 +1,221 @@
+"""Identity resolution: ``identify`` and ``alias`` events → one ``person_id`` per identifier.
+
+Grain of ``silver.identity_map``: one row per identifier (anonymous id or user id) that
+appears in a link or as the ``user_id`` of an ``identify``.
+Grain of ``silver.identity_refused``: one row per refused link. Both are global over all history
+(not per day) and rebuilt whole from ``bronze.events`` on every run (``Model.partitioned``
+false): the link events are few next to all events, and a full rebuild is deterministic, so
+a late ``identify`` re-stitches everything it touches, in any order of arrival.
+
+The graph (the union-find of the design, computed as connected components):
+
+* nodes are identifier values (tokens: a raw id is tokenised the same way as anonymousId,
+  userId or previousId, so Segment's ``previousId`` meets the id it names);
+* links: ``identify`` joins ``anonymous_id`` and ``user_id``; ``alias`` joins
+  ``properties.previousId`` and ``user_id`` (Segment spec: "alias merges two user
+  identities"). A pair linked several times keeps its earliest link (event time, then
+  event_id). Links from other event types are not taken (an id pair on a ``track`` only says
+  which SDK state it was sent from);
+* an *identified* id is the ``user_id`` of an ``identify`` event: a known user.
+
+Resolution, default (``merge_identified_users = false``): a person holds at most one
+identified id — merging two different identified users (a shared device identified as two
+users, an alias between two identified accounts) is refused, as PostHog refuses to merge
+two identified persons. Every identified id starts its own person; a multi-source
+breadth-first search spreads it over the links, each step taking for a newly reached node
+the link with the earliest (event time, event_id, person) — so an anonymous id identified
+as ``u1`` and later as ``u2`` stays with ``u1`` (first link wins), and chains
+(``a1 -alias- a2 -identify- u1``) resolve transitively. Links whose two ends end up in
+different persons are the refused merges. Components without any identified id (anonymous
+ids aliased to each other) become one person each, named by their smallest id, by
+min-label propagation. With ``merge_identified_users = true`` every connected component is
+one person, named by its smallest identified id (smallest id if none is identified).
+
+Each round is one set-based DuckDB statement over all nodes (no per-event Python loop); the
+number of rounds is the longest shortest path from a person's root, small for identity
+graphs. ``silver.events`` then takes ``person_id`` = the mapped person of ``user_id`` when
+the event has one, else of ``anonymous_id`` (an unmapped id is its own person): anonymous
+events from before a login belong to the person (retroactive stitching), on every day that
+is (re)built after the link arrived — :func:`headwater.models.run.identity_stale_days`
+lists the built days whose stored ``person_id`` no longer matches the map.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from headwater.events import TS
+
+IDENTITY_MAP_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # an anonymous id or user id (token)
+        pa.field("person_id", pa.string(), nullable=False),  # the person it resolves to
+        pa.field("identified", pa.bool_(), nullable=False),  # id is the user_id of an identify
+        pa.field("linked_by", pa.string(), nullable=False),  # root | identify | alias
+        pa.field("linked_at", TS),  # event time of the link that attached it (null for a root)
+        pa.field("link_event_id", pa.string()),  # event_id of that link
+    ]
+)
+
+IDENTITY_REFUSED_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),  # the identify / alias event
+        pa.field("event_type", pa.string(), nullable=False),  # identify | alias
+        pa.field("linked_at", TS, nullable=False),  # its event time
+        pa.field("id", pa.string(), nullable=False),  # anonymous_id (identify) / previousId (alias)
+        pa.field("user_id", pa.string(), nullable=False),  # the event's user_id
+        pa.field("id_person_id", pa.string(), nullable=False),  # person the id stays with
+        pa.field("user_person_id", pa.string(), nullable=False),  # person of user_id
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+_LINKS = """
+CREATE OR REPLACE TEMP TABLE _hw_links AS
+WITH raw AS (
+    SELECT
+        event_id,
+        event_type,
+        event_ts,
+        CASE WHEN event_type = 'identify' THEN anonymous_id
+             ELSE json_extract_string(properties, '$.previousId') END AS a,
+        user_id AS b
+    FROM bronze.events
+    WHERE event_type IN ('identify', 'alias')
+)
+SELECT a, b, event_type, event_ts, event_id
+FROM raw
+WHERE a IS NOT NULL AND b IS NOT NULL AND a <> b
+QUALIFY row_number() OVER (PARTITION BY least(a, b), greatest(a, b) ORDER BY event_ts, event_id) = 1
+"""
+
+_GRAPH = """
+CREATE OR REPLACE TEMP TABLE _hw_adj AS
+    SELECT a AS src, b AS dst, event_type, event_ts, event_id FROM _hw_links
+    UNION ALL
+    SELECT b, a, event_type, event_ts, event_id FROM _hw_links;
+CREATE OR REPLACE TEMP TABLE _hw_identified AS
+    SELECT DISTINCT user_id AS id FROM bronze.events WHERE event_type = 'identify' AND user_id IS NOT NULL;
+CREATE OR REPLACE TEMP TABLE _hw_nodes AS
+    SELECT src AS id FROM _hw_adj UNION SELECT id FROM _hw_identified;
+"""
+
+# Min-label propagation: every node's label becomes the smallest label among itself and its
+# neighbours until nothing changes (connected components; labels are sort keys).
+_PROPAGATE = """
+CREATE OR REPLACE TEMP TABLE _hw_next AS
+SELECT l.id, least(l.label, coalesce(min(n.label), l.label)) AS label
+FROM _hw_label AS l
+LEFT JOIN _hw_adj AS a ON a.src = l.id
+LEFT JOIN _hw_label AS n ON n.id = a.dst
+GROUP BY l.id, l.label
+"""
+
+
+def _components(con: duckdb.DuckDBPyConnection, seed_sql: str) -> None:
+    """Label every node of ``seed_sql`` (id, label) with its component's smallest label (_hw_label)."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _hw_label AS {seed_sql}")
+    while True:
+        con.execute(_PROPAGATE)
+        changed = con.execute("SELECT count(*) FROM _hw_next JOIN _hw_label USING (id) WHERE _hw_next.label <> _hw_label.label").fetchone()[0]
+        con.execute("CREATE OR REPLACE TEMP TABLE _hw_label AS SELECT * FROM _hw_next")
+        if not changed:
+            return
+
+
+def _spread_from_identified(con: duckdb.DuckDBPyConnection) -> None:
+    """Multi-source BFS from the identified ids into _hw_person (id, person_id, linked_by, linked_at, link_event_id)."""
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _hw_person AS
+        SELECT id, id AS person_id, 'root' AS linked_by, CAST(NULL AS TIMESTAMPTZ) AS linked_at,
+               CAST(NULL AS VARCHAR) AS link_event_id, 0 AS round
+        FROM _hw_identified
+        """
+    )
+    round_ = 0
+    while True:
+        round_ += 1
+        added = con.execute(
+            f"""
+            INSERT INTO _hw_person
+            SELECT a.dst, p.person_id, a.event_type, a.event_ts, a.event_id, {round_}
+            FROM _hw_person AS p
+            JOIN _hw_adj AS a ON a.src = p.id
+            WHERE p.round = {round_ - 1}
+              AND a.dst NOT IN (SELECT id FROM _hw_person)
+            QUALIFY row_number() OVER (PARTITION BY a.dst ORDER BY a.event_ts, a.event_id, p.person_id) = 1
+            """
+        ).fetchone()[0]
+        if not added:
+            return
+
+
+def resolve(con: duckdb.DuckDBPyConnection, merge_identified_users: bool = False) -> tuple[pa.Table, pa.Table]:
+    """``(identity_map, refused)`` from the ``bronze.events`` of catalog connection ``con``.
+
+    Tables with :data:`IDENTITY_MAP_SCHEMA` / :data:`IDENTITY_REFUSED_SCHEMA`, sorted by id /
+    event_id. Creates temporary tables ``_hw_*`` in ``con``. Raises
+    ``duckdb.CatalogException`` if ``bronze.events`` does not exist."""
+    con.execute(_LINKS)
+    con.execute(_GRAPH)
+    if merge_identified_users:
+        # sort key: identified ids ('0' prefix) before anonymous ones ('1'), then the id
+        _components(
+            con,
+            "SELECT id, CASE WHEN id IN (SELECT id FROM _hw_identified) THEN '0' ELSE '1' END || id AS label FROM _hw_nodes",
+        )
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _hw_person AS
+            SELECT l.id, substr(l.label, 2) AS person_id,
+                   CASE WHEN l.id = substr(l.label, 2) THEN 'root' ELSE first.event_type END AS linked_by,
+                   CASE WHEN l.id = substr(l.label, 2) THEN NULL ELSE first.event_ts END AS linked_at,
+                   CASE WHEN l.id = substr(l.label, 2) THEN NULL ELSE first.event_id END AS link_event_id
+            FROM _hw_label AS l
+            LEFT JOIN (
+                SELECT src, event_type, event_ts, event_id FROM _hw_adj
+                QUALIFY row_number() OVER (PARTITION BY src ORDER BY event_ts, event_id) = 1
+            ) AS first ON first.src = l.id
+            """
+        )
+    else:
+        _spread_from_identified(con)
+        # components the BFS did not reach hold no identified id: one anonymous person each
+        _components(con, "SELECT id, id AS label FROM _hw_nodes WHERE id NOT IN (SELECT id FROM _hw_person)")
+        con.execute(
+            """
+            INSERT INTO _hw_person
+            SELECT l.id, l.label,
+                   CASE WHEN l.id = l.label THEN 'root' ELSE first.event_type END,
+                   CASE WHEN l.id = l.label THEN NULL ELSE first.event_ts END,
+                   CASE WHEN l.id = l.label THEN NULL ELSE first.event_id END,
+                   -1
+            FROM _hw_label AS l
+            LEFT JOIN (
+                SELECT src, event_type, event_ts, event_id FROM _hw_adj
+                QUALIFY row_number() OVER (PARTITION BY src ORDER BY event_ts, event_id) = 1
+            ) AS first ON first.src = l.id
+            """
+        )
+    identity_map = con.sql(
+        """
+        SELECT p.id, p.person_id, p.id IN (SELECT id FROM _hw_identified) AS identified,
+               p.linked_by, p.linked_at, p.link_event_id
+        FROM _hw_person AS p ORDER BY p.id
+        """
+    ).to_arrow_table()
+    refused = con.sql(
+        """
+        SELECT l.event_id, l.event_type, l.event_ts AS linked_at, l.a AS id, l.b AS user_id,
+               pa.person_id AS id_person_id, pb.person_id AS user_person_id,
+               'would merge two identified users' AS reason
+        FROM _hw_links AS l
+        JOIN _hw_person AS pa ON pa.id = l.a
+        JOIN _hw_person AS pb ON pb.id = l.b
+        WHERE pa.person_id <> pb.person_id
+        ORDER BY l.event_id
+        """
+    ).to_arrow_table()
+    return identity_map.cast(IDENTITY_MAP_SCHEMA), refused.cast(IDENTITY_REFUSED_SCHEMA)

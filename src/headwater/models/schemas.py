@@ -1,0 +1,136 @@
+"""Arrow schemas of the silver and gold tables the batch models write (the tables' contracts).
+
+Timestamps are ``timestamp[us, UTC]``, days ``date32`` (UTC calendar days). Every
+partitioned table has ``ds`` last; the grain of each table is stated at the top of its SQL
+file (``headwater/models/<layer>/<name>.sql``). User counts are distinct ``person_id``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from headwater.events import EVENT_SCHEMA, TS
+from headwater.models.identity import IDENTITY_MAP_SCHEMA, IDENTITY_REFUSED_SCHEMA
+
+# silver.events: the canonical event, deduplicated, plus the resolved person
+SILVER_EVENTS_SCHEMA = pa.schema(
+    [f for f in EVENT_SCHEMA if f.name != "ds"]
+    + [pa.field("person_id", pa.string()), EVENT_SCHEMA.field("ds")]  # null only without any id
+)
+
+DIM_USER_SCHEMA = pa.schema(
+    [
+        pa.field("person_id", pa.string(), nullable=False),  # the user key (silver.identity_map)
+        pa.field("version", pa.int64(), nullable=False),  # 1, 2, ... in valid_from order
+        pa.field("valid_from", TS, nullable=False),  # event time of the identify opening it
+        pa.field("valid_to", TS),  # valid_from of the next version; null for the current one
+        pa.field("is_current", pa.bool_(), nullable=False),  # exactly one per person_id
+        pa.field("user_id", pa.string(), nullable=False),  # user_id of the opening identify
+        pa.field("traits", pa.string(), nullable=False),  # JSON object: tracked traits in effect
+    ]
+)
+
+ACTIVE_USERS_SCHEMA = pa.schema(
+    [
+        pa.field("ds", pa.date32(), nullable=False),  # calendar day (UTC), end of the windows
+        pa.field("dau", pa.int64(), nullable=False),  # distinct persons active on ds
+        pa.field("wau", pa.int64(), nullable=False),  # distinct persons active in [ds-6, ds]
+        pa.field("mau", pa.int64(), nullable=False),  # distinct persons active in [ds-27, ds]
+        pa.field("stickiness", pa.float64()),  # dau / mau; null when mau = 0
+    ]
+)
+
+ACTIVE_USERS_BY_PLATFORM_SCHEMA = pa.schema(
+    [ACTIVE_USERS_SCHEMA.field("ds"), pa.field("platform", pa.string(), nullable=False)]
+    + [f for f in ACTIVE_USERS_SCHEMA if f.name != "ds"]
+)
+
+SESSIONS_SCHEMA = pa.schema(
+    [
+        pa.field("session_id", pa.string(), nullable=False),  # person_id:start (µs since epoch)
+        pa.field("person_id", pa.string(), nullable=False),
+        pa.field("session_start", TS, nullable=False),  # event time of the first event
+        pa.field("session_end", TS, nullable=False),  # event time of the last event
+        pa.field("duration_seconds", pa.float64(), nullable=False),  # end - start
+        pa.field("events", pa.int64(), nullable=False),
+        pa.field("entry_event", pa.string(), nullable=False),  # event_name (else event_type) of the first event
+        pa.field("exit_event", pa.string(), nullable=False),  # ... of the last event
+        pa.field("platform", pa.string(), nullable=False),  # platform of the first event
+        pa.field("ds", pa.date32(), nullable=False),  # UTC day of session_start
+    ]
+)
+
+EVENTS_HOURLY_SCHEMA = pa.schema(
+    [
+        pa.field("hour", TS, nullable=False),  # start of the UTC hour (event time)
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("event_name", pa.string()),  # null for identify / alias / group
+        pa.field("platform", pa.string(), nullable=False),
+        pa.field("events", pa.int64(), nullable=False),
+        pa.field("persons", pa.int64(), nullable=False),  # distinct person_id in the hour
+        pa.field("ds", pa.date32(), nullable=False),
+    ]
+)
+
+RETENTION_SCHEMA = pa.schema(
+    [
+        pa.field("ds", pa.date32(), nullable=False),  # the cohort's last day: cohort_start (day), the Sunday (week)
+        pa.field("cohort_start", pa.date32(), nullable=False),  # first-active day, or its ISO week's Monday
+        pa.field("cohort_grain", pa.string(), nullable=False),  # day | week
+        pa.field("period", pa.int32(), nullable=False),  # n = 0..30 days / k = 0..12 weeks after
+        pa.field("cohort_size", pa.int64(), nullable=False),  # persons first active in the cohort
+        pa.field("active_users", pa.int64(), nullable=False),  # of them, active in the period
+        pa.field("retention", pa.float64(), nullable=False),  # active_users / cohort_size
+    ]
+)
+
+FUNNELS_SCHEMA = pa.schema(
+    [
+        pa.field("ds", pa.date32(), nullable=False),  # UTC day of the entry (first-step) event
+        pa.field("funnel", pa.string(), nullable=False),
+        pa.field("platform", pa.string(), nullable=False),  # platform of the entry event
+        pa.field("step", pa.int32(), nullable=False),  # 1-based
+        pa.field("step_name", pa.string(), nullable=False),  # the step's event name
+        pa.field("entered", pa.int64(), nullable=False),  # persons entering (step 1)
+        pa.field("users", pa.int64(), nullable=False),  # persons reaching this step in order, in the window
+        pa.field("conversion", pa.float64(), nullable=False),  # users / entered
+    ]
+)
+
+EXPERIMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("ds", pa.date32(), nullable=False),  # results as of the end of this day (cumulative)
+        pa.field("experiment_id", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("is_control", pa.bool_(), nullable=False),
+        pa.field("exposed", pa.int64(), nullable=False),  # persons whose first exposure was to this variant
+        pa.field("converters", pa.int64(), nullable=False),  # of them, converted at or after exposure
+        pa.field("conversion_rate", pa.float64()),  # converters / exposed
+        pa.field("lift_abs", pa.float64()),  # rate - control rate (null for the control)
+        pa.field("lift_abs_ci_low", pa.float64()),  # 95 % CI (Wald, unpooled)
+        pa.field("lift_abs_ci_high", pa.float64()),
+        pa.field("lift_rel", pa.float64()),  # rate / control rate - 1
+        pa.field("lift_rel_ci_low", pa.float64()),  # 95 % CI (delta method)
+        pa.field("lift_rel_ci_high", pa.float64()),
+        pa.field("z", pa.float64()),  # two-proportion z statistic (pooled)
+        pa.field("p_value", pa.float64()),  # two-sided
+        pa.field("expected_share", pa.float64(), nullable=False),  # configured traffic share
+        pa.field("srm_chi2", pa.float64()),  # sample-ratio-mismatch chi-square (per experiment)
+        pa.field("srm_p_value", pa.float64()),
+        pa.field("srm", pa.bool_()),  # srm_p_value < 0.001: the split is not as configured
+    ]
+)
+
+__all__ = [
+    "ACTIVE_USERS_BY_PLATFORM_SCHEMA",
+    "ACTIVE_USERS_SCHEMA",
+    "DIM_USER_SCHEMA",
+    "EVENTS_HOURLY_SCHEMA",
+    "EXPERIMENTS_SCHEMA",
+    "FUNNELS_SCHEMA",
+    "IDENTITY_MAP_SCHEMA",
+    "IDENTITY_REFUSED_SCHEMA",
+    "RETENTION_SCHEMA",
+    "SESSIONS_SCHEMA",
+    "SILVER_EVENTS_SCHEMA",
+]

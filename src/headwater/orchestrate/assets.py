@@ -1,0 +1,234 @@
+"""Every batch model as a Dagster asset, derived from ``MODELS``.
+
+One :class:`headwater.models.run.Model` becomes one asset:
+
+* key ``[layer, name]`` of ``Model.table`` (``silver.events`` → ``silver/events``), group = layer;
+* partitions: :func:`daily_partitions` — one partition per UTC day ``ds`` (``YYYY-MM-DD``);
+  a model with ``partitioned=False`` (identity map, SCD2 ``dim_user``: global over history,
+  replaced whole) is an unpartitioned asset, rebuilt by any run that selects it;
+* deps: ``Model.inputs``, with the partition mapping of what partition ``p`` reads
+  (:func:`partition_mapping`): ``p - lookback_days .. p + lookahead_days`` as a
+  ``TimeWindowPartitionMapping`` (``gold.active_users`` on ``ds`` reads ``silver.events``
+  ``ds-27 .. ds``); every partition (``AllPartitionMapping``) for a model with ``history``
+  — Dagster cannot say "every day up to ``p + lookahead``", so the lineage over-approximates.
+  An input no model produces (``bronze.events``, written by the stream) is an external
+  asset (``AssetSpec``) with the same daily partitions: shown in the lineage, never
+  materialised here;
+* body: :func:`headwater.models.run.run_model` over the run's partition window — one
+  partition, or a whole range in one run (``BackfillPolicy.single_run()``: a 180-day backfill
+  is one atomic overwrite per table, not 180);
+* retries: ``RetryPolicy`` with exponential backoff and jitter for transient failures (a
+  Delta commit conflict, an I/O error); errors that a retry cannot fix (a missing input
+  table, SQL that does not bind, a row that does not fit the schema) fail at once with
+  ``Failure(allow_retries=False)`` naming the model.
+
+Each materialisation records ``rows`` (rows written), ``ds_start`` / ``ds_end`` (partitioned
+models) and ``input_versions`` (the Delta version of every input table, read *before* the
+model ran: a lower bound of the snapshot it saw; the late-data sensor starts from it).
+"""
+
+import datetime as dt
+import os
+import time
+import warnings
+from importlib import resources
+from typing import Callable
+
+import duckdb
+from dagster import (
+    AllPartitionMapping,
+    AssetDep,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    AssetsDefinition,
+    Backoff,
+    BackfillPolicy,
+    BetaWarning,
+    DailyPartitionsDefinition,
+    Failure,
+    Jitter,
+    MaterializeResult,
+    PartitionMapping,
+    RetryPolicy,
+    TimeWindowPartitionMapping,
+    asset,
+)
+from deltalake import DeltaTable
+from deltalake.exceptions import SchemaMismatchError
+
+from headwater.config import Home
+from headwater.lake import tables
+from headwater.models import run as models_run
+from headwater.models.run import Model
+from headwater.serve import catalog
+
+Runner = Callable[[Home, Model, dt.date, dt.date], int]
+"""Builds one model for ``ds`` in ``[start, end]`` and returns rows written
+(default :func:`headwater.models.run.run_model`)."""
+
+DEFAULT_RETRY = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+"""Up to 3 retries after 2, 4, 8 s (± jitter): a transient failure (Delta commit conflict with
+another writer, I/O error) clears within seconds."""
+
+# Errors a retry cannot fix: the same SQL over the same inputs fails the same way.
+PERMANENT_ERRORS = (
+    ValueError,
+    SchemaMismatchError,
+    duckdb.CatalogException,
+    duckdb.BinderException,
+    duckdb.ParserException,
+    duckdb.ConversionException,
+)
+
+
+def asset_key(table: str) -> AssetKey:
+    """``"silver.events"`` → ``AssetKey(["silver", "events"])``."""
+    return AssetKey(table.split("."))
+
+
+def table_name(key: AssetKey) -> str:
+    """Inverse of :func:`asset_key`."""
+    return ".".join(key.path)
+
+
+def first_ds(home: Home) -> dt.date:
+    """First daily partition: ``HEADWATER_FIRST_DS`` (YYYY-MM-DD) if set, else the first ``ds``
+    with rows in ``bronze.events``, else today (UTC). Raises ``ValueError`` for a malformed
+    ``HEADWATER_FIRST_DS``."""
+    env = os.environ.get("HEADWATER_FIRST_DS")
+    if env:
+        try:
+            return dt.date.fromisoformat(env)
+        except ValueError:
+            raise ValueError(f"HEADWATER_FIRST_DS: {env!r} is not a date in YYYY-MM-DD form") from None
+    bounds = models_run.source_range(home, "bronze.events")
+    return bounds[0] if bounds else dt.datetime.now(dt.timezone.utc).date()
+
+
+def daily_partitions(start: dt.date) -> DailyPartitionsDefinition:
+    """UTC days from ``start`` to yesterday: a day's partition exists once the day is over
+    (``end_offset=0``), so the daily schedule always builds a complete day."""
+    return DailyPartitionsDefinition(start_date=start.isoformat(), timezone="UTC")
+
+
+def description(model: Model) -> str:
+    """The model's header comment (SQL) or its module docstring (Python model) as plain text."""
+    if model.sql_file is None:
+        return (model.compute.__doc__ or "").strip() or model.table
+    try:
+        text = resources.files("headwater.models").joinpath(model.sql_file).read_text()
+    except FileNotFoundError:  # surfaces as the run's error, not at load time
+        return f"{model.table}: {model.sql_file} not found"
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            break
+        lines.append(line[2:].removeprefix(" "))
+    return "\n".join(lines).strip() or model.table
+
+
+def partition_mapping(model: Model) -> PartitionMapping | None:
+    """How ``model``'s partition ``p`` maps to the partitions of a partitioned input it reads."""
+    if model.history:
+        return AllPartitionMapping()
+    if model.lookback_days or model.lookahead_days:
+        return TimeWindowPartitionMapping(start_offset=-model.lookback_days, end_offset=model.lookahead_days)
+    return None
+
+
+def input_versions(home: Home, model: Model) -> dict[str, int]:
+    """Current Delta version of each existing input table of ``model``."""
+    versions = {}
+    for table in model.inputs:
+        path = catalog.table_path(home, table)
+        if tables.exists(path):
+            versions[table] = DeltaTable(str(path)).version()
+    return versions
+
+
+def window_dates(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
+    """The run's partition window as inclusive ``(start, end)`` ds dates."""
+    window = context.partition_time_window  # [start, end) at UTC midnights
+    return window.start.date(), (window.end - dt.timedelta(days=1)).date()
+
+
+def model_asset(
+    home: Home,
+    model: Model,
+    partitions: DailyPartitionsDefinition,
+    partitioned_inputs: set[str],
+    retry_policy: RetryPolicy,
+    runner: Runner,
+) -> AssetsDefinition:
+    """The asset of one model (see the module docstring)."""
+    mapping = partition_mapping(model)
+    deps = [AssetDep(asset_key(t), partition_mapping=mapping if t in partitioned_inputs else None) for t in model.inputs]
+    layer = model.table.split(".")[0]
+
+    @asset(
+        key=asset_key(model.table),
+        deps=deps,
+        partitions_def=partitions if model.partitioned else None,
+        backfill_policy=BackfillPolicy.single_run() if model.partitioned else None,
+        retry_policy=retry_policy,
+        group_name=layer,
+        kinds={"duckdb", "delta"},
+        description=description(model),
+        metadata={
+            "table": model.table,
+            "lookback_days": model.lookback_days,
+            "lookahead_days": model.lookahead_days,
+            "history": model.history,
+        },
+    )
+    def build(context: AssetExecutionContext) -> MaterializeResult:
+        # An unpartitioned model ignores the range: it is replaced whole.
+        start, end = window_dates(context) if model.partitioned else (dt.date.today(),) * 2
+        span = f"{start}..{end}" if model.partitioned else "(whole table)"
+        versions = input_versions(home, model)
+        missing = [t for t in model.inputs if t not in versions]
+        if missing:
+            raise Failure(f"{model.table} {span}: input tables not built yet: {', '.join(missing)}", allow_retries=False)
+        t0 = time.perf_counter()
+        try:
+            rows = runner(home, model, start, end)
+        except PERMANENT_ERRORS as e:
+            raise Failure(f"{model.table} {span}: {type(e).__name__}: {e}", allow_retries=False) from e
+        seconds = time.perf_counter() - t0
+        context.log.info(f"{model.table} {span}: {rows} rows in {seconds:.2f} s")
+        metadata = {"rows": rows, "seconds": round(seconds, 3), "input_versions": versions}
+        if model.partitioned:
+            metadata |= {"ds_start": start.isoformat(), "ds_end": end.isoformat()}
+        return MaterializeResult(metadata=metadata)
+
+    return build
+
+
+def external_spec(table: str, partitions: DailyPartitionsDefinition) -> AssetSpec:
+    """An input no model produces (e.g. ``bronze.events``, appended by the stream)."""
+    layer = table.split(".")[0]
+    return AssetSpec(
+        asset_key(table),
+        partitions_def=partitions,
+        group_name=layer,
+        kinds={"delta"},
+        description=f"{table}: written outside the batch layer (stream sink); observed, never materialised here.",
+    )
+
+
+def model_assets(
+    home: Home,
+    models: tuple[Model, ...],
+    partitions: DailyPartitionsDefinition,
+    retry_policy: RetryPolicy = DEFAULT_RETRY,
+    runner: Runner = models_run.run_model,
+) -> tuple[list[AssetsDefinition], list[AssetSpec]]:
+    """The assets of ``models`` and the external specs of the inputs none of them produces."""
+    produced = {m.table for m in models}
+    external = sorted({t for m in models for t in m.inputs if t not in produced})
+    partitioned_inputs = {m.table for m in models if m.partitioned} | set(external)
+    with warnings.catch_warnings():  # backfill_policy is "beta" in Dagster 1.13: said once here, not per asset
+        warnings.simplefilter("ignore", BetaWarning)
+        assets = [model_asset(home, m, partitions, partitioned_inputs, retry_policy, runner) for m in models]
+    return assets, [external_spec(t, partitions) for t in external]

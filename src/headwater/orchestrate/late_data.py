@@ -1,0 +1,168 @@
+"""Late data: which ``ds`` partitions changed in an input table, and what must be restated.
+
+Detection (:func:`changed_days`) diffs two snapshots of a Delta table: the data files of the
+current version that were not in the version last seen (the sensor's cursor) are what was
+added since, and their ``ds`` partition values (from the Delta log's add actions, no data
+read) are the days that changed. A file with ``numRecords = 0`` changes nothing. This is
+exact for appends — the stream's only write to bronze — and conservative for rewrites
+(a compaction re-adds files of unchanged days: those days are restated needlessly, never
+missed).
+
+Propagation (:func:`restatement`). When an input of a model changes on day ``d``, the
+model's partitions ``d + lo .. d + hi`` may change, ``(lo, hi) = Model.affected_days``: a
+partition ``p`` reads ``p - lookback .. p + lookahead``, so ``lo = -lookahead``, ``hi =
+lookback`` — the trailing-window rule: ``gold.active_users`` on ``ds`` reads ``ds-27 .. ds``, so a
+change on ``d`` reaches ``d .. d+27`` (WAU for 6 of those days, MAU for all 27); retention by
+cohort reads 96 days ahead and all history, so it reaches ``d-96 ..`` every later cohort.
+``None`` means unbounded. Only what is already built is restated (a day never built is the
+schedule's or a backfill's to build): affected days are clipped to each model's built
+range. Changes flow in ``MODELS`` order, so a restated silver day propagates into gold.
+Unpartitioned models (identity map, ``dim_user``) are rebuilt whole when an input changed;
+how the identity map's change reaches ``silver.events`` is found by content after the
+rebuild (``deferred``, see :mod:`headwater.orchestrate.sensor`).
+
+Runs (:func:`runs`). Dagster runs one partition range per run, the same for every asset
+in it, and a run with several assets executes them in dependency order. Restatements are
+therefore grouped into maximal runs of contiguous days, each run selecting the models with
+a dirty day in it: correct by construction (inputs are rebuilt before their readers in the
+same run), at the price of rebuilding an upstream model over its readers' wider window (a
+late day ``d`` also rebuilds ``silver.events`` on every day gold restates — idempotent, but
+with retention's reach that is ``d-96 ..`` the last built day).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
+
+from headwater.models.run import Model
+
+log = logging.getLogger(__name__)
+
+Days = set[dt.date]
+
+
+def _files(table: DeltaTable) -> pa.Table:
+    """Add actions of a snapshot: ``path``, ``ds`` (date32), ``num_records`` (null if unknown)."""
+    adds = pa.table(table.get_add_actions(flatten=True))
+    return pa.table(
+        {
+            "path": adds.column("path"),
+            "ds": adds.column("partition.ds").cast(pa.date32()),
+            "num_records": adds.column("num_records"),
+        }
+    )
+
+
+def changed_days(path: Path, since_version: int | None) -> tuple[int, Days]:
+    """``(current version, ds of rows added after since_version)`` of the Delta table at ``path``.
+
+    ``since_version=None`` means "from the beginning": every ``ds`` with rows. If
+    ``since_version`` can no longer be loaded (its log was cleaned up), every ``ds`` with
+    rows is returned (restating too much is safe, missing a day is not) and a warning is
+    logged. Raises ``deltalake.exceptions.TableNotFoundError`` if there is no table."""
+    current = DeltaTable(str(path))
+    version = current.version()
+    if since_version is not None and since_version >= version:
+        return version, set()
+    files = _files(current)
+    if since_version is not None:
+        try:
+            before = _files(DeltaTable(str(path), version=since_version)).column("path")
+            files = files.filter(pc.invert(pc.is_in(files.column("path"), value_set=before)))
+        except DeltaError as e:
+            log.warning("%s: version %s not loadable (%s); treating every ds as changed", path, since_version, e)
+    counts = files.column("num_records")
+    files = files.filter(pc.or_kleene(pc.is_null(counts), pc.greater(counts, 0)))
+    return version, set(pc.unique(files.column("ds")).to_pylist())
+
+
+ALWAYS = (dt.date.min, dt.date.max)
+"""The ``built`` range of an unpartitioned model that exists: it covers every day."""
+
+
+def _days(first: dt.date, last: dt.date) -> Iterable[dt.date]:
+    return (first + dt.timedelta(days=i) for i in range((last - first).days + 1))
+
+
+@dataclass
+class Restatement:
+    """What to rebuild: ``days`` of partitioned models, ``whole`` unpartitioned models (in
+    ``MODELS`` order)."""
+
+    days: dict[str, Days] = field(default_factory=dict)
+    whole: list[str] = field(default_factory=list)
+
+
+def restatement(
+    models: tuple[Model, ...],
+    changed: dict[str, Days],
+    built: dict[str, tuple[dt.date, dt.date] | None],
+    seeds: dict[str, Days] | None = None,
+    deferred: frozenset[str] = frozenset(),
+) -> Restatement:
+    """What must be rebuilt after the input tables in ``changed`` changed on the given days.
+
+    ``built`` is each model's built range (inclusive; :data:`ALWAYS` for an unpartitioned
+    model that exists; ``None`` or absent: never built, nothing to restate). ``seeds`` are
+    model days known stale by content (e.g. ``silver.events`` days whose ``person_id`` no
+    longer matches the identity map). An unpartitioned model is rebuilt whole when an input
+    changed. Its partitioned readers then need every built day — unless the table is in
+    ``deferred``: its stale reader days are found by content once it has been rebuilt (the
+    sensor's next evaluation), which is far narrower. ``models`` must be in dependency order."""
+    seeds = seeds or {}
+    dirty: dict[str, Days] = {t: set(days) for t, days in changed.items()}
+    rebuilt: set[str] = set()
+    out = Restatement()
+    for model in models:
+        bounds = built.get(model.table)
+        if bounds is None:
+            continue
+        if not model.partitioned:
+            if any(t in dirty or t in rebuilt for t in model.inputs):
+                out.whole.append(model.table)
+                rebuilt.add(model.table)
+            continue
+        lo, hi = model.affected_days
+        days: Days = {d for d in seeds.get(model.table, ()) if bounds[0] <= d <= bounds[1]}
+        for table in model.inputs:
+            if table in rebuilt and table not in deferred:
+                days.update(_days(*bounds))
+            for d in dirty.get(table, ()):
+                first = bounds[0] if lo is None else max(bounds[0], d + dt.timedelta(days=lo))
+                last = bounds[1] if hi is None else min(bounds[1], d + dt.timedelta(days=hi))
+                if first <= last:
+                    days.update(_days(first, last))
+        if days:
+            out.days[model.table] = dirty[model.table] = days
+    return out
+
+
+def runs(plan: Restatement, models: tuple[Model, ...]) -> list[tuple[dt.date | None, dt.date | None, list[str]]]:
+    """The runs that carry out ``plan``: ``[(start, end, tables), ...]``, one per maximal range
+    of contiguous dirty days, each selecting (in ``models`` order) the tables with a dirty
+    day inside it; the ``whole`` models join the first run (``(None, None, whole)`` if no
+    partitioned day is dirty)."""
+    days = sorted(set().union(*plan.days.values())) if plan.days else []
+    spans: list[tuple[dt.date, dt.date]] = []
+    for d in days:
+        if spans and d - spans[-1][1] == dt.timedelta(days=1):
+            spans[-1] = (spans[-1][0], d)
+        else:
+            spans.append((d, d))
+    out: list[tuple[dt.date | None, dt.date | None, list[str]]] = []
+    for i, (start, end) in enumerate(spans):
+        selected = set(plan.whole) if i == 0 else set()
+        selected |= {t for t, ds in plan.days.items() if any(start <= d <= end for d in ds)}
+        out.append((start, end, [m.table for m in models if m.table in selected]))
+    if not spans and plan.whole:
+        out.append((None, None, list(plan.whole)))
+    return out

@@ -1,0 +1,42 @@
+"""Serving the Dagster UI and daemon for a home: ``dagster dev`` on 127.0.0.1.
+
+``dagster dev`` is Dagster's single-machine deployment: ``dagster-webserver`` (the UI and its
+GraphQL API) and ``dagster-daemon`` (schedules, sensors, the run queue, backfills launched
+from the UI) sharing one code server that loads :mod:`headwater.orchestrate.location`. With
+``DAGSTER_HOME`` set it keeps its state in that home's SQLite storage
+(:mod:`headwater.orchestrate.instance`). ``headwater up`` runs it as one more supervised child.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from headwater.config import Home
+from headwater.orchestrate.instance import dagster_home
+
+PORT_ENV = "HEADWATER_DAGSTER_PORT"
+
+
+def port_from_env(free: int) -> int:
+    """``HEADWATER_DAGSTER_PORT`` if set, else ``free`` (a port found free by the caller).
+    Raises ``ValueError`` naming the variable if it is not a port number."""
+    value = os.environ.get(PORT_ENV)
+    if not value:
+        return free
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f"{PORT_ENV}: {value!r} is not a TCP port number")
+    return int(value)
+
+
+def spawn(home: Home, port: int) -> subprocess.Popen:
+    """Start ``dagster dev`` for ``home`` on ``http://127.0.0.1:<port>`` (UI + daemon)."""
+    env = {**os.environ, "HEADWATER_HOME": str(home.root), "DAGSTER_HOME": str(dagster_home(home))}
+    cmd = [
+        sys.executable, "-m", "dagster", "dev",
+        "-m", "headwater.orchestrate.location",
+        "-h", "127.0.0.1", "-p", str(port),
+        "--log-level", "warning",
+    ]
+    return subprocess.Popen(cmd, env=env)

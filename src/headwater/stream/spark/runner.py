@@ -1,0 +1,245 @@
+"""Run a :class:`~headwater.stream.pipeline.Pipeline` on Spark Structured Streaming (local or cluster).
+
+The scale-out engine of design.md: the same declarative pipeline headwater's micro-batch
+engine runs, translated to Spark's streaming operators, reading the event log through
+:mod:`headwater.stream.spark.source` and writing Delta through delta-rs (:mod:`.sink`).
+
+Translation (one streaming query per output, each with its own Spark checkpoint under
+``home.checkpoint_dir("spark-<pipeline>-<output>")``):
+
+- **bronze** (``bronze.events`` + ``bronze.dead_letter``): ``withWatermark(received_at,
+  dedup.ttl).dropDuplicatesWithinWatermark([dedup.key])`` — Spark's dedup with a state TTL
+  measured on processing time (``received_at``), headwater's :class:`Dedup` semantics. Late
+  events still reach bronze (no event-time watermark here).
+- **each aggregate** → ``realtime.<name>``: derived columns (``F.expr``),
+  ``withWatermark(watermark.column, watermark.delay)``, ``dropDuplicatesWithinWatermark
+  ([dedup.key])``, ``groupBy(window, *group_by)``:
+  :class:`Tumbling` → ``window(ts, size)``; :class:`Hopping` → ``window(ts, size, slide)``;
+  :class:`Session` → ``session_window(ts, gap)``. Measures: ``count`` → ``count(*)``,
+  ``sum`` → ``sum(col)`` as double, ``distinct`` → ``hll_sketch_agg(col, lg_k)`` (Apache
+  DataSketches HLL, the sketch headwater's engine keeps; estimate via ``hll_sketch_estimate``)
+  plus the sketch itself as ``<name>_sketch``. Output mode as declared.
+
+Where Spark's semantics differ from headwater's engine (see the parity tests,
+``tests/stream/test_spark_parity.py``):
+
+- Spark's watermark is ONE max over all partitions, without per-partition min or idleness.
+- Spark decides lateness in batch N with the watermark batch N−1 ran with (SPARK-40925),
+  i.e. ``max event time of batches 0..N−2 − delay``; it evicts (emits, in append mode)
+  windows with ``window_end <= max event time of batches 0..N−1 − delay``, and at the end of
+  an available-now run one extra no-data batch emits what the final watermark closed.
+- Spark's dedup in the aggregate queries is bounded by the event-time watermark, not a
+  processing-time TTL; retries carry the same event time, so no window count differs.
+- ``allowed_lateness`` has no Spark equivalent: a non-zero value raises ``ValueError``; so
+  does a session window in ``update`` mode (Spark supports session windows in append only).
+- Spark has no late side output: late rows are dropped and only counted
+  (``numRowsDroppedByWatermark``), so this runner writes no ``bronze.late_events``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from headwater.config import Home
+from headwater.events import EVENTS_TOPIC
+from headwater.stream.pipeline import Aggregate, Hopping, Pipeline, Session, Tumbling
+from headwater.stream.spark import sink
+from headwater.stream.spark.source import NAME, register
+
+log = logging.getLogger("headwater.stream.spark")
+
+
+def _interval(d: dt.timedelta) -> str:
+    """A Spark interval string: whole milliseconds (Spark windows are µs-precise, ms is enough)."""
+    return f"{round(d.total_seconds() * 1000)} milliseconds"
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the Spark queries cut and run micro-batches.
+
+    ``max_records_per_partition``: batch bound per log partition (``None``: all available);
+    ``replay_offsets``: a headwater checkpoint's ``offsets`` directory whose batches to replay
+    (overrides the bound); ``available_now``: ``Trigger.AvailableNow`` (else a processing-time
+    trigger every ``trigger_interval_s``)."""
+
+    max_records_per_partition: int | None = None
+    replay_offsets: Path | None = None
+    available_now: bool = True
+    trigger_interval_s: float = 0.5
+
+
+def for_spark(pipeline: Pipeline) -> Pipeline:
+    """``pipeline`` with its session-window aggregates in append mode, the only output mode
+    Spark supports for session windows (a live session then appears once it has closed)."""
+    return replace(
+        pipeline,
+        aggregates=tuple(replace(a, output_mode="append") if isinstance(a.window, Session) else a for a in pipeline.aggregates),
+    )
+
+
+class SparkPipeline:
+    """The Spark Structured Streaming queries of ``pipeline`` over ``home``'s event log
+    (or the log at ``log_path``), writing ``home``'s tables and checkpoints.
+
+    ``ValueError`` for what Spark cannot run: ``allowed_lateness`` > 0, a session window in
+    update mode."""
+
+    def __init__(
+        self, spark, home: Home, pipeline: Pipeline, config: SparkConfig | None = None, topic: str = EVENTS_TOPIC, log_path: Path | None = None
+    ):
+        for a in pipeline.aggregates:
+            if a.allowed_lateness:
+                raise ValueError(f"aggregate {a.name}: allowed_lateness has no Spark Structured Streaming equivalent, got {a.allowed_lateness}")
+            if isinstance(a.window, Session) and a.output_mode != "append":
+                raise ValueError(f"aggregate {a.name}: Spark supports session windows only in append output mode, got {a.output_mode!r}")
+        self.spark, self.home, self.pipeline, self.topic = spark, home, pipeline, topic
+        self.log_path = Path(log_path) if log_path is not None else home.log_path
+        self.config = config or SparkConfig()
+        register(spark)
+
+    def app_id(self, output: str) -> str:
+        """Spark query name, checkpoint name and Delta txn app id of ``output``."""
+        return f"spark-{self.pipeline.name}-{output}"
+
+    def source(self):
+        """The log as a streaming DataFrame (schema :data:`headwater.stream.spark.source.SCHEMA`)."""
+        reader = self.spark.readStream.format(NAME).option("path", str(self.log_path)).option("topic", self.topic)
+        if self.config.replay_offsets is not None:
+            reader = reader.option("replayOffsets", str(self.config.replay_offsets))
+        elif self.config.max_records_per_partition:
+            reader = reader.option("maxRecordsPerPartition", str(self.config.max_records_per_partition))
+        return reader.load()
+
+    def events(self):
+        """Decoded events only, with the pipeline's derived columns."""
+        from pyspark.sql import functions as F
+
+        df = self.source().where(F.col("_error").isNull())
+        for c in self.pipeline.columns:
+            df = df.withColumn(c.name, F.expr(c.expr))
+        return df
+
+    # -- the queries' DataFrames ---------------------------------------------------------
+    def bronze_frame(self):
+        """Source rows deduplicated on ``dedup.key`` within ``dedup.ttl`` of ``received_at``.
+        Dead-letter rows (no event columns) are keyed by their log position and timed by
+        their append time, so they pass the dedup once each."""
+        from pyspark.sql import functions as F
+
+        key = self.pipeline.dedup.key
+        return (
+            self.source()
+            .withColumn("_dedup_key", F.coalesce(F.col(key), F.format_string("dead-letter/%d/%d", "_partition", "_offset")))
+            .withColumn("_dedup_ts", F.coalesce(F.col("received_at"), F.timestamp_millis("_appended_ms")))
+            .withWatermark("_dedup_ts", _interval(self.pipeline.dedup.ttl))
+            .dropDuplicatesWithinWatermark(["_dedup_key"])
+        )
+
+    def aggregate_frame(self, agg: Aggregate):
+        """The windowed aggregate: ``window_start``, ``window_end``, group_by, measures."""
+        from pyspark.sql import functions as F
+
+        wm = self.pipeline.watermark
+        ts = F.col(wm.column)
+        w = agg.window
+        if isinstance(w, Tumbling):
+            window = F.window(ts, _interval(w.size))
+        elif isinstance(w, Hopping):
+            window = F.window(ts, _interval(w.size), _interval(w.slide))
+        elif isinstance(w, Session):
+            window = F.session_window(ts, _interval(w.gap))
+        else:  # pragma: no cover - Pipeline validates window types
+            raise TypeError(f"aggregate {agg.name}: unknown window {w!r}")
+        measures, finals = [], []
+        for m in agg.measures:
+            if m.kind == "count":
+                measures.append(F.count(F.lit(1)).alias(m.name))
+                finals.append(F.col(m.name))
+            elif m.kind == "sum":
+                measures.append(F.sum(F.col(m.column).cast("double")).alias(m.name))
+                finals.append(F.col(m.name))
+            else:
+                sketch = f"{m.name}_sketch"
+                measures.append(F.hll_sketch_agg(F.col(m.column), m.lg_k).alias(sketch))
+                finals += [F.hll_sketch_estimate(sketch).cast("double").alias(m.name), F.col(sketch)]
+        grouped = (
+            self.events()
+            .withWatermark(wm.column, _interval(wm.delay))
+            .dropDuplicatesWithinWatermark([self.pipeline.dedup.key])
+            .groupBy(window.alias("_window"), *agg.group_by)
+            .agg(*measures)
+        )
+        return grouped.select(
+            F.col("_window.start").alias("window_start"), F.col("_window.end").alias("window_end"), *agg.group_by, *finals
+        )
+
+    # -- running -------------------------------------------------------------------------
+    def outputs(self, bronze: bool = True) -> list[tuple[str, object, sink.BatchFn, str]]:
+        """``(output, streaming DataFrame, foreachBatch function, output mode)`` per query:
+        bronze (unless ``bronze=False``), then one per aggregate."""
+        out = []
+        if bronze:
+            fn = sink.bronze_sink(
+                self.home.table_path("bronze", "events"), self.home.table_path("bronze", "dead_letter"), self.app_id("bronze"), self.topic
+            )
+            out.append(("bronze", self.bronze_frame(), fn, "append"))
+        for agg in self.pipeline.aggregates:
+            keys = ("window_start", *agg.group_by)
+            fn = sink.window_sink(self.home.table_path("realtime", agg.name), self.app_id(agg.name), agg.output_mode, keys)
+            out.append((agg.name, self.aggregate_frame(agg), fn, agg.output_mode))
+        return out
+
+    def _start(self, output: str, frame, fn: sink.BatchFn, output_mode: str):
+        writer = (
+            frame.writeStream.queryName(self.app_id(output).replace("-", "_"))
+            .outputMode(output_mode)
+            .option("checkpointLocation", str(self.home.checkpoint_dir(self.app_id(output))))
+            .foreachBatch(fn)
+        )
+        if self.config.available_now:
+            writer = writer.trigger(availableNow=True)
+        else:
+            writer = writer.trigger(processingTime=f"{self.config.trigger_interval_s} seconds")
+        query = writer.start()
+        # Spark starts each query's Python source planner as a "simple worker" that must
+        # connect back within a hard-coded 10 s (PythonWorkerFactory.createSimpleWorker);
+        # several starting at once on a busy 2-core machine miss it. Start them one by one.
+        while query.isActive and query.status["message"] == "Initializing sources":
+            time.sleep(0.05)
+        return query
+
+    def start(self, bronze: bool = True) -> list:
+        """Start every query (see :meth:`outputs`); return the ``StreamingQuery`` objects."""
+        return [self._start(*o) for o in self.outputs(bronze)]
+
+    def run_available_now(self, bronze: bool = True, restarts: int = 3) -> list:
+        """Run every query with ``Trigger.AvailableNow`` to the end of the log, one after the
+        other (on ``local[2]`` each batch already uses both cores), and return the finished
+        queries (``recentProgress`` holds Spark's per-batch metrics).
+
+        A query whose Python worker missed Spark's 10 s connect-back (a loaded machine) is
+        restarted from its checkpoint, up to ``restarts`` times — as a supervisor would: the
+        checkpoint and the idempotent sinks make the restart exactly-once. Any other failure,
+        or the last one, is re-raised (``StreamingQueryException``)."""
+        from pyspark.errors import StreamingQueryException
+
+        if not self.config.available_now:
+            raise ValueError("run_available_now: the SparkConfig has available_now=False")
+        done = []
+        for output in self.outputs(bronze):
+            for attempt in range(restarts + 1):
+                query = self._start(*output)
+                try:
+                    query.awaitTermination()
+                    break
+                except StreamingQueryException as e:
+                    if "Python worker failed to connect back" not in str(e) or attempt == restarts:
+                        raise
+                    log.warning("query %s: %s; restarting from its checkpoint", output[0], e)
+            done.append(query)
+        return done

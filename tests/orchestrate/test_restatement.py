@@ -1,0 +1,97 @@
+"""What a change on day d restates, per model (pure functions over the real MODELS), and how
+the changed days are read off a real Delta table's log."""
+
+import datetime as dt
+
+import pyarrow as pa
+
+from headwater.events import EVENT_SCHEMA
+from headwater.lake.tables import append_once, overwrite_partitions
+from headwater.models.run import MODELS
+from headwater.orchestrate.late_data import ALWAYS, Restatement, changed_days, restatement, runs
+
+D = dt.date(2024, 5, 10)  # D - 96 and D + 27 are both inside BUILT
+BUILT = (dt.date(2024, 1, 1), dt.date(2024, 6, 30))
+BY_TABLE = {m.table: m for m in MODELS}
+
+
+def days(first, last) -> set:
+    return {first + dt.timedelta(days=i) for i in range((last - first).days + 1)}
+
+
+def built_all() -> dict:
+    return {m.table: BUILT if m.partitioned else ALWAYS for m in MODELS}
+
+
+def test_a_late_day_restates_trailing_windows_forward_and_cohorts_backward():
+    plan = restatement(MODELS, {"bronze.events": {D}}, built_all(), deferred=frozenset({"silver.identity_map"}))
+    assert plan.days["silver.events"] == {D}
+    assert plan.days["gold.events_hourly"] == {D}
+    # DAU/WAU/MAU on ds read ds-27..ds: a change on D reaches D..D+27 (WAU 6 days, MAU 27)
+    assert plan.days["gold.active_users"] == days(D, D + dt.timedelta(days=27))
+    assert plan.days["gold.active_users_by_platform"] == days(D, D + dt.timedelta(days=27))
+    # sessions may span midnight: the day before and after too
+    assert plan.days["gold.sessions"] == days(D - dt.timedelta(days=1), D + dt.timedelta(days=1))
+    # retention by cohort day reads 96 days ahead over all history: cohorts D-96 .. every later one
+    lo, hi = BY_TABLE["gold.retention"].affected_days
+    assert plan.days["gold.retention"] == days(D + dt.timedelta(days=lo), BUILT[1]) and hi is None
+    # the unpartitioned models are rebuilt whole; identity's effect on silver is deferred
+    assert plan.whole == ["silver.identity_map", "silver.identity_refused", "silver.dim_user"]
+
+
+def test_restatement_is_clipped_to_what_is_built():
+    built = built_all() | {"gold.active_users": (dt.date(2024, 1, 1), D + dt.timedelta(days=3)), "gold.funnels": None}
+    plan = restatement(MODELS, {"bronze.events": {D}}, built, deferred=frozenset({"silver.identity_map"}))
+    assert plan.days["gold.active_users"] == days(D, D + dt.timedelta(days=3))
+    assert "gold.funnels" not in plan.days
+    # a change on a day nothing was built for restates nothing partitioned
+    early = restatement(MODELS, {"bronze.events": {dt.date(2023, 5, 1)}}, built_all(), deferred=frozenset({"silver.identity_map"}))
+    assert early.days.keys() <= {"gold.retention", "gold.experiments"} and "silver.events" not in early.days
+
+
+def test_an_identity_change_without_deferral_restates_every_built_silver_day():
+    plan = restatement(MODELS, {"bronze.events": {D}}, built_all())
+    assert plan.days["silver.events"] == days(*BUILT)
+
+
+def test_stale_seeds_restate_those_days_and_their_downstream():
+    plan = restatement(MODELS, {}, built_all(), seeds={"silver.events": {D, dt.date(2025, 1, 1)}})
+    assert plan.days["silver.events"] == {D}  # clipped to what is built
+    assert plan.days["gold.active_users"] == days(D, D + dt.timedelta(days=27))
+    assert plan.whole == []
+
+
+def test_runs_group_contiguous_days_and_keep_dependency_order():
+    plan = Restatement(
+        days={"silver.events": {D, D + dt.timedelta(days=40)}, "gold.active_users": days(D, D + dt.timedelta(days=2))},
+        whole=["silver.identity_map"],
+    )
+    assert runs(plan, MODELS) == [
+        (D, D + dt.timedelta(days=2), ["silver.identity_map", "silver.events", "gold.active_users"]),
+        (D + dt.timedelta(days=40), D + dt.timedelta(days=40), ["silver.events"]),
+    ]
+    assert runs(Restatement(whole=["silver.dim_user"]), MODELS) == [(None, None, ["silver.dim_user"])]
+    assert runs(Restatement(), MODELS) == []
+
+
+def test_changed_days_reads_new_files_off_the_delta_log(home):
+    path = home.table_path("bronze", "events")
+
+    def event(ds, i):
+        ts = dt.datetime.combine(ds, dt.time(8), tzinfo=dt.timezone.utc)
+        return {"event_id": f"e{ds}{i}", "event_type": "track", "event_name": "x", "anonymous_id": None,
+                "user_id": "u", "event_ts": ts, "received_at": ts, "source": "t", "surface": None, "platform": "web",
+                "properties": "{}", "context": "{}", "schema_version": "1", "ds": ds}
+
+    def append(batch, ds_list):
+        append_once(path, pa.Table.from_pylist([event(ds, i) for i, ds in enumerate(ds_list)], schema=EVENT_SCHEMA),
+                    app_id="t", batch_id=batch)
+
+    append(0, [D, D + dt.timedelta(days=1)])
+    assert changed_days(path, None) == (0, {D, D + dt.timedelta(days=1)})
+    append(1, [D - dt.timedelta(days=5)])
+    assert changed_days(path, 0) == (1, {D - dt.timedelta(days=5)})
+    assert changed_days(path, 1) == (1, set())
+    # a rewrite that empties a partition adds no rows: nothing changed by it
+    overwrite_partitions(path, pa.Table.from_pylist([], schema=EVENT_SCHEMA), D, D)
+    assert changed_days(path, 1) == (2, set())

@@ -1,0 +1,175 @@
+"""The Spark runner's pieces: the log data source (offsets, batch boundaries, decoding, dead
+letters), the idempotent foreachBatch sinks, and the pipeline translation's refusals."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pyarrow as pa
+import pytest
+
+from headwater.lake import tables
+from headwater.log.base import Append
+from headwater.log.codec import encode
+from headwater.log.sqlite import SqliteLog
+from headwater.stream.pipeline import DEFAULT_PIPELINE, Aggregate, Column, Hopping, Measure, Pipeline, Session, Tumbling
+from headwater.stream.processor import QUERY, BronzeStream, StreamConfig
+from headwater.stream.spark.runner import SparkConfig, SparkPipeline, for_spark
+from headwater.stream.spark.sink import window_sink
+from headwater.stream.spark.source import SCHEMA, LogDataSource, LogStreamReader, read_range, replay_plan
+
+from .conftest import T0, canonical, table_rows
+
+MINUTE = dt.timedelta(minutes=1)
+
+
+@pytest.fixture
+def log(home) -> SqliteLog:
+    log = SqliteLog(home.log_path)
+    log.ensure_topic("events", 2)
+    log.ensure_topic("bad_rows", 1)
+    yield log
+    log.close()
+
+
+def fill(log: SqliteLog) -> None:
+    """Partition 0: 7 events in 3 records (a duplicate "a1" in the last); partition 1: 2 good
+    records around an undecodable one."""
+    for p, ids in ((0, ["a0", "a1"]), (0, ["a2", "a3", "a4"]), (0, ["a5", "a1"]), (1, ["b0"])):
+        log.append([Append("events", p, len(ids), encode(canonical(ids, event_ts=T0 + MINUTE * len(ids))))])
+    log.append([Append("events", 1, 3, b"not arrow")])
+    log.append([Append("events", 1, 2, encode(canonical(["b1", "b2"])))])
+
+
+def test_batch_boundaries_are_headwaters(home, log):
+    """With the same per-partition cap, the source cuts the log exactly where headwater's
+    engine does, and ``replayOffsets`` gives back headwater's recorded batches."""
+    fill(log)
+    BronzeStream(home, StreamConfig(max_records_per_partition=2, compact_every=0), pipeline=Pipeline()).run(available_now=True)
+    offsets = home.checkpoint_dir(QUERY) / "offsets"
+    files = sorted((f for f in offsets.iterdir() if f.name.isdigit()), key=lambda f: int(f.name))
+    headwater = [json.loads(f.read_text())["events"] for f in files]
+    reader = LogStreamReader(str(home.log_path), "events", max_records_per_partition=2, plan=None)
+    start, spark = reader.initialOffset(), []
+    while (end := reader.latestOffset(start, None)) != start:
+        spark.append({p: [start[p], end[p]] for p in end})
+        start = end
+    assert spark == headwater
+    assert start == {"0": 7, "1": 6}
+
+    replay = LogStreamReader(str(home.log_path), "events", None, replay_plan(offsets))
+    start, replayed = replay.initialOffset(), []
+    while (end := replay.latestOffset(start, None)) != start:
+        replayed.append({p: [start[p], end[p]] for p in end})
+        start = end
+    assert replayed == headwater
+    assert [(p.partition, p.start, p.end) for p in replay.partitions({"0": 2, "1": 2}, {"0": 4, "1": 2})] == [(0, 2, 4)]
+
+
+def test_available_now_stops_at_the_log_end_seen_at_start(home, log):
+    fill(log)
+    reader = LogStreamReader(str(home.log_path), "events", None, None)
+    reader.prepareForTriggerAvailableNow()
+    log.append([Append("events", 0, 1, encode(canonical(["late-arrival"])))])
+    assert reader.latestOffset(reader.initialOffset(), None) == {"0": 7, "1": 6}
+    assert reader.reportLatestOffset() == {"0": 8, "1": 6}
+
+
+def test_read_range_decodes_slices_and_dead_letters_bad_records(home, log):
+    fill(log)
+    rows = pa.Table.from_batches(list(read_range(home.log_path, "events", 1, 0, 6)), schema=SCHEMA).to_pylist()
+    assert [(r["event_id"], r["_offset"], r["_error"] is None) for r in rows] == [
+        ("b0", 0, True), (None, 1, False), ("b1", 4, True), ("b2", 5, True)
+    ]
+    bad = rows[1]
+    assert (bad["_partition"], bad["_count"], bad["_payload"]) == (1, 3, b"not arrow") and "Arrow" in bad["_error"]
+    sliced = pa.Table.from_batches(list(read_range(home.log_path, "events", 0, 1, 4)), schema=SCHEMA)
+    assert sliced.column("event_id").to_pylist() == ["a1", "a2", "a3"]
+    assert all(ms > 0 for ms in sliced.column("_appended_ms").to_pylist())
+
+
+def test_source_options_are_validated(home):
+    with pytest.raises(ValueError, match="option `path`"):
+        LogDataSource({}).streamReader(None)
+    with pytest.raises(ValueError, match="option `maxRecordsPerPartition`: must be a positive integer"):
+        LogDataSource({"path": str(home.log_path), "maxRecordsPerPartition": "0"}).streamReader(None)
+    with pytest.raises(FileNotFoundError):
+        LogDataSource({"path": str(home.log_path), "replayOffsets": str(home.root / "missing")}).streamReader(None)
+
+
+def test_pipelines_spark_cannot_run_are_refused(spark, home):
+    lateness = Pipeline(aggregates=(Aggregate("m", Tumbling(MINUTE), allowed_lateness=MINUTE),))
+    with pytest.raises(ValueError, match="aggregate m: allowed_lateness has no Spark"):
+        SparkPipeline(spark, home, lateness)
+    with pytest.raises(ValueError, match="aggregate sessions: Spark supports session windows only in append"):
+        SparkPipeline(spark, home, DEFAULT_PIPELINE)
+    fixed = for_spark(DEFAULT_PIPELINE)
+    assert [a.output_mode for a in fixed.aggregates if isinstance(a.window, Session)] == ["append"]
+    assert [a for a in fixed.aggregates if not isinstance(a.window, Session)] == [
+        a for a in DEFAULT_PIPELINE.aggregates if not isinstance(a.window, Session)
+    ]
+
+
+def test_bronze_lands_once_and_bad_records_are_dead_lettered(spark, home, log):
+    """Spark's bronze query: duplicates dropped (also across batches), undecodable records
+    in bronze.dead_letter; a second run after new appends resumes from Spark's checkpoint."""
+    fill(log)
+    pipeline = Pipeline(name="t")
+    runner = SparkPipeline(spark, home, pipeline, SparkConfig(max_records_per_partition=2))
+    runner.run_available_now()
+    ids = lambda: sorted(r["event_id"] for r in table_rows(home.table_path("bronze", "events")))  # noqa: E731
+    assert ids() == ["a0", "a1", "a2", "a3", "a4", "a5", "b0", "b1", "b2"]
+    dead = table_rows(home.table_path("bronze", "dead_letter"))
+    assert [(d["topic"], d["partition"], d["offset"], d["count"], d["payload"]) for d in dead] == [("events", 1, 1, 3, b"not arrow")]
+
+    log.append([Append("events", 0, 2, encode(canonical(["a6", "a0"])))])
+    SparkPipeline(spark, home, pipeline, SparkConfig(max_records_per_partition=2)).run_available_now()
+    assert ids() == ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "b0", "b1", "b2"]
+    assert len(table_rows(home.table_path("bronze", "dead_letter"))) == 1
+
+
+def test_window_sink_skips_an_epoch_the_table_already_holds(spark, home):
+    """A replayed epoch (Spark re-runs an epoch whose commit it did not record) writes nothing."""
+    path = home.table_path("realtime", "m")
+    rows = pa.table({"window_start": [T0], "window_end": [T0 + MINUTE], "events": [3]})
+    df = spark.createDataFrame(rows.to_pandas())
+    write = window_sink(path, "spark-t-m", "append", ("window_start",))
+    write(df, 0)
+    write(df, 0)
+    write(df, 1)
+    assert len(table_rows(path)) == 2
+    assert tables.committed_batch(path, "spark-t-m") == 1
+
+    upsert = window_sink(home.table_path("realtime", "u"), "spark-t-u", "update", ("window_start",))
+    upsert(df, 0)
+    upsert(spark.createDataFrame(rows.set_column(2, "events", pa.array([5])).to_pandas()), 1)
+    upsert(df, 1)  # replay of epoch 1 with other content: ignored
+    assert [r["events"] for r in table_rows(home.table_path("realtime", "u"))] == [5]
+
+
+def test_distinct_users_use_datasketches_hll(spark, home, log):
+    """``distinct`` measures become Spark's ``hll_sketch_agg`` (Apache DataSketches HLL): the
+    estimate and a mergeable sketch column, in update mode upserted per window."""
+    ids = [f"e{i}" for i in range(40)]
+    log.append([Append("events", 0, 40, encode(canonical(ids)))])  # users u0..u6, all at T0
+    pipeline = Pipeline(
+        name="d",
+        aggregates=(Aggregate("users", Tumbling(MINUTE), measures=(Measure.count("events"), Measure.distinct("users", "actor_id", 10)), output_mode="update"),),
+    )
+    SparkPipeline(spark, home, pipeline).run_available_now(bronze=False)
+    (row,) = table_rows(home.table_path("realtime", "users"))
+    assert (row["window_start"], row["events"], row["users"]) == (T0, 40, 7.0)
+    from datasketches import hll_sketch
+
+    assert hll_sketch.deserialize(row["users_sketch"]).get_estimate() == pytest.approx(7.0)
+
+
+def test_translation_of_window_kinds(spark, home):
+    pipeline = Pipeline(
+        aggregates=(Aggregate("hop", Hopping(2 * MINUTE, MINUTE), group_by=("platform",), measures=(Measure.sum("n", "value"),)),),
+        columns=(Column("value", "CAST(1.5 AS DOUBLE)"),),
+    )
+    frame = SparkPipeline(spark, home, pipeline).aggregate_frame(pipeline.aggregates[0])
+    assert frame.isStreaming
+    assert frame.columns == ["window_start", "window_end", "platform", "n"]
