@@ -14,6 +14,8 @@
    log, timed from the start of the run to its end (process and JVM start-up excluded):
    - headwater: ``BronzeStream(...).run(available_now=True)``, default ``StreamConfig``
      (50,000 events per partition per batch);
+   - headwater again on the same input without the hot user (``headwater_eps_without_hot_user``):
+     a hot key must not make it slower per event;
    - Spark: :class:`headwater.stream.spark.runner.SparkPipeline` (bronze query + one query
      per aggregate, sessions in append mode as Spark requires) with ``Trigger.AvailableNow``
      and ONE micro-batch holding the whole log — its best configuration here (its
@@ -70,13 +72,13 @@ def user_token(i: int) -> str:
     return hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest()
 
 
-def generate(n: int, start_us: int, span_s: float, seed: int = 1) -> pa.Table:
+def generate(n: int, start_us: int, span_s: float, seed: int = 1, hot_share: float = HOT_SHARE) -> pa.Table:
     """``n`` canonical events (``EVENT_SCHEMA``) in arrival order; event time spread evenly over
     ``span_s`` seconds from ``start_us``, then 5 % moved back by up to 10 min; 2 % are
     duplicates of an event 1..2,000 positions earlier. Vectorised (numpy / Arrow)."""
     rng = np.random.default_rng(seed)
     users = pa.array([user_token(i) for i in range(USERS + 1)])
-    user = np.where(rng.random(n) < HOT_SHARE, USERS, rng.integers(0, USERS, n))  # USERS = the hot user
+    user = np.where(rng.random(n) < hot_share, USERS, rng.integers(0, USERS, n))  # USERS = the hot user
     ts = start_us + (np.arange(n) * (span_s * 1e6 / n)).astype(np.int64)
     received = ts.copy()
     late = rng.random(n) < LATE_SHARE
@@ -151,10 +153,13 @@ def _tree_rss_bytes(root: int) -> int:
     return total
 
 
-def run_measured(code: str, args: list[str], started: Callable[[subprocess.Popen], None] | None = None) -> tuple[dict, int]:
-    """Run ``python -c code *args`` (``started`` gets the process once it runs); return its
-    last stdout line as JSON and the peak RSS (bytes) of its process tree."""
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+def run_measured(
+    code: str, args: list[str], started: Callable[[subprocess.Popen], None] | None = None, env: dict[str, str] | None = None
+) -> tuple[dict, int]:
+    """Run ``python -c code *args`` (``started`` gets the process once it runs, ``env`` is
+    added to the environment); return its last stdout line as JSON and the peak RSS (bytes)
+    of its process tree."""
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     if started is not None:
         started(proc)
     peak = 0
@@ -198,7 +203,10 @@ from headwater.spark import session
 from headwater.stream.pipeline import DEFAULT_PIPELINE
 from headwater.stream.spark.runner import SparkConfig, SparkPipeline, for_spark
 spark = session("bench-stream")
-runner = SparkPipeline(spark, Home(Path(sys.argv[1])), for_spark(DEFAULT_PIPELINE), SparkConfig(), log_path=Path(sys.argv[2]))
+if sys.argv[3] == "rocksdb":
+    spark.conf.set("spark.sql.streaming.stateStore.providerClass", "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+cap = int(sys.argv[4]) or None
+runner = SparkPipeline(spark, Home(Path(sys.argv[1])), for_spark(DEFAULT_PIPELINE), SparkConfig(max_records_per_partition=cap), log_path=Path(sys.argv[2]))
 t = time.perf_counter()
 queries = runner.run_available_now()
 elapsed = time.perf_counter() - t
@@ -301,6 +309,8 @@ def main() -> None:
     ap.add_argument("--freshness-seconds", type=float, default=None)
     ap.add_argument("--trigger-interval", type=float, default=0.2, help="processing-time trigger of the live processor (s)")
     ap.add_argument("--skip-spark", action="store_true")
+    ap.add_argument("--spark-state-store", choices=["hdfs", "rocksdb"], default="hdfs", help="Spark state store provider")
+    ap.add_argument("--spark-max-records-per-partition", type=int, default=0, help="Spark micro-batch bound per partition (0: whole log in one batch)")
     args = ap.parse_args()
     n = args.events or (100_000 if args.quick else 2_000_000)
     fresh_s = args.freshness_seconds or (5.0 if args.quick else 30.0)
@@ -325,8 +335,20 @@ def main() -> None:
         out["headwater_state_rows"] = hw["state_rows"]
         print(f"headwater: {out['headwater_eps']} events/s ({hw['seconds']:.1f} s, {hw['batches']} batches)", file=sys.stderr)
 
+        # The same input without the hot user: headwater's cost per event must not depend on it.
+        flat = Home(root / "no-hot-user")
+        fill_log(flat, generate(n, int(dt.datetime(2024, 3, 1, 10, tzinfo=dt.timezone.utc).timestamp() * 1e6), 7200.0, hot_share=0.0), args.request_events)
+        flat_run, flat_rss = run_measured(_HEADWATER, [str(flat.root)])
+        out["headwater_eps_without_hot_user"] = round(n / flat_run["seconds"])
+        out["headwater_peak_rss_mb_without_hot_user"] = round(flat_rss / 2**20)
+        print(f"headwater without the hot user: {out['headwater_eps_without_hot_user']} events/s", file=sys.stderr)
+
         if not args.skip_spark:
-            sp, sp_rss = run_measured(_SPARK, [str(root / "spark"), str(home.log_path)])
+            # The bronze foreachBatch collects its micro-batch to the driver (delta-rs writes
+            # from there): lift the 1 GB cap on collected results for one whole-log batch.
+            submit = {"PYSPARK_SUBMIT_ARGS": "--conf spark.driver.maxResultSize=0 pyspark-shell"}
+            spark_args = [str(root / "spark"), str(home.log_path), args.spark_state_store, str(args.spark_max_records_per_partition)]
+            sp, sp_rss = run_measured(_SPARK, spark_args, env=submit)
             out["spark_eps"] = round(n / sp["seconds"])
             out["spark_seconds"] = round(sp["seconds"], 2)
             out["spark_rows_read_per_query"] = sp["rows"]
@@ -334,9 +356,12 @@ def main() -> None:
             out["spark_durations_ms"] = sp["durations_ms"]
             out["spark_peak_rss_mb"] = round(sp_rss / 2**20)
             out["spark_config"] = {
-                "master": "local[2]", "trigger": "AvailableNow", "micro_batch": "whole log (1 batch per query)",
+                "master": "local[2]", "trigger": "AvailableNow",
+                "micro_batch": f"{args.spark_max_records_per_partition} events per partition" if args.spark_max_records_per_partition else "whole log (1 batch per query)",
                 "queries": "bronze + 1 per aggregate (sessions in append mode)", "shuffle_partitions": 2,
-                "state_store": "HDFSBackedStateStoreProvider (default)", "driver_memory": "2g",
+                "state_store": "RocksDBStateStoreProvider" if args.spark_state_store == "rocksdb" else "HDFSBackedStateStoreProvider (default)",
+                "driver_memory": "2g",
+                "driver_max_result_size": "unlimited", "sink": "foreachBatch -> toArrow -> delta-rs",
             }
             out["ratio"] = round(out["headwater_eps"] / out["spark_eps"], 2)
             print(f"spark: {out['spark_eps']} events/s ({sp['seconds']:.1f} s)", file=sys.stderr)

@@ -91,13 +91,13 @@ class Platform:
                     raise RuntimeError(f"Dagster UI cannot listen on {self.dagster_url}: {e.strerror}") from None
         self.start_component("collector")
         self.start_component("stream")
-        if self.dagster_port:
-            self.start_component("dagster")
         try:
             wait_http(self.url + "/health", proc=self.procs["collector"])
         except RuntimeError as e:
             self.stop()
             raise RuntimeError(f"collector did not start on {self.url}: {e}") from None
+        if self.dagster_port:  # after the collector: its start is what clients wait for
+            self.start_component("dagster")
         return self
 
     def start_component(self, name: str) -> None:

@@ -267,3 +267,13 @@ def test_payload_decoding_errors_name_the_rule():
     encoded = base64.b64encode(raw).decode()
     assert "+" in encoded
     assert ph.payload_bytes(("data=" + encoded.replace("+", " ")).encode(), "application/x-www-form-urlencoded") == raw
+
+
+def test_oversize_event_is_a_size_violation_and_its_neighbours_land(http, events, bad_rows):
+    big = {**EVENT, "uuid": "big", "properties": {"blob": "x" * 40_000, "email": "eve@example.com"}}
+    r = http.post("/batch/", json={"api_key": WRITE_KEY, "batch": [{**EVENT, "uuid": "small"}, big]})
+    assert r.status_code == 200 and (r.json()["accepted"], r.json()["rejected"]) == (1, 1)
+    assert [e["event_id"] for e in events.rows()] == ["small"]
+    [bad] = bad_rows.rows()
+    assert bad["error_type"] == "size_violation" and "at `$.batch[1]`" in bad["reason"]
+    assert "eve@example.com" not in bad["payload"] and len(bad["payload"]) <= 32 * 1024

@@ -15,13 +15,12 @@ from deltalake.exceptions import DeltaError
 
 from headwater.cli.main import cli
 from headwater.config import Home
-from headwater.events import EVENT_SCHEMA
 from headwater.lake import tables
 from headwater.models import spark as engine
 from headwater.models.run import Model, engine_from_env, run_model
 from headwater.models.transpile import to_spark
 from headwater.serve.catalog import query
-from tests.models.test_transpile import GENERATE_SERIES
+from tests.models.test_transpile import FIXUP_CASES
 
 D = dt.date
 
@@ -113,10 +112,21 @@ def test_referenced_tables():
 
 
 # -- fix-ups, run on both engines -----------------------------------------------------------
-def test_generate_series_fixup_gives_duckdbs_rows_on_spark(spark):
-    expected = duckdb.sql(GENERATE_SERIES).fetchall()
-    assert [tuple(r) for r in spark.sql(to_spark(GENERATE_SERIES)).collect()] == expected
-    assert expected == [(D(2024, 3, 1),), (D(2024, 3, 2),), (D(2024, 3, 3),)]
+@pytest.mark.parametrize("case", FIXUP_CASES, ids=lambda c: c.fixup.__name__)
+def test_fixup_gives_duckdbs_rows_on_spark(spark, case):
+    assert duckdb.sql(case.duckdb).fetchall() == case.rows
+    assert [tuple(r) for r in spark.sql(to_spark(case.duckdb)).collect()] == case.rows
+
+
+@pytest.mark.parametrize("case", FIXUP_CASES, ids=lambda c: c.fixup.__name__)
+def test_without_fixup_spark_is_wrong(spark, case):
+    from pyspark.errors import AnalysisException
+
+    try:
+        rows = [tuple(r) for r in spark.sql(case.unfixed).collect()]
+    except AnalysisException:
+        return  # fails outright
+    assert rows != case.rows
 
 
 # -- running models -------------------------------------------------------------------------
@@ -198,26 +208,11 @@ def test_engine_from_env(monkeypatch):
         engine_from_env()
 
 
-def test_cli_batch_engine_spark(spark, tmp_path, monkeypatch):
-    h = Home(tmp_path)
-    event = {
-        "event_id": "e1", "event_type": "track", "event_name": "Signed Up", "anonymous_id": "a1",
-        "user_id": "u1", "event_ts": dt.datetime(2024, 3, 1, 12, tzinfo=dt.timezone.utc),
-        "received_at": dt.datetime(2024, 3, 1, 12, 0, 1, tzinfo=dt.timezone.utc), "source": "test",
-        "surface": "web", "platform": "web", "properties": "{}", "context": "{}",
-        "schema_version": "1", "ds": D(2024, 3, 1),
-    }
-    tables.append_once(h.table_path("bronze", "events"), pa.Table.from_pylist([event], schema=EVENT_SCHEMA),
-                       app_id="test", batch_id=0)
+def test_cli_batch_refuses_unknown_engine(tmp_path, monkeypatch):
     monkeypatch.setenv("HEADWATER_HOME", str(tmp_path))
     runner = CliRunner()
-    result = runner.invoke(cli, ["batch", "--engine", "spark"])
-    assert result.exit_code == 0, result.output
-    counts = json.loads(result.stdout.strip().splitlines()[-1])
-    assert counts["silver.events"] == 1
-    assert table_rows(h, "silver.events")[0]["event_id"] == "e1"
     bad = runner.invoke(cli, ["batch", "--engine", "flink"])
-    assert bad.exit_code == 2 and "flink" in bad.output
+    assert bad.exit_code == 2 and "'flink' is not one of 'duckdb', 'spark'" in bad.output
     monkeypatch.setenv("HEADWATER_ENGINE", "flink")
     bad = runner.invoke(cli, ["batch"])
-    assert bad.exit_code == 1 and "'flink' is not one of duckdb, spark" in bad.output
+    assert bad.exit_code == 1 and "'flink' is not one of duckdb, spark (from --engine or $HEADWATER_ENGINE)" in bad.output

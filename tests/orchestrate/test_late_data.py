@@ -53,7 +53,10 @@ def test_late_events_restate_their_day_and_downstream_windows(built, window_even
         result = tick(defs, inst, first.cursor)
 
         assert [o.partition for o in result.asset_events] == [LATE_DAY.isoformat()]
-        (request,) = result.run_requests
+        # identity_refused (read by no model) is rebuilt in a run of its own; everything
+        # reading silver.events shares one run with it
+        whole, request = result.run_requests
+        assert whole.asset_selection == [asset_key("silver.identity_refused")]
         assert request.tags["headwater/late_ds"] == LATE_DAY.isoformat()
         selected = set(request.asset_selection)
         assert {asset_key("silver.events"), asset_key("gold.active_users"), asset_key("silver.identity_map")} <= selected
@@ -61,7 +64,7 @@ def test_late_events_restate_their_day_and_downstream_windows(built, window_even
         # d .. d+27, clipped to the last built day); retention cohorts reach back (d-96 ..)
         assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == LAST_BUILT.isoformat()
         assert request.tags[ASSET_PARTITION_RANGE_START_TAG] == FIRST.isoformat()
-        assert execute(defs, inst, request).success
+        assert execute(defs, inst, whole).success and execute(defs, inst, request).success
 
         after = dau(home)
         assert after[LATE_DAY] == before[LATE_DAY] + 3
@@ -75,6 +78,13 @@ def test_late_events_restate_their_day_and_downstream_windows(built, window_even
         # finds nothing stale, and asks for nothing
         quiet = tick(defs, inst, result.cursor)
         assert not quiet.run_requests, quiet.run_requests
+
+        # rows for a day nothing has built yet (the schedule's to build) are observed, not restated
+        new_day = LAST + dt.timedelta(days=1)
+        append_bronze(home, [event_at(window_events[0], 5, new_day, user_id="late-user-9")], 3)
+        unbuilt = tick(defs, inst, quiet.cursor)
+        assert not unbuilt.run_requests and "nothing built to restate" in unbuilt.skip_reason.skip_message
+        assert [o.partition for o in unbuilt.asset_events] == [new_day.isoformat()]
 
 
 def test_identify_on_a_new_day_restates_the_earlier_anonymous_days(built, window_events, tmp_path):

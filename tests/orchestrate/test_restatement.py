@@ -8,7 +8,7 @@ import pyarrow as pa
 from headwater.events import EVENT_SCHEMA
 from headwater.lake.tables import append_once, overwrite_partitions
 from headwater.models.run import MODELS
-from headwater.orchestrate.late_data import ALWAYS, Restatement, changed_days, restatement, runs
+from headwater.orchestrate.late_data import ALWAYS, Restatement, changed_days, restatement, runs, stale_readers
 
 D = dt.date(2024, 5, 10)  # D - 96 and D + 27 are both inside BUILT
 BUILT = (dt.date(2024, 1, 1), dt.date(2024, 6, 30))
@@ -95,3 +95,23 @@ def test_changed_days_reads_new_files_off_the_delta_log(home):
     # a rewrite that empties a partition adds no rows: nothing changed by it
     overwrite_partitions(path, pa.Table.from_pylist([], schema=EVENT_SCHEMA), D, D)
     assert changed_days(path, 1) == (2, set())
+
+
+def test_a_new_day_makes_the_readers_that_look_ahead_stale():
+    """The daily run built day N (silver and gold for N only): retention cohorts, sessions
+    and funnels of earlier days read N too and are stale; a trailing window is not."""
+    n = BUILT[1]
+    earlier = {d: 10 for d in days(*BUILT)}  # every partition built at storage id 10
+    latest = {m.table: dict(earlier) | {n: 30} for m in MODELS if m.partitioned}
+    stale = stale_readers(MODELS, {"silver.events": {n: 20}}, latest, built_all())
+    assert stale["gold.sessions"] == {n - dt.timedelta(days=1)}
+    assert stale["gold.retention"] == days(n + dt.timedelta(days=BY_TABLE["gold.retention"].affected_days[0]), n - dt.timedelta(days=1))
+    lo = BY_TABLE["gold.funnels"].affected_days[0]
+    assert stale["gold.funnels"] == days(n + dt.timedelta(days=lo), n - dt.timedelta(days=1))
+    assert "gold.active_users" not in stale and "gold.events_hourly" not in stale
+    # ...and they are restated in runs of their own, not with each other
+    plan = restatement(MODELS, {}, built_all(), seeds=stale)
+    by_first_table = {tables[0]: (start, end) for start, end, tables in runs(plan, MODELS)}
+    assert by_first_table["gold.sessions"] == (n - dt.timedelta(days=1), n - dt.timedelta(days=1))
+    # a reader built after its input (a backfill: silver first, gold after) is not stale
+    assert stale_readers(MODELS, {"silver.events": {n: 5}}, latest, built_all()) == {}

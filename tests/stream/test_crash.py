@@ -106,7 +106,7 @@ def test_sigkill_during_batches_and_sink_commits_gives_the_crash_free_result(tmp
     try:
         for i in range(KILLS):
             if i % 3 == 0:  # dies right after its k-th Delta commit: between the sink commits of a batch
-                proc = subprocess.Popen(cmd, env={**env, KILL_AFTER_COMMIT_ENV: str(rng.randint(1, 12))})
+                proc = subprocess.Popen(cmd, env={**env, KILL_AFTER_COMMIT_ENV: str(rng.randint(1, 8))})
                 try:
                     proc.wait(timeout=30)
                     self_kills += proc.returncode == -signal.SIGKILL
@@ -118,10 +118,10 @@ def test_sigkill_during_batches_and_sink_commits_gives_the_crash_free_result(tmp
                 deadline = time.monotonic() + 30
                 while checkpoint.latest_committed() == before and time.monotonic() < deadline:
                     time.sleep(0.02)
-                time.sleep(rng.uniform(0, 0.5))
+                time.sleep(rng.uniform(0, 0.3))
             else:  # any moment: start-up, recovery (re-running a batch) or a batch
                 proc = subprocess.Popen(cmd, env=env)
-                time.sleep(rng.uniform(0.5, 3.5))
+                time.sleep(rng.uniform(0.5, 3.0))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     finally:

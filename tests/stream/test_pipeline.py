@@ -63,3 +63,16 @@ allowed_lateness = "1m"
 def test_invalid_definitions_name_the_field_and_the_rule(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_stream_command_refuses_an_invalid_pipeline_file_naming_the_field(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from headwater.cli.main import cli
+
+    monkeypatch.setenv("HEADWATER_HOME", str(tmp_path / "home"))
+    path = tmp_path / "bad.toml"
+    path.write_text('[watermark]\ndelay = "soon"\n')
+    result = CliRunner().invoke(cli, ["stream", "--pipeline", str(path)])
+    assert result.exit_code == 2
+    assert "watermark.delay: expected a duration" in result.output

@@ -1,7 +1,7 @@
 """Parity with Apache Spark Structured Streaming (pyspark local mode, the session ``spark`` fixture).
 
-The same :class:`Pipeline` (dedup within the watermark, 1-minute tumbling counts by
-``event_name``, append mode, the same delay) runs on headwater's engine and on Spark
+The same :class:`Pipeline` (dedup within the watermark, 1-minute tumbling windows by
+``event_name`` with an event count and distinct users, append mode, the same delay) runs on headwater's engine and on Spark
 (:mod:`headwater.stream.spark.runner`) over the same log, in the same batches: Spark replays
 the ``[start, end)`` ranges headwater recorded in its ``offsets/N`` files.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
+from datasketches import hll_sketch, hll_union
 
 from headwater.config import Home
 from headwater.events import EVENT_SCHEMA
@@ -51,7 +51,9 @@ PIPELINE = Pipeline(
     name="parity",
     dedup=Dedup("event_id", dt.timedelta(hours=1)),
     watermark=Watermark("event_ts", DELAY),
-    aggregates=(Aggregate("per_minute", Tumbling(MINUTE), group_by=("event_name",), measures=(Measure.count("events"),)),),
+    aggregates=(
+        Aggregate("per_minute", Tumbling(MINUTE), group_by=("event_name",), measures=(Measure.count("events"), Measure.distinct("users", "actor_id"))),
+    ),
 )
 
 
@@ -60,6 +62,7 @@ class Ev:
     event_id: str
     ts: dt.datetime
     name: str
+    user: str
 
 
 def events_table(evs: list[Ev]) -> pa.Table:
@@ -70,7 +73,7 @@ def events_table(evs: list[Ev]) -> pa.Table:
             "event_type": ["track"] * n,
             "event_name": [e.name for e in evs],
             "anonymous_id": [None] * n,
-            "user_id": [f"u{i % 5}" for i in range(n)],
+            "user_id": [e.user for e in evs],
             "event_ts": [e.ts for e in evs],
             "received_at": [T0] * n,
             "source": ["test"] * n,
@@ -95,7 +98,7 @@ def stream(rng: random.Random, n: int, *, start: dt.datetime = T0, late_every: f
         ts = start + dt.timedelta(seconds=2 * i - rng.uniform(0, 30))
         if i >= late_after and rng.random() < late_every:
             ts -= dt.timedelta(minutes=rng.uniform(late_min, late_max))
-        out.append(Ev(f"{prefix}{i}", ts.replace(microsecond=0), rng.choice(NAMES)))
+        out.append(Ev(f"{prefix}{i}", ts.replace(microsecond=0), rng.choice(NAMES), f"u{rng.randrange(37)}"))
     for i in range(n // 33):
         src = rng.randrange(len(out) - 50)
         out.insert(src + rng.randint(1, 50), out[src])
@@ -132,8 +135,8 @@ def reference(batches: list[list[tuple[int, Ev]]], lag: int, per_partition_min: 
 def run_both(spark, tmp_path: Path, partitions: dict[int, list[Ev]]):
     """Append ``partitions`` to a log (records of 25 events), run headwater available-now
     with ``CAP`` events per partition and batch, then Spark over headwater's batches.
-    Returns (headwater windows, Spark windows, the batches as ``[(partition, Ev)]`` lists,
-    Spark's finished query)."""
+    Returns (headwater windows, Spark windows — ``{(window_start, event_name): (events,
+    users, users_sketch)}`` —, the batches as ``[(partition, Ev)]`` lists, Spark's finished query)."""
     hw, sp = Home(tmp_path / "headwater"), Home(tmp_path / "spark")
     log = SqliteLog(hw.log_path)
     log.ensure_topic("events", len(partitions))
@@ -158,29 +161,44 @@ def run_both(spark, tmp_path: Path, partitions: dict[int, list[Ev]]):
         assert all(r["window_end"] - r["window_start"] == MINUTE for r in rows)
         keys = [(r["window_start"], r["event_name"]) for r in rows]
         assert len(keys) == len(set(keys)), "a window was emitted twice"
-        return {(r["window_start"], r["event_name"]): r["events"] for r in rows}
+        return {(r["window_start"], r["event_name"]): (r["events"], r["users"], r["users_sketch"]) for r in rows}
 
     return windows(hw), windows(sp), batches, query
 
 
+def counts(rows: dict[tuple, tuple]) -> dict[tuple, int]:
+    return {k: v[0] for k, v in rows.items()}
+
+
 def test_emitted_windows_match_spark_exactly(spark, tmp_path):
     """Out-of-order, duplicated and (well) late events, one partition: identical windows."""
-    evs = stream(random.Random(7), 700, late_every=0.04, late_min=12, late_max=30, late_after=2 * CAP)
-    hw, sp, batches, _ = run_both(spark, tmp_path, {0: evs})
+    evs = stream(random.Random(7), 550, late_every=0.04, late_min=12, late_max=30, late_after=2 * CAP)
+    hw_rows, sp_rows, batches, _ = run_both(spark, tmp_path, {0: evs})
+    hw, sp = counts(hw_rows), counts(sp_rows)
     expected = reference(batches, lag=2, per_partition_min=False)
     # The input exercises dedup and lateness, and no event falls where the rules differ.
     assert expected == reference(batches, lag=1, per_partition_min=True)
     assert sum(expected.values()) < len({e.event_id for e in evs}) - 20
-    assert len(batches) >= 7
+    assert len(batches) >= 5
     assert sp == expected
     assert hw == sp
+    # Distinct users: both engines keep an Apache DataSketches HLL per window (headwater's
+    # Python binding, Spark's hll_sketch_agg) hashing the same UTF-8 values, so the estimates
+    # are equal and the sketches union across engines.
+    for k, (_, users, sketch) in hw_rows.items():
+        assert users == sp_rows[k][1]
+        union = hll_union(12)
+        union.update(hll_sketch.deserialize(sketch))
+        union.update(hll_sketch.deserialize(sp_rows[k][2]))
+        assert union.get_estimate() == users
 
 
 def test_spark_decides_lateness_with_the_watermark_of_the_batch_before(spark, tmp_path):
     """Events 0–8 minutes behind: some sit between the watermark at the end of batch N−2
     (Spark drops them only below it) and at the end of N−1 (headwater drops them below it)."""
-    evs = stream(random.Random(11), 500, late_every=0.1, late_min=0, late_max=8)
+    evs = stream(random.Random(11), 400, late_every=0.1, late_min=0, late_max=8)
     hw, sp, batches, query = run_both(spark, tmp_path, {0: evs})
+    hw, sp = counts(hw), counts(sp)
     spark_rule, headwater_rule = reference(batches, lag=2, per_partition_min=False), reference(batches, lag=1, per_partition_min=True)
     assert spark_rule != headwater_rule
     assert sp == spark_rule
@@ -205,6 +223,7 @@ def test_spark_watermark_is_one_max_over_partitions(spark, tmp_path):
     ahead = stream(rng, 300, late_every=0.0, late_min=0, late_max=0, prefix="a")
     behind = stream(rng, 300, start=T0 - dt.timedelta(minutes=6), late_every=0.0, late_min=0, late_max=0, prefix="b")
     hw, sp, batches, _ = run_both(spark, tmp_path, {0: ahead, 1: behind})
+    hw, sp = counts(hw), counts(sp)
     assert all({p for p, _ in b} == {0, 1} for b in batches)  # both partitions active in every batch
     assert sp == reference(batches, lag=2, per_partition_min=False)
     assert hw == reference(batches, lag=1, per_partition_min=True)

@@ -91,6 +91,7 @@ def backfill(start: dt.datetime | None, end: dt.datetime | None, engine: str | N
             if not result.success:
                 raise click.ClickException(f"run {result.run_id} ({tables} {s}..{e}) failed:\n{failure_message(result)}")
             progress.console.print(f"run {result.run_id[:8]}  {s}..{e}  {tables}  {time.perf_counter() - t0:.1f} s")
+        progress.update(task, description=f"backfill {start_day}..{end_day}")
     backfill_id = request.tags["headwater/backfill"]
     console.print(f"backfill {backfill_id}: {len(runs)} runs recorded in {home.root / 'dagster'}")
     click.echo(to_json({"backfill": backfill_id, "start": start_day.isoformat(), "end": end_day.isoformat(), "runs": runs, "rows": rows}))

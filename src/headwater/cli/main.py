@@ -99,7 +99,10 @@ def stream(available_now: bool, trigger_interval: float, max_records_per_partiti
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     config = StreamConfig(trigger_interval_s=trigger_interval, max_records_per_partition=max_records_per_partition, retain_batches=retain_batches)
-    pipeline = Pipeline.from_toml(pipeline_path) if pipeline_path else DEFAULT_PIPELINE
+    try:
+        pipeline = Pipeline.from_toml(pipeline_path) if pipeline_path else DEFAULT_PIPELINE
+    except ValueError as e:  # tomllib.TOMLDecodeError is a ValueError too
+        raise click.BadParameter(str(e), param_hint="--pipeline") from None
     BronzeStream(Home.from_env(), config, pipeline=pipeline).run(stop, available_now=available_now)
 
 

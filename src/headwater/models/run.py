@@ -108,11 +108,20 @@ class Model:
         return (-self.lookahead_days, None if self.history else self.lookback_days)
 
 
+# The two identity tables come from one resolution, run once per table: the link graph is
+# small next to the events, and each model stays a plain function of the catalog.
 def _identity_map(con: duckdb.DuckDBPyConnection, config: model_config.ModelConfig) -> pa.Table:
+    """silver.identity_map — grain: one row per identifier (anonymous id or user id) linked by
+    identify / alias, with the person_id it resolves to (union-find over the links; merging two
+    identified users refused by default). Rebuilt whole from bronze.events on every run; see
+    headwater.models.identity."""
     return identity.resolve(con, config.merge_identified_users)[0]
 
 
 def _identity_refused(con: duckdb.DuckDBPyConnection, config: model_config.ModelConfig) -> pa.Table:
+    """silver.identity_refused — grain: one row per refused link (an identify / alias that
+    would merge two identified users), with the persons each side stays with. Rebuilt whole
+    from bronze.events on every run; see headwater.models.identity."""
     return identity.resolve(con, config.merge_identified_users)[1]
 
 

@@ -161,14 +161,15 @@ def run_spark(home: Home, model: Model, start: dt.date, end: dt.date, spark: Spa
     frame = spark.sql(to_spark(sql, {"start": start, "end": end}, views))
     missing = [n for n in model.schema.names if n not in frame.columns]
     if missing:
-        raise ValueError(f"{model.sql_file}: result lacks columns {missing} of {model.table}")
+        raise ValueError(f"{model.sql_file or model.table}: result lacks columns {missing} of {model.table}")
     staging_root = home.root / "tmp"
     staging_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="spark-", dir=staging_root))
     try:
         # Spark's default INT96 timestamps would come back as naive nanoseconds.
         spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        frame.select(*model.schema.names).write.mode("overwrite").parquet(str(staging / "result"))
+        frame = frame.select(*model.schema.names)
+        frame.write.mode("overwrite").parquet(str(staging / "result"))
         # Explicit schema: an empty result may have no files. Spark TIMESTAMP → timestamp[us, UTC].
         schema = to_arrow_schema(frame.schema, timezone="UTC")
         result = pads.dataset(str(staging / "result"), schema=schema, format="parquet").scanner().to_reader()

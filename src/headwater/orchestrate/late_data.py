@@ -142,27 +142,83 @@ def restatement(
                 if first <= last:
                     days.update(_days(first, last))
         if days:
-            out.days[model.table] = dirty[model.table] = days
+            out.days[model.table] = days
+            dirty[model.table] = dirty.get(model.table, set()) | days
+    return out
+
+
+def stale_readers(
+    models: tuple[Model, ...],
+    materialised: dict[str, dict[dt.date, int]],
+    latest: dict[str, dict[dt.date, int]],
+    built: dict[str, tuple[dt.date, dt.date] | None],
+) -> dict[str, Days]:
+    """Partitions made stale by newer materialisations of their inputs (Dagster's own notion
+    of staleness, with the models' reach): ``{reader: days}``.
+
+    ``materialised`` holds, per partitioned model, the event-log storage id of each day
+    materialised since the sensor last looked; ``latest`` the storage id of each reader
+    partition's latest materialisation. A built reader partition ``r`` is stale when an input
+    day ``p`` with ``r`` in ``p + affected_days`` was materialised after ``r`` was (a larger
+    storage id). A reader built in the same run after its input, or later, is not: a
+    backfill is never stale. The case this is for: the daily run builds day ``D``, which
+    the retention cohorts ``D-96 .. D-1``, the sessions of ``D-1`` and the funnels started in
+    ``D-7 .. D-1`` read — the run built only ``D``, so those are restated."""
+    out: dict[str, Days] = {}
+    for reader in models:
+        bounds = built.get(reader.table)
+        if not reader.partitioned or bounds is None:
+            continue
+        lo, hi = reader.affected_days
+        need: dict[dt.date, int] = {}
+        for table in reader.inputs:
+            for p, storage_id in materialised.get(table, {}).items():
+                first = bounds[0] if lo is None else max(bounds[0], p + dt.timedelta(days=lo))
+                last = bounds[1] if hi is None else min(bounds[1], p + dt.timedelta(days=hi))
+                for r in (_days(first, last) if first <= last else ()):
+                    need[r] = max(need.get(r, 0), storage_id)
+        seen = latest.get(reader.table, {})
+        if stale := {r for r, storage_id in need.items() if seen.get(r, -1) < storage_id}:
+            out[reader.table] = stale
     return out
 
 
 def runs(plan: Restatement, models: tuple[Model, ...]) -> list[tuple[dt.date | None, dt.date | None, list[str]]]:
-    """The runs that carry out ``plan``: ``[(start, end, tables), ...]``, one per maximal range
-    of contiguous dirty days, each selecting (in ``models`` order) the tables with a dirty
-    day inside it; the ``whole`` models join the first run (``(None, None, whole)`` if no
-    partitioned day is dirty)."""
-    days = sorted(set().union(*plan.days.values())) if plan.days else []
-    spans: list[tuple[dt.date, dt.date]] = []
-    for d in days:
-        if spans and d - spans[-1][1] == dt.timedelta(days=1):
-            spans[-1] = (spans[-1][0], d)
-        else:
-            spans.append((d, d))
+    """The runs that carry out ``plan``: ``[(start, end, tables), ...]``, tables in ``models``
+    (dependency) order.
+
+    Models to rebuild that read one another must share a run (Dagster orders the steps of
+    a run, not runs); unrelated ones need not, and get their own runs, so restating 96 days
+    of retention does not rebuild 96 days of sessions. Within a group of connected models,
+    one run per maximal range of contiguous dirty days, selecting the models dirty inside it;
+    the group's ``whole`` models join its first run (``(None, None, whole)`` if none of the
+    group's partitioned models is dirty)."""
+    dirty = set(plan.days) | set(plan.whole)
+    group = {t: t for t in dirty}  # union-find over "reads" edges between dirty models
+
+    def root(t: str) -> str:
+        while group[t] != t:
+            t = group[t]
+        return t
+
+    for model in models:
+        for table in model.inputs:
+            if model.table in dirty and table in dirty:
+                group[root(model.table)] = root(table)
     out: list[tuple[dt.date | None, dt.date | None, list[str]]] = []
-    for i, (start, end) in enumerate(spans):
-        selected = set(plan.whole) if i == 0 else set()
-        selected |= {t for t, ds in plan.days.items() if any(start <= d <= end for d in ds)}
-        out.append((start, end, [m.table for m in models if m.table in selected]))
-    if not spans and plan.whole:
-        out.append((None, None, list(plan.whole)))
-    return out
+    for head in [m.table for m in models if m.table in dirty and root(m.table) == m.table]:
+        members = [m.table for m in models if m.table in dirty and root(m.table) == head]
+        days = sorted(set().union(*(plan.days.get(t, set()) for t in members)))
+        spans: list[tuple[dt.date, dt.date]] = []
+        for d in days:
+            if spans and d - spans[-1][1] == dt.timedelta(days=1):
+                spans[-1] = (spans[-1][0], d)
+            else:
+                spans.append((d, d))
+        whole = [t for t in members if t in plan.whole]
+        for i, (start, end) in enumerate(spans):
+            selected = {t for t in members if any(start <= d <= end for d in plan.days.get(t, ()))}
+            out.append((start, end, [t for t in members if t in selected or (i == 0 and t in whole)]))
+        if not spans:
+            out.append((None, None, whole))
+    return sorted(out, key=lambda run: (run[0] or dt.date.min, [m.table for m in models].index(run[2][0])))

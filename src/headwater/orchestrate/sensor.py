@@ -1,25 +1,34 @@
 """The late-data sensor: restate built partitions when their inputs change after the build.
 
-Every evaluation (each 30 s under ``dagster-daemon``):
+Every evaluation (each 30 s under ``dagster-daemon``) looks at what changed since its cursor
+(``{table: Delta version, "materializations": storage id}`` as JSON):
 
 1. for every external input of the models (``bronze.events``: whatever no model produces),
-   the days whose rows landed since the cursor (:func:`late_data.changed_days`; the cursor
-   is ``{table: Delta version}`` as JSON). Without a cursor the sensor starts from the
+   the days whose rows landed since the cursor (:func:`late_data.changed_days`). Without a
+   cursor the sensor starts from the
    oldest ``input_versions[table]`` recorded by the latest materialisation of each model
    reading the table (what the last build saw), else from the current version;
 2. when ``silver.identity_map`` has a new version since the cursor (it is rebuilt whole by
    any run — a late ``identify``, or one today that stitches last week's anonymous events),
    the ``silver.events`` days whose stored ``person_id`` no longer matches it
    (:func:`headwater.models.run.identity_stale_days`): retroactive stitching, restated;
-3. the partitions to restate (:func:`late_data.restatement`): those days and everything
+3. the daily partitions materialised since the cursor (the event log's storage id): a
+   reader partition whose input was materialised after it is stale
+   (:func:`late_data.stale_readers`) — the daily run of day ``D`` builds ``D`` only, but the
+   retention cohorts ``D-96 .. D-1``, the sessions of ``D-1`` and funnels started in the week
+   before read ``D`` too;
+4. the partitions to restate (:func:`late_data.restatement`): all of the above and everything
    downstream (trailing windows: ``d .. d+27`` for ``gold.active_users``; retention cohorts
    ``d-96 ..``), clipped to what each model has been built for — Dagster's materialised
    partitions together with the ``ds`` range in the model's Delta table, so builds made by
-   ``headwater batch`` count too — and to the partitions that exist;
-4. one :class:`dagster.RunRequest` per contiguous range (:func:`late_data.runs`), selecting
-   the models to restate; the range is given by Dagster's partition-range tags
-   (``dagster/asset_partition_range_start`` / ``_end``), ``run_key`` names the cursor so a
-   re-evaluated tick launches nothing twice.
+   ``headwater batch`` count too — and to the partitions that exist. Rows landing for a day
+   no model has built yet (today's events) restate nothing: the schedule builds that day;
+5. run requests (:func:`late_data.runs`): models that read one another share a run (Dagster
+   orders steps within a run, not runs), one per contiguous range of days, given by
+   Dagster's partition-range tags (``dagster/asset_partition_range_start`` / ``_end``);
+   ``run_key`` names the cursor, so a re-evaluated tick launches nothing twice. The
+   restatement runs' own materialisations come after their inputs', so they make nothing
+   stale: the sensor settles.
 
 The changed input days are also reported as ``AssetObservation`` s of the input asset (one
 per ``ds``, with the Delta version), so the UI shows when late rows landed.
@@ -33,6 +42,7 @@ from pathlib import Path
 
 from dagster import (
     AssetObservation,
+    AssetRecordsFilter,
     AssetSelection,
     DagsterInstance,
     DailyPartitionsDefinition,
@@ -44,6 +54,7 @@ from dagster import (
     SkipReason,
     sensor,
 )
+from dagster._core.events import DagsterEventType
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from deltalake import DeltaTable
 
@@ -57,6 +68,7 @@ from headwater.serve import catalog
 SENSOR_NAME = "late_data"
 INTERVAL_S = 30
 TRIGGER_TAG = "headwater/trigger"
+MATERIALIZATIONS = "materializations"  # cursor key: the newest event-log storage id seen
 # Unpartitioned tables whose change reaches a partitioned reader only on the days a content
 # check finds stale, after the table was rebuilt: {table: (reader, stale days of the reader)}.
 STALE_READER_DAYS = {"silver.identity_map": ("silver.events", identity_stale_days)}
@@ -107,6 +119,84 @@ def clip(bounds: tuple[dt.date, dt.date] | None, partitions: DailyPartitionsDefi
     return (first, last) if first <= last else None
 
 
+def _days_tag(days) -> str:
+    """Comma-separated ISO days for a run tag (bounded: tags are for people, not machines)."""
+    return ",".join(sorted(d.isoformat() for d in days))[:200] or "none"
+
+
+def input_changes(
+    instance: DagsterInstance, home: Home, models: tuple[Model, ...], state: dict[str, int]
+) -> dict[str, set[dt.date]]:
+    """Step 1: ``{external input: days with rows added since state[table]}``; advances ``state``."""
+    produced = {m.table for m in models}
+    changed = {}
+    for table in sorted({t for m in models for t in m.inputs if t not in produced}):
+        path = catalog.table_path(home, table)
+        if not tables.exists(path):
+            continue
+        since = state.get(table)
+        if since is None:
+            since = baseline_version(instance, table, [m for m in models if table in m.inputs], _version(path))
+        state[table], days = late_data.changed_days(path, since)
+        if days:
+            changed[table] = days
+    return changed
+
+
+def stale_seeds(home: Home, deferred: frozenset[str], state: dict[str, int]) -> dict[str, set[dt.date]]:
+    """Step 2: ``{reader: stale days}`` for each table in ``deferred`` rebuilt since ``state``;
+    advances ``state``."""
+    seeds = {}
+    for table in sorted(deferred):
+        path = catalog.table_path(home, table)
+        if tables.exists(path) and state.get(table) != (version := _version(path)):
+            state[table] = version
+            reader, stale_days = STALE_READER_DAYS[table]
+            if days := set(stale_days(home)):
+                seeds[reader] = days
+    return seeds
+
+
+def new_materialisations(
+    instance: DagsterInstance, models: tuple[Model, ...], after: int | None
+) -> tuple[dict[str, dict[dt.date, int]], int | None]:
+    """Step 3 input: ``({model: {day: storage id}}, newest storage id)`` of the daily
+    partitions materialised after event-log storage id ``after`` (all, if ``None``), for
+    models that partitioned models read."""
+    read = {t for m in models if m.partitioned for t in m.inputs}
+    out: dict[str, dict[dt.date, int]] = {}
+    newest = after
+    for model in models:
+        if not model.partitioned or model.table not in read:
+            continue
+        cursor = None
+        while True:
+            page = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key(model.table), after_storage_id=after), limit=1000, cursor=cursor, ascending=True
+            )
+            for record in page.records:
+                if record.partition_key:
+                    day = dt.date.fromisoformat(record.partition_key)
+                    out.setdefault(model.table, {})[day] = record.storage_id
+                newest = max(newest or 0, record.storage_id)
+            if not page.has_more:
+                break
+            cursor = page.cursor
+    return out, newest
+
+
+def latest_materialisations(instance: DagsterInstance, models: tuple[Model, ...]) -> dict[str, dict[dt.date, int]]:
+    """``{model: {day: storage id of its latest materialisation}}`` for partitioned models."""
+    return {
+        m.table: {
+            dt.date.fromisoformat(k): v
+            for k, v in instance.get_latest_storage_id_by_partition(asset_key(m.table), DagsterEventType.ASSET_MATERIALIZATION).items()
+        }
+        for m in models
+        if m.partitioned
+    }
+
+
 def evaluate(
     instance: DagsterInstance,
     home: Home,
@@ -118,57 +208,47 @@ def evaluate(
     requests do the writing."""
     state: dict[str, int] = json.loads(cursor) if cursor else {}
     produced = {m.table for m in models}
-    watched = sorted({t for m in models for t in m.inputs if t not in produced})
-    changed: dict[str, set[dt.date]] = {}
-    observations = []
-    for table in watched:
-        path = catalog.table_path(home, table)
-        if not tables.exists(path):
-            continue
-        since = state.get(table)
-        if since is None:
-            since = baseline_version(instance, table, [m for m in models if table in m.inputs], _version(path))
-        state[table], days = late_data.changed_days(path, since)
-        if days:
-            changed[table] = days
-            observations += [
-                AssetObservation(asset_key(table), partition=d.isoformat(), metadata={"delta_version": state[table]})
-                for d in sorted(days)
-                if partitions.has_partition_key(d.isoformat())
-            ]
-    seeds: dict[str, set[dt.date]] = {}
-    deferred = frozenset(t for t, (reader, _) in STALE_READER_DAYS.items() if t in produced and reader in produced)
-    for table in deferred:
-        path = catalog.table_path(home, table)
-        if tables.exists(path) and state.get(table) != (version := _version(path)):
-            reader, stale_days = STALE_READER_DAYS[table]
-            state[table] = version
-            if days := set(stale_days(home)):
-                seeds[reader] = days
+    deferred = frozenset(t for t, (reader, _) in STALE_READER_DAYS.items() if {t, reader} <= produced)
+    changed = input_changes(instance, home, models, state)
+    seeds = stale_seeds(home, deferred, state)
+    materialised, state[MATERIALIZATIONS] = new_materialisations(instance, models, state.get(MATERIALIZATIONS))
     new_cursor = json.dumps(state, sort_keys=True)
-    if not changed and not seeds:
-        return SensorResult(skip_reason=SkipReason(f"nothing new in {', '.join(watched)}"), cursor=new_cursor)
+    if not changed and not seeds and not materialised:
+        return SensorResult(skip_reason=SkipReason("no new input rows or materialisations"), cursor=new_cursor)
+    observations = [
+        AssetObservation(asset_key(table), partition=d.isoformat(), metadata={"delta_version": state[table]})
+        for table, days in changed.items()
+        for d in sorted(days)
+        if partitions.has_partition_key(d.isoformat())
+    ]
     built = {m.table: built_range(instance, home, m) for m in models}
     built = {t: b if b is late_data.ALWAYS else clip(b, partitions) for t, b in built.items()}
+    # days after everything built are the schedule's to build, not late (today's events)
+    horizon = max((b[1] for t, b in built.items() if b is not None and b is not late_data.ALWAYS), default=None)
+    changed = {t: late for t, days in changed.items() if (late := {d for d in days if horizon and d <= horizon})}
+    if materialised:
+        outdated = late_data.stale_readers(models, materialised, latest_materialisations(instance, models), built)
+        for table, days in outdated.items():
+            seeds[table] = seeds.get(table, set()) | days
     plan = late_data.restatement(models, changed, built, seeds, deferred)
-    late = ",".join(sorted({d.isoformat() for days in changed.values() for d in days}))
-    requests = []
-    for start, end, targets in late_data.runs(plan, models):
-        span = f"{start}..{end}" if start else "whole"
-        requests.append(
-            RunRequest(
-                run_key=f"{SENSOR_NAME}:{new_cursor}:{span}",
-                asset_selection=[asset_key(t) for t in targets],
-                tags={
-                    **(range_tags(start, end) if start else {}),
-                    TRIGGER_TAG: SENSOR_NAME,
-                    "headwater/late_ds": late[:200] or "none",
-                    "headwater/stale_ds": ",".join(sorted(d.isoformat() for ds in seeds.values() for d in ds))[:200] or "none",
-                },
-            )
+    late = _days_tag(d for days in changed.values() for d in days)
+    stale = _days_tag(d for days in seeds.values() for d in days)
+    requests = [
+        RunRequest(
+            run_key=f"{SENSOR_NAME}:{new_cursor}:{start or 'whole'}..{end or ''}",
+            asset_selection=[asset_key(t) for t in targets],
+            tags={
+                **(range_tags(start, end) if start else {}),
+                TRIGGER_TAG: SENSOR_NAME,
+                "headwater/late_ds": late,
+                "headwater/stale_ds": stale,
+            },
         )
+        for start, end, targets in late_data.runs(plan, models)
+    ]
     if not requests:
-        return SensorResult(skip_reason=SkipReason(f"changed days {late} are not built yet"), cursor=new_cursor, asset_events=observations)
+        skip = SkipReason(f"new rows on {late}, stale {stale}: nothing built to restate")
+        return SensorResult(skip_reason=skip, cursor=new_cursor, asset_events=observations)
     return SensorResult(run_requests=requests, cursor=new_cursor, asset_events=observations)
 
 

@@ -10,6 +10,7 @@ from the UI) sharing one code server that loads :mod:`headwater.orchestrate.loca
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -30,8 +31,17 @@ def port_from_env(free: int) -> int:
     return int(value)
 
 
+def _default_sigint() -> None:
+    # dagster dev maps SIGTERM onto its SIGINT handler; a process started from a background
+    # job inherits SIGINT *ignored*, and then SIGTERM would be ignored too (observed: it never
+    # exits). With the default disposition Python installs KeyboardInterrupt, which dagster dev
+    # turns into a clean shutdown of the webserver, the daemon and the code server.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(home: Home, port: int) -> subprocess.Popen:
-    """Start ``dagster dev`` for ``home`` on ``http://127.0.0.1:<port>`` (UI + daemon)."""
+    """Start ``dagster dev`` for ``home`` on ``http://127.0.0.1:<port>`` (UI + daemon); SIGTERM
+    or SIGINT stops it and its children."""
     env = {**os.environ, "HEADWATER_HOME": str(home.root), "DAGSTER_HOME": str(dagster_home(home))}
     cmd = [
         sys.executable, "-m", "dagster", "dev",
@@ -39,4 +49,4 @@ def spawn(home: Home, port: int) -> subprocess.Popen:
         "-h", "127.0.0.1", "-p", str(port),
         "--log-level", "warning",
     ]
-    return subprocess.Popen(cmd, env=env)
+    return subprocess.Popen(cmd, env=env, preexec_fn=_default_sigint)

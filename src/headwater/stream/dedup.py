@@ -1,10 +1,17 @@
 """Dedup state: event ids seen recently, versioned by batch (Spark's HDFS state-store design).
 
 Each batch N stores the ids it first saw as one Parquet file ``state/dedup/N.parquet``
-(Spark keeps ``N.delta`` files the same way); the state after batch N is the union of the
-files of batches ``<= N`` that have not expired. Because files are keyed by batch id, a
-re-run of batch N rewrites the same file, and recovery loads exactly "state after the last
-committed batch" by ignoring files of later batches.
+(Spark's ``N.delta``); the state after batch N is the union of the files of batches
+``<= N`` that have not expired. Because files are keyed by batch id, a re-run of batch N
+rewrites the same file, and recovery loads exactly "state after the last committed batch"
+by ignoring files of later batches.
+
+Snapshots (Spark's ``N.snapshot``, every ``snapshot_every`` batches) keep the number of files
+bounded: ``N.snapshot.parquet`` holds every live id with its batch id and that batch's max
+``received_at``. Recovery to batch C loads the newest snapshot ``S <= C`` plus the deltas in
+``(S, C]``. When snapshot N is written, batch N is not committed yet — a crash may still send
+recovery back to the previous snapshot P — so only deltas ``<= P`` and snapshots ``< P`` are
+deleted then: at most ``2 × snapshot_every`` deltas and two snapshots exist at any time.
 
 TTL: a batch's ids expire once the newest ``received_at`` (processing time stamped by the
 collector, so replays decide identically) is more than ``ttl`` past the newest
@@ -23,30 +30,57 @@ import pyarrow.parquet as pq
 
 from headwater.stream.checkpoint import write_atomic
 
+SNAPSHOT = ".snapshot"
+
+
+def _write(path: Path, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_atomic(path, sink.getvalue().to_pybytes())
+
 
 class DedupState:
     """Recently seen values of ``key`` (default ``event_id``, strings) with a processing-time TTL."""
 
-    def __init__(self, directory: Path, ttl: dt.timedelta, key: str = "event_id"):
+    def __init__(self, directory: Path, ttl: dt.timedelta, key: str = "event_id", snapshot_every: int = 100):
         self.key = key
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ttl_us = int(ttl.total_seconds() * 1_000_000)
+        self.snapshot_every = snapshot_every
         self._batches: dict[int, tuple[int, pl.Series]] = {}  # batch -> (max received_at µs, ids)
         self._ids = pl.Series("event_id", [], pl.String)
+        self._expired: list[int] = []  # batches whose delta file goes once the current batch commits
+
+    def _files(self) -> tuple[dict[int, Path], dict[int, Path]]:
+        deltas, snapshots = {}, {}
+        for path in self.dir.glob("*.parquet"):
+            stem = path.name.removesuffix(".parquet")
+            if stem.endswith(SNAPSHOT):
+                snapshots[int(stem.removesuffix(SNAPSHOT))] = path
+            elif stem.isdigit():
+                deltas[int(stem)] = path
+        return deltas, snapshots
 
     def load(self, upto: int | None) -> None:
         """Load the state as of batch ``upto`` (``None``: empty); files of later batches,
         left by a batch that never committed, are deleted."""
         self._batches.clear()
-        for path in self.dir.glob("*.parquet"):
-            batch_id = int(path.stem)
+        deltas, snapshots = self._files()
+        for batch_id, path in [*deltas.items(), *snapshots.items()]:
             if upto is None or batch_id > upto:
                 path.unlink()
-                continue
-            t = pq.read_table(path)
-            self._batches[batch_id] = (int(t.schema.metadata[b"max_received_us"]), pl.Series("event_id", t["event_id"]))
+        base = max((s for s in snapshots if upto is not None and s <= upto), default=-1)
+        if base >= 0:
+            snap = pl.from_arrow(pq.read_table(snapshots[base]))
+            for (batch_id, max_received), part in snap.group_by("batch_id", "max_received_us"):
+                self._batches[batch_id] = (max_received, part.get_column("event_id"))
+        for batch_id, path in deltas.items():
+            if base < batch_id <= (upto if upto is not None else -1):
+                t = pq.read_table(path)
+                self._batches[batch_id] = (int(t.schema.metadata[b"max_received_us"]), pl.Series("event_id", t["event_id"]))
         self._evict()
+        self._drop_expired()
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -60,21 +94,46 @@ class DedupState:
         return events.filter(first & ~pl.col(self.key).is_in(self._ids.implode()))
 
     def add(self, batch_id: int, event_ids: pl.Series, max_received_us: int) -> None:
-        """Record batch ``batch_id``'s new ids durably (one Parquet file), then expire old batches."""
+        """Record batch ``batch_id``'s new ids durably (one Parquet file), then expire old
+        batches; every ``snapshot_every`` batches also write a snapshot of the whole state."""
+        self._drop_expired()  # add(N) runs after commits/N-1: what N-1 expired can go now
         table = pa.table({"event_id": event_ids.to_arrow()}).replace_schema_metadata(
             {"max_received_us": str(max_received_us)}
         )
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        write_atomic(self.dir / f"{batch_id}.parquet", sink.getvalue().to_pybytes())
+        _write(self.dir / f"{batch_id}.parquet", table)
         self._batches[batch_id] = (max_received_us, event_ids.rename("event_id"))
         self._evict()
+        if batch_id and batch_id % self.snapshot_every == 0:
+            self._snapshot(batch_id)
+
+    def _snapshot(self, batch_id: int) -> None:
+        parts = [
+            pl.DataFrame({"event_id": ids}).with_columns(batch_id=pl.lit(b, pl.Int64), max_received_us=pl.lit(m, pl.Int64))
+            for b, (m, ids) in sorted(self._batches.items())
+        ]
+        _write(self.dir / f"{batch_id}{SNAPSHOT}.parquet", pl.concat(parts).to_arrow())
+        deltas, snapshots = self._files()
+        previous = max((s for s in snapshots if s < batch_id), default=None)
+        if previous is not None:
+            for b, path in deltas.items():
+                if b <= previous:
+                    path.unlink(missing_ok=True)
+            for s, path in snapshots.items():
+                if s < previous:
+                    path.unlink(missing_ok=True)
 
     def _evict(self) -> None:
+        # The delta files of expired batches are deleted only once the batch that expired
+        # them has committed: if it crashes, recovery to the batch before needs them.
         if self._batches:
             horizon = max(m for m, _ in self._batches.values()) - self.ttl_us
             for batch_id in [b for b, (m, _) in self._batches.items() if m < horizon]:
                 del self._batches[batch_id]
-                (self.dir / f"{batch_id}.parquet").unlink(missing_ok=True)
+                self._expired.append(batch_id)
         series = [ids for _, ids in self._batches.values()]
         self._ids = pl.concat(series) if series else pl.Series("event_id", [], pl.String)
+
+    def _drop_expired(self) -> None:
+        for batch_id in self._expired:
+            (self.dir / f"{batch_id}.parquet").unlink(missing_ok=True)
+        self._expired.clear()

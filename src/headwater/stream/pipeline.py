@@ -34,7 +34,9 @@ Semantics (the vocabulary of Spark Structured Streaming / Flink; times are event
   it when it closes. Windows still open when the input ends are not emitted in append mode.
 * **Measures** (:class:`Measure`): ``count`` (events, int64), ``sum`` of a numeric column
   (float64), ``distinct`` of a column (float64 estimate from an Apache DataSketches HLL
-  sketch with ``lg_k``, plus ``<name>_sketch``: the serialized, mergeable sketch).
+  sketch with ``lg_k``, plus ``<name>_sketch``: the serialized, mergeable sketch). Nulls:
+  ``sum`` and ``distinct`` ignore them, a null group value is a group of its own, an event
+  with a null session key is not sessionised.
 
 Output of aggregate ``name``: Delta table ``realtime.<name>`` with columns ``window_start``,
 ``window_end`` (``timestamp[us, UTC]``), the ``group_by`` columns, then the measures.

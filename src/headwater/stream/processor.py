@@ -235,18 +235,18 @@ class BronzeStream:
             result = self.run_once()
             if result is None:
                 stop.wait(self.config.trigger_interval_s)
-            else:
-                if targets is None:  # processing-time trigger: at most one batch per interval
-                    stop.wait(max(0.0, started + self.config.trigger_interval_s - time.monotonic()))
-                log.info(
-                    "batch %d: %d in, %d written, %d duplicates, %d late in %.0f ms",
-                    result.batch_id,
-                    result.input_events,
-                    result.written_events,
-                    result.duplicates,
-                    result.late_events,
-                    (time.monotonic() - started) * 1000,
-                )
+                continue
+            log.info(
+                "batch %d: %d in, %d written, %d duplicates, %d late in %.0f ms",
+                result.batch_id,
+                result.input_events,
+                result.written_events,
+                result.duplicates,
+                result.late_events,
+                (time.monotonic() - started) * 1000,
+            )
+            if targets is None:  # processing-time trigger: at most one batch per interval
+                stop.wait(max(0.0, started + self.config.trigger_interval_s - time.monotonic()))
 
     # -- one batch --------------------------------------------------------------------
     def _sink(self, name: str, data: pa.Table | None, batch_id: int, replay: bool, keys: tuple[str, ...] | None = None) -> None:

@@ -3,8 +3,8 @@
 -- ds (cumulative from its first exposure), partitioned by ds.
 --
 -- Experiments come from the models config ([[experiments]]: variants with expected weights,
--- control, conversion_event, exposure_event), rendered into {{experiments}} and
--- {{experiment_variants}}. Exposures are track events named exposure_event (default
+-- control, conversion_event, exposure_event), rendered in as the tables experiments and
+-- experiment_variants. Exposures are track events named exposure_event (default
 -- "Experiment Viewed", Segment's A/B testing spec) with properties.experiment_id and
 -- properties.variation_id. A person's variant is the one of their first exposure (event
 -- time, then event_id); exposures to variants not configured are ignored. A converter is an

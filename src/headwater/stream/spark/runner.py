@@ -17,8 +17,10 @@ Translation (one streaming query per output, each with its own Spark checkpoint 
   :class:`Tumbling` → ``window(ts, size)``; :class:`Hopping` → ``window(ts, size, slide)``;
   :class:`Session` → ``session_window(ts, gap)``. Measures: ``count`` → ``count(*)``,
   ``sum`` → ``sum(col)`` as double, ``distinct`` → ``hll_sketch_agg(col, lg_k)`` (Apache
-  DataSketches HLL, the sketch headwater's engine keeps; estimate via ``hll_sketch_estimate``)
-  plus the sketch itself as ``<name>_sketch``. Output mode as declared.
+  DataSketches HLL, the sketch headwater's engine keeps, hashing the same UTF-8 values) as
+  ``<name>_sketch``, and ``<name>`` its float estimate, computed in the sink with the
+  DataSketches Python binding (:func:`headwater.stream.sketches.estimates`) — Spark's
+  ``hll_sketch_estimate`` rounds to an integer. Output mode as declared.
 
 Where Spark's semantics differ from headwater's engine (see the parity tests,
 ``tests/stream/test_spark_parity.py``):
@@ -28,6 +30,10 @@ Where Spark's semantics differ from headwater's engine (see the parity tests,
   i.e. ``max event time of batches 0..N−2 − delay``; it evicts (emits, in append mode)
   windows with ``window_end <= max event time of batches 0..N−1 − delay``, and at the end of
   an available-now run one extra no-data batch emits what the final watermark closed.
+  With back-to-back batches (replay, available-now) this is deterministic; under a
+  processing-time trigger Spark also runs a no-data batch whenever the watermark advanced
+  and nothing new is pending, so which watermark decides then depends on timing.
+  ``watermark.idle_timeout`` has no Spark counterpart and is ignored.
 - Spark's dedup in the aggregate queries is bounded by the event-time watermark, not a
   processing-time TTL; retries carry the same event time, so no window count differs.
 - ``allowed_lateness`` has no Spark equivalent: a non-zero value raises ``ValueError``; so
@@ -127,15 +133,16 @@ class SparkPipeline:
     # -- the queries' DataFrames ---------------------------------------------------------
     def bronze_frame(self):
         """Source rows deduplicated on ``dedup.key`` within ``dedup.ttl`` of ``received_at``.
-        Dead-letter rows (no event columns) are keyed by their log position and timed by
-        their append time, so they pass the dedup once each."""
+        Dead-letter rows (no event columns) are keyed by their log position and have no
+        time (null): they move no watermark, are never late and pass the dedup once each
+        (the source emits each undecodable record once)."""
         from pyspark.sql import functions as F
 
         key = self.pipeline.dedup.key
         return (
             self.source()
             .withColumn("_dedup_key", F.coalesce(F.col(key), F.format_string("dead-letter/%d/%d", "_partition", "_offset")))
-            .withColumn("_dedup_ts", F.coalesce(F.col("received_at"), F.timestamp_millis("_appended_ms")))
+            .withColumn("_dedup_ts", F.col("received_at"))
             .withWatermark("_dedup_ts", _interval(self.pipeline.dedup.ttl))
             .dropDuplicatesWithinWatermark(["_dedup_key"])
         )
@@ -166,7 +173,9 @@ class SparkPipeline:
             else:
                 sketch = f"{m.name}_sketch"
                 measures.append(F.hll_sketch_agg(F.col(m.column), m.lg_k).alias(sketch))
-                finals += [F.hll_sketch_estimate(sketch).cast("double").alias(m.name), F.col(sketch)]
+                # The estimate is filled in by the sink from the sketch, as headwater computes it
+                # (Spark's hll_sketch_estimate rounds to a whole number).
+                finals += [F.lit(None).cast("double").alias(m.name), F.col(sketch)]
         grouped = (
             self.events()
             .withWatermark(wm.column, _interval(wm.delay))
@@ -190,7 +199,8 @@ class SparkPipeline:
             out.append(("bronze", self.bronze_frame(), fn, "append"))
         for agg in self.pipeline.aggregates:
             keys = ("window_start", *agg.group_by)
-            fn = sink.window_sink(self.home.table_path("realtime", agg.name), self.app_id(agg.name), agg.output_mode, keys)
+            distinct = [m.name for m in agg.measures if m.kind == "distinct"]
+            fn = sink.window_sink(self.home.table_path("realtime", agg.name), self.app_id(agg.name), agg.output_mode, keys, distinct)
             out.append((agg.name, self.aggregate_frame(agg), fn, agg.output_mode))
         return out
 

@@ -18,12 +18,15 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.events import EVENT_SCHEMA, EVENTS_TOPIC
 from headwater.lake import tables
-from headwater.stream.processor import DEAD_LETTER_SCHEMA
+from headwater.stream import sketches
+from headwater.stream.records import DEAD_LETTER_SCHEMA
 
 BatchFn = Callable[[object, int], None]
 
@@ -39,18 +42,23 @@ def arrow(df) -> pa.Table:
     return df.toArrow()
 
 
-def window_sink(path: Path, app_id: str, output_mode: str, keys: Sequence[str]) -> BatchFn:
+def window_sink(path: Path, app_id: str, output_mode: str, keys: Sequence[str], distinct: Sequence[str] = ()) -> BatchFn:
     """``foreachBatch`` function writing an aggregate's epoch output to the Delta table at
-    ``path``: appended (``append``) or merged on ``keys`` (``update``); empty epochs write nothing."""
+    ``path``: appended (``append``) or merged on ``keys`` (``update``); empty epochs write
+    nothing. Each ``distinct`` measure's column (float64) is set to the estimate of its
+    ``<name>_sketch`` (serialized DataSketches HLL)."""
 
     def write(df, epoch_id: int) -> None:
         data = arrow(df)
         if data.num_rows == 0 or _done(path, app_id, epoch_id):
             return
+        for name in distinct:
+            est = sketches.estimates(pl.Series(data[f"{name}_sketch"])).to_arrow()
+            data = data.set_column(data.schema.get_field_index(name), pa.field(name, pa.float64()), est)
         if output_mode == "append":
             tables.append_once(path, data, app_id=app_id, batch_id=epoch_id, partition_by=())
         else:
-            data = data.append_column("_delete", pa.array([False] * data.num_rows))
+            data = data.append_column("_delete", pa.array(np.zeros(data.num_rows, dtype=bool)))
             tables.upsert_once(path, data, tuple(keys), app_id=app_id, batch_id=epoch_id)
 
     return write

@@ -104,8 +104,10 @@ class LogDataSource(DataSource):
     def streamReader(self, schema) -> "LogStreamReader":
         if "path" not in self.options:
             raise ValueError("option `path`: the event log file (home.log_path) is required")
+        if not Path(self.options["path"]).is_file():
+            raise FileNotFoundError(f"option `path`: no event log at {self.options['path']}")
         cap = self.options.get("maxRecordsPerPartition")
-        if cap is not None and int(cap) <= 0:
+        if cap is not None and not (str(cap).isdigit() and int(cap) > 0):
             raise ValueError(f"option `maxRecordsPerPartition`: must be a positive integer, got {cap!r}")
         replay = self.options.get("replayOffsets")
         return LogStreamReader(
@@ -130,13 +132,16 @@ class LogStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.cap = max_records_per_partition
         self.plan = plan
         self.target: dict[str, int] | None = None
+        self._log: SqliteLog | None = None  # opened on first use, in the planner worker
 
     def _ends(self) -> dict[str, int]:
-        log = SqliteLog(Path(self.path))
-        try:
-            return {str(p): e for p, e in log.end_offsets(self.topic).items()}
-        finally:
-            log.close()
+        if self._log is None:
+            self._log = SqliteLog(Path(self.path))
+        return {str(p): e for p, e in self._log.end_offsets(self.topic).items()}
+
+    def stop(self) -> None:
+        if self._log is not None:
+            self._log.close()
 
     def initialOffset(self) -> dict:
         return {p: 0 for p in self._ends()}
@@ -190,7 +195,9 @@ def read_range(path: Path, topic: str, partition: int, start: int, end: int) -> 
                 pa.nulls(n, pa.binary()),
             ]
             yield from pa.Table.from_arrays(cols, schema=SCHEMA).to_batches()
-        for b in bad:
+        # A record spanning two batches is read by both: dead-letter it in the batch that
+        # holds its first offset only.
+        for b in (b for b in bad if b.record.offset >= start):
             row = {f.name: None for f in SCHEMA}
             row.update(
                 _partition=partition, _offset=b.record.offset, _appended_ms=b.record.appended_ms,
