@@ -8,13 +8,15 @@ Layout (all paths relative to the home directory, default ``./.headwater``)::
     checkpoints/<query>/      stream checkpoints (offset log, commit log, state)
     lake/<layer>/<table>/     Delta tables, e.g. lake/bronze/events
     registry/subjects/        event contracts: one JSON file per event name (headwater.registry)
+    tmp/                      scratch (the Spark batch engine's staging files, removed after use)
 
 Environment variables: ``HEADWATER_HOME``, ``HEADWATER_PORT`` (collector port on
 127.0.0.1, default 8088), ``HEADWATER_WRITE_KEY`` (a source with this write key is
 created by ``headwater up``), ``HEADWATER_HMAC_KEY`` (hex; overrides the key file),
 ``HEADWATER_PARTITIONS`` (event-log partitions of a new log, default 4),
 ``HEADWATER_REGISTRY_URL`` (``postgresql://…``: keep event contracts in PostgreSQL instead
-of ``registry/``).
+of ``registry/``), ``HEADWATER_ENGINE`` (batch SQL engine: ``duckdb``, the default, or
+``spark``; see :func:`headwater.models.run.engine_from_env`).
 """
 
 from __future__ import annotations

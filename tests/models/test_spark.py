@@ -132,7 +132,10 @@ def test_without_fixup_spark_is_wrong(spark, case):
 # -- running models -------------------------------------------------------------------------
 def test_run_spark_writes_partitions_like_duckdb(spark, home):
     model = InlineModel("gold.out", SUM_SQL, OUT_SCHEMA)
+    setting = "spark.sql.parquet.outputTimestampType"
+    before = spark.conf.get(setting)
     assert engine.run_spark(home, model, D(2024, 3, 1), D(2024, 3, 2), spark) == 2
+    assert spark.conf.get(setting) == before  # the shared session's settings are restored
     assert table_rows(home, "gold.out") == [{"ds": D(2024, 3, 1), "total": 3}, {"ds": D(2024, 3, 2), "total": 10}]
     # input day 2 changes; re-running day 2 overwrites that partition only, in one commit
     tables.overwrite_partitions(home.table_path("gold", "src"), src_rows({D(2024, 3, 2): [7]}), D(2024, 3, 2), D(2024, 3, 2))

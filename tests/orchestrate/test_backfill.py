@@ -3,6 +3,7 @@ identical tables every time, Delta histories of overwrites only, every run recor
 
 import datetime as dt
 
+from dagster import DagsterRunStatus, RunsFilter
 from deltalake import DeltaTable
 
 from headwater.models.run import MODELS, source_range
@@ -12,8 +13,6 @@ from headwater.orchestrate.instance import instance
 from headwater.orchestrate.runs import BACKFILL_TAG, backfill_requests, execute
 from headwater.serve import catalog
 from tests.orchestrate.conftest import checksums, write_modes
-
-from dagster import DagsterRunStatus, RunsFilter
 
 
 def backfill(home, defs, inst, start, end) -> list[str]:

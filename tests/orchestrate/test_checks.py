@@ -4,6 +4,7 @@ that break an invariant, and a failed blocking check stops the gold steps of the
 import datetime as dt
 
 import pyarrow as pa
+from dagster import AssetCheckResult, RunRequest
 from deltalake import write_deltalake
 
 from headwater.models.run import MODELS, run_model
@@ -15,8 +16,6 @@ from headwater.orchestrate.instance import instance
 from headwater.orchestrate.runs import execute, failure_message
 from headwater.orchestrate.sensor import range_tags
 from headwater.serve import catalog
-
-from dagster import AssetCheckResult, RunRequest
 
 DAY = dt.date(2024, 3, 1)
 SILVER = [m for m in MODELS if m.table in ("silver.identity_map", "silver.events")]

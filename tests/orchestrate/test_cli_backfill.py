@@ -50,3 +50,11 @@ def test_backfill_command_refuses_a_range_without_data(bronze):
     assert "nothing to backfill in 2023-01-01..2023-01-31: bronze has 2024-02-24..2024-03-06" in result.stderr
     reversed_ = invoke(bronze, "--start", "2024-03-02", "--end", "2024-03-01")
     assert reversed_.exit_code == 1 and "--start 2024-03-02 is after --end 2024-03-01" in reversed_.stderr
+
+
+def test_backfill_command_stops_at_a_failed_run_and_names_the_step(bronze):
+    (bronze.root / "models.toml").write_text('[[funnels]]\nname = "too_long"\nwindow_hours = 500\nsteps = ["a", "b"]\n')
+    result = invoke(bronze, "--start", "2024-03-01", "--end", "2024-03-01")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "failed:\nsilver__identity_map: silver.identity_map (whole table): ConfigError" in result.stderr
+    assert "window_hours" in result.stderr

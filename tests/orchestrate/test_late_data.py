@@ -50,6 +50,11 @@ def test_late_events_restate_their_day_and_downstream_windows(built, window_even
         late = [event_at(window_events[0], i, LATE_DAY, user_id=f"late-user-{i}", anonymous_id=f"anon-late-{i}")
                 for i in range(3)]
         append_bronze(home, late, 2)
+        # while a run is in flight (here: created, not started) the sensor waits, cursor kept
+        pending = inst.create_run_for_job(defs.resolve_job_def("daily"), run_config={})
+        waiting = tick(defs, inst, first.cursor)
+        assert not waiting.run_requests and "in flight" in waiting.skip_reason.skip_message and waiting.cursor is None
+        inst.delete_run(pending.run_id)
         result = tick(defs, inst, first.cursor)
 
         assert [o.partition for o in result.asset_events] == [LATE_DAY.isoformat()]

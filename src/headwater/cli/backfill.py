@@ -18,7 +18,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from headwater.cli.output import to_json
 from headwater.config import Home
 
-
 DATE = click.DateTime(formats=["%Y-%m-%d"])
 
 

@@ -64,8 +64,10 @@ TRACK_P = (0.32, 0.18, 0.1, 0.07, 0.05, 0.15, 0.13)
 PLANS = ("free", "pro", "team")
 COUNTRIES = ("US", "DE", "FR", "GB", "BR", "IN", "JP")
 # kinds of event and their shares
-KINDS = ("track", "page_or_screen", "identify", "alias", "exposure")
+TRACK_KIND, PAGE_KIND, IDENTIFY_KIND, ALIAS_KIND, EXPOSURE_KIND = range(5)
 KINDS_P = (0.805, 0.125, 0.04, 0.005, 0.025)
+FUNNEL_STEPS = 5  # TRACK[:5] are the checkout funnel's steps, in order
+PURCHASE, CATALOG = TRACK.index("purchase"), TRACK.index("catalog")
 US = 1_000_000
 
 
@@ -109,42 +111,49 @@ def chunks(
 def _chunk(rng, first, size, day, day_us, seed, platform, identified, login, starts, variant) -> pa.Table:
     users = len(platform)
     u = np.minimum((rng.random(size) ** 2 * users).astype(np.int64), users - 1)  # skewed
-    kind = rng.choice(len(KINDS), size, p=KINDS_P)
+    kind = rng.choice(len(KINDS_P), size, p=KINDS_P)
     ident = identified[u]
-    kind = np.where((kind >= 2) & (kind <= 3) & ~ident, 1, kind)  # anonymous users: pages instead
+    links = (kind == IDENTIFY_KIND) | (kind == ALIAS_KIND)
+    kind = np.where(links & ~ident, PAGE_KIND, kind)  # anonymous users send pages instead
+    links &= ident
     name = rng.choice(len(TRACK), size, p=TRACK_P)
     treated = variant[u] == 1
-    name = np.where((name == 6) & treated & (rng.random(size) < 0.3), 4, name)  # catalog -> purchase
+    name = np.where((name == CATALOG) & treated & (rng.random(size) < 0.3), PURCHASE, name)  # the lift
     # event time: in one of the user's sessions; funnel steps later in the session than earlier ones
-    step = np.where((kind == 0) & (name <= 4), name, rng.integers(0, 5, size))
+    step = np.where((kind == TRACK_KIND) & (name < FUNNEL_STEPS), name, rng.integers(0, FUNNEL_STEPS, size))
     second = starts[u, rng.integers(0, 3, size)] + step * 240 + rng.integers(0, 600, size)
     event_us = day_us + second * US + rng.integers(0, US, size)
     received_us = event_us + (rng.exponential(0.5, size) * US).astype(np.int64)
-    logged_in = ident & ((second >= login[u]) | (kind == 2) | (kind == 3))
+    logged_in = ident & ((second >= login[u]) | links)
 
     mobile = platform[u] > 0
     page_name = np.where(mobile, 3 + rng.integers(0, 2, size), rng.integers(0, 3, size))
-    event_type = np.select([kind == 2, kind == 3, (kind == 1) & mobile, kind == 1], [2, 3, 1, 0], 4)
+    types = ("page", "screen", "identify", "alias", "track")
+    event_type = np.select(
+        [kind == IDENTIFY_KIND, kind == ALIAS_KIND, (kind == PAGE_KIND) & mobile, kind == PAGE_KIND], [2, 3, 1, 0], 4
+    )
     names = TRACK + ("Experiment Viewed", "Home", "Pricing", "Docs", "Feed", "Settings")
-    name_index = np.select([kind == 0, kind == 4, kind == 1], [name, len(TRACK), len(TRACK) + 1 + page_name], -1)
+    name_index = np.select(
+        [kind == TRACK_KIND, kind == EXPOSURE_KIND, kind == PAGE_KIND], [name, len(TRACK), len(TRACK) + 1 + page_name], -1
+    )
 
     user_num = pc.cast(pa.array(u), pa.string())
-    anon_owner = np.where((kind == 2) & (rng.random(size) < 0.01), (u + 1) % users, u)  # shared device
+    anon_owner = np.where((kind == IDENTIFY_KIND) & (rng.random(size) < 0.01), (u + 1) % users, u)  # shared device
     user_id = _concat("user-", user_num)
-    plan = _take(PLANS, np.minimum((rng.random(size) * 3 * (1 + rng.random(size) * 0.2)).astype(int), 2))
+    plan = _take(PLANS, rng.choice(len(PLANS), size, p=(0.6, 0.3, 0.1)))
     traits = _concat('{"email":"user-', user_num, '@example.com","plan":"', plan,
                      '","country":"', _take(COUNTRIES, u % len(COUNTRIES)), '"}')
     exposure = _concat('{"experiment_id":"', EXPERIMENT, '","variation_id":"',
                        _take(("control", "treatment"), variant[u]), '"}')
     properties = pc.case_when(
-        pc.make_struct(pa.array(kind == 2), pa.array(kind == 3), pa.array(kind == 4), pa.array(kind == 0)),
+        pc.make_struct(*(pa.array(kind == k) for k in (IDENTIFY_KIND, ALIAS_KIND, EXPOSURE_KIND, TRACK_KIND))),
         traits, _concat('{"previousId":"legacy-', user_num, '"}'), exposure,
         _concat('{"product_id":"p', pc.cast(pa.array(rng.integers(0, 5_000, size)), pa.string()), '"}'),
         pa.scalar("{}"),
     )
     columns = {
         "event_id": _ids(f"{day.isoformat()}-{seed}-", np.arange(first, first + size)),
-        "event_type": _take(("page", "screen", "identify", "alias", "track"), event_type),
+        "event_type": _take(types, event_type),
         "event_name": pc.if_else(pa.array(name_index < 0), pa.scalar(None, pa.string()),
                                  _take(names, np.maximum(name_index, 0))),
         "anonymous_id": _ids("anon-", anon_owner),

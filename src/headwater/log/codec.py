@@ -37,7 +37,7 @@ def decode(records: Sequence[Record], start: int, end: int) -> tuple[pa.Table | 
     Returns the decoded rows with two extra columns, ``_partition`` (int32) and ``_offset``
     (int64), and the records that could not be decoded (they are never raised: the caller
     dead-letters them and moves on). ``None`` when no row decoded."""
-    tables, bad = [], []
+    tables, bad, firsts, counts, parts = [], [], [], [], []
     for rec in records:
         try:
             t = pa.ipc.open_stream(rec.payload).read_all()
@@ -47,10 +47,18 @@ def decode(records: Sequence[Record], start: int, end: int) -> tuple[pa.Table | 
             bad.append(Undecodable(rec, f"{type(e).__name__}: {e}"))
             continue
         lo, hi = max(start - rec.offset, 0), min(end - rec.offset, rec.count)
-        t = t.slice(lo, hi - lo)
-        t = t.append_column("_partition", pa.array(np.full(t.num_rows, rec.partition, dtype=np.int32)))
-        t = t.append_column("_offset", pa.array(np.arange(rec.offset + lo, rec.offset + hi, dtype=np.int64)))
-        tables.append(t)
+        if hi <= lo:
+            continue
+        tables.append(t.slice(lo, hi - lo) if (lo, hi) != (0, rec.count) else t)
+        firsts.append(rec.offset + lo)
+        counts.append(hi - lo)
+        parts.append(rec.partition)
     if not tables:
         return None, bad
-    return pa.concat_tables(tables, promote_options="default"), bad
+    # _partition/_offset for all rows at once: row j of record i has offset firsts[i] + j.
+    counts_np = np.asarray(counts, dtype=np.int64)
+    row_start = np.cumsum(counts_np) - counts_np
+    offsets = np.arange(int(counts_np.sum()), dtype=np.int64) + np.repeat(np.asarray(firsts, dtype=np.int64) - row_start, counts_np)
+    out = pa.concat_tables(tables, promote_options="default")
+    out = out.append_column("_partition", pa.array(np.repeat(np.asarray(parts, dtype=np.int32), counts_np)))
+    return out.append_column("_offset", pa.array(offsets)), bad

@@ -28,6 +28,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +55,21 @@ if TYPE_CHECKING:
 # Deletion vectors (rows masked outside the file) and column mapping (physical column names
 # differ from the schema) would give wrong rows silently, so tables using them are refused.
 READABLE_FEATURES = frozenset({"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"})
+
+
+@contextmanager
+def _conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    """Set a runtime SQL setting of ``spark`` for the block, then restore it (the session is
+    shared with other work, e.g. the streaming engine)."""
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
 
 
 def view_name(table: str) -> str:
@@ -122,8 +139,9 @@ def register(spark: SparkSession, home: Home, table: str) -> str:
     if files:
         # Above this many paths Spark lists them with a distributed job (one task per file,
         # seconds for a few hundred); these are known local files: stat them on the driver.
-        spark.conf.set("spark.sql.sources.parallelPartitionDiscovery.threshold", str(len(files) + 1))
-        frame = spark.read.schema(schema).option("basePath", str(Path(path).resolve())).parquet(*files)
+        # (The file index is built here, eagerly, so the setting is only needed for this call.)
+        with _conf(spark, "spark.sql.sources.parallelPartitionDiscovery.threshold", str(len(files) + 1)):
+            frame = spark.read.schema(schema).option("basePath", str(Path(path).resolve())).parquet(*files)
     else:
         frame = spark.createDataFrame([], schema)
     view = view_name(table)
@@ -166,10 +184,10 @@ def run_spark(home: Home, model: Model, start: dt.date, end: dt.date, spark: Spa
     staging_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="spark-", dir=staging_root))
     try:
-        # Spark's default INT96 timestamps would come back as naive nanoseconds.
-        spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         frame = frame.select(*model.schema.names)
-        frame.write.mode("overwrite").parquet(str(staging / "result"))
+        # Spark's default INT96 timestamps would come back as naive nanoseconds.
+        with _conf(spark, "spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS"):
+            frame.write.mode("overwrite").parquet(str(staging / "result"))
         # Explicit schema: an empty result may have no files. Spark TIMESTAMP → timestamp[us, UTC].
         schema = to_arrow_schema(frame.schema, timezone="UTC")
         result = pads.dataset(str(staging / "result"), schema=schema, format="parquet").scanner().to_reader()

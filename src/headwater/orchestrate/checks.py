@@ -17,7 +17,7 @@ queries over the catalog (:mod:`headwater.serve.catalog`).
 
 from __future__ import annotations
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetChecksDefinition, asset_check
+from dagster import AssetCheckResult, AssetChecksDefinition, AssetCheckSeverity, asset_check
 
 from headwater.config import Home
 from headwater.models.run import Model

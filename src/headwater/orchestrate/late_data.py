@@ -21,13 +21,17 @@ Unpartitioned models (identity map, ``dim_user``) are rebuilt whole when an inpu
 how the identity map's change reaches ``silver.events`` is found by content after the
 rebuild (``deferred``, see :mod:`headwater.orchestrate.sensor`).
 
-Runs (:func:`runs`). Dagster runs one partition range per run, the same for every asset
-in it, and a run with several assets executes them in dependency order. Restatements are
-therefore grouped into maximal runs of contiguous days, each run selecting the models with
-a dirty day in it: correct by construction (inputs are rebuilt before their readers in the
-same run), at the price of rebuilding an upstream model over its readers' wider window (a
-late day ``d`` also rebuilds ``silver.events`` on every day gold restates — idempotent, but
-with retention's reach that is ``d-96 ..`` the last built day).
+Staleness (:func:`stale_readers`): a reader partition is stale when an input partition it
+reads was materialised after it (event-log storage ids) — how the day the schedule just
+built reaches the earlier retention cohorts, sessions and funnels that read it.
+
+Runs (:func:`runs`). Dagster runs one partition range per run, the same for every asset in
+it, and orders the steps of a run, not runs. Models to restate that read one another
+therefore share a run (inputs are rebuilt before their readers), one per maximal range of
+contiguous dirty days; unrelated ones get runs of their own. The price: an upstream model is
+rebuilt over its readers' wider window (a late day ``d`` rebuilds ``silver.events`` on every
+day gold restates — idempotent, but with retention's reach that is ``d-96 ..`` the last
+built day).
 """
 
 from __future__ import annotations

@@ -45,9 +45,11 @@ from dagster import (
     AssetRecordsFilter,
     AssetSelection,
     DagsterInstance,
+    DagsterRunStatus,
     DailyPartitionsDefinition,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -68,6 +70,7 @@ from headwater.serve import catalog
 SENSOR_NAME = "late_data"
 INTERVAL_S = 30
 TRIGGER_TAG = "headwater/trigger"
+IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 MATERIALIZATIONS = "materializations"  # cursor key: the newest event-log storage id seen
 # Unpartitioned tables whose change reaches a partitioned reader only on the days a content
 # check finds stale, after the table was rebuilt: {table: (reader, stale days of the reader)}.
@@ -206,6 +209,11 @@ def evaluate(
 ) -> SensorResult:
     """One evaluation of the sensor (see the module docstring). Reads only; the runs it
     requests do the writing."""
+    # A run in flight has materialised some partitions and not yet their readers: looked at
+    # now, those readers would seem stale. Wait for it (runs are serial here anyway).
+    active = instance.get_runs(RunsFilter(statuses=IN_FLIGHT), limit=1)
+    if active:
+        return SensorResult(skip_reason=SkipReason(f"run {active[0].run_id} is in flight: looking again after it"))
     state: dict[str, int] = json.loads(cursor) if cursor else {}
     produced = {m.table for m in models}
     deferred = frozenset(t for t, (reader, _) in STALE_READER_DAYS.items() if {t, reader} <= produced)

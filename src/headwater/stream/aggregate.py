@@ -56,7 +56,7 @@ class WindowOperator:
     def _distinct(self):
         return [m for m in self.spec.measures if m.kind == "distinct"]
 
-    def _sketches(self, result: pl.DataFrame, old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
+    def _sketches(self, result: pl.DataFrame, old: pl.DataFrame, new: pl.DataFrame | None) -> pl.DataFrame:
         """Add ``<name>_sketch`` to ``result`` (output windows numbered by ``_row``): the union
         of the state's sketches in ``old`` (``_row`` + ``<name>_sketch``) and of the values in
         ``new`` (``_row`` + the measure's column), updated once per distinct (row, value)."""
@@ -137,17 +137,18 @@ class WindowOperator:
             .sort(self.group + ["window_start"])
             .with_row_index("_row")
         )
-        items = items.join(merged.select([*self.group, "_session", "_row", pl.col("window_start").alias("_start")]), on=[*self.group, "_session"])
+        target = merged.select([*self.group, "_session", "_row", pl.col("window_start").alias("_start")])
+        # Only the (few) state rows need their merged session; the batch's events only when a
+        # distinct measure must find its session's row.
+        olds = items.filter(~pl.col("_new")).join(target, on=[*self.group, "_session"])
         # Old sessions absorbed into a session that now starts earlier: their rows go away.
-        deleted = (
-            items.filter(~pl.col("_new") & (pl.col("_old_start") != pl.col("_start")))
-            .select([pl.col("window_start"), pl.col("window_end"), *self.group])
-        )
-        new = items.filter(pl.col("_new")).select(["_row", *self.group, pl.col("window_start").alias("_ts")]).unique()
-        new = events.join(new, on=[*self.group, "_ts"]) if self._distinct() else new
-        changed = self._sketches(merged, items.filter(~pl.col("_new")), new)
-        changed = changed.select(self._state_columns())
-        self._replace(changed, [items.filter(~pl.col("_new")).select(self.group + ["window_start"])])
+        deleted = olds.filter(pl.col("_old_start") != pl.col("_start")).select([pl.col("window_start"), pl.col("window_end"), *self.group])
+        new = None
+        if self._distinct():
+            new = items.filter(pl.col("_new")).join(target, on=[*self.group, "_session"])
+            new = events.join(new.select(["_row", *self.group, pl.col("window_start").alias("_ts")]).unique(), on=[*self.group, "_ts"])
+        changed = self._sketches(merged, olds, new).select(self._state_columns())
+        self._replace(changed, [olds.select(self.group + ["window_start"])])
         return changed, deleted.select(self.keys)
 
     def _columns(self) -> list[str]:

@@ -17,6 +17,13 @@ TTL: a batch's ids expire once the newest ``received_at`` (processing time stamp
 collector, so replays decide identically) is more than ``ttl`` past the newest
 ``received_at`` of that batch. Ids are kept *at least* ``ttl``; memory is bounded by the
 events received in one TTL.
+
+Membership is tested on 64-bit hashes first (Polars ``hash`` with a fixed seed, kept in memory
+only and recomputed on load, so a hash that changes between Polars versions does no harm):
+a batch key whose hash is not in the state is new. The few whose hash *is* in the state
+(true duplicates, and collisions with probability ~ n_state / 2**64 per key, ~5e-14 for a
+million ids) are confirmed on the strings, against only the state ids sharing their hash:
+the answer stays exact, and no per-batch string hash set of the whole state is built.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import pyarrow.parquet as pq
 from headwater.stream.checkpoint import write_atomic
 
 SNAPSHOT = ".snapshot"
+_SEED = 0x6865616477617465  # any fixed value: hashes never leave the process
 
 
 def _write(path: Path, table: pa.Table) -> None:
@@ -50,6 +58,8 @@ class DedupState:
         self.snapshot_every = snapshot_every
         self._batches: dict[int, tuple[int, pl.Series]] = {}  # batch -> (max received_at µs, ids)
         self._ids = pl.Series("event_id", [], pl.String)
+        self._hashes: dict[int, pl.Series] = {}  # batch -> hashes of its ids (UInt64), in memory only
+        self._all_hashes = pl.Series("h", [], pl.UInt64)
         self._expired: list[int] = []  # batches whose delta file goes once the current batch commits
 
     def _files(self) -> tuple[dict[int, Path], dict[int, Path]]:
@@ -66,6 +76,7 @@ class DedupState:
         """Load the state as of batch ``upto`` (``None``: empty); files of later batches,
         left by a batch that never committed, are deleted."""
         self._batches.clear()
+        self._hashes.clear()
         deltas, snapshots = self._files()
         for batch_id, path in [*deltas.items(), *snapshots.items()]:
             if upto is None or batch_id > upto:
@@ -91,7 +102,15 @@ class DedupState:
         first = pl.col(self.key).is_first_distinct()
         if len(self._ids) == 0:
             return events.filter(first)
-        return events.filter(first & ~pl.col(self.key).is_in(self._ids.implode()))
+        events = events.filter(first)
+        hashes = events.get_column(self.key).hash(_SEED)
+        hit = hashes.is_in(self._all_hashes.implode())
+        if not hit.any():
+            return events
+        # Confirm the hash hits on the strings (exact), against the state ids of those hashes.
+        suspects = self._ids.filter(self._all_hashes.is_in(hashes.filter(hit).implode()))
+        seen = hit & events.get_column(self.key).is_in(suspects.implode())
+        return events.filter(~seen)
 
     def add(self, batch_id: int, event_ids: pl.Series, max_received_us: int) -> None:
         """Record batch ``batch_id``'s new ids durably (one Parquet file), then expire old
@@ -102,6 +121,7 @@ class DedupState:
         )
         _write(self.dir / f"{batch_id}.parquet", table)
         self._batches[batch_id] = (max_received_us, event_ids.rename("event_id"))
+        self._hashes.pop(batch_id, None)
         self._evict()
         if batch_id and batch_id % self.snapshot_every == 0:
             self._snapshot(batch_id)
@@ -130,8 +150,14 @@ class DedupState:
             for batch_id in [b for b, (m, _) in self._batches.items() if m < horizon]:
                 del self._batches[batch_id]
                 self._expired.append(batch_id)
-        series = [ids for _, ids in self._batches.values()]
-        self._ids = pl.concat(series) if series else pl.Series("event_id", [], pl.String)
+        for batch_id in self._hashes.keys() - self._batches.keys():
+            del self._hashes[batch_id]
+        for batch_id, (_, ids) in self._batches.items():
+            if batch_id not in self._hashes:
+                self._hashes[batch_id] = ids.hash(_SEED)
+        order = sorted(self._batches)  # ids and hashes line up position by position
+        self._ids = pl.concat([self._batches[b][1] for b in order], rechunk=False) if order else pl.Series("event_id", [], pl.String)
+        self._all_hashes = pl.concat([self._hashes[b] for b in order], rechunk=False) if order else pl.Series("h", [], pl.UInt64)
 
     def _drop_expired(self) -> None:
         for batch_id in self._expired:

@@ -26,6 +26,13 @@ Per micro-batch N (recovery protocol in :mod:`headwater.stream.checkpoint`):
    write ``commits/N`` with the batch's metrics, then commit the consumer-group offsets
    (informational, for lag; the checkpoint is the source of truth).
 
+Concurrency inside a batch (all of it joins before ``commits/N``): the sinks of step 7 commit
+on a small thread pool while the operators of step 6 run side by side, and the state of step 8
+is written meanwhile (it only counts once ``commits/N`` exists); with ``available_now`` the
+next batch's log range is read ahead while batch N computes (used only if batch N+1's plan is
+exactly that range). Each table's commit carries its own txn, so the order of the commits
+within a batch never matters for exactly-once.
+
 A kill -9 anywhere leaves at most batch N half done; its replay reads the same offsets at the
 same batch timestamp on top of the state of N−1, so it computes the same rows, and each
 table receives them once. Readers of the Delta tables never block the writer: each query
@@ -41,6 +48,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +82,9 @@ QUERY = "bronze"  # checkpoint name, consumer group and Delta txn app id
 # Test-only fault injection: the process SIGKILLs itself right after its N-th Delta sink
 # commit (counted from process start), to crash *between* the commits of one batch.
 KILL_AFTER_COMMIT_ENV = "HEADWATER_STREAM_KILL_AFTER_COMMIT"
+
+SINK_THREADS = 2  # Delta commits of one batch in flight at once (they are mostly I/O and Rust)
+WINDOW_THREADS = 2  # window operators updated at once (more only adds memory on a 2-core box)
 
 _EVENT_FRAME_SCHEMA = pa.schema([*EVENT_SCHEMA, pa.field("_partition", pa.int32()), pa.field("_offset", pa.int64())])
 
@@ -153,6 +164,12 @@ class BronzeStream:
         self._sql = duckdb.connect(":memory:")
         self._kill_after = int(os.environ.get(KILL_AFTER_COMMIT_ENV, "0"))
         self._commits = 0
+        self._commit_lock = threading.Lock()
+        self._sinks = ThreadPoolExecutor(max_workers=SINK_THREADS, thread_name_prefix="headwater-sink")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headwater-read-ahead")
+        self._read_ahead = False
+        self._prefetch: tuple[dict, Any] | None = None  # (plan, future of _read(plan))
+        self._ops = ThreadPoolExecutor(max_workers=WINDOW_THREADS, thread_name_prefix="headwater-window")
         self._next: dict[str, dict[int, int]] = {}
         self._next_batch = 0
         self._totals: dict[str, int] = {}
@@ -184,9 +201,11 @@ class BronzeStream:
         self.operators = [WindowOperator(a, snapshot.get(a.name)) for a in self.pipeline.aggregates]
 
     # -- planning ---------------------------------------------------------------------
-    def _plan(self) -> dict[str, dict[int, tuple[int, int]]] | None:
+    def _plan(self, start: dict[str, dict[int, int]] | None = None) -> dict[str, dict[int, tuple[int, int]]] | None:
+        """The next batch's ranges from ``start`` (default: where the query stands)."""
+        nxt = start or self._next
         cap = self.config.max_records_per_partition
-        avail = {t: {p: min(end, self._next[t][p] + cap) - self._next[t][p] for p, end in self.log.end_offsets(t).items()} for t in (EVENTS, BAD_ROWS)}
+        avail = {t: {p: min(end, nxt[t][p] + cap) - nxt[t][p] for p, end in self.log.end_offsets(t).items()} for t in (EVENTS, BAD_ROWS)}
         total = sum(n for parts in avail.values() for n in parts.values())
         if total == 0:
             return None
@@ -195,7 +214,7 @@ class BronzeStream:
             # Share the cap in proportion to each partition's backlog (at least 1 where there
             # is one, so no partition starves).
             avail = {t: {p: min(n, max(1 if n else 0, n * limit // total)) for p, n in parts.items()} for t, parts in avail.items()}
-        return {t: {p: (self._next[t][p], self._next[t][p] + n) for p, n in parts.items()} for t, parts in avail.items()}
+        return {t: {p: (nxt[t][p], nxt[t][p] + n) for p, n in parts.items()} for t, parts in avail.items()}
 
     def run_once(
         self, plan: dict[str, dict[int, tuple[int, int]]] | None = None, batch_timestamp_ms: int | None = None
@@ -226,6 +245,14 @@ class BronzeStream:
         data present at the start has been processed (Spark's ``Trigger.AvailableNow``)."""
         stop = stop or threading.Event()
         targets = {t: self.log.end_offsets(t) for t in (EVENTS, BAD_ROWS)} if available_now else None
+        self._read_ahead = available_now  # catch-up: batches are full, so the next plan is known
+        try:
+            self._loop(stop, targets)
+        finally:
+            self._read_ahead = False
+            self._prefetch = None
+
+    def _loop(self, stop: threading.Event, targets: dict[str, dict[int, int]] | None) -> None:
         while not stop.is_set():
             if targets is not None and all(
                 self._next[t][p] >= end for t, ends in targets.items() for p, end in ends.items()
@@ -265,9 +292,20 @@ class BronzeStream:
             tables.append_once(path, data.drop_columns(["_delete"]), app_id=QUERY, batch_id=batch_id, partition_by=())
         else:
             tables.append_once(path, data, app_id=QUERY, batch_id=batch_id)
-        self._commits += 1
-        if self._commits == self._kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        with self._commit_lock:
+            self._commits += 1
+            if self._commits == self._kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def _sink_bronze(self, events: pa.Table, rows: pa.Array, batch_id: int, replay: bool) -> None:
+        """``bronze.events``: the ``rows`` (indices) of ``events`` that passed dedup."""
+        self._sink(EVENTS, events.take(rows).select(EVENT_SCHEMA.names), batch_id, replay)
+
+    @staticmethod
+    def _aggregate(op: WindowOperator, events: pl.DataFrame, watermark_us: int | None) -> tuple[pa.Table, int]:
+        """``op``'s sink rows for this batch and the number of windows it emitted."""
+        emit, deleted = op.update(events, watermark_us)
+        return op.output(emit, deleted), emit.height
 
     def _frame(self, events: pa.Table) -> pl.DataFrame:
         """The columns the operators need, as Polars: ``_row`` (index into ``events``),
@@ -285,13 +323,24 @@ class BronzeStream:
             df = pl.concat([df, pl.from_arrow(self._sql.from_arrow(events).project(exprs).to_arrow_table())], how="horizontal")
         return df.with_row_index("_row").with_columns(_ts=pl.col(p.watermark.column).dt.epoch("us"))
 
+    def _read(self, plan: dict[str, dict[int, tuple[int, int]]]) -> tuple[pa.Table, list, pa.Table | None, list]:
+        """Events (one chunk per column: the log's many small records would make every
+        take/convert slow), their bad records, bad rows and theirs, of ``plan``."""
+        events, dead_ev = read_topic(self.log, EVENTS, plan[EVENTS], EVENT_SCHEMA)
+        bad, dead_bad = read_topic(self.log, BAD_ROWS, plan[BAD_ROWS], BAD_ROW_SCHEMA)
+        events = events.combine_chunks() if events is not None else _EVENT_FRAME_SCHEMA.empty_table()
+        return events, dead_ev, bad, dead_bad
+
     def _run(self, batch_id: int, plan: dict[str, dict[int, tuple[int, int]]], now_ms: int, replay: bool) -> BatchResult:
         started = time.time()
         result = BatchResult(batch_id)
-        events, dead_ev = read_topic(self.log, EVENTS, plan[EVENTS], EVENT_SCHEMA)
-        bad, dead_bad = read_topic(self.log, BAD_ROWS, plan[BAD_ROWS], BAD_ROW_SCHEMA)
-        # One chunk per column: the log's many small records would make every take/convert slow.
-        events = events.combine_chunks() if events is not None else _EVENT_FRAME_SCHEMA.empty_table()
+        ahead, self._prefetch = self._prefetch, None
+        # Reading is free of side effects: a batch read ahead is used only if it is exactly
+        # this batch's plan (the offset log stays the single source of what a batch reads).
+        if ahead is not None and ahead[0] == plan:
+            events, dead_ev, bad, dead_bad = ahead[1].result()
+        else:
+            events, dead_ev, bad, dead_bad = self._read(plan)
 
         df = self._frame(events)
         fresh = self.dedup.filter_new(df)
@@ -306,30 +355,47 @@ class BronzeStream:
         read = {f"{EVENTS}/{p}" for p, (s, e) in plan[EVENTS].items() if e > s}
         wm_after = self.watermark.advance(read, {f"{EVENTS}/{p}": ts for p, ts in maxima}, now_ms)
 
-        outputs = []
-        for i, op in enumerate(self.operators):
-            emit, deleted = op.update(fresh.filter(~pl.col(f"_late_{i}")), wm_after)
-            outputs.append((op, op.output(emit, deleted)))
-            result.window_rows += emit.height
-
-        self._sink(EVENTS, events.take(fresh.get_column("_row").to_arrow()).select(EVENT_SCHEMA.names), batch_id, replay)
-        if bad is not None:
-            result.bad_rows = bad.num_rows
-            self._sink(BAD_ROWS, bad.select(BAD_ROW_SCHEMA.names), batch_id, replay)
-        dead = [(EVENTS, d) for d in dead_ev] + [(BAD_ROWS, d) for d in dead_bad]
-        result.dead_letters = len(dead)
-        self._sink("dead_letter", dead_letter_table(dead), batch_id, replay)
-        self._sink("late_events", late_rows, batch_id, replay)
-        for op, rows in outputs:
-            keys = op.merge_keys if op.spec.output_mode == "update" else None
-            self._sink(op.spec.table, rows, batch_id, replay, keys)
-
-        if df.height:
-            received = int(df.get_column("received_at").dt.epoch("us").max())
-            self.dedup.add(batch_id, fresh.get_column(self.pipeline.dedup.key), received)
-        self.store.save(
-            batch_id, {op.spec.name: op.snapshot() for op in self.operators}, {"watermark": self.watermark.to_dict()}
-        )
+        # The sinks run on a small thread pool while the operators compute (delta-rs and
+        # Polars release the GIL): the bronze write overlaps the aggregation, and the
+        # independent Delta commits overlap each other. Each table's commit carries its own
+        # txn (QUERY, N), so their order inside the batch does not matter for exactly-once:
+        # all of them finish (or the batch raises) before the state and commits/N are written.
+        pending = [self._sinks.submit(self._sink_bronze, events, fresh.get_column("_row").to_arrow(), batch_id, replay)]
+        try:
+            if bad is not None:
+                result.bad_rows = bad.num_rows
+                pending.append(self._sinks.submit(self._sink, BAD_ROWS, bad.select(BAD_ROW_SCHEMA.names), batch_id, replay))
+            dead = [(EVENTS, d) for d in dead_ev] + [(BAD_ROWS, d) for d in dead_bad]
+            result.dead_letters = len(dead)
+            pending.append(self._sinks.submit(self._sink, "dead_letter", dead_letter_table(dead), batch_id, replay))
+            pending.append(self._sinks.submit(self._sink, "late_events", late_rows, batch_id, replay))
+            if self._read_ahead:  # read batch N+1 from the log while batch N computes and commits
+                after = {t: {**self._next[t], **{p: e for p, (_, e) in plan[t].items()}} for t in (EVENTS, BAD_ROWS)}
+                nxt = self._plan(after)
+                if nxt is not None:
+                    self._prefetch = (nxt, self._reader.submit(self._read, nxt))
+            # The operators are independent of each other: they run side by side too.
+            updates = [self._ops.submit(self._aggregate, op, fresh.filter(~pl.col(f"_late_{i}")), wm_after) for i, op in enumerate(self.operators)]
+            try:
+                for op, update in zip(self.operators, updates):
+                    out, emitted = update.result()
+                    result.window_rows += emitted
+                    keys = op.merge_keys if op.spec.output_mode == "update" else None
+                    pending.append(self._sinks.submit(self._sink, op.spec.table, out, batch_id, replay, keys))
+            finally:
+                wait(updates)
+            # State version N (dedup delta, window snapshot) is keyed by N and only counts once
+            # commits/N exists, so it is written while the sinks commit.
+            if df.height:
+                received = int(df.get_column("received_at").dt.epoch("us").max())
+                self.dedup.add(batch_id, fresh.get_column(self.pipeline.dedup.key), received)
+            self.store.save(
+                batch_id, {op.spec.name: op.snapshot() for op in self.operators}, {"watermark": self.watermark.to_dict()}
+            )
+        finally:
+            wait(pending)  # all of them, even if something failed: none may still run after the batch
+        for f in pending:
+            f.result()  # re-raises a sink's error: the batch then fails before commits/N
         for key in COUNTERS:
             self._totals[key] = self._totals.get(key, 0) + getattr(result, key)
         result.totals = dict(self._totals)

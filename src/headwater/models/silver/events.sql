@@ -21,7 +21,20 @@
 -- returned; the event_ids seen in that range bound the work (a semi-join), so a one-day
 -- rebuild does not rank the whole table. Columns: EVENT_SCHEMA (headwater.events) + person_id
 -- (headwater.models.schemas.SILVER_EVENTS_SCHEMA).
-WITH ranked AS (
+-- Cost: a re-send is rare (well under 1 % of deliveries), so only the event_ids delivered
+-- more than once are ranked; every other row passes through a hash anti-join instead of a
+-- sort of the full-width rows (the sort was most of the model's time at 10M events a day).
+WITH candidates AS (
+    SELECT *
+    FROM bronze.events
+    WHERE event_id IN (
+        SELECT event_id FROM bronze.events WHERE ds BETWEEN $start AND $end
+    )
+),
+resent AS (
+    SELECT event_id FROM candidates GROUP BY event_id HAVING count(*) > 1
+),
+ranked AS (
     SELECT
         *,
         row_number() OVER (
@@ -40,10 +53,21 @@ WITH ranked AS (
                 context ASC NULLS FIRST,
                 schema_version ASC NULLS FIRST
         ) AS delivery_rank
-    FROM bronze.events
-    WHERE event_id IN (
-        SELECT event_id FROM bronze.events WHERE ds BETWEEN $start AND $end
-    )
+    FROM candidates
+    WHERE event_id IN (SELECT event_id FROM resent)
+),
+winners AS (
+    SELECT
+        event_id, event_type, event_name, anonymous_id, user_id, event_ts, received_at,
+        source, surface, platform, properties, context, schema_version, ds
+    FROM candidates
+    WHERE event_id NOT IN (SELECT event_id FROM resent)
+    UNION ALL
+    SELECT
+        event_id, event_type, event_name, anonymous_id, user_id, event_ts, received_at,
+        source, surface, platform, properties, context, schema_version, ds
+    FROM ranked
+    WHERE delivery_rank = 1
 )
 SELECT
     r.event_id,
@@ -62,8 +86,7 @@ SELECT
     CASE WHEN r.user_id IS NOT NULL THEN coalesce(mu.person_id, r.user_id)
          ELSE coalesce(ma.person_id, r.anonymous_id) END AS person_id,
     r.ds
-FROM ranked AS r
+FROM winners AS r
 LEFT JOIN silver.identity_map AS mu ON mu.id = r.user_id
 LEFT JOIN silver.identity_map AS ma ON ma.id = r.anonymous_id
-WHERE r.delivery_rank = 1
-  AND r.ds BETWEEN $start AND $end
+WHERE r.ds BETWEEN $start AND $end
