@@ -50,7 +50,8 @@ def test_tables_are_views_named_layer_dot_name(home):
     con = catalog.connect(home)
     try:
         views = con.sql("SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary ORDER BY ALL").fetchall()
-        assert views == [("bronze", "bad_rows"), ("bronze", "events"), ("silver", "events")]
+        # the side outputs are views even before their first row (empty, with their schema)
+        assert views == [("bronze", "bad_rows"), ("bronze", "dead_letter"), ("bronze", "events"), ("bronze", "late_events"), ("silver", "events")]
         schemas = {r[0] for r in con.sql("SELECT schema_name FROM duckdb_schemas()").fetchall()}
         assert {"bronze", "silver", "gold"} <= schemas  # gold exists, empty
         assert con.sql("SELECT count(*) FROM bronze.events").fetchall()[0] == (50,)
@@ -122,3 +123,15 @@ def test_snapshot_until_registered_again(home):
         con.close()
     with pytest.raises(ValueError, match="layer"):
         catalog.register(con, home, "events")
+
+
+def test_side_outputs_read_as_empty_tables_before_their_first_row(tmp_path):
+    from headwater.config import Home
+    from headwater.serve import catalog
+    from headwater.stream.late import LATE_SCHEMA
+
+    home = Home(tmp_path / "home")
+    got = catalog.query(home, "SELECT * FROM bronze.late_events")
+    assert got.num_rows == 0 and got.schema.names == LATE_SCHEMA.names
+    for table in ("bronze.dead_letter", "bronze.bad_rows"):
+        assert catalog.query(home, f"SELECT count(*) AS n FROM {table}").to_pylist() == [{"n": 0}]

@@ -23,7 +23,10 @@ files of the matching partitions (partition pruning), with prepared parameters t
 Snapshots. A connection sees the snapshot of each table as of :func:`connect` (or the last
 :func:`register` of that table): later commits are not visible until the table is registered
 again. A table that does not exist is simply absent, and a query on it fails with DuckDB's
-``CatalogException`` naming the table (``Table with name active_users does not exist!``).
+``CatalogException`` naming the table (``Table with name active_users does not exist!``) —
+except the stream's side outputs (:data:`SIDE_OUTPUTS`: ``bronze.bad_rows``,
+``bronze.dead_letter``, ``bronze.late_events``), which read as empty tables of their schema
+until their first row is written: "no late events" is an answer, not an error.
 """
 
 from __future__ import annotations
@@ -81,11 +84,28 @@ def register(con: duckdb.DuckDBPyConnection, home: Home, table: str) -> bool:
     ds = tables.dataset(table_path(home, table))
     if ds is None:
         return False
+    _view(con, layer, name, ds)
+    return True
+
+
+def _view(con: duckdb.DuckDBPyConnection, layer: str, name: str, data: Any) -> None:
+    """Expose ``data`` (an Arrow dataset or table) as the view ``layer.name``."""
     source = _source_name(layer, name)
-    con.register(source, ds)
+    con.register(source, data)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(layer)}")
     con.execute(f"CREATE OR REPLACE VIEW {_quote(layer)}.{_quote(name)} AS SELECT * FROM {_quote(source)}")
-    return True
+
+
+def _side_outputs() -> dict[str, pa.Schema]:
+    from headwater.events import BAD_ROW_SCHEMA
+    from headwater.stream.late import LATE_SCHEMA
+    from headwater.stream.records import DEAD_LETTER_SCHEMA
+
+    return {"bronze.bad_rows": BAD_ROW_SCHEMA, "bronze.dead_letter": DEAD_LETTER_SCHEMA, "bronze.late_events": LATE_SCHEMA}
+
+
+SIDE_OUTPUTS = _side_outputs()
+"""Tables that exist for queries even before their first row: name -> Arrow schema."""
 
 
 def connect(home: Home) -> duckdb.DuckDBPyConnection:
@@ -102,6 +122,10 @@ def connect(home: Home) -> duckdb.DuckDBPyConnection:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(layer)}")
     for table in list_tables(home):
         register(con, home, table)
+    for table, schema in SIDE_OUTPUTS.items():
+        if not tables.exists(table_path(home, table)):
+            layer, _, name = table.partition(".")
+            _view(con, layer, name, schema.empty_table())
     return con
 
 
