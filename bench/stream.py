@@ -228,7 +228,7 @@ from headwater.config import Home
 from headwater.stream.processor import BronzeStream, StreamConfig
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
-stream = BronzeStream(Home(Path(sys.argv[1])), StreamConfig(trigger_interval_s=float(sys.argv[2])))
+stream = BronzeStream(Home(Path(sys.argv[1])), StreamConfig(trigger_interval_s=float(sys.argv[2]), retain_batches=1_000_000))
 Path(sys.argv[1], "ready").touch()
 stream.run(stop)
 print("{}")
@@ -280,7 +280,7 @@ def freshness(home: Home, offered_eps: int, seconds: float, per_request: int, tr
 
     ck = Checkpoint(home.checkpoint_dir(QUERY))
     lat, weights = [], []
-    for batch_id in range(ck.latest_committed() + 1):
+    for batch_id in range(ck.latest_committed() + 1):  # every batch is kept (retain_batches above)
         committed_ms = ck.read_commit(batch_id)["committed_ms"]
         for p, (s, e) in ck.read_offsets(batch_id)["events"].items():
             if e <= s:
@@ -314,7 +314,7 @@ def main() -> None:
     ap.add_argument("--trigger-interval", type=float, default=0.2, help="processing-time trigger of the live processor (s)")
     ap.add_argument("--skip-spark", action="store_true")
     ap.add_argument("--spark-state-store", choices=["hdfs", "rocksdb"], default="hdfs", help="Spark state store provider")
-    ap.add_argument("--spark-max-records-per-partition", type=int, default=0, help="Spark micro-batch bound per partition (0: whole log in one batch)")
+    ap.add_argument("--spark-max-records-per-partition", type=int, default=250_000, help="Spark micro-batch bound per partition (0: whole log in one batch; at 2M events that runs out of the 2 GB driver heap)")
     args = ap.parse_args()
     n = args.events or (100_000 if args.quick else 2_000_000)
     fresh_s = args.freshness_seconds or (5.0 if args.quick else 30.0)
