@@ -83,7 +83,7 @@ class SqliteLog(EventLog):
         if conn is None:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves.
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             if not self._auto_checkpoint:
                 conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -210,3 +210,21 @@ class SqliteLog(EventLog):
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+    """Switch ``conn``'s database to WAL mode.
+
+    Two processes opening a *new* log at once can both try the switch; it needs an exclusive
+    lock, and SQLite answers ``database is locked`` at once rather than calling the busy
+    handler when waiting could deadlock (https://www.sqlite.org/c3ref/busy_handler.html).
+    The switch is idempotent, so it is retried until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
