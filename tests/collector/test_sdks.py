@@ -21,32 +21,30 @@ USER = "sdk-user@example.com"  # the same person logs in on every client
 KEYS = {"segment": "wk-segment", "rudder": "wk-rudder", "posthog": "phc_sdk_test"}
 
 
-def send_segment(url: str) -> None:
-    from segment.analytics import Client
-
+def send_segment_api(client_cls, key: str, prefix: str, revenue: int, url: str) -> None:
+    """Page, identify, track and alias through a Segment-API SDK client (segment-analytics-python
+    and rudder-sdk-python share the client interface); ids and messageIds start with ``prefix``."""
     errors = []
-    c = Client(KEYS["segment"], host=url, on_error=lambda e, b: errors.append(e), max_retries=1, upload_interval=0.1)
-    c.page(anonymous_id="seg-anon", name="Pricing", message_id="seg-page")
-    c.identify(user_id=USER, anonymous_id="seg-anon", traits={"plan": "pro"}, message_id="seg-identify")
-    c.track(user_id=USER, anonymous_id="seg-anon", event="Order Completed", properties={"revenue": 10}, message_id="seg-track")
-    c.alias(previous_id="seg-old-id", user_id=USER, message_id="seg-alias")
+    c = client_cls(key, host=url, on_error=lambda e, b: errors.append(e), max_retries=1, upload_interval=0.1)
+    c.page(anonymous_id=f"{prefix}-anon", name="Pricing" if prefix == "seg" else "Docs", message_id=f"{prefix}-page")
+    c.identify(user_id=USER, anonymous_id=f"{prefix}-anon", traits={"plan": "pro"}, message_id=f"{prefix}-identify")
+    c.track(user_id=USER, anonymous_id=f"{prefix}-anon", event="Order Completed", properties={"revenue": revenue}, message_id=f"{prefix}-track")
+    c.alias(previous_id=f"{prefix}-old-id", user_id=USER, message_id=f"{prefix}-alias")
     c.flush()
     c.shutdown()
     assert errors == []
+
+
+def send_segment(url: str) -> None:
+    from segment.analytics import Client
+
+    send_segment_api(Client, KEYS["segment"], "seg", 10, url)
 
 
 def send_rudder(url: str) -> None:
     from rudderstack.analytics import Client
 
-    errors = []
-    c = Client(KEYS["rudder"], host=url, on_error=lambda e, b: errors.append(e), max_retries=1, upload_interval=0.1)
-    c.page(anonymous_id="rud-anon", name="Docs", message_id="rud-page")
-    c.identify(user_id=USER, anonymous_id="rud-anon", traits={"plan": "pro"}, message_id="rud-identify")
-    c.track(user_id=USER, anonymous_id="rud-anon", event="Order Completed", properties={"revenue": 20}, message_id="rud-track")
-    c.alias(previous_id="rud-old-id", user_id=USER, message_id="rud-alias")
-    c.flush()
-    c.shutdown()
-    assert errors == []
+    send_segment_api(Client, KEYS["rudder"], "rud", 20, url)
 
 
 def send_posthog(url: str) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from headwater.config import Home
+from headwater.files import write_atomic
 
 REGISTRY_URL_ENV = "HEADWATER_REGISTRY_URL"
 
@@ -105,20 +106,6 @@ def _subject_file_name(subject: str) -> str:
     return f"{safe}.{hashlib.sha256(subject.encode()).hexdigest()[:12]}.json"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself is durable only once the directory is synced
-    finally:
-        os.close(fd)
-
-
 class FileStore(Store):
     """Contracts as one JSON file per subject under ``<home>/registry/subjects/``:
     ``{"subject", "compatibility", "versions": [{"version", "schema", "registered_at"}]}``."""
@@ -149,7 +136,7 @@ class FileStore(Store):
             return {"subject": subject, "compatibility": None, "versions": []}
 
     def _write(self, doc: dict) -> None:
-        _atomic_write(self.dir / _subject_file_name(doc["subject"]), json.dumps(doc, indent=1).encode())
+        write_atomic(self.dir / _subject_file_name(doc["subject"]), json.dumps(doc, indent=1).encode())
 
     def _docs(self) -> Iterator[dict]:
         if not self.dir.is_dir():

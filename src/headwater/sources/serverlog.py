@@ -22,13 +22,13 @@ are derived from the line's byte offset and text, hence the same, and the stream
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from headwater.config import Home
+from headwater.files import write_atomic
 from headwater.log.base import EventLog
 from headwater.sources.canonical import Counts, LogSink
 from headwater.sources.files import connect, json_object_parts
@@ -78,10 +78,7 @@ class ServerLog:
         return Position(**json.loads(self.state_path.read_text()))
 
     def _store(self, pos: Position) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(pos.__dict__))
-        os.replace(tmp, self.state_path)
+        write_atomic(self.state_path, json.dumps(pos.__dict__).encode())
 
     def poll(self) -> Counts:
         """Read every complete line past the stored position; returns what was read.

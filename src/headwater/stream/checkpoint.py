@@ -25,31 +25,16 @@ the old or the new file, never a torn one.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from headwater.files import write_atomic
 
 RETAIN = 100  # batches of offsets/commits kept, as Spark's minBatchesToRetain
 
 
 class CheckpointError(RuntimeError):
     """The checkpoint directory is inconsistent (e.g. offsets missing for a commit)."""
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Checkpoint:

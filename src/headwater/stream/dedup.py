@@ -35,7 +35,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from headwater.stream.checkpoint import write_atomic
+from headwater.files import write_atomic
 
 SNAPSHOT = ".snapshot"
 _SEED = 0x6865616477617465  # any fixed value: hashes never leave the process

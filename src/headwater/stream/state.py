@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from headwater.stream.checkpoint import write_atomic
+from headwater.files import write_atomic
 
 
 def _ipc(table: pa.Table) -> bytes:

@@ -28,7 +28,6 @@ Both commit with the Delta txn ``(app_id, version)``, ``version`` = the bronze b
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from headwater.config import Home
+from headwater.files import write_atomic
 from headwater.events import TS
 from headwater.lake import tables
 from headwater.sources.mapping import ident, lit
@@ -60,12 +60,9 @@ class DimSpec:
     def save(self, home: Home) -> None:
         """Record the spec under ``<home>/cdc/`` so :func:`build` can rebuild without Postgres."""
         path = home.root / "cdc" / f"{self.path.name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
         rel = lambda p: str(Path(p).relative_to(home.root))  # noqa: E731 - the home may move
         doc = {"path": rel(self.path), "key": self.key, "tracked": self.tracked, "bronze": rel(self.bronze), "app_id": self.app_id}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(doc, indent=2).encode())
 
 
 def specs(home: Home) -> list[DimSpec]:

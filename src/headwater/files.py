@@ -1,0 +1,27 @@
+"""Durable small-file writes shared by every stage (checkpoints, state, registry, source positions)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash (kill -9 or power loss) leaves the old file
+    or the new one, never a mix: write a temporary file, fsync it, rename it over ``path``,
+    fsync the directory (the rename is durable only then; see rename(2) and fsync(2)).
+
+    The temporary name carries the pid, so two processes writing the same path never share
+    one. Creates the parent directory. Raises ``OSError`` from the file system."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
