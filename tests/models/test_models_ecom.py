@@ -24,7 +24,7 @@ from headwater.config import Home
 from headwater.lake import tables
 from headwater.models import config as model_config
 from headwater.models.run import MODELS, build, identity_stale_days, run_model
-from headwater.models.schemas import SILVER_EVENTS_SCHEMA
+from headwater.lake.schemas import SILVER_EVENTS_SCHEMA
 from headwater.serve.catalog import connect, query
 from tests.models import ecom_reference as ref
 from tests.models.bronze import event, write

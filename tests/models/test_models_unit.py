@@ -14,7 +14,7 @@ from deltalake.exceptions import DeltaError
 from headwater.config import Home
 from headwater.models import identity
 from headwater.models.run import MODELS, Model, build, plan, run_model, source_range
-from headwater.models.schemas import ACTIVE_USERS_SCHEMA
+from headwater.lake.schemas import ACTIVE_USERS_SCHEMA
 from headwater.serve.catalog import query
 from tests.models.bronze import MODEL, T0, event, write
 

@@ -8,7 +8,7 @@ from dagster import AssetCheckResult, RunRequest
 from deltalake import write_deltalake
 
 from headwater.models.run import MODELS, run_model
-from headwater.models.schemas import DIM_USER_SCHEMA
+from headwater.lake.schemas import DIM_USER_SCHEMA
 from headwater.orchestrate.assets import asset_key
 from headwater.orchestrate.checks import invariant_checks
 from headwater.orchestrate.definitions import definitions

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from headwater.lake.schemas import REPLAYED_SCHEMA
 from headwater.collector import posthog
 from headwater.collector.pii import is_token
 from headwater.collector.segment import WireError, parse_request
@@ -45,14 +46,6 @@ from headwater.events import EVENTS_TOPIC, TS
 from headwater.lake import tables
 
 REPLAYED = ("bronze", "bad_rows_replayed")
-REPLAYED_SCHEMA = pa.schema(
-    [
-        pa.field("bad_row_id", pa.string(), nullable=False),
-        pa.field("replayed_at", TS, nullable=False),
-        pa.field("events", pa.int64(), nullable=False),  # events appended to the log by the replay
-        pa.field("ds", pa.date32(), nullable=False),  # UTC date of replayed_at
-    ]
-)
 _ID_SQL = "md5(concat_ws('|', epoch_us(b.received_at), coalesce(b.source, ''), b.error_type, b.reason, coalesce(b.payload, '')))"
 
 

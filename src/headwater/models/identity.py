@@ -45,31 +45,9 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
+from headwater.lake.schemas import IDENTITY_MAP_SCHEMA, IDENTITY_REFUSED_SCHEMA
 from headwater.events import TS
 
-IDENTITY_MAP_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),  # an anonymous id or user id (token)
-        pa.field("person_id", pa.string(), nullable=False),  # the person it resolves to
-        pa.field("identified", pa.bool_(), nullable=False),  # id is the user_id of an identify
-        pa.field("linked_by", pa.string(), nullable=False),  # root | identify | alias
-        pa.field("linked_at", TS),  # event time of the link that attached it (null for a root)
-        pa.field("link_event_id", pa.string()),  # event_id of that link
-    ]
-)
-
-IDENTITY_REFUSED_SCHEMA = pa.schema(
-    [
-        pa.field("event_id", pa.string(), nullable=False),  # the identify / alias event
-        pa.field("event_type", pa.string(), nullable=False),  # identify | alias
-        pa.field("linked_at", TS, nullable=False),  # its event time
-        pa.field("id", pa.string(), nullable=False),  # anonymous_id (identify) / previousId (alias)
-        pa.field("user_id", pa.string(), nullable=False),  # the event's user_id
-        pa.field("id_person_id", pa.string(), nullable=False),  # person the id stays with
-        pa.field("user_person_id", pa.string(), nullable=False),  # person of user_id
-        pa.field("reason", pa.string(), nullable=False),
-    ]
-)
 
 _LINKS = """
 CREATE OR REPLACE TEMP TABLE _hw_links AS

@@ -47,7 +47,7 @@ from headwater.config import Home
 from headwater.lake import tables
 from headwater.models import config as model_config
 from headwater.models import identity
-from headwater.models.schemas import (
+from headwater.lake.schemas import (
     ACTIVE_USERS_BY_PLATFORM_SCHEMA,
     ACTIVE_USERS_SCHEMA,
     DIM_USER_SCHEMA,

@@ -17,10 +17,10 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
+from headwater.lake.schemas import LATE_SCHEMA
 from headwater.events import EVENT_SCHEMA, TS
 from headwater.stream.pipeline import Aggregate, us
 
-LATE_SCHEMA = pa.schema([*EVENT_SCHEMA, pa.field("watermark", TS, nullable=False), pa.field("reason", pa.string(), nullable=False)])
 
 
 def too_late(agg: Aggregate, watermark_us: int | None) -> pl.Expr:

@@ -18,22 +18,11 @@ import datetime as dt
 
 import pyarrow as pa
 
+from headwater.lake.schemas import DEAD_LETTER_SCHEMA
 from headwater.events import TS
 from headwater.log.base import EventLog
 from headwater.log.codec import Undecodable, decode
 
-DEAD_LETTER_SCHEMA = pa.schema(
-    [
-        pa.field("topic", pa.string(), nullable=False),
-        pa.field("partition", pa.int32(), nullable=False),
-        pa.field("offset", pa.int64(), nullable=False),  # first offset of the record
-        pa.field("count", pa.int64(), nullable=False),  # events the record claimed to hold
-        pa.field("error", pa.string(), nullable=False),
-        pa.field("payload", pa.binary()),
-        pa.field("appended_at", TS, nullable=False),  # log append time
-        pa.field("ds", pa.date32(), nullable=False),  # UTC date of appended_at
-    ]
-)
 
 EXTRA = ("_partition", "_offset")  # columns decode() adds: log partition and offset of each row
 

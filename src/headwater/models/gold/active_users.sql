@@ -16,7 +16,7 @@
 -- not counted). stickiness = dau / mau (the share of the month's users active on the day;
 -- Mixpanel / Amplitude "stickiness"), null when mau = 0.
 -- Reads silver.events for ds in [$start - 27, $end]: lookback_days = 27 in models/run.py.
--- Columns: headwater.models.schemas.ACTIVE_USERS_SCHEMA (ds, dau, wau, mau, stickiness).
+-- Columns: headwater.lake.schemas.ACTIVE_USERS_SCHEMA (ds, dau, wau, mau, stickiness).
 WITH days AS (
     SELECT CAST(day AS DATE) AS ds
     FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)

@@ -7,7 +7,7 @@
 -- silver.events: a person active on two platforms counts once on each, so the platforms'
 -- counts add up to more than the total.
 -- Reads silver.events for ds in [$start - 27, $end]: lookback_days = 27.
--- Columns: headwater.models.schemas.ACTIVE_USERS_BY_PLATFORM_SCHEMA.
+-- Columns: headwater.lake.schemas.ACTIVE_USERS_BY_PLATFORM_SCHEMA.
 WITH days AS (
     SELECT CAST(day AS DATE) AS ds
     FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)

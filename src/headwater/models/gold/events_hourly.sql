@@ -5,7 +5,7 @@
 -- events = rows of silver.events (deduplicated events); persons = distinct person_id in the
 -- hour (not additive across hours: sum events, not persons).
 -- Reads silver.events for ds in [$start, $end] only.
--- Columns: headwater.models.schemas.EVENTS_HOURLY_SCHEMA.
+-- Columns: headwater.lake.schemas.EVENTS_HOURLY_SCHEMA.
 SELECT
     date_trunc('hour', event_ts) AS hour,
     event_type,

@@ -29,7 +29,7 @@
 -- Null where undefined (the control's lifts, an empty variant, p_c = 0).
 --
 -- Reads silver.events for every ds up to $end (history = true).
--- Columns: headwater.models.schemas.EXPERIMENTS_SCHEMA.
+-- Columns: headwater.lake.schemas.EXPERIMENTS_SCHEMA.
 WITH experiments AS (
     SELECT * FROM {{experiments}} AS x
 ),

@@ -14,7 +14,7 @@
 -- One CTE per step (the repeat block is rendered for k = 2 .. the longest funnel): an
 -- equi-join on (funnel, person_id, step) with a range condition, then min() per entry.
 -- Reads silver.events for ds in [$start, $end + 7] (lookahead_days = 7, the longest window
--- the config allows). Columns: headwater.models.schemas.FUNNELS_SCHEMA.
+-- the config allows). Columns: headwater.lake.schemas.FUNNELS_SCHEMA.
 WITH steps AS (
     SELECT * FROM {{funnel_steps}} AS s
 ),

@@ -16,7 +16,7 @@
 -- (a first week starting before the first day of data still has a partition of its own).
 -- Reads silver.events for every ds up to $end + 90 (history = true, lookahead_days = 90:
 -- a week cohort's ds is its Sunday; week 12 ends 12 * 7 + 6 days after its Monday).
--- Columns: headwater.models.schemas.RETENTION_SCHEMA.
+-- Columns: headwater.lake.schemas.RETENTION_SCHEMA.
 WITH person_days AS (
     SELECT DISTINCT person_id, ds
     FROM silver.events

@@ -14,7 +14,7 @@
 -- the day before tells whether the first events of $start continue an earlier session, the
 -- day after lets a session started on $end run past midnight. A session running over more
 -- than a whole day of continuous activity is cut at the end of $end + 1.
--- Columns: headwater.models.schemas.SESSIONS_SCHEMA.
+-- Columns: headwater.lake.schemas.SESSIONS_SCHEMA.
 WITH ev AS (
     SELECT
         person_id,

@@ -17,7 +17,7 @@
 -- only on the events, so re-running any day creates no extra version, and a late identify
 -- lands in the right place of the history instead of being appended after it.
 -- traits: JSON object of the tracked traits in effect, keys sorted, values as strings.
--- Parameters: none (the range is not used). Columns: headwater.models.schemas.DIM_USER_SCHEMA.
+-- Parameters: none (the range is not used). Columns: headwater.lake.schemas.DIM_USER_SCHEMA.
 WITH identifies AS (
     SELECT event_id, event_ts, user_id, properties
     FROM bronze.events

@@ -20,7 +20,7 @@
 -- Parameters: $start, $end (DATE, inclusive). Only winners whose ds is in [$start, $end] are
 -- returned; the event_ids seen in that range bound the work (a semi-join), so a one-day
 -- rebuild does not rank the whole table. Columns: EVENT_SCHEMA (headwater.events) + person_id
--- (headwater.models.schemas.SILVER_EVENTS_SCHEMA).
+-- (headwater.lake.schemas.SILVER_EVENTS_SCHEMA).
 -- Cost: a re-send is rare (well under 1 % of deliveries), so only the event_ids delivered
 -- more than once are ranked; every other row passes through a hash anti-join instead of a
 -- sort of the full-width rows (the sort was most of the model's time at 10M events a day).

@@ -49,6 +49,7 @@ import psycopg
 import pyarrow as pa
 from deltalake import DeltaTable
 
+from headwater.lake.schemas import CDC_SCHEMA
 from headwater.collector.pii import normalize_key
 from headwater.collector.tokens import Tokenizer
 from headwater.config import DEFAULT_TOKENIZE_KEYS, Home
@@ -59,20 +60,6 @@ from headwater.sources.files import connect
 
 log = logging.getLogger("headwater.cdc")
 
-CDC_SCHEMA = pa.schema(
-    [
-        pa.field("op", pa.string(), nullable=False),
-        pa.field("lsn", pa.int64(), nullable=False),
-        pa.field("commit_lsn", pa.int64(), nullable=False),
-        pa.field("seq", pa.int32(), nullable=False),
-        pa.field("xid", pa.int64(), nullable=False),
-        pa.field("commit_ts", TS, nullable=False),
-        pa.field("relation", pa.string(), nullable=False),
-        pa.field("before", pa.string()),
-        pa.field("after", pa.string()),
-        pa.field("ds", pa.date32(), nullable=False),
-    ]
-)
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _encode = msgspec.json.Encoder().encode
 

@@ -1,8 +1,10 @@
-"""Arrow schemas of the silver and gold tables the batch models write (the tables' contracts).
+"""Arrow schemas of every fixed-schema table: the tables' contracts, declared once.
 
-Timestamps are ``timestamp[us, UTC]``, days ``date32`` (UTC calendar days). Every
-partitioned table has ``ds`` last; the grain of each table is stated at the top of its SQL
-file (``headwater/models/<layer>/<name>.sql``). User counts are distinct ``person_id``.
+:mod:`headwater.lake.catalog` names each table with its schema, partitioning, grain and
+writer; the stages import their schemas from here. Timestamps are ``timestamp[us, UTC]``,
+days ``date32`` (UTC calendar days); every partitioned table has ``ds`` last. User counts
+are distinct ``person_id``. The canonical event and the bad row live in
+:mod:`headwater.events` (every other event schema derives from them).
 """
 
 from __future__ import annotations
@@ -10,7 +12,76 @@ from __future__ import annotations
 import pyarrow as pa
 
 from headwater.events import EVENT_SCHEMA, TS
-from headwater.models.identity import IDENTITY_MAP_SCHEMA, IDENTITY_REFUSED_SCHEMA
+
+# -- bronze side outputs and bookkeeping ------------------------------------------------
+# bronze.late_events: the canonical event + the watermark that decided (as of the end of
+# the previous batch) + which aggregates dropped it (headwater.stream.late).
+LATE_SCHEMA = pa.schema([*EVENT_SCHEMA, pa.field("watermark", TS, nullable=False), pa.field("reason", pa.string(), nullable=False)])
+
+# bronze.dead_letter: log records that could not be decoded (headwater.stream.records).
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("partition", pa.int32(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),  # first offset of the record
+        pa.field("count", pa.int64(), nullable=False),  # events the record claimed to hold
+        pa.field("error", pa.string(), nullable=False),
+        pa.field("payload", pa.binary()),
+        pa.field("appended_at", TS, nullable=False),  # log append time
+        pa.field("ds", pa.date32(), nullable=False),  # UTC date of appended_at
+    ]
+)
+
+# bronze.bad_rows_replayed: bad rows re-submitted by `headwater badrows replay`.
+REPLAYED_SCHEMA = pa.schema(
+    [
+        pa.field("bad_row_id", pa.string(), nullable=False),
+        pa.field("replayed_at", TS, nullable=False),
+        pa.field("events", pa.int64(), nullable=False),  # events appended to the log by the replay
+        pa.field("ds", pa.date32(), nullable=False),  # UTC date of replayed_at
+    ]
+)
+
+# bronze.cdc_<table>: Postgres logical-replication change records (headwater.sources.cdc).
+CDC_SCHEMA = pa.schema(
+    [
+        pa.field("op", pa.string(), nullable=False),
+        pa.field("lsn", pa.int64(), nullable=False),
+        pa.field("commit_lsn", pa.int64(), nullable=False),
+        pa.field("seq", pa.int32(), nullable=False),
+        pa.field("xid", pa.int64(), nullable=False),
+        pa.field("commit_ts", TS, nullable=False),
+        pa.field("relation", pa.string(), nullable=False),
+        pa.field("before", pa.string()),
+        pa.field("after", pa.string()),
+        pa.field("ds", pa.date32(), nullable=False),
+    ]
+)
+
+# -- silver ------------------------------------------------------------------------------
+IDENTITY_MAP_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # an anonymous id or user id (token)
+        pa.field("person_id", pa.string(), nullable=False),  # the person it resolves to
+        pa.field("identified", pa.bool_(), nullable=False),  # id is the user_id of an identify
+        pa.field("linked_by", pa.string(), nullable=False),  # root | identify | alias
+        pa.field("linked_at", TS),  # event time of the link that attached it (null for a root)
+        pa.field("link_event_id", pa.string()),  # event_id of that link
+    ]
+)
+
+IDENTITY_REFUSED_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),  # the identify / alias event
+        pa.field("event_type", pa.string(), nullable=False),  # identify | alias
+        pa.field("linked_at", TS, nullable=False),  # its event time
+        pa.field("id", pa.string(), nullable=False),  # anonymous_id (identify) / previousId (alias)
+        pa.field("user_id", pa.string(), nullable=False),  # the event's user_id
+        pa.field("id_person_id", pa.string(), nullable=False),  # person the id stays with
+        pa.field("user_person_id", pa.string(), nullable=False),  # person of user_id
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
 
 # silver.events: the canonical event, deduplicated, plus the resolved person
 SILVER_EVENTS_SCHEMA = pa.schema(
@@ -120,17 +191,3 @@ EXPERIMENTS_SCHEMA = pa.schema(
         pa.field("srm", pa.bool_()),  # srm_p_value < 0.001: the split is not as configured
     ]
 )
-
-__all__ = [
-    "ACTIVE_USERS_BY_PLATFORM_SCHEMA",
-    "ACTIVE_USERS_SCHEMA",
-    "DIM_USER_SCHEMA",
-    "EVENTS_HOURLY_SCHEMA",
-    "EXPERIMENTS_SCHEMA",
-    "FUNNELS_SCHEMA",
-    "IDENTITY_MAP_SCHEMA",
-    "IDENTITY_REFUSED_SCHEMA",
-    "RETENTION_SCHEMA",
-    "SESSIONS_SCHEMA",
-    "SILVER_EVENTS_SCHEMA",
-]

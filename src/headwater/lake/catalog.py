@@ -1,0 +1,143 @@
+"""The table catalog: every table of the lake, declared once.
+
+Each :class:`TableSpec` gives a table's name ``layer.table``, its Arrow schema, partition
+columns, grain, the stage that writes it and a one-line description. Three *families* are
+declared by a name pattern, because their members appear at run time: the typed table of
+each registered event name (``silver.evt_<name>``), the change records and the SCD2
+dimension of each Postgres CDC source (``bronze.cdc_<table>``, ``silver.dim_<name>``), and
+the window aggregate of each stream pipeline (``realtime.<name>``). Their schemas are
+derived from the contract, the captured table or the pipeline.
+
+This module is the only one that knows which tables exist; :mod:`headwater.lake.store`
+is the only one that knows where and how they are stored. Nothing else builds a table path.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+
+from headwater.errors import InvalidInputError, NotFoundError
+from headwater.events import BAD_ROW_SCHEMA, EVENT_SCHEMA
+from headwater.lake import schemas as s
+
+LAYERS = ("bronze", "silver", "gold", "realtime")
+Writer = Literal["collector", "stream", "batch", "cdc", "badrows"]
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table (or, with a ``*`` in ``name``, a family of tables).
+
+    ``schema``: the exact Arrow schema written (``None`` for a family whose members derive
+    theirs); ``partition_by``: Delta partition columns (``()``: unpartitioned);
+    ``grain``: what one row is; ``writer``: the stage that writes it; ``empty_until_written``:
+    reads as an empty table of ``schema`` before its first commit (a side output where "no
+    rows" is an answer, not an error)."""
+
+    name: str
+    schema: pa.Schema | None
+    partition_by: tuple[str, ...]
+    grain: str
+    writer: Writer
+    description: str
+    empty_until_written: bool = False
+
+    @property
+    def layer(self) -> str:
+        return self.name.partition(".")[0]
+
+    @property
+    def is_family(self) -> bool:
+        return "*" in self.name
+
+    def matches(self, table: str) -> bool:
+        return fnmatch.fnmatchcase(table, self.name) if self.is_family else table == self.name
+
+
+TABLES: tuple[TableSpec, ...] = (
+    # -- bronze: what arrived, as it arrived ------------------------------------------------
+    TableSpec("bronze.events", EVENT_SCHEMA, ("ds",), "one row per accepted event (duplicates within the dedup TTL removed)",
+              "stream", "Every accepted event, exactly once, in canonical form."),
+    TableSpec("bronze.bad_rows", BAD_ROW_SCHEMA, ("ds",), "one row per rejected event, or per rejected request",
+              "stream", "Events the collector or a source rejected, with the field and rule they broke.",
+              empty_until_written=True),
+    TableSpec("bronze.dead_letter", s.DEAD_LETTER_SCHEMA, ("ds",), "one row per undecodable log record",
+              "stream", "Log records the stream could not decode, with partition, offset and error.",
+              empty_until_written=True),
+    TableSpec("bronze.late_events", s.LATE_SCHEMA, ("ds",), "one row per event behind the watermark of some aggregate",
+              "stream", "Events too late for a real-time window (they are in bronze.events too).",
+              empty_until_written=True),
+    TableSpec("bronze.bad_rows_replayed", s.REPLAYED_SCHEMA, ("ds",), "one row per replayed bad row",
+              "badrows", "Bad rows re-submitted by `headwater badrows replay`, and the events each yielded."),
+    TableSpec("bronze.cdc_*", s.CDC_SCHEMA, ("ds",), "one row per captured change (insert, update, delete, truncate, snapshot row)",
+              "cdc", "Postgres logical-replication change records of one captured table."),
+    # -- silver: conformed, deduplicated, identity-resolved --------------------------------
+    TableSpec("silver.identity_map", s.IDENTITY_MAP_SCHEMA, (), "one row per identifier (anonymous id or user id)",
+              "batch", "Identifier -> person_id, from identify and alias links (union-find)."),
+    TableSpec("silver.identity_refused", s.IDENTITY_REFUSED_SCHEMA, (), "one row per refused identity link",
+              "batch", "identify / alias links refused because they would merge two identified users."),
+    TableSpec("silver.events", s.SILVER_EVENTS_SCHEMA, ("ds",), "one row per event_id (earliest received_at)",
+              "batch", "Events deduplicated exactly, with the resolved person_id."),
+    TableSpec("silver.dim_user", s.DIM_USER_SCHEMA, (), "one row per person_id and version (SCD2)",
+              "batch", "User traits over time from identify calls (SCD type 2)."),
+    TableSpec("silver.evt_*", None, ("ds",), "one row per event of one registered name",
+              "batch", "Typed table of one registered event name: one column per contract property."),
+    TableSpec("silver.dim_*", None, (), "one row per key and version (SCD2)",
+              "batch", "SCD type 2 dimension of a Postgres CDC source."),
+    # -- gold: metrics ----------------------------------------------------------------------
+    TableSpec("gold.events_hourly", s.EVENTS_HOURLY_SCHEMA, ("ds",), "hour x event_type x event_name x platform",
+              "batch", "Event and person counts per hour."),
+    TableSpec("gold.sessions", s.SESSIONS_SCHEMA, ("ds",), "one row per session (30-min inactivity gap, event time)",
+              "batch", "Sessions with length, entry and exit events."),
+    TableSpec("gold.active_users", s.ACTIVE_USERS_SCHEMA, ("ds",), "one row per ds",
+              "batch", "DAU / WAU / MAU (trailing 1 / 7 / 28 days) and stickiness."),
+    TableSpec("gold.active_users_by_platform", s.ACTIVE_USERS_BY_PLATFORM_SCHEMA, ("ds",), "ds x platform",
+              "batch", "DAU / WAU / MAU and stickiness per platform."),
+    TableSpec("gold.retention", s.RETENTION_SCHEMA, ("ds",), "cohort_grain x cohort_start x period",
+              "batch", "Day (n = 0..30) and week (k = 0..12) retention cohorts."),
+    TableSpec("gold.funnels", s.FUNNELS_SCHEMA, ("ds",), "ds x funnel x platform x step",
+              "batch", "Configured funnels: persons per step, strict order within the window."),
+    TableSpec("gold.experiments", s.EXPERIMENTS_SCHEMA, ("ds",), "ds x experiment x variant (cumulative)",
+              "batch", "Exposure, conversion, lift with 95 % CI, p-value and SRM per variant."),
+    # -- realtime: the stream's window aggregates -------------------------------------------
+    TableSpec("realtime.*", None, (), "one row per window x group (see the pipeline)",
+              "stream", "Seconds-fresh window aggregates of the stream pipeline."),
+)
+
+
+def check_name(table: str) -> tuple[str, str]:
+    """``(layer, name)`` of ``"layer.name"``; :class:`InvalidInputError` unless both parts are
+    SQL identifiers."""
+    layer, _, name = table.partition(".")
+    if not (_IDENT.match(layer) and _IDENT.match(name)):
+        raise InvalidInputError(f"table: expected '<layer>.<name>' (SQL identifiers), got {table!r}", field="table")
+    return layer, name
+
+
+def spec(table: str) -> TableSpec:
+    """The declaration of ``table`` (an exact entry before a family). :class:`NotFoundError`
+    if the catalog declares no such table."""
+    check_name(table)
+    exact = [t for t in TABLES if not t.is_family and t.name == table]
+    if exact:
+        return exact[0]
+    for t in TABLES:
+        if t.is_family and t.matches(table):
+            return t
+    raise NotFoundError(f"table {table!r} is not declared in the catalog (headwater tables lists them)", field="table")
+
+
+def declared(table: str) -> bool:
+    """Whether the catalog declares ``table`` (exactly or through a family)."""
+    try:
+        spec(table)
+    except (NotFoundError, InvalidInputError):
+        return False
+    return True
