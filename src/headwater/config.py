@@ -30,6 +30,9 @@ from pathlib import Path
 
 import msgspec
 
+from headwater.settings import Settings
+from headwater.settings import load as load_settings
+
 DEFAULT_PORT = 8088
 DEFAULT_PARTITIONS = 4
 
@@ -103,16 +106,29 @@ class Source:
 
 @dataclass(frozen=True)
 class Home:
-    """The home directory of one installation and the paths inside it."""
+    """The home directory of one installation, the paths inside it, and its settings.
+
+    ``settings``: the installation's :class:`headwater.settings.Settings`, loaded once at the
+    edge (CLI command, process start) and passed down with the home. ``Home(path)`` alone
+    resolves them for ``path`` on first use (environment + ``headwater.toml``)."""
 
     root: Path
+    _settings: Settings | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_env(cls) -> "Home":
-        """The home named by ``HEADWATER_HOME`` (default ``./.headwater``), created if absent."""
-        root = Path(os.environ.get("HEADWATER_HOME", ".headwater")).resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        return cls(root)
+    def from_env(cls, **overrides) -> "Home":
+        """The home named by ``HEADWATER_HOME`` (default ``./.headwater``), created if absent,
+        with its settings resolved once (``overrides``: dotted keys given on the command line,
+        see :func:`headwater.settings.load`). Raises :class:`headwater.errors.InvalidInputError`
+        naming the bad setting."""
+        settings = load_settings(**overrides)
+        return cls(settings.home, settings)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            object.__setattr__(self, "_settings", load_settings(home=Path(self.root)))
+        return self._settings
 
     @property
     def log_path(self) -> Path:
