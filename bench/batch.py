@@ -31,18 +31,22 @@ import pyarrow as pa
 
 from headwater.config import Home
 from headwater.demo import generate
-from headwater.models.run import MODELS, build
-from headwater.serve.catalog import connect
+from headwater.models.dag import MODELS
+from headwater.models.run import build
+from headwater.lake import sql
+from headwater.lake.store import Lake
 
 
 def fingerprints(home: Home) -> dict[str, list[int]]:
     """``{table: [rows, hash]}`` for every model table: hash = sum of DuckDB row hashes
     (order-independent, modulo 2**64), doubles rounded to 9 decimals first (exp / pow of
     Java and of glibc may differ in the last bit, see tests/models/test_spark_parity.py)."""
-    con = connect(home)
+    lake = Lake.of(home)
+    con = sql.connect(lake)
     try:
         out = {}
         for model in MODELS:
+            sql.register(con, lake, model.table)
             cols = ", ".join(f"round({f.name}, 9)" if pa.types.is_floating(f.type) else f.name for f in model.schema)
             n, h = con.sql(
                 f"SELECT count(*), sum(hash(row({cols})))::HUGEINT % 18446744073709551616 FROM {model.table}"

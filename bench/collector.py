@@ -259,7 +259,7 @@ def main() -> None:
         env = {**os.environ, "HEADWATER_HOME": tmp}
         env.pop("HEADWATER_PARTITIONS", None)
         from headwater.config import Home
-        from headwater.log.sqlite import SqliteLog
+        from headwater.log import open_log
 
         home = Home(Path(tmp))
         home.add_source("bench", WRITE_KEY)
@@ -270,7 +270,7 @@ def main() -> None:
             bare = _phase("bare", [sys.executable, "-c", _BARE], env, args)
         hw = _phase("headwater", [sys.executable, "-c", _COLLECTOR], env, args, args.profile)
 
-        log = SqliteLog(home.log_path)
+        log = open_log(home.settings.log_url)
         in_log = sum(log.end_offsets("events").values())
         log.close()
         # accepted after warm-up; the log also holds the warm-up's events

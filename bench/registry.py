@@ -26,9 +26,10 @@ import time
 import uuid
 from pathlib import Path
 
-from headwater.collector.segment import normalize, parse_request, redact
-from headwater.collector.tokens import Tokenizer
+from headwater.collector.segment import ID_FIELDS, normalize, parse_request
 from headwater.config import Home
+from headwater.ingest.badrows import redact
+from headwater.ingest.tokens import Tokenizer
 from headwater.registry import validate
 from headwater.registry.registry import Registry
 
@@ -70,7 +71,7 @@ def run(bodies_, tokenizer, validator) -> float:
         norm = normalize(env, source="bench", received_at_us=1_709_294_400_000_000, tokenizer=tokenizer)
         if validator is not None:
             norm = validate.apply(norm, validator, messages=env.messages, at=lambda i: f"$.batch[{i}]", reject_unregistered=False,
-                                  redact=lambda raw: redact(raw, tokenizer), source="bench", received_at_us=1_709_294_400_000_000)
+                                  redact=lambda raw: redact(raw, tokenizer, ID_FIELDS), source="bench", received_at_us=1_709_294_400_000_000)
             assert norm.rejected == 0
         events += norm.accepted
     return events / (time.perf_counter() - t0)

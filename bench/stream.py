@@ -6,7 +6,8 @@
    100,000) with 5 % late (event time up to 10 min behind), 2 % duplicates (re-sends of an
    earlier event: same ``event_id`` and event time, later ``received_at``) and one hot user
    sending 30 % of the traffic, over 20,000 users and 2 h of event time. They are appended to
-   a ``SqliteLog`` under a temporary ``HEADWATER_HOME`` as the collector would: requests of
+   the event log (``open_log(home.settings.log_url)``: SQLite) under a temporary
+   ``HEADWATER_HOME`` as the collector would: requests of
    ``--request-events`` events split by identity key over 4 partitions (the hot user's
    partition gets ~1/3 of everything), 20 requests per log transaction.
 2. **Throughput** (log → ``bronze.events`` + the real-time aggregates of
@@ -27,7 +28,7 @@
    producer appends pre-encoded requests on schedule (event time = send time) while the
    headwater processor runs with its processing-time trigger; per event, freshness = the
    wall-clock time its batch committed (``commits/N`` ``committed_ms``, after the
-   ``realtime.*`` upserts) − the log append time of its record. p50 / p95 over all events.
+   ``realtime.*`` upserts) − its log append time (``_appended_ms``). p50 / p95 over all events.
 4. **Peak RSS**: sum of the resident sets of the engine's process tree (for Spark: the
    Python driver, the JVM and its Python workers), sampled every 0.2 s.
 
@@ -53,10 +54,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.collector.partitioning import event_appends
+from headwater.ingest.partitioning import event_appends
 from headwater.config import Home
 from headwater.events import EVENT_SCHEMA
-from headwater.log.sqlite import SqliteLog
+from headwater.log import open_log
 
 USERS = 20_000
 HOT_SHARE, LATE_SHARE, DUP_SHARE = 0.30, 0.05, 0.02
@@ -119,7 +120,7 @@ def requests(events: pa.Table, per_request: int) -> list[list]:
 
 
 def fill_log(home: Home, events: pa.Table, per_request: int) -> None:
-    log = SqliteLog(home.log_path)
+    log = open_log(home.settings.log_url)
     log.ensure_topic("events", PARTITIONS)
     log.ensure_topic("bad_rows", 1)
     reqs = requests(events, per_request)
@@ -209,8 +210,8 @@ if sys.argv[3] == "rocksdb":
 cap = int(sys.argv[4]) or None
 # Warm-up (not timed): the same queries over a small log, so the timed run meets a JVM that
 # has loaded and JIT-compiled the code paths, as a long-running Spark application would.
-SparkPipeline(spark, Home(Path(sys.argv[5])), for_spark(DEFAULT_PIPELINE), SparkConfig(), log_path=Path(sys.argv[6])).run_available_now()
-runner = SparkPipeline(spark, Home(Path(sys.argv[1])), for_spark(DEFAULT_PIPELINE), SparkConfig(max_records_per_partition=cap), log_path=Path(sys.argv[2]))
+SparkPipeline(spark, Home(Path(sys.argv[5])), for_spark(DEFAULT_PIPELINE), SparkConfig(), log_url=sys.argv[6]).run_available_now()
+runner = SparkPipeline(spark, Home(Path(sys.argv[1])), for_spark(DEFAULT_PIPELINE), SparkConfig(max_records_per_partition=cap), log_url=sys.argv[2])
 t = time.perf_counter()
 queries = runner.run_available_now()
 elapsed = time.perf_counter() - t
@@ -246,7 +247,7 @@ def freshness(home: Home, offered_eps: int, seconds: float, per_request: int, tr
     start_s = time.time() + 3.0  # event times start here; the schedule starts once the processor is ready
     events = generate(n, int(start_s * 1e6), seconds, seed=2)
     reqs = requests(events, per_request)
-    log = SqliteLog(home.log_path)
+    log = open_log(home.settings.log_url)
     log.ensure_topic("events", PARTITIONS)
     log.ensure_topic("bad_rows", 1)
 
@@ -279,18 +280,16 @@ def freshness(home: Home, offered_eps: int, seconds: float, per_request: int, tr
     t.join()
 
     ck = Checkpoint(home.checkpoint_dir(QUERY))
-    lat, weights = [], []
+    lat: list[np.ndarray] = []
     for batch_id in range(ck.latest_committed() + 1):  # every batch is kept (retain_batches above)
         committed_ms = ck.read_commit(batch_id)["committed_ms"]
         for p, (s, e) in ck.read_offsets(batch_id)["events"].items():
             if e <= s:
                 continue
-            for rec in log.read("events", p, s, e):
-                k = min(e, rec.offset + rec.count) - max(s, rec.offset)
-                lat.append(committed_ms - rec.appended_ms)
-                weights.append(k)
+            appended = log.read("events", p, s, e, EVENT_SCHEMA).events.column("_appended_ms").to_numpy()
+            lat.append((committed_ms - appended) / 1000)
     log.close()
-    lat_s = np.repeat(np.array(lat, dtype=np.float64) / 1000, weights)
+    lat_s = np.concatenate(lat).astype(np.float64)
     result.update(
         offered_eps=offered_eps,
         achieved_offered_eps=round(n / produced_s),
@@ -353,8 +352,8 @@ def main() -> None:
             submit = {"PYSPARK_SUBMIT_ARGS": "--conf spark.driver.maxResultSize=0 pyspark-shell"}
             warm = Home(root / "spark-warm-up-log")
             fill_log(warm, generate(5_000, int(dt.datetime(2024, 3, 2, tzinfo=dt.timezone.utc).timestamp() * 1e6), 600.0, seed=3), args.request_events)
-            spark_args = [str(root / "spark"), str(home.log_path), args.spark_state_store, str(args.spark_max_records_per_partition),
-                          str(root / "spark-warm-up"), str(warm.log_path)]
+            spark_args = [str(root / "spark"), home.settings.log_url, args.spark_state_store, str(args.spark_max_records_per_partition),
+                          str(root / "spark-warm-up"), warm.settings.log_url]
             sp, sp_rss = run_measured(_SPARK, spark_args, env=submit)
             out["spark_eps"] = round(n / sp["seconds"])
             out["spark_seconds"] = round(sp["seconds"], 2)

@@ -20,8 +20,9 @@ from typing import Iterator
 import pyarrow as pa
 
 from headwater.config import Home
-from headwater.log.base import EventLog
-from headwater.log.codec import decode
+from headwater.errors import NotFoundError, TransientError
+from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC
+from headwater.log import EventLog, open_log
 from headwater.log.sqlite import SqliteLog
 from headwater.runtime import free_port, wait_http
 
@@ -34,17 +35,17 @@ class CollectorProcess:
     proc: subprocess.Popen
     write_key: str | None = None
     source: str | None = None
-    _log: SqliteLog | None = field(default=None, repr=False)
+    _log: EventLog | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def log(self) -> SqliteLog:
-        """A reader of the collector's log (same SQLite file, another connection)."""
+    def log(self) -> EventLog:
+        """A reader of the collector's log (another connection)."""
         if self._log is None:
-            self._log = SqliteLog(self.home.log_path)
+            self._log = open_log(self.home.settings.log_url)
         return self._log
 
     def stop(self, timeout: float = 15.0) -> int:
@@ -92,18 +93,35 @@ def start_collector(
         c.stop()
 
 
+SCHEMAS = {EVENTS_TOPIC: EVENT_SCHEMA, BAD_ROWS_TOPIC: BAD_ROW_SCHEMA}
+
+
+class PerTopicLog(SqliteLog):
+    """The sqlite log declaring no ``atomic_multi_topic_append`` (as a Kafka log without
+    cross-topic transactions would): it refuses an append mixing topics; appends to
+    ``fail_topic`` raise :class:`TransientError`."""
+
+    atomic_multi_topic_append = False
+    fail_topic: str | None = None
+
+    def _append(self, appends):
+        if any(a.topic == self.fail_topic for a in appends):
+            raise TransientError(f"{self.fail_topic}: broker unavailable")
+        super()._append(appends)
+
+
 def read_topic(log: EventLog, topic: str, start: dict[int, int] | None = None) -> pa.Table | None:
-    """All rows of ``topic`` from ``start`` offsets (default 0) to the end, every partition,
-    with ``_partition`` / ``_offset`` columns; None when there are none."""
+    """All rows of ``topic`` (``events`` or ``bad_rows``) from ``start`` offsets (default 0) to
+    the end, every partition, with ``_partition`` / ``_offset`` / ``_appended_ms`` columns;
+    None when there are none."""
     start = start or {}
     tables = []
     for p, end in log.end_offsets(topic).items():
         s = start.get(p, 0)
         if end > s:
-            t, bad = decode(log.read(topic, p, s, end), s, end)
+            t, bad = log.read(topic, p, s, end, SCHEMAS[topic])
             assert not bad, bad
-            if t is not None:
-                tables.append(t)
+            tables.append(t)
     return pa.concat_tables(tables) if tables else None
 
 
@@ -117,12 +135,20 @@ class LogTail:
     def mark(self) -> None:
         try:
             self.start = self.log.end_offsets(self.topic)
-        except KeyError:
+        except NotFoundError:
             self.start = {}
 
     def rows(self) -> list[dict]:
         t = read_topic(self.log, self.topic, self.start)
         return t.to_pylist() if t is not None else []
+
+
+def query(home: Home, sql: str, params: dict | list | None = None) -> pa.Table:
+    """``sql`` over ``home``'s lake (:func:`headwater.lake.sql.query`)."""
+    from headwater.lake import sql as catalog
+    from headwater.lake.store import Lake
+
+    return catalog.query(Lake.of(home), sql, params)
 
 
 def run_stream(home: Home) -> None:

@@ -3,6 +3,7 @@ import stat
 import pytest
 
 from headwater.config import Home
+from headwater.errors import ConflictError, NotFoundError
 
 
 def test_hmac_key_is_generated_once_with_owner_only_permissions(tmp_path, monkeypatch):
@@ -29,12 +30,14 @@ def test_sources_keep_their_write_keys(tmp_path):
     server = home.add_source("server", "k-server")
     assert {s.name: s.write_key for s in Home(tmp_path).sources()} == {"web": web.write_key, "server": "k-server"}
     assert stat.S_IMODE(home.sources_path.stat().st_mode) == 0o600
-    with pytest.raises(ValueError, match="write_key: already used by source 'server'"):
+    with pytest.raises(ConflictError, match="write_key: already used by source 'server'"):
         home.add_source("mobile", "k-server")
+    with pytest.raises(NotFoundError, match="source 'mobile': no such source"):
+        home.update_source("mobile", unregistered_events="reject")
 
 
 def test_home_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("HEADWATER_HOME", str(tmp_path / "h"))
     home = Home.from_env()
     assert home.root == tmp_path / "h" and home.root.is_dir()
-    assert home.table_path("bronze", "events") == tmp_path / "h" / "lake" / "bronze" / "events"
+    assert home.settings.lake_root == str(tmp_path / "h" / "lake")

@@ -9,6 +9,7 @@ from deltalake import DeltaTable
 from segment.analytics import Client
 
 from headwater.config import Home
+from headwater.lake.store import Lake
 from headwater.runtime import Platform, free_port
 from headwater.serve.status import status
 
@@ -46,7 +47,7 @@ def test_sigkill_of_the_processor_mid_stream_loses_and_duplicates_nothing(tmp_pa
     info = status(home)
     accepted = sum(p["end_offset"] for p in info["log"]["events"]["partitions"].values())
     assert accepted == n
-    ids = DeltaTable(str(home.table_path("bronze", "events"))).to_pyarrow_table(columns=["event_id"]).column("event_id")
+    ids = DeltaTable(Lake.of(home).uri("bronze.events")).to_pyarrow_table(columns=["event_id"]).column("event_id")
     assert len(ids) == accepted
     assert len(set(ids.to_pylist())) == accepted
     assert kills >= 5
@@ -93,6 +94,6 @@ def test_sigkill_of_the_collector_loses_no_acknowledged_event(tmp_path):
 
     assert kills_while_sending >= 3
     assert failed == []
-    got = DeltaTable(str(home.table_path("bronze", "events"))).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()
+    got = DeltaTable(Lake.of(home).uri("bronze.events")).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()
     assert len(got) == len(set(got))
     assert set(got) == set(ids)

@@ -6,17 +6,13 @@ Layout (all paths relative to the home directory, default ``./.headwater``)::
     sources.json              sources: write keys and per-source policies (PII, unregistered events)
     log/log.db                the embedded event log (SQLite, WAL mode)
     checkpoints/<query>/      stream checkpoints (offset log, commit log, state)
-    lake/<layer>/<table>/     Delta tables, e.g. lake/bronze/events
+    lake/<layer>/<table>/     Delta tables, e.g. lake/bronze/events (the default lake.root; headwater.lake.store)
     registry/subjects/        event contracts: one JSON file per event name (headwater.registry)
     tmp/                      scratch (the Spark batch engine's staging files, removed after use)
 
-Environment variables: ``HEADWATER_HOME``, ``HEADWATER_PORT`` (collector port on
-127.0.0.1, default 8088), ``HEADWATER_WRITE_KEY`` (a source with this write key is
-created by ``headwater up``), ``HEADWATER_HMAC_KEY`` (hex; overrides the key file),
-``HEADWATER_PARTITIONS`` (event-log partitions of a new log, default 4),
-``HEADWATER_REGISTRY_URL`` (``postgresql://…``: keep event contracts in PostgreSQL instead
-of ``registry/``), ``HEADWATER_ENGINE`` (batch SQL engine: ``duckdb``, the default, or
-``spark``; see :func:`headwater.models.run.engine_from_env`).
+Settings (ports, keys, engines, backends: :mod:`headwater.settings`) are resolved once from
+the environment and ``headwater.toml`` and carried by :attr:`Home.settings`; the files above
+are data the installation accumulates, not settings.
 """
 
 from __future__ import annotations
@@ -30,11 +26,9 @@ from pathlib import Path
 
 import msgspec
 
+from headwater.errors import ConflictError, InvalidInputError, NotFoundError
 from headwater.settings import Settings
 from headwater.settings import load as load_settings
-
-DEFAULT_PORT = 8088
-DEFAULT_PARTITIONS = 4
 
 
 def _write_private(path: Path, data: bytes, replace: bool = True) -> None:
@@ -61,10 +55,10 @@ def _write_private(path: Path, data: bytes, replace: bool = True) -> None:
 
 
 # Property / trait / context keys (compared lowercase, without a leading "$", "_" or "-")
-# whose values are identifiers: HMAC-tokenised by default (see headwater.collector.pii).
+# whose values are identifiers: HMAC-tokenised by default (see headwater.ingest.pii).
 DEFAULT_TOKENIZE_KEYS = ("email", "emailaddress", "phone", "phonenumber", "mobile", "mobilephone", "telephone", "tel")
 # Keys removed by default: raw IP addresses (no offline GeoIP database ships here, so no
-# country is derived from them; see headwater.collector.pii).
+# country is derived from them; see headwater.ingest.pii).
 DEFAULT_DROP_KEYS = ("ip", "ipaddress")
 UNREGISTERED_POLICIES = ("accept", "reject")
 
@@ -101,7 +95,7 @@ class Source:
 
     def __post_init__(self):
         if self.unregistered_events not in UNREGISTERED_POLICIES:
-            raise ValueError(f"unregistered_events: must be one of {', '.join(UNREGISTERED_POLICIES)}, got {self.unregistered_events!r}")
+            raise InvalidInputError(f"unregistered_events: must be one of {', '.join(UNREGISTERED_POLICIES)}, got {self.unregistered_events!r}")
 
 
 @dataclass(frozen=True)
@@ -141,17 +135,13 @@ class Home:
     def checkpoint_dir(self, query: str) -> Path:
         return self.root / "checkpoints" / query
 
-    def table_path(self, layer: str, name: str) -> Path:
-        """Directory of the Delta table ``<layer>.<name>``, e.g. ``lake/bronze/events``."""
-        return self.root / "lake" / layer / name
-
     # -- secrets ------------------------------------------------------------------
     def hmac_key(self) -> bytes:
-        """Key of the identifier HMAC: ``HEADWATER_HMAC_KEY`` (hex) if set, else the key
-        file, generated (32 random bytes, mode 0600) on first use."""
-        env = os.environ.get("HEADWATER_HMAC_KEY")
-        if env:
-            return bytes.fromhex(env)
+        """Key of the identifier HMAC: setting ``collector.hmac_key`` (hex) if set, else the
+        key file, generated (32 random bytes, mode 0600) on first use."""
+        key = self.settings.collector.hmac_key
+        if key is not None:
+            return bytes.fromhex(key.get_secret_value())
         path = self.root / "secrets" / "hmac.key"
         if not path.exists():
             _write_private(path, secrets.token_bytes(32), replace=False)
@@ -159,36 +149,40 @@ class Home:
 
     # -- sources ------------------------------------------------------------------
     def sources(self) -> list[Source]:
-        """All sources; ``[]`` before the first one is added."""
+        """All sources; ``[]`` before the first one is added. Raises
+        :class:`~headwater.errors.InvalidInputError` naming the file and field if
+        ``sources.json`` does not hold a list of sources."""
         if not self.sources_path.exists():
             return []
         try:
             return msgspec.json.decode(self.sources_path.read_bytes(), type=list[Source])
         except msgspec.ValidationError as e:
-            raise ValueError(f"{self.sources_path}: {e}") from None
+            raise InvalidInputError(f"{self.sources_path}: {e}", field=str(self.sources_path)) from None
 
     def add_source(self, name: str, write_key: str | None = None) -> Source:
         """Add (or return the existing) source ``name``; a write key is generated unless given.
 
-        Raises ``ValueError`` if ``write_key`` already belongs to another source."""
+        Raises :class:`~headwater.errors.ConflictError` if ``write_key`` already belongs to
+        another source."""
         existing = self.sources()
         for s in existing:
             if s.name == name and (write_key is None or s.write_key == write_key):
                 return s
             if write_key is not None and s.write_key == write_key:
-                raise ValueError(f"write_key: already used by source {s.name!r}")
+                raise ConflictError(f"write_key: already used by source {s.name!r}", field="write_key")
         source = Source(name, write_key or secrets.token_urlsafe(24))
         self._write_sources([s for s in existing if s.name != name] + [source])
         return source
 
     def update_source(self, name: str, **changes) -> Source:
         """Replace fields of source ``name`` (e.g. ``pii=PiiPolicy(...)``,
-        ``unregistered_events="reject"``); ``KeyError`` if there is no such source,
-        ``ValueError`` for an invalid value. The collector picks the change up within a second."""
+        ``unregistered_events="reject"``); :class:`~headwater.errors.NotFoundError` if there is
+        no such source, :class:`~headwater.errors.InvalidInputError` for an invalid value. The
+        collector picks the change up within a second."""
         existing = self.sources()
         match = [s for s in existing if s.name == name]
         if not match:
-            raise KeyError(f"source {name!r}: no such source")
+            raise NotFoundError(f"source {name!r}: no such source (see `headwater source list`)", field="source")
         updated = dataclasses.replace(match[0], **changes)
         self._write_sources([updated if s.name == name else s for s in existing])
         return updated
@@ -197,11 +191,7 @@ class Home:
         _write_private(self.sources_path, json.dumps(msgspec.to_builtins(sources), indent=2).encode())
 
 
-def port_from_env() -> int:
-    return int(os.environ.get("HEADWATER_PORT", DEFAULT_PORT))
-
-
 def partitions_from_env() -> int:
     """Partition count for a new ``events`` topic: ``HEADWATER_PARTITIONS`` or the default
     (an existing topic keeps its own)."""
-    return int(os.environ.get("HEADWATER_PARTITIONS", DEFAULT_PARTITIONS))
+    return int(os.environ.get("HEADWATER_PARTITIONS", 4))

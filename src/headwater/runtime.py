@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from headwater.config import Home
+from headwater.errors import TransientError
 from headwater.serve.status import log_offsets
 
 
@@ -76,26 +77,26 @@ class Platform:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Platform":
-        """Start both children and wait for the collector; ``RuntimeError`` (children
-        stopped) if the port is taken or the collector does not come up."""
+        """Start both children and wait for the collector; :class:`TransientError` (children
+        stopped) if a port is taken or the collector does not come up."""
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", self.port))
             except OSError as e:
-                raise RuntimeError(f"collector cannot listen on {self.url}: {e.strerror}") from None
+                raise TransientError(f"collector cannot listen on {self.url}: {e.strerror}", field="collector.port") from None
         if self.dagster_port:
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", self.dagster_port))
                 except OSError as e:
-                    raise RuntimeError(f"Dagster UI cannot listen on {self.dagster_url}: {e.strerror}") from None
+                    raise TransientError(f"Dagster UI cannot listen on {self.dagster_url}: {e.strerror}", field="dagster.port") from None
         self.start_component("collector")
         self.start_component("stream")
         try:
             wait_http(self.url + "/health", proc=self.procs["collector"])
         except RuntimeError as e:
             self.stop()
-            raise RuntimeError(f"collector did not start on {self.url}: {e}") from None
+            raise TransientError(f"collector did not start on {self.url}: {e}") from None
         if self.dagster_port:  # after the collector: its start is what clients wait for
             self.start_component("dagster")
         return self

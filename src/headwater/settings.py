@@ -2,19 +2,29 @@
 
 Resolution order, highest first (pydantic-settings):
 
-1. arguments given to :func:`load` (the CLI's explicit options);
+1. arguments given to :func:`load` (the CLI's explicit options, e.g. ``headwater stream
+   --trigger-interval 0.2`` overrides ``stream.trigger_interval_s``);
 2. environment variables ``HEADWATER_<SECTION>_<KEY>`` (``HEADWATER_LOG_URL``,
    ``HEADWATER_STREAM_TRIGGER_INTERVAL_S``), and the short names documented since the first
-   release (:data:`ENV_ALIASES`: ``HEADWATER_PORT``, ``HEADWATER_WRITE_KEY``, …);
+   release (:data:`ENV_ALIASES`: ``HEADWATER_PORT``, ``HEADWATER_WRITE_KEY``, …); an empty
+   variable counts as unset;
 3. ``$HEADWATER_HOME/headwater.toml``, one ``[section]`` per group below;
 4. the defaults declared here.
 
 ``HEADWATER_HOME`` itself (default ``./.headwater``) is only read from the environment or
 :func:`load`: the TOML file lives inside it. Every setting, its default and its variable are
-listed in README.md's settings table (a test keeps the two in step, see
-:func:`settings_table`). Invalid values raise :class:`headwater.errors.InvalidInputError`
-naming the key (``log.partitions``) and the rule. Secrets are ``SecretStr``: they print as
-``**********`` (``headwater config show``) and never reach logs.
+listed in README.md's settings table, rendered from this module by :func:`settings_table`
+(``python -m headwater.settings --markdown``; a test keeps the two in step). Invalid values
+raise :class:`headwater.errors.InvalidInputError` naming the key (``log.partitions``), the
+rule and where the value came from; an unknown section or key is refused the same way, so
+a typo never passes silently. Secrets are ``SecretStr``: they print as ``**********``
+(``headwater config show``) and never reach logs.
+
+Settings are not data. The files an installation *accumulates* keep their own formats and
+commands, and this object never holds them: ``sources.json`` (sources, write keys, PII
+policies: ``headwater source``), ``models.toml`` (funnels, experiments, identity policy of
+the batch models: :mod:`headwater.models.config`), pipeline TOML files (``headwater stream
+--pipeline``) and the registry's contracts (``headwater schema``).
 """
 
 from __future__ import annotations
@@ -25,12 +35,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from headwater.errors import InvalidInputError
 
 SETTINGS_FILE = "headwater.toml"
+ENV_PREFIX = "HEADWATER_"
 
 # Variables documented before the settings object existed: short name -> dotted key.
 ENV_ALIASES: dict[str, str] = {
@@ -40,9 +51,6 @@ ENV_ALIASES: dict[str, str] = {
     "HEADWATER_PARTITIONS": "log.partitions",
     "HEADWATER_ENGINE": "batch.engine",
     "HEADWATER_FIRST_DS": "batch.first_ds",
-    "HEADWATER_REGISTRY_URL": "registry.url",
-    "HEADWATER_DAGSTER_PORT": "dagster.port",
-    "HEADWATER_CDC_DSN": "cdc.dsn",
 }
 
 
@@ -51,19 +59,29 @@ class _Section(BaseModel):
 
 
 class LogSettings(_Section):
-    url: str = Field("", description="Event log backend URL; empty: sqlite:///$HEADWATER_HOME/log/log.db.")
+    url: str = Field("", description="Event log backend URL; empty: `sqlite:///$HEADWATER_HOME/log/log.db`.")
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of a new events topic (an existing topic keeps its own).")
     retention_ms: int = Field(7 * 86_400_000, ge=0, description="Consumed log records older than this are deleted (ms).")
 
 
 class LakeSettings(_Section):
-    root: str = Field("", description="Lake root URI (a path or an object-store URI); empty: $HEADWATER_HOME/lake.")
+    root: str = Field("", description="Lake root URI (a path or an object-store URI); empty: `$HEADWATER_HOME/lake`.")
 
 
 class CollectorSettings(_Section):
     port: int = Field(8088, ge=1, le=65535, description="Collector / API port on 127.0.0.1.")
     write_key: SecretStr | None = Field(None, description="`headwater up` makes sure a source with this write key exists.")
-    hmac_key: SecretStr | None = Field(None, description="Identifier HMAC key (hex); empty: secrets/hmac.key, generated on first use.")
+    hmac_key: SecretStr | None = Field(None, description="Identifier HMAC key (hex); empty: `secrets/hmac.key`, generated on first use.")
+
+    @field_validator("hmac_key")
+    @classmethod
+    def _hex(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                bytes.fromhex(value.get_secret_value())
+            except ValueError:
+                raise ValueError("expected an even number of hex digits") from None
+        return value
 
 
 class StreamSettings(_Section):
@@ -74,12 +92,20 @@ class StreamSettings(_Section):
 
 
 class BatchSettings(_Section):
-    engine: Literal["duckdb", "spark"] = Field("duckdb", description="Batch SQL engine.")
-    first_ds: dt.date | None = Field(None, description="First daily partition of the Dagster assets; empty: the first ds in bronze.events.")
+    engine: Literal["duckdb", "spark"] = Field("duckdb", description="Batch SQL engine: `duckdb` (embedded) or `spark` (Spark SQL, same models).")
+    first_ds: dt.date | None = Field(None, description="First daily partition of the Dagster assets (YYYY-MM-DD); empty: the first ds in bronze.events.")
 
 
 class RegistrySettings(_Section):
-    url: SecretStr | None = Field(None, description="postgresql:// URL of the contract store; empty: $HEADWATER_HOME/registry.")
+    url: SecretStr | None = Field(None, description="`postgresql://` URL of the contract store; empty: files under `$HEADWATER_HOME/registry`.")
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            scheme = value.get_secret_value().partition("://")[0]
+            raise ValueError(f"expected a postgresql:// URL, got {scheme!r}://…")
+        return value
 
 
 class DagsterSettings(_Section):
@@ -87,7 +113,7 @@ class DagsterSettings(_Section):
 
 
 class CdcSettings(_Section):
-    dsn: SecretStr | None = Field(None, description="libpq connection string of the Postgres CDC source.")
+    dsn: SecretStr | None = Field(None, description="libpq connection string of the Postgres CDC source (`headwater cdc --dsn`).")
 
 
 class Settings(BaseSettings):
@@ -98,14 +124,15 @@ class Settings(BaseSettings):
     defaults that depend on ``home``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HEADWATER_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="_",
         env_nested_max_split=1,
-        extra="ignore",
+        env_ignore_empty=True,
+        extra="ignore",  # other HEADWATER_* variables are not settings; sections refuse unknown keys
         frozen=True,
     )
 
-    home: Path = Field(Path(".headwater"), description="Installation directory: all state lives under it.")
+    home: Path = Field(Path(".headwater"), description="Installation directory: all state lives under it (environment only).")
     log: LogSettings = LogSettings()
     lake: LakeSettings = LakeSettings()
     collector: CollectorSettings = CollectorSettings()
@@ -130,6 +157,11 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _AliasSource(settings_cls), _TomlSource(settings_cls))
 
 
+SECTIONS: dict[str, type[_Section]] = {
+    name: field.annotation for name, field in Settings.model_fields.items() if name != "home"
+}
+
+
 class _AliasSource(PydanticBaseSettingsSource):
     """The short environment names of :data:`ENV_ALIASES`, as nested values."""
 
@@ -140,10 +172,9 @@ class _AliasSource(PydanticBaseSettingsSource):
         out: dict[str, Any] = {}
         for env, key in ENV_ALIASES.items():
             value = os.environ.get(env)
-            if value is None or value == "":
-                continue
-            section, name = key.split(".")
-            out.setdefault(section, {})[name] = value
+            if value:
+                section, name = key.split(".")
+                out.setdefault(section, {})[name] = value
         return out
 
 
@@ -154,15 +185,28 @@ class _TomlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = _home_from(self.current_state) / SETTINGS_FILE
-        if not path.exists():
-            return {}
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise InvalidInputError(f"{path}: not valid TOML: {e}", field=str(path)) from None
-        data.pop("home", None)  # the file lives in the home: it cannot move it
-        return data
+        return _read_toml(_home_from(self.current_state))
+
+
+def _read_toml(home: Path) -> dict[str, Any]:
+    """The sections of ``home``'s settings file, ``{}`` if there is none. Raises
+    :class:`InvalidInputError` for invalid TOML or a key outside the known sections (the
+    file's keys inside a section are checked by the section's model)."""
+    path = home / SETTINGS_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInputError(f"{path}: not valid TOML: {e}", field=str(path)) from None
+    for key in data:
+        if key == "home":
+            raise InvalidInputError(f"home: cannot be set in {path} (the file lives in the home); set HEADWATER_HOME", field="home")
+        if key not in SECTIONS:
+            raise InvalidInputError(f"{key}: unknown section in {path} (known: {', '.join(SECTIONS)})", field=key)
+    return data
 
 
 def _home_from(state: dict[str, Any]) -> Path:
@@ -170,17 +214,38 @@ def _home_from(state: dict[str, Any]) -> Path:
     return Path(home)
 
 
+def env_names(key: str) -> list[str]:
+    """The environment variables of setting ``key`` (dotted), highest precedence first:
+    ``env_names("log.partitions") == ["HEADWATER_LOG_PARTITIONS", "HEADWATER_PARTITIONS"]``."""
+    return [ENV_PREFIX + key.replace(".", "_").upper(), *(env for env, k in ENV_ALIASES.items() if k == key)]
+
+
+def origin(key: str, home: Path, overrides: dict[str, Any] | None = None) -> str:
+    """Where setting ``key`` (dotted) gets its value: ``"option"`` (an override given to
+    :func:`load`), ``"env HEADWATER_…"``, ``"headwater.toml"`` or ``"default"``."""
+    if key in (overrides or {}):
+        return "option"
+    for env in env_names(key):
+        if os.environ.get(env):
+            return f"env {env}"
+    section, _, name = key.partition(".")
+    toml = _read_toml(home)
+    if (name in toml.get(section, {})) if name else (section in toml):
+        return SETTINGS_FILE
+    return "default"
+
+
 def load(**overrides: Any) -> Settings:
-    """Resolve the settings (see the module docstring) with ``overrides`` on top, as nested
-    dicts or dotted keys (``load(home=path, **{"collector.port": 9000})``).
+    """Resolve the settings (see the module docstring) with ``overrides`` on top, as dotted
+    keys or nested dicts (``load(home=path, **{"collector.port": 9000})``; ``None`` values
+    are ignored, so unset CLI options can be passed as they are).
 
     ``home`` is made absolute and created. Raises :class:`InvalidInputError` naming the first
-    bad key and its rule, e.g. ``log.partitions: Input should be greater than or equal to 1
-    (got 0)``."""
+    bad key, its rule and the value's origin, e.g. ``log.partitions: Input should be greater
+    than or equal to 1 (got 0, from env HEADWATER_PARTITIONS)``."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
-        if value is None:
-            continue
         section, _, name = key.partition(".")
         if name:
             nested.setdefault(section, {})[name] = value
@@ -189,11 +254,74 @@ def load(**overrides: Any) -> Settings:
     try:
         settings = Settings(**nested)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        got = err.get("input")
-        shown = "" if isinstance(got, dict) or key.endswith(("key", "dsn", "url")) else f" (got {got!r})"
-        raise InvalidInputError(f"{key}: {err['msg']}{shown}", field=key) from None
+        raise _invalid(e, _home_from(nested), overrides) from None
     home = settings.home.expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     return settings.model_copy(update={"home": home})
+
+
+def _invalid(e: ValidationError, home: Path, overrides: dict[str, Any]) -> InvalidInputError:
+    """The first error of ``e`` as one line: key, rule, value (unless secret), origin."""
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    section, _, name = key.partition(".")
+    unknown = err["type"] == "extra_forbidden"
+    rule = f"unknown setting in [{section}]" if unknown else err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    secret = name.endswith(("key", "dsn", "url"))
+    shown = [] if isinstance(got, dict) or secret or unknown else [f"got {got!r}"]
+    message = f"{key}: {rule} ({', '.join([*shown, 'from ' + origin(key, home, overrides)])})"
+    if unknown:
+        message += f"; known: {', '.join(SECTIONS[section].model_fields)}"
+    return InvalidInputError(message, field=key)
+
+
+# -- documentation and display ----------------------------------------------------------------
+def _fields() -> list[tuple[str, Any]]:
+    """``(dotted key, pydantic FieldInfo)`` of every setting, in declaration order."""
+    out = [("home", Settings.model_fields["home"])]
+    for section, model in SECTIONS.items():
+        out += [(f"{section}.{name}", f) for name, f in model.model_fields.items()]
+    return out
+
+
+def field_info(key: str):
+    """The pydantic ``FieldInfo`` of setting ``key`` (dotted): its ``description``,
+    ``default`` and ``annotation``. Raises ``KeyError`` for an unknown key."""
+    return dict(_fields())[key]
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-native form of a setting's value; secrets masked."""
+    if isinstance(value, SecretStr):
+        return "**********"
+    if isinstance(value, (Path, dt.date)):
+        return str(value)
+    return value
+
+
+def describe(settings: Settings, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per setting: ``key``, ``value`` (JSON-native, secrets as ``**********``,
+    ``None`` when unset), ``origin`` (see :func:`origin`) and ``env`` (its variables)."""
+    rows = []
+    for key, _ in _fields():
+        value: Any = settings
+        for part in key.split("."):
+            value = getattr(value, part)
+        where = "env HEADWATER_HOME" if key == "home" and os.environ.get("HEADWATER_HOME") else origin(key, settings.home, overrides)
+        rows.append({"key": key, "value": _plain(value), "origin": where, "env": ", ".join(env_names(key))})
+    return rows
+
+
+def settings_table() -> str:
+    """README.md's settings table (Markdown), rendered from the field declarations."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| setting | environment | default | meaning |", "|---|---|---|---|"]
+    for key, f in _fields():
+        default = "" if f.default in (None, "") else f"`{_plain(f.default)}`"
+        env = ", ".join(f"`{e}`" for e in env_names(key))
+        lines.append(f"| `{key}` | {env} | {default} | {cell(f.description)} |")
+    return "\n".join(lines) + "\n"

@@ -17,10 +17,9 @@ from click.testing import CliRunner
 
 from headwater.cli import main
 
-from headwater.collector.tokens import Tokenizer
+from headwater.ingest.tokens import Tokenizer
 from headwater.config import Home
-from headwater.serve.catalog import query
-from tests.helpers import run_stream, start_collector
+from tests.helpers import query, run_stream, start_collector
 
 WRITE_KEY, SOURCE = "wk-badrows", "web"
 HMAC = bytes(range(32))
@@ -136,10 +135,10 @@ def test_replay_after_a_fix_lands_once_and_marks_rows(world):
 def test_source_policy_command(tmp_path):
     home = Home(tmp_path)
     home.add_source("app", "wk-app")
-    out = json.loads(cli(home, "source", "policy", "app", "--tokenize", "email, ssn", "--keep", "ip", "--unregistered", "reject").stdout)
+    out = json.loads(cli(home, "source", "policy", "app", "--tokenize", "email, ssn", "--keep", "ip", "--unregistered", "reject", "--format", "json").stdout)
     assert out["pii"]["tokenize"] == ["email", "ssn"] and out["pii"]["keep"] == ["ip"] and out["unregistered_events"] == "reject"
     assert "write_key" not in out
     [source] = home.sources()
     assert source.pii.tokenize == ("email", "ssn") and source.unregistered_events == "reject"
-    assert "no such source" in cli(home, "source", "policy", "nope", code=1).output
+    assert "no such source" in cli(home, "source", "policy", "nope", code=3).output
     assert "is not one of" in cli(home, "source", "policy", "app", "--unregistered", "maybe", code=2).output

@@ -6,7 +6,7 @@ import datetime as dt
 import httpx
 import pytest
 
-from headwater.collector.tokens import Tokenizer
+from headwater.ingest.tokens import Tokenizer
 from headwater.config import Home
 from tests.helpers import LogTail, start_collector
 

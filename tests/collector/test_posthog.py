@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from headwater.collector import posthog as ph
-from headwater.collector.segment import WireError
-from headwater.serve.catalog import query
-from tests.helpers import run_stream
+from headwater.collector.wire import WireError
+from tests.helpers import query, run_stream
 
 from .conftest import RECEIVED_US, SOURCE, WRITE_KEY
 

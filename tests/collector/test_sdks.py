@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from headwater.collector.tokens import Tokenizer
+from headwater.ingest.tokens import Tokenizer
 from headwater.config import Home
-from headwater.serve.catalog import list_tables, query
-from tests.helpers import run_stream, start_collector
+from headwater.lake.store import Lake
+from tests.helpers import query, run_stream, start_collector
 
 from .conftest import HMAC_KEY
 
@@ -98,7 +98,7 @@ def test_bronze_holds_exactly_what_the_sdks_sent(home):
     assert [(r["source"], r["prev"].strip('"')) for r in props] == [("posthog", t("ph-old-id")), ("rudder", t("rud-old-id")), ("segment", t("seg-old-id"))]
     revenue = query(home, "SELECT source, CAST(json_extract(properties, '$.revenue') AS INT) AS r FROM bronze.events WHERE event_type = 'track' ORDER BY 1")
     assert revenue.to_pylist() == [{"source": "posthog", "r": 30}, {"source": "rudder", "r": 20}, {"source": "segment", "r": 10}]
-    assert "bronze.bad_rows" not in list_tables(home)  # nothing was rejected
+    assert "bronze.bad_rows" not in Lake.of(home).tables()  # nothing was rejected
 
 
 def test_silver_stitches_one_person_across_sdks(home):

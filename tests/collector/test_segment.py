@@ -6,26 +6,20 @@ import datetime as dt
 import json
 import uuid
 
-import numpy as np
-import pyarrow as pa
 import pytest
 
-from headwater.collector.partitioning import event_appends, partition_of, split_by_partition
-from headwater.collector.segment import (
+from headwater.collector.segment import ID_FIELDS, normalize, parse_request
+from headwater.collector.wire import MAX_EVENT_BYTES, WireError
+from headwater.events import (
+    BAD_ROW_SCHEMA,
     DECODE_FAILURE,
     ENVELOPE_VIOLATION,
-    EVENT_ID_NAMESPACE,
-    MAX_EVENT_BYTES,
+    EVENT_SCHEMA,
     SIZE_VIOLATION,
-    WireError,
-    bad_rows_table,
-    normalize,
-    parse_request,
-    redact,
-    surface_of,
 )
-from headwater.collector.tokens import Tokenizer
-from headwater.events import BAD_ROW_SCHEMA, EVENT_SCHEMA
+from headwater.ingest.badrows import bad_rows_table, redact
+from headwater.ingest.canonical import EVENT_ID_NAMESPACE
+from headwater.ingest.tokens import Tokenizer
 
 from .conftest import HMAC_KEY, RECEIVED, RECEIVED_US
 
@@ -263,11 +257,11 @@ def test_envelope_rules(message, reason, tokenizer):
     assert n.events.column("event_id").to_pylist() == ["good-1", "good-2"]  # neighbours kept
     assert n.errors == [{"index": 1, "code": ENVELOPE_VIOLATION, "message": reason}]
     [bad] = n.bad_rows
-    assert bad["error_type"] == ENVELOPE_VIOLATION and bad["reason"] == reason and bad["source"] == "web-app"
-    assert bad["received_at"] == RECEIVED_US and bad["ds"] == (RECEIVED.date() - dt.date(1970, 1, 1)).days
-    assert SECRET_USER not in bad["payload"] and SECRET_ANON not in bad["payload"]
+    assert (bad.error_type, bad.reason, bad.source, bad.protocol) == (ENVELOPE_VIOLATION, reason, "web-app", "segment")
+    assert bad.received_at_us == RECEIVED_US and bad.field.startswith("$.batch[1]")
+    assert SECRET_USER not in bad.payload and SECRET_ANON not in bad.payload
     if isinstance(message, dict):
-        payload = json.loads(bad["payload"])
+        payload = json.loads(bad.payload)
         assert {k: v for k, v in payload.items() if k not in ("userId", "anonymousId", "previousId")} == {
             k: v for k, v in message.items() if k not in ("userId", "anonymousId", "previousId")
         }
@@ -290,15 +284,15 @@ def test_event_over_32kb_is_a_size_violation_and_the_rest_is_kept(tokenizer):
     size = len(json.dumps(big))
     assert err == {"index": 1, "code": SIZE_VIOLATION, "message": f"Event of {size} bytes exceeds the limit of 32768 bytes (32 KB) per event - at `$.batch[1]`"}
     [bad] = n.bad_rows
-    assert bad["error_type"] == SIZE_VIOLATION and len(bad["payload"]) == MAX_EVENT_BYTES  # truncated
-    assert SECRET_USER not in bad["payload"]
+    assert bad.error_type == SIZE_VIOLATION and len(bad.payload) == MAX_EVENT_BYTES  # truncated
+    assert (bad.field, bad.rule) == ("$.batch[1]", "max_bytes")
+    assert SECRET_USER not in bad.payload
 
 
-def test_invalid_utf8_or_deep_payloads_do_not_crash_redaction(tokenizer):
-    text = redact(b'{"userId": "' + SECRET_USER.encode() + b'", "x": \xff', tokenizer)
+def test_bad_row_payloads_have_segment_identifiers_tokenised(tokenizer):
+    text = redact(b'{"userId": "' + SECRET_USER.encode() + b'", "x": \xff', tokenizer, ID_FIELDS)
     assert SECRET_USER not in text and tokenizer(SECRET_USER) in text
-    assert redact(b"[" * 10_000, tokenizer).startswith("[[[")
-    assert redact(b'{"batch":[{"anonymousId":"' + SECRET_ANON.encode() + b'"}]}', tokenizer) == (
+    assert redact(b'{"batch":[{"anonymousId":"' + SECRET_ANON.encode() + b'"}]}', tokenizer, ID_FIELDS) == (
         '{"batch":[{"anonymousId":"' + tokenizer(SECRET_ANON) + '"}]}'
     )
 
@@ -338,7 +332,7 @@ def test_invalid_utf8_rejects_only_its_message(tokenizer):
         (1, DECODE_FAILURE, "Invalid UTF-8 in JSON (JSON text must be UTF-8) - at `$.batch[1]`"),
         (2, DECODE_FAILURE, "Invalid UTF-8 in JSON (JSON text must be UTF-8) - at `$.batch[2]`"),
     ]
-    assert SECRET_USER not in n.bad_rows[0]["payload"] and "\ufffd" in n.bad_rows[0]["payload"]
+    assert SECRET_USER not in n.bad_rows[0].payload and "\ufffd" in n.bad_rows[0].payload
     with pytest.raises(WireError) as e:
         parse_request(b'{"batch":[], "writeKey":"\xff"}')
     assert (e.value.code, e.value.message) == (DECODE_FAILURE, "Invalid UTF-8 in JSON: invalid start byte (JSON text must be UTF-8)")
@@ -370,36 +364,6 @@ def test_empty_batch_is_fine(tokenizer):
 def test_surface_and_platform(context, surface, platform, tokenizer):
     row = one(msg(type="track", event="x", context=context), tokenizer)
     assert (row["surface"], row["platform"]) == (surface, platform)
-
-
-def test_surface_of_unknown_library_is_server():
-    assert surface_of(None) == "server" and surface_of("my-backend") == "server"
-
-
-# -- partitioning ---------------------------------------------------------------------------
-
-
-def test_partition_is_stable_hash_of_identity_token(tokenizer):
-    batch = [msg(type="track", event="x", messageId=f"m{i}", userId=f"user-{i % 13}" if i % 3 else None, anonymousId=f"anon-{i}") for i in range(200)]
-    n = run(batch, tokenizer)
-    keys = [r["user_id"] or r["anonymous_id"] for r in n.events.to_pylist()]
-    got = partition_of(pa.array(keys), 4)
-    assert got.tolist() == [int(k[:8], 16) % 4 for k in keys]
-    assert partition_of(pa.array(keys).slice(7, 50), 7).tolist() == [int(k[:8], 16) % 7 for k in keys[7:57]]
-
-    parts = split_by_partition(n.events, 4)
-    assert [p for p, _ in parts] == sorted({int(k[:8], 16) % 4 for k in keys})
-    seen = []
-    for p, t in parts:
-        ids = t.column("event_id").to_pylist()
-        assert ids == [f"m{i}" for i in range(200) if int(keys[i][:8], 16) % 4 == p]  # request order kept
-        seen += ids
-    assert sorted(seen) == sorted(f"m{i}" for i in range(200))
-
-    appends = event_appends(n.events, 4)
-    assert sum(a.count for a in appends) == 200
-    assert all(a.topic == "events" and pa.ipc.open_stream(a.payload).read_all().num_rows == a.count for a in appends)
-    assert np.all(partition_of(pa.array([], pa.string()), 4) == np.zeros(0))
 
 
 # -- robustness -----------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
+from headwater.config import Home
 from headwater.demo.replay import dataset_path
+from headwater.lake.store import Lake
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def expected_active_users(csv: pd.DataFrame) -> pd.DataFrame:
 
 
 def read(home, layer, name) -> pd.DataFrame:
-    return DeltaTable(str(home / "lake" / layer / name)).to_pandas()
+    return DeltaTable(Lake.of(Home(home)).uri(f"{layer}.{name}")).to_pandas()
 
 
 def test_silver_has_one_row_per_distinct_event_of_the_dataset(demo_home, csv):

@@ -11,7 +11,7 @@ import pytest
 from headwater.config import Home
 from headwater.demo import generate
 from headwater.events import EVENT_SCHEMA
-from headwater.lake import tables
+from headwater.lake.store import Lake
 from headwater.models.config import load
 
 DAY = dt.date(2024, 3, 1)
@@ -75,7 +75,7 @@ def test_write_day_is_idempotent_and_config_loads(tmp_path):
     home = Home(tmp_path)
     rows = generate.write_day(home, 3_000, DAY, chunk_rows=1_000)
     assert generate.write_day(home, 3_000, DAY, chunk_rows=1_000) == rows  # re-run: nothing appended
-    assert tables.row_count(home.table_path("bronze", "events")) == rows
+    assert Lake.of(home).row_count("bronze.events") == rows
     (tmp_path / "models.toml").write_text(generate.MODELS_TOML)
     assert [e.id for e in load(home).experiments] == [generate.EXPERIMENT]
 

@@ -1,5 +1,6 @@
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -9,40 +10,56 @@ import time
 import pyarrow as pa
 import pytest
 
-from headwater.log.base import Append
-from headwater.log.codec import decode, encode
+from headwater.errors import InvalidInputError, NotFoundError, TransientError
+from headwater.log import Append, open_log
 from headwater.log.group_commit import GroupCommitWriter
-from headwater.log.sqlite import SqliteLog
+from headwater.log.sqlite import SqliteLog, _encode
+from tests.helpers import PerTopicLog
+
+V = pa.schema([pa.field("v", pa.int64(), nullable=False)])
 
 
-def rows(start: int, n: int) -> bytes:
-    return encode(pa.table({"v": list(range(start, start + n))}))
+def rows(start: int, n: int) -> pa.Table:
+    return pa.table({"v": list(range(start, start + n))})
+
+
+def read(log, topic, partition, start, end, schema=V):
+    return log.read(topic, partition, start, end, schema)
 
 
 @pytest.fixture
 def log(tmp_path):
-    log = SqliteLog(tmp_path / "log.db")
+    log = open_log(f"sqlite:///{tmp_path / 'log.db'}")
     log.ensure_topic("t", 2)
     yield log
     log.close()
 
 
-def test_offsets_count_events_and_reads_slice_records(log):
-    log.append([Append("t", 0, 3, rows(0, 3)), Append("t", 1, 2, rows(100, 2))])
-    log.append([Append("t", 0, 4, rows(3, 4))])
+def test_one_offset_is_one_event_and_reads_return_exactly_the_range(log):
+    log.append([Append("t", 0, rows(0, 3)), Append("t", 1, rows(100, 2))])
+    log.append([Append("t", 0, rows(3, 4))])
     assert log.end_offsets("t") == {0: 7, 1: 2}
-    table, bad = decode(log.read("t", 0, 2, 5), 2, 5)
-    assert bad == []
-    assert table.column("v").to_pylist() == [2, 3, 4]
-    assert table.column("_offset").to_pylist() == [2, 3, 4]
-    assert table.column("_partition").to_pylist() == [0, 0, 0]
-    assert log.read("t", 0, 7, 10) == []
+    events, dead = read(log, "t", 0, 2, 5)
+    assert dead == []
+    assert events.schema.names == ["v", "_partition", "_offset", "_appended_ms"]
+    assert events.column("v").to_pylist() == [2, 3, 4]
+    assert events.column("_offset").to_pylist() == [2, 3, 4]
+    assert events.column("_partition").to_pylist() == [0, 0, 0]
+    assert abs(events.column("_appended_ms")[0].as_py() - time.time() * 1000) < 60_000
+    empty, dead = read(log, "t", 0, 7, 10)
+    assert empty.num_rows == 0 and empty.schema.names == events.schema.names and dead == []
 
 
-def test_topics_keep_their_partition_count(log):
+def test_topics_keep_their_partition_count_and_unknown_ones_are_not_found(log):
     assert log.ensure_topic("t", 8) == 2
-    with pytest.raises(KeyError, match="topic 'nope' does not exist"):
+    with pytest.raises(NotFoundError, match="topic 'nope' does not exist"):
         log.partitions("nope")
+    with pytest.raises(NotFoundError, match="topic 'nope'"):
+        read(log, "nope", 0, 0, 1)
+    with pytest.raises(NotFoundError, match="topic 't' has no partition 5"):
+        read(log, "t", 5, 0, 1)
+    with pytest.raises(NotFoundError):
+        log.end_offsets("nope")
 
 
 def test_consumer_group_offsets(log):
@@ -53,26 +70,71 @@ def test_consumer_group_offsets(log):
     assert log.committed("other", "t") == {0: 0, 1: 0}
 
 
-def test_undecodable_payload_is_reported_not_raised(log):
-    log.append([Append("t", 0, 2, b"garbage"), Append("t", 0, 1, rows(0, 1)), Append("t", 0, 5, rows(0, 4))])
-    table, bad = decode(log.read("t", 0, 0, 8), 0, 8)
-    assert table.num_rows == 1
-    assert [(b.record.offset, b.record.count) for b in bad] == [(0, 2), (3, 5)]
-    assert "ArrowInvalid" in bad[0].error
-    assert "payload has 4 rows, record header says 5" in bad[1].error
+def test_unreadable_units_become_dead_letters_once_each(log):
+    log._insert([("t", 0, 2, b"garbage")])  # offsets 0-1
+    log.append([Append("t", 0, rows(0, 1))])  # 2
+    log._insert([("t", 0, 5, _encode(rows(0, 4)))])  # 3-7: claims 5, holds 4
+    log.append([Append("t", 0, pa.table({"v": ["not a number"]}))])  # 8
+    events, dead = read(log, "t", 0, 0, 9)
+    assert events.column("_offset").to_pylist() == [2]
+    assert [(d.offset, d.count) for d in dead] == [(0, 2), (3, 5), (8, 1)]
+    assert "ArrowInvalid" in dead[0].error and dead[0].payload == b"garbage" and dead[0].topic == "t"
+    assert "payload has 4 rows, record header says 5" in dead[1].error
+    assert dead[2].error.startswith("invalid record: column v: cannot cast string to int64")
+    # A bad unit straddling two reads is reported by the read holding its first offset only.
+    assert [d.offset for d in read(log, "t", 0, 0, 4)[1]] == [0, 3]
+    assert [d.offset for d in read(log, "t", 0, 4, 9)[1]] == [8]
+
+
+def test_reads_conform_to_the_schema_and_fill_missing_optional_columns(log):
+    schema = pa.schema([pa.field("v", pa.int64(), nullable=False), pa.field("w", pa.string())])
+    log.append([Append("t", 1, pa.table({"v": pa.array([1], pa.int32())}))])
+    log.append([Append("t", 1, pa.table({"v": [2], "w": ["x"], "extra": [0.5]}))])
+    events, dead = read(log, "t", 1, 0, 2, schema)
+    assert not dead
+    assert events.select(["v", "w"]).to_pylist() == [{"v": 1, "w": None}, {"v": 2, "w": "x"}]
+    assert events.schema.field("v").type == pa.int64()
 
 
 def test_failed_append_stores_nothing(log):
     with pytest.raises(Exception):
-        log.append([Append("t", 0, 1, rows(0, 1)), Append("t", 0, 1, object())])
+        log.append([Append("t", 0, rows(0, 1)), Append("t", 0, object())])
     assert log.end_offsets("t") == {0: 0, 1: 0}
+
+
+def test_append_to_a_missing_partition_stores_nothing(log):
+    with pytest.raises(NotFoundError, match="topic 't' has no partition 2"):
+        log.append([Append("t", 0, rows(0, 1)), Append("t", 2, rows(0, 1))])
+    assert log.end_offsets("t") == {0: 0, 1: 0}
+
+
+def test_appends_to_several_topics_are_one_transaction(log):
+    log.ensure_topic("u", 1)
+    assert log.atomic_multi_topic_append
+    with pytest.raises(NotFoundError):
+        log.append([Append("t", 0, rows(0, 1)), Append("u", 0, rows(0, 1)), Append("u", 3, rows(0, 1))])
+    assert log.end_offsets("t") == {0: 0, 1: 0} and log.end_offsets("u") == {0: 0}
+    both = [Append("t", 0, rows(0, 1)), Append("u", 0, rows(0, 2))]
+    assert log.atomic_groups(both) == [both]
+
+
+def test_a_log_without_multi_topic_atomicity_refuses_mixed_appends(tmp_path):
+    log = PerTopicLog(tmp_path / "log.db")
+    log.ensure_topic("t", 1), log.ensure_topic("u", 1)
+    mixed = [Append("t", 0, rows(0, 1)), Append("u", 0, rows(0, 1)), Append("t", 0, rows(1, 1))]
+    with pytest.raises(InvalidInputError, match="one topic per atomic append"):
+        log.append(mixed)
+    assert log.atomic_groups(mixed) == [[mixed[0], mixed[2]], [mixed[1]]]
+    for group in log.atomic_groups(mixed):
+        log.append(group)
+    assert log.end_offsets("t") == {0: 2} and log.end_offsets("u") == {0: 1}
 
 
 def test_group_commit_shares_transactions_and_reports_failures(log):
     writer = GroupCommitWriter(log)
     futures = []
     threads = [
-        threading.Thread(target=lambda i=i: futures.append(writer.submit([Append("t", i % 2, 10, rows(0, 10))])))
+        threading.Thread(target=lambda i=i: futures.append(writer.submit([Append("t", i % 2, rows(0, 10))])))
         for i in range(40)
     ]
     for t in threads:
@@ -82,26 +144,43 @@ def test_group_commit_shares_transactions_and_reports_failures(log):
     for f in futures:
         assert f.result(timeout=10) is None
     assert sum(log.end_offsets("t").values()) == 400
-    bad = writer.submit([Append("t", 0, 1, object())])
+    bad = writer.submit([Append("t", 0, object())])
     with pytest.raises(Exception):
         bad.result(timeout=10)
     writer.close()
     assert sum(log.end_offsets("t").values()) == 400
 
 
+def test_group_commit_on_a_per_topic_log_appends_each_topic_and_fails_the_requests_it_touched(tmp_path):
+    log = PerTopicLog(tmp_path / "log.db")
+    log.ensure_topic("events", 2), log.ensure_topic("bad_rows", 1)
+    writer = GroupCommitWriter(log)
+    request = [Append("events", 0, rows(0, 2)), Append("events", 1, rows(2, 1)), Append("bad_rows", 0, rows(0, 1))]
+    assert writer.submit(request).result(timeout=10) is None
+    assert log.end_offsets("events") == {0: 2, 1: 1} and log.end_offsets("bad_rows") == {0: 1}
+    log.fail_topic = "bad_rows"
+    failing = writer.submit(request)
+    events_only = writer.submit(request[:1])
+    with pytest.raises(TransientError):
+        failing.result(timeout=10)
+    assert events_only.result(timeout=10) is None
+    writer.close()
+    # The failed request's events were stored (its retry re-sends them: deduplicated by
+    # event_id downstream); its bad rows were not.
+    assert log.end_offsets("events")[0] >= 4 and log.end_offsets("bad_rows") == {0: 1}
+
+
 WRITER = textwrap.dedent(
     """
     import sys
     import pyarrow as pa
-    from headwater.log.base import Append
-    from headwater.log.codec import encode
-    from headwater.log.sqlite import SqliteLog
-    log = SqliteLog(sys.argv[1])
+    from headwater.log import Append, open_log
+    log = open_log(sys.argv[1])
     log.ensure_topic("t", 2)
     i = 0
     while True:
         n = 1 + i % 7
-        log.append([Append("t", i % 2, n, encode(pa.table({"v": [i] * n})))])
+        log.append([Append("t", i % 2, pa.table({"v": [i] * n}))])
         i += 1
         if i == int(sys.argv[2]):
             break
@@ -110,66 +189,110 @@ WRITER = textwrap.dedent(
 
 
 def test_concurrent_writer_processes_get_dense_offsets(tmp_path):
-    path = tmp_path / "log.db"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), "150"]) for _ in range(2)]
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, url, "150"]) for _ in range(2)]
     for p in procs:
         assert p.wait(timeout=120) == 0
-    log = SqliteLog(path)
+    log = open_log(url)
     for part in (0, 1):
-        records = log.read("t", part, 0, log.end_offsets("t")[part])
-        offsets = [r.offset for r in records]
-        assert offsets == sorted(offsets)
-        assert all(a.offset + a.count == b.offset for a, b in zip(records, records[1:]))
+        events, dead = read(log, "t", part, 0, log.end_offsets("t")[part])
+        assert not dead and events.column("_offset").to_pylist() == list(range(events.num_rows))
     assert sum(log.end_offsets("t").values()) == 2 * sum(1 + i % 7 for i in range(150))
 
 
 def test_writer_killed_mid_append_leaves_a_consistent_log(tmp_path):
-    path = tmp_path / "log.db"
-    for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "-1"])
-        time.sleep(1.5)
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    log = open_log(url)
+    log.ensure_topic("t", 2)
+    for i in range(3):
+        before = sum(log.end_offsets("t").values())
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, url, "-1"])
+        deadline = time.monotonic() + 60
+        while sum(log.end_offsets("t").values()) == before:  # kill it once it is appending
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.1 * i)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    log = SqliteLog(path)
     ends = log.end_offsets("t")
-    assert sum(ends.values()) > 0
     for part, end in ends.items():
-        table, bad = decode(log.read("t", part, 0, end), 0, end)
-        assert bad == []
-        assert table.column("_offset").to_pylist() == list(range(end))
-    log.append([Append("t", 0, 1, rows(0, 1))])
+        events, dead = read(log, "t", part, 0, end)
+        assert dead == []
+        assert events.column("_offset").to_pylist() == list(range(end))
+    log.append([Append("t", 0, rows(0, 1))])
     assert log.end_offsets("t")[0] == ends[0] + 1
 
 
-def test_retention_deletes_only_old_records_every_group_has_consumed(log):
-    log.append([Append("t", 0, 3, rows(0, 3)), Append("t", 0, 2, rows(3, 2)), Append("t", 1, 4, rows(0, 4))])
-    assert log.enforce_retention(0) == 0  # no group has consumed anything
+def test_commit_applies_retention_to_what_every_group_has_consumed(tmp_path):
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    log = open_log(url, retention_ms=3_600_000)
+    log.ensure_topic("t", 2)
+    log.append([Append("t", 0, rows(0, 3)), Append("t", 1, rows(0, 4))])
+    log.append([Append("t", 0, rows(3, 2))])
     log.commit("bronze", "t", {0: 4, 1: 4})
-    log.commit("other", "t", {0: 5})
+    assert read(log, "t", 0, 0, 5)[0].num_rows == 5  # younger than the retention
     time.sleep(0.01)
-    assert log.enforce_retention(3_600_000) == 0  # younger than the retention
-    # partition 0: first record (offsets 0-2) is below both groups; the second (3-4) is not
-    # below bronze's 4. Partition 1: "other" has not committed there, so min is bronze's 4.
-    assert log.enforce_retention(0) == 3 + 4
-    assert [r.offset for r in log.read("t", 0, 0, 5)] == [3]
-    assert log.read("t", 1, 0, 4) == []
+    eager = open_log(url + "?retention_ms=0")
+    eager.commit("other", "t", {0: 5})
+    # Partition 0: the first record (offsets 0-2) is below both groups; the second (3-4) is
+    # not below bronze's 4. Partition 1: "other" has not committed there, so min is bronze's 4.
+    assert read(log, "t", 0, 0, 5)[0].column("_offset").to_pylist() == [3, 4]
+    assert read(log, "t", 1, 0, 4)[0].num_rows == 0
     assert log.end_offsets("t") == {0: 5, 1: 4}  # offsets are never reused
+    eager.close()
 
 
-def test_append_to_a_missing_partition_stores_nothing(log):
-    with pytest.raises(KeyError, match="topic 't' has no partition 2"):
-        log.append([Append("t", 0, 1, rows(0, 1)), Append("t", 2, 1, rows(0, 1))])
-    assert log.end_offsets("t") == {0: 0, 1: 0}
+def test_a_log_no_group_has_consumed_keeps_everything(tmp_path):
+    log = open_log(f"sqlite:///{tmp_path / 'log.db'}", retention_ms=0)
+    log.ensure_topic("t", 1), log.ensure_topic("u", 1)
+    log.append([Append("t", 0, rows(0, 3))])
+    time.sleep(0.01)
+    log.commit("g", "u", {0: 0})
+    assert read(log, "t", 0, 0, 3)[0].num_rows == 3
 
 
 def test_background_checkpoint_moves_the_wal_into_the_database(tmp_path):
-    log = SqliteLog(tmp_path / "log.db", background_checkpoint_s=0.1)
+    log = open_log(f"sqlite:///{tmp_path / 'log.db'}", background_checkpoint_s=0.1)
     log.ensure_topic("t", 1)
-    payload = encode(pa.table({"v": [b"x" * 100_000]}))
+    payload = pa.table({"v": [b"x" * 100_000]})
     for _ in range(50):
-        log.append([Append("t", 0, 1, payload)])
+        log.append([Append("t", 0, payload)])
     deadline = time.monotonic() + 10
     while (tmp_path / "log.db").stat().st_size < 5_000_000:  # appends live in the WAL until checkpointed
         assert time.monotonic() < deadline, "no checkpoint within 10 s"
         time.sleep(0.1)
     assert sum(log.end_offsets("t").values()) == 50
+
+
+def test_urls_choose_the_backend_and_name_the_setting(tmp_path):
+    log = open_log(f"sqlite:////{tmp_path / 'a.db'}?background_checkpoint_s=5")  # SQLAlchemy's four slashes
+    assert isinstance(log, SqliteLog) and log.path == tmp_path / "a.db"
+    for url, message in [
+        ("kafka://broker:9092", "unknown event log scheme kafka:; known: sqlite://"),
+        (str(tmp_path / "log.db"), r"unknown event log scheme \(none\)"),
+        ("sqlite://host/log.db", "expected sqlite:///<absolute path"),
+        ("sqlite:///", "expected sqlite:///<absolute path"),
+        (f"sqlite:///{tmp_path / 'b.db'}?nope=1", "unknown sqlite option 'nope'"),
+        (f"sqlite:///{tmp_path / 'b.db'}?retention_ms=soon", "option retention_ms must be a int"),
+    ]:
+        with pytest.raises(InvalidInputError, match=message) as e:
+            open_log(url)
+        assert e.value.field == "log.url"
+
+
+def test_sqlite_errors_become_headwater_errors(tmp_path):
+    (tmp_path / "not-a-log.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(InvalidInputError, match="not a usable SQLite event log") as e:
+        open_log(f"sqlite:///{tmp_path / 'not-a-log.db'}")
+    assert isinstance(e.value.__cause__, sqlite3.DatabaseError)
+    log = open_log(f"sqlite:///{tmp_path / 'log.db'}")
+    log.ensure_topic("t", 1)
+    holder = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock past the busy timeout
+    log._conn().execute("PRAGMA busy_timeout = 50")
+    with pytest.raises(TransientError, match="database is locked") as e:
+        log.append([Append("t", 0, rows(0, 1))])
+    assert isinstance(e.value.__cause__, sqlite3.OperationalError)
+    holder.execute("ROLLBACK")
+    log.append([Append("t", 0, rows(0, 1))])
+    assert log.end_offsets("t") == {0: 1}

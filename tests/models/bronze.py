@@ -1,4 +1,5 @@
-"""Test helper: hand-made canonical events written to a real ``bronze.events`` Delta table.
+"""Test helper: hand-made canonical events written to a real ``bronze.events`` Delta table,
+and reading the lake back (:func:`rows`, :func:`history`).
 
     write(home, [event("e1", T0, user="u1", anon="a1"), identify("i1", T0, "a1", "u1", plan="pro")])
 """
@@ -9,12 +10,13 @@ import datetime as dt
 import json
 
 import pyarrow as pa
+from deltalake import DeltaTable
 
 from headwater.config import Home
 from headwater.events import EVENT_SCHEMA
-from headwater.lake.tables import append_once
-from headwater.models.run import MODELS
-from headwater.serve.catalog import query
+from headwater.lake.store import Lake
+from headwater.models.dag import MODELS
+from tests.helpers import query
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 5, 1, 12, tzinfo=UTC)
@@ -46,9 +48,13 @@ def alias(eid: str, ts: dt.datetime, previous: str, user: str) -> dict:
 
 def write(home: Home, rows: list[dict], batch_id: int = 0) -> None:
     """Append ``rows`` to ``bronze.events`` as micro-batch ``batch_id`` (app_id "unit")."""
-    append_once(home.table_path("bronze", "events"), pa.Table.from_pylist(rows, schema=EVENT_SCHEMA),
-                app_id="unit", batch_id=batch_id)
+    Lake.of(home).append_once("bronze.events", pa.Table.from_pylist(rows, schema=EVENT_SCHEMA), app_id="unit", batch_id=batch_id)
 
 
-def rows(home: Home, sql: str, params: dict | None = None) -> list[dict]:
-    return query(home, sql, params).to_pylist()
+def rows(home: Home, text: str, params: dict | None = None) -> list[dict]:
+    return query(home, text, params).to_pylist()
+
+
+def history(home: Home, table: str) -> list[dict]:
+    """The Delta commit history of ``table``, newest first."""
+    return DeltaTable(Lake.of(home).uri(table)).history()

@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 
 from headwater.config import Home
 from headwater.events import EVENT_SCHEMA
-from headwater.lake.tables import append_once
+from headwater.lake.store import Lake
 
 _REPO = Path(__file__).resolve().parents[2]
 CSV_FIELDS = ("user_id", "session_id", "event", "timestamp", "platform",
@@ -101,12 +101,12 @@ def write_bronze(home: Home, *, batches: int = 4, with_resends: bool = True) -> 
     Returns the original (not re-sent) canonical events, in CSV order."""
     rows = read_csv_rows()
     events = canonical(rows)
-    path = home.table_path("bronze", "events")
+    lake = Lake.of(home)
     size = -(-len(events) // batches)
     for b in range(batches):
         chunk = events[b * size:(b + 1) * size]
-        append_once(path, pa.Table.from_pylist(chunk, schema=EVENT_SCHEMA), app_id="test", batch_id=b)
+        lake.append_once("bronze.events", pa.Table.from_pylist(chunk, schema=EVENT_SCHEMA), app_id="test", batch_id=b)
     if with_resends:
-        append_once(path, pa.Table.from_pylist(resends(events), schema=EVENT_SCHEMA),
-                    app_id="test", batch_id=batches)
+        lake.append_once("bronze.events", pa.Table.from_pylist(resends(events), schema=EVENT_SCHEMA),
+                         app_id="test", batch_id=batches)
     return events

@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from deltalake import DeltaTable
 
 from headwater.config import Home
 from headwater.models.run import build
-from tests.models.bronze import T0, alias, event, identify, rows, write
+from tests.models.bronze import T0, alias, event, history, identify, rows, write
 
 D = dt.timedelta(days=1)
 
@@ -52,8 +51,7 @@ def test_rerunning_creates_no_extra_versions_and_late_identifies_land_in_place(t
     for day in (T0.date(), T0.date() + 2 * D, T0.date()):
         build(home, day, day)
         assert versions(home, "u1") == before
-    history = DeltaTable(str(home.table_path("silver", "dim_user"))).history()
-    assert {h["operationParameters"]["mode"] for h in history} == {"Overwrite"}
+    assert {h["operationParameters"]["mode"] for h in history(home, "silver.dim_user")} == {"Overwrite"}
     # a re-sent identify (same event_id) changes nothing; a late one between the two splits the history
     write(home, [identify("i1", T0, "a", "u1", plan="free"), identify("i2", T0 + D, "a", "u1", plan="team")], batch_id=1)
     build(home, T0.date() + D, T0.date() + D)

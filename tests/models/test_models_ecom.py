@@ -11,23 +11,22 @@ import datetime as dt
 import hashlib
 import shutil
 
-import pandas as pd
-import pyarrow as pa
-import pytest
-from deltalake import DeltaTable
-
 from collections.abc import Iterator
 
 import duckdb
+import pandas as pd
+import pytest
 
 from headwater.config import Home
-from headwater.lake import tables
-from headwater.models import config as model_config
-from headwater.models.run import MODELS, build, identity_stale_days, run_model
+from headwater.lake import sql
 from headwater.lake.schemas import SILVER_EVENTS_SCHEMA
-from headwater.serve.catalog import connect, query
+from headwater.lake.store import Lake
+from headwater.models import config as model_config
+from headwater.models.dag import MODELS
+from headwater.models.run import build, identity_stale_days, run_model
 from tests.models import ecom_reference as ref
-from tests.models.bronze import event, write
+from tests.helpers import query
+from tests.models.bronze import event, history, write
 from tests.models.ecom_bronze import ecom_csv_path, resends, write_bronze
 
 CSV_ROWS = 31_106
@@ -69,6 +68,15 @@ def built(template, tmp_path_factory) -> Iterator[tuple[duckdb.DuckDBPyConnectio
     con.close()
 
 
+def connect(home: Home) -> duckdb.DuckDBPyConnection:
+    """A SQL catalog connection holding every table of ``home``'s lake."""
+    lake = Lake.of(home)
+    con = sql.connect(lake)
+    for table in lake.tables():
+        sql.register(con, lake, table)
+    return con
+
+
 def frame(db: Home | duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> pd.DataFrame:
     """Rows of ``sql`` over a home's catalog or an open catalog connection."""
     if isinstance(db, Home):
@@ -108,7 +116,7 @@ def test_dataset_shape(template):
     home, events = template
     assert len({e["event_id"] for e in events}) == DISTINCT_EVENTS
     # bronze holds every delivery: the CSV rows plus the re-sends
-    assert tables.row_count(home.table_path("bronze", "events")) == CSV_ROWS + len(resends(events))
+    assert Lake.of(home).row_count("bronze.events") == CSV_ROWS + len(resends(events))
 
 
 # -- silver ----------------------------------------------------------------------------------
@@ -131,7 +139,7 @@ def test_silver_is_exactly_deduplicated(built, template):
 
 def test_silver_keeps_the_winner_and_adds_the_person(built):
     db, _, home = built
-    assert pa.schema(DeltaTable(str(home.table_path("silver", "events"))).schema().to_arrow()) == SILVER_EVENTS_SCHEMA
+    assert Lake.of(home).schema("silver.events") == SILVER_EVENTS_SCHEMA
     bronze = frame(db, "SELECT * FROM bronze.events WHERE context = '{}'")
     bronze = bronze.drop_duplicates("event_id").set_index("event_id").sort_index()
     silver = frame(db, "SELECT * FROM silver.events").set_index("event_id").sort_index()
@@ -295,9 +303,9 @@ def test_rebuilds_are_idempotent(built_copy):
         assert checksums(home) == want, (start, end)
 
     for model in MODELS:
-        history = DeltaTable(str(home.table_path(*model.table.split(".")))).history()
-        assert len(history) == 1 + len(ranges), model.table  # one commit per build, never more
-        for commit in history:
+        commits = history(home, model.table)
+        assert len(commits) == 1 + len(ranges), model.table  # one commit per build, never more
+        for commit in commits:
             assert commit["operation"] == "WRITE", model.table
             assert commit["operationParameters"]["mode"] == "Overwrite", model.table
             assert ("predicate" in commit["operationParameters"]) == model.partitioned, model.table

@@ -5,35 +5,48 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-import duckdb
-import pyarrow as pa
+import dataclasses
+
 import pytest
-from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError
 
 from headwater.config import Home
-from headwater.models import identity
-from headwater.models.run import MODELS, Model, build, plan, run_model, source_range
-from headwater.lake.schemas import ACTIVE_USERS_SCHEMA
-from headwater.serve.catalog import query
-from tests.models.bronze import MODEL, T0, event, write
+from headwater.errors import InvalidInputError, NotFoundError
+from headwater.lake import catalog, sql
+from headwater.lake.store import Lake
+from headwater.models.dag import MODELS, Model, plan
+from headwater.models.run import build, run_model
+from tests.helpers import query
+from tests.models.bronze import MODEL, T0, event, history, write
 
 def gold(home: Home) -> list[tuple]:
     return [tuple(r.values()) for r in query(home, "SELECT ds, dau, wau, mau FROM gold.active_users ORDER BY ds").to_pylist()]
 
 
-def test_every_model_states_its_grain():
+def test_every_batch_table_is_a_model_declared_once():
+    """The fixed models are exactly the tables the catalog says the batch layer writes; each
+    model's grain, schema and partitioning are that declaration (not restated in the model)."""
+    batch = {t.name for t in catalog.TABLES if t.writer == "batch" and not t.is_family}
+    assert {m.table for m in MODELS} == batch
     for model in MODELS:
-        if model.compute is not None:  # Python model: the grain is in its module's docstring
-            assert f"rain of ``{model.table}``: one row per" in identity.__doc__
-            with pytest.raises(TypeError, match="Python model"):
+        spec = catalog.spec(model.table)
+        assert model.spec is spec and model.schema is spec.schema and model.partitioned == bool(spec.partition_by)
+        assert spec.grain.startswith(("one row per", "hour", "ds", "cohort"))
+
+
+def test_sql_models_point_at_the_catalog_and_read_their_inputs():
+    for model in MODELS:
+        if model.compute is not None:
+            with pytest.raises(InvalidInputError, match="Python model"):
                 model.sql()
             continue
-        sql = model.sql()
-        assert sql.startswith(f"-- {model.table}\n-- Grain: one row per ")
-        assert "{{" not in sql and "{k" not in sql and "-- repeat" not in sql  # fully rendered
+        text = model.sql()
+        assert text.startswith(f"-- {model.table}\n-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.")
+        assert "Columns:" not in text and "_SCHEMA" not in text  # not restated in the header
+        assert "{{" not in text and "{k" not in text and "-- repeat" not in text  # fully rendered
+        # the tables it reads are its declared inputs: the DAG's edges are the SQL's
+        assert sql.referenced_tables(text) == set(model.inputs), model.table
         # prepared parameters only, and a partitioned model is bounded by its range
-        assert set(re.findall(r"\$(\w+)", sql)) == ({"start", "end"} if model.partitioned else set())
+        assert set(re.findall(r"\$(\w+)", text)) == ({"start", "end"} if model.partitioned else set())
 
 
 def test_earliest_delivery_wins_with_deterministic_ties(tmp_path):
@@ -105,7 +118,7 @@ def test_plan_widens_inputs_to_what_readers_read():
     # never narrower than asked, even outside the source's days
     assert plan(d, d, floor=d + days(days=9), ceiling=d + days(days=9))[2][1:] == (d, d + days(days=9))
     assert plan(d, d, floor=d - days(days=9), ceiling=d - days(days=9))[2][1:] == (d - days(days=9), d)
-    with pytest.raises(ValueError, match="after end"):
+    with pytest.raises(InvalidInputError, match="after end"):
         plan(d, d - days(days=1))
 
 
@@ -127,38 +140,52 @@ def test_affected_days_mirror_what_each_model_reads():
 
 def test_errors(tmp_path):
     home = Home(tmp_path)
-    with pytest.raises(FileNotFoundError, match="bronze.events"):
+    with pytest.raises(NotFoundError, match="^bronze.events does not exist yet in .*: nothing to build") as e:
         build(home)
+    assert "\n" not in str(e.value) and e.value.field == "bronze.events"  # one line, names the table
     write(home, [event("a", T0)])
-    assert source_range(home) == (T0.date(), T0.date())
-    with pytest.raises(ValueError, match="after end"):
+    assert Lake.of(home).ds_range("bronze.events") == (T0.date(), T0.date())
+    with pytest.raises(InvalidInputError, match="after end"):
         build(home, T0.date(), T0.date() - dt.timedelta(days=1))
     gold_model = MODEL["gold.active_users"]
-    with pytest.raises(duckdb.CatalogException, match="events"):  # silver not built yet
+    with pytest.raises(NotFoundError, match="gold.active_users: input table silver.events is not built yet"):
         run_model(home, gold_model, T0.date(), T0.date())
-    assert not home.table_path("gold", "active_users").exists()
+    assert not Lake.of(home).exists("gold.active_users")
 
 
 class InlineModel(Model):
-    """A model whose ``sql_file`` field holds the SQL text itself (for error cases)."""
+    """A model whose SQL is given inline (for error cases), writing the test table gold.t."""
 
     def sql(self, home=None) -> str:
-        return self.sql_file
+        return self.text
 
 
-def test_a_result_that_does_not_fit_writes_nothing(tmp_path):
+def inline(text: str) -> InlineModel:
+    model = InlineModel("gold.t", ())
+    object.__setattr__(model, "text", text)
+    return model
+
+
+@pytest.fixture
+def gold_t(monkeypatch):
+    """gold.t declared in the catalog for the test: active users' schema and partitioning."""
+    spec = dataclasses.replace(catalog.spec("gold.active_users"), name="gold.t")
+    monkeypatch.setattr(catalog, "TABLES", catalog.TABLES + (spec,))
+    return spec
+
+
+def test_a_result_that_does_not_fit_writes_nothing(tmp_path, gold_t):
     home = Home(tmp_path)
     day = dt.date(2024, 1, 1)
     good = "SELECT DATE '2024-01-01' AS ds, 1::BIGINT AS dau, 2::BIGINT AS wau, 3::BIGINT AS mau, 0.5 AS stickiness WHERE $start <= $end"
-    assert run_model(home, InlineModel("gold.t", good, ACTIVE_USERS_SCHEMA, ()), day, day) == 1
+    assert run_model(home, inline(good), day, day) == 1
     bad = {
-        good.replace("1::BIGINT", "NULL::BIGINT"): (DeltaError, "non-nullable"),
-        good.replace("DATE '2024-01-01'", "DATE '2024-01-02'"): (DeltaError, "Invalid data"),  # outside range
-        good.replace(", 3::BIGINT AS mau", ""): (ValueError, "mau"),
+        good.replace("1::BIGINT", "NULL::BIGINT"): "dau",  # non-nullable
+        good.replace("DATE '2024-01-01'", "DATE '2024-01-02'"): "Invalid data",  # outside range
+        good.replace(", 3::BIGINT AS mau", ""): "mau",
     }
-    for sql, (error, message) in bad.items():
-        with pytest.raises(error, match=message):
-            run_model(home, InlineModel("gold.t", sql, ACTIVE_USERS_SCHEMA, ()), day, day)
-    path = home.table_path("gold", "t")
-    assert len(DeltaTable(str(path)).history()) == 1
+    for text, message in bad.items():
+        with pytest.raises(InvalidInputError, match=message):
+            run_model(home, inline(text), day, day)
+    assert len(history(home, "gold.t")) == 1
     assert query(home, "SELECT * FROM gold.t").to_pylist() == [{"ds": day, "dau": 1, "wau": 2, "mau": 3, "stickiness": 0.5}]

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import DeltaError
 
 from headwater.cli.main import cli
 from headwater.config import Home
-from headwater.lake import tables
+from headwater.errors import InvalidInputError, NotFoundError
+from headwater.lake import catalog
+from headwater.lake.catalog import TableSpec
+from headwater.lake.store import Lake
 from headwater.models import spark as engine
-from headwater.models.run import Model, engine_from_env, run_model
+from headwater.models.dag import Model
+from headwater.models.run import run_model
 from headwater.models.transpile import to_spark
-from headwater.serve.catalog import query
+from tests.helpers import query
 from tests.models.test_transpile import FIXUP_CASES
 
 D = dt.date
@@ -28,8 +32,8 @@ D = dt.date
 class InlineModel(Model):
     """A model whose SQL is given inline (the real models read theirs from the package)."""
 
-    def __init__(self, table: str, text: str, schema: pa.Schema):
-        super().__init__(table, "<inline>", schema, inputs=("gold.src",))
+    def __init__(self, table: str, text: str, inputs: tuple[str, ...] = ("gold.src",)):
+        super().__init__(table, inputs)
         object.__setattr__(self, "text", text)
 
     def sql(self, home: Home | None = None) -> str:
@@ -39,6 +43,15 @@ class InlineModel(Model):
 SRC_SCHEMA = pa.schema([pa.field("ds", pa.date32(), nullable=False), pa.field("n", pa.int64())])
 OUT_SCHEMA = pa.schema([pa.field("ds", pa.date32(), nullable=False), pa.field("total", pa.int64(), nullable=False)])
 SUM_SQL = "SELECT ds, sum(n) AS total FROM gold.src WHERE ds BETWEEN $start AND $end GROUP BY ds"
+
+
+@pytest.fixture(autouse=True)
+def declared(monkeypatch):
+    """The test tables gold.src and gold.out (and gold.absent, never written), declared in
+    the catalog for the test."""
+    specs = tuple(TableSpec(name, schema, ("ds",), "one row per ds", "batch", "test table")
+                  for name, schema in (("gold.src", SRC_SCHEMA), ("gold.out", OUT_SCHEMA), ("gold.absent", SRC_SCHEMA)))
+    monkeypatch.setattr(catalog, "TABLES", catalog.TABLES + specs)
 
 
 def src_rows(days: dict[dt.date, list[int]]) -> pa.Table:
@@ -53,9 +66,9 @@ def home(tmp_path) -> Home:
     """A home with gold.src: ds 2024-03-01 (n 1, 2), 2024-03-02 (n 10), and 2024-03-01
     overwritten once (so the log holds a removed file Spark must not read)."""
     h = Home(tmp_path)
-    path = h.table_path("gold", "src")
-    tables.overwrite_partitions(path, src_rows({D(2024, 3, 1): [5, 5, 5], D(2024, 3, 2): [10]}), D(2024, 3, 1), D(2024, 3, 2))
-    tables.overwrite_partitions(path, src_rows({D(2024, 3, 1): [1, 2]}), D(2024, 3, 1), D(2024, 3, 1))
+    lake = Lake.of(h)
+    lake.overwrite_partitions("gold.src", src_rows({D(2024, 3, 1): [5, 5, 5], D(2024, 3, 2): [10]}), D(2024, 3, 1), D(2024, 3, 2))
+    lake.overwrite_partitions("gold.src", src_rows({D(2024, 3, 1): [1, 2]}), D(2024, 3, 1), D(2024, 3, 1))
     return h
 
 
@@ -63,9 +76,13 @@ def table_rows(home: Home, table: str) -> list[dict]:
     return query(home, f"SELECT * FROM {table} ORDER BY ALL").to_pylist()
 
 
+def version(home: Home, table: str) -> int:
+    return Lake.of(home).version(table)
+
+
 # -- reading Delta snapshots ----------------------------------------------------------------
 def test_register_reads_current_snapshot_with_partition_values(spark, home):
-    view = engine.register(spark, home, "gold.src")
+    view = engine.register(spark, Lake.of(home), "gold.src")
     assert view == "gold__src"
     rows = spark.sql(f"SELECT ds, n FROM {view} ORDER BY ds, n").collect()
     assert [(r.ds, r.n) for r in rows] == [(D(2024, 3, 1), 1), (D(2024, 3, 1), 2), (D(2024, 3, 2), 10)]
@@ -73,42 +90,37 @@ def test_register_reads_current_snapshot_with_partition_values(spark, home):
 
 
 def test_register_empty_table(spark, tmp_path):
-    h = Home(tmp_path)
-    write_deltalake(str(h.table_path("gold", "src")), src_rows({}), partition_by=["ds"])
-    assert spark.sql(f"SELECT count(*) AS c FROM {engine.register(spark, h, 'gold.src')}").first().c == 0
+    lake = Lake.of(Home(tmp_path))
+    write_deltalake(lake.uri("gold.src"), src_rows({}), partition_by=["ds"])
+    assert spark.sql(f"SELECT count(*) AS c FROM {engine.register(spark, lake, 'gold.src')}").first().c == 0
 
 
 def test_register_missing_table_names_it(spark, tmp_path):
-    with pytest.raises(FileNotFoundError, match="gold.nothing: no Delta table"):
-        engine.register(spark, Home(tmp_path), "gold.nothing")
+    with pytest.raises(NotFoundError, match="gold.absent: no Delta table"):
+        engine.register(spark, Lake.of(Home(tmp_path)), "gold.absent")
 
 
 def test_register_refuses_deletion_vectors(spark, tmp_path):
-    h = Home(tmp_path)
+    lake = Lake.of(Home(tmp_path))
     write_deltalake(
-        str(h.table_path("gold", "src")), src_rows({D(2024, 3, 1): [1]}), partition_by=["ds"],
+        lake.uri("gold.src"), src_rows({D(2024, 3, 1): [1]}), partition_by=["ds"],
         configuration={"delta.enableDeletionVectors": "true"},
     )
-    with pytest.raises(ValueError, match="reader features .*deletionVectors.* cannot be read by the Spark engine"):
-        engine.register(spark, h, "gold.src")
+    with pytest.raises(InvalidInputError, match="reader features .*deletionVectors.* cannot be read by the Spark engine"):
+        engine.register(spark, lake, "gold.src")
 
 
 def test_register_refuses_file_outside_its_partition_directory(spark, home):
     # A log whose partition value disagrees with the file's directory: Spark would take the
     # value from the path, so the engine refuses rather than return the wrong ds.
-    log = sorted((home.table_path("gold", "src") / "_delta_log").glob("*.json"))[-1]
+    log = sorted((Path(Lake.of(home).uri("gold.src")) / "_delta_log").glob("*.json"))[-1]
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     for action in lines:
         if "add" in action:
             action["add"]["partitionValues"]["ds"] = "2024-03-09"
     log.write_text("\n".join(json.dumps(a) for a in lines) + "\n")
-    with pytest.raises(ValueError, match=r"file 'ds=2024-03-01/.*\.parquet' is not under ds=2024-03-09"):
-        engine.register(spark, home, "gold.src")
-
-
-def test_referenced_tables():
-    sql = "WITH x AS (SELECT * FROM silver.events) SELECT * FROM x JOIN bronze.events USING (ds), gold.a"
-    assert engine.referenced_tables(sql) == ["bronze.events", "gold.a", "silver.events"]
+    with pytest.raises(InvalidInputError, match=r"file 'ds=2024-03-01/.*\.parquet' is not under ds=2024-03-09"):
+        engine.register(spark, Lake.of(home), "gold.src")
 
 
 # -- fix-ups, run on both engines -----------------------------------------------------------
@@ -130,85 +142,86 @@ def test_without_fixup_spark_is_wrong(spark, case):
 
 
 # -- running models -------------------------------------------------------------------------
+def run_spark(home: Home, model: Model, start: dt.date, end: dt.date) -> int:
+    return run_model(home, model, start, end, engine="spark")
+
+
 def test_run_spark_writes_partitions_like_duckdb(spark, home):
-    model = InlineModel("gold.out", SUM_SQL, OUT_SCHEMA)
+    model = InlineModel("gold.out", SUM_SQL)
     setting = "spark.sql.parquet.outputTimestampType"
     before = spark.conf.get(setting)
-    assert engine.run_spark(home, model, D(2024, 3, 1), D(2024, 3, 2), spark) == 2
+    assert run_spark(home, model, D(2024, 3, 1), D(2024, 3, 2)) == 2
     assert spark.conf.get(setting) == before  # the shared session's settings are restored
     assert table_rows(home, "gold.out") == [{"ds": D(2024, 3, 1), "total": 3}, {"ds": D(2024, 3, 2), "total": 10}]
     # input day 2 changes; re-running day 2 overwrites that partition only, in one commit
-    tables.overwrite_partitions(home.table_path("gold", "src"), src_rows({D(2024, 3, 2): [7]}), D(2024, 3, 2), D(2024, 3, 2))
-    version = DeltaTable(str(home.table_path("gold", "out"))).version()
-    assert run_model(home, model, D(2024, 3, 2), D(2024, 3, 2), engine="spark") == 1
-    out = DeltaTable(str(home.table_path("gold", "out")))
-    assert out.version() == version + 1 and out.history(1)[0]["operation"] == "WRITE"
+    Lake.of(home).overwrite_partitions("gold.src", src_rows({D(2024, 3, 2): [7]}), D(2024, 3, 2), D(2024, 3, 2))
+    before_version = version(home, "gold.out")
+    assert run_spark(home, model, D(2024, 3, 2), D(2024, 3, 2)) == 1
+    out = DeltaTable(Lake.of(home).uri("gold.out"))
+    assert out.version() == before_version + 1 and out.history(1)[0]["operation"] == "WRITE"
     assert table_rows(home, "gold.out") == [{"ds": D(2024, 3, 1), "total": 3}, {"ds": D(2024, 3, 2), "total": 7}]
     assert pa.schema(out.schema().to_arrow()).equals(OUT_SCHEMA)
     assert not any((home.root / "tmp").iterdir())  # staging removed
 
 
 def test_run_spark_empty_result_empties_the_range(spark, home):
-    model = InlineModel("gold.out", SUM_SQL, OUT_SCHEMA)
-    engine.run_spark(home, model, D(2024, 3, 1), D(2024, 3, 2), spark)
-    assert engine.run_spark(home, model, D(2024, 3, 5), D(2024, 3, 6), spark) == 0
+    model = InlineModel("gold.out", SUM_SQL)
+    run_spark(home, model, D(2024, 3, 1), D(2024, 3, 2))
+    assert run_spark(home, model, D(2024, 3, 5), D(2024, 3, 6)) == 0
     empty = InlineModel("gold.out", SUM_SQL.replace("sum(n)", "sum(n) FILTER (WHERE n > 99)").replace(
-        "GROUP BY ds", "GROUP BY ds HAVING total IS NOT NULL"), OUT_SCHEMA)
-    assert engine.run_spark(home, empty, D(2024, 3, 2), D(2024, 3, 2), spark) == 0
+        "GROUP BY ds", "GROUP BY ds HAVING total IS NOT NULL"))
+    assert run_spark(home, empty, D(2024, 3, 2), D(2024, 3, 2)) == 0
     assert table_rows(home, "gold.out") == [{"ds": D(2024, 3, 1), "total": 3}]
 
 
 def test_run_spark_missing_column_leaves_table_unchanged(spark, home):
-    model = InlineModel("gold.out", SUM_SQL, OUT_SCHEMA)
-    engine.run_spark(home, model, D(2024, 3, 1), D(2024, 3, 2), spark)
-    bad = InlineModel("gold.out", SUM_SQL.replace("AS total", "AS sum_n"), OUT_SCHEMA)
-    with pytest.raises(ValueError, match=r"result lacks columns \['total'\] of gold.out"):
-        engine.run_spark(home, bad, D(2024, 3, 1), D(2024, 3, 2), spark)
-    assert DeltaTable(str(home.table_path("gold", "out"))).version() == 0
+    model = InlineModel("gold.out", SUM_SQL)
+    run_spark(home, model, D(2024, 3, 1), D(2024, 3, 2))
+    bad = InlineModel("gold.out", SUM_SQL.replace("AS total", "AS sum_n"))
+    with pytest.raises(InvalidInputError, match=r"result lacks columns \['total'\] of gold.out"):
+        run_spark(home, bad, D(2024, 3, 1), D(2024, 3, 2))
+    assert version(home, "gold.out") == 0
 
 
 def test_run_spark_null_in_required_column_commits_nothing(spark, home):
-    engine.run_spark(home, InlineModel("gold.out", SUM_SQL, OUT_SCHEMA), D(2024, 3, 1), D(2024, 3, 2), spark)
-    bad = InlineModel("gold.out", SUM_SQL.replace("sum(n)", "CAST(NULL AS BIGINT)"), OUT_SCHEMA)
-    with pytest.raises((DeltaError, pa.ArrowInvalid), match="total"):
-        engine.run_spark(home, bad, D(2024, 3, 1), D(2024, 3, 2), spark)
-    assert DeltaTable(str(home.table_path("gold", "out"))).version() == 0
+    run_spark(home, InlineModel("gold.out", SUM_SQL), D(2024, 3, 1), D(2024, 3, 2))
+    bad = InlineModel("gold.out", SUM_SQL.replace("sum(n)", "CAST(NULL AS BIGINT)"))
+    with pytest.raises(InvalidInputError, match="total"):
+        run_spark(home, bad, D(2024, 3, 1), D(2024, 3, 2))
+    assert version(home, "gold.out") == 0
     assert not any((home.root / "tmp").iterdir())
 
 
 def test_run_spark_rows_outside_range_are_refused(spark, home):
-    leaky = InlineModel("gold.out", SUM_SQL.replace("WHERE ds BETWEEN $start AND $end", ""), OUT_SCHEMA)
-    with pytest.raises(DeltaError):
-        engine.run_spark(home, leaky, D(2024, 3, 2), D(2024, 3, 2), spark)
-    assert not tables.exists(home.table_path("gold", "out"))
+    leaky = InlineModel("gold.out", SUM_SQL.replace("WHERE ds BETWEEN $start AND $end", ""))
+    with pytest.raises(InvalidInputError):
+        run_spark(home, leaky, D(2024, 3, 2), D(2024, 3, 2))
+    assert not Lake.of(home).exists("gold.out")
 
 
 def test_run_spark_missing_input_and_bad_range(spark, home):
-    model = InlineModel("gold.out", SUM_SQL.replace("gold.src", "gold.absent"), OUT_SCHEMA)
-    with pytest.raises(FileNotFoundError, match="gold.absent"):
-        engine.run_spark(home, model, D(2024, 3, 1), D(2024, 3, 1), spark)
-    with pytest.raises(ValueError, match="is after end"):
-        engine.run_spark(home, model, D(2024, 3, 2), D(2024, 3, 1), spark)
+    model = InlineModel("gold.out", SUM_SQL.replace("gold.src", "gold.absent"), ("gold.absent",))
+    with pytest.raises(NotFoundError, match="gold.absent"):
+        run_spark(home, model, D(2024, 3, 1), D(2024, 3, 1))
+    with pytest.raises(InvalidInputError, match="is after end"):
+        run_spark(home, model, D(2024, 3, 2), D(2024, 3, 1))
 
 
 def test_run_spark_sql_error_is_sparks(spark, home):
     from pyspark.errors import AnalysisException
 
-    model = InlineModel("gold.out", SUM_SQL.replace("sum(n)", "sum(no_such_column)"), OUT_SCHEMA)
-    with pytest.raises(AnalysisException, match="no_such_column"):
-        engine.run_spark(home, model, D(2024, 3, 1), D(2024, 3, 1), spark)
+    model = InlineModel("gold.out", SUM_SQL.replace("sum(n)", "sum(no_such_column)"))
+    with pytest.raises(InvalidInputError, match="no_such_column") as e:
+        run_spark(home, model, D(2024, 3, 1), D(2024, 3, 1))
+    assert isinstance(e.value.__cause__, AnalysisException)
 
 
 # -- engine selection -----------------------------------------------------------------------
-def test_engine_from_env(monkeypatch):
-    monkeypatch.delenv("HEADWATER_ENGINE", raising=False)
-    assert engine_from_env() == "duckdb"
+def test_engine_comes_from_the_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("HEADWATER_ENGINE", "spark")
-    assert engine_from_env() == "spark"
-    assert engine_from_env("duckdb") == "duckdb"
-    monkeypatch.setenv("HEADWATER_ENGINE", "flink")
-    with pytest.raises(ValueError, match=r"'flink' is not one of duckdb, spark .*HEADWATER_ENGINE"):
-        engine_from_env()
+    assert Home(tmp_path).settings.batch.engine == "spark"
+    monkeypatch.delenv("HEADWATER_ENGINE")
+    assert Home(tmp_path).settings.batch.engine == "duckdb"
 
 
 def test_cli_batch_refuses_unknown_engine(tmp_path, monkeypatch):
@@ -218,4 +231,4 @@ def test_cli_batch_refuses_unknown_engine(tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "'flink' is not one of 'duckdb', 'spark'" in bad.output
     monkeypatch.setenv("HEADWATER_ENGINE", "flink")
     bad = runner.invoke(cli, ["batch"])
-    assert bad.exit_code == 1 and "'flink' is not one of duckdb, spark (from --engine or $HEADWATER_ENGINE)" in bad.output
+    assert bad.exit_code == 2 and "batch.engine: Input should be 'duckdb' or 'spark' (got 'flink')" in bad.output

@@ -26,13 +26,14 @@ import shutil
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
-from deltalake import DeltaTable
 
 from headwater.cli.main import cli
 from headwater.config import Home
 from headwater.demo import generate
-from headwater.models.run import MODELS, build
-from headwater.serve.catalog import query
+from headwater.lake.store import Lake
+from headwater.models.dag import MODELS
+from headwater.models.run import build
+from tests.helpers import query
 from tests.models.ecom_bronze import write_bronze
 
 START, END = dt.date(2024, 2, 29), dt.date(2024, 3, 2)
@@ -45,7 +46,7 @@ def bronze(tmp_path_factory) -> Home:
     write_bronze(home, batches=1)
     for k in range((END - START).days + 1):
         generate.write_day(home, 1_500, START + dt.timedelta(days=k), users=400)
-    DeltaTable(str(home.table_path("bronze", "events"))).optimize.compact()
+    Lake.of(home).compact("bronze.events")
     (home.root / "models.toml").write_text(generate.MODELS_TOML)
     return home
 
@@ -77,7 +78,7 @@ def test_duckdb_and_spark_build_identical_tables(spark, bronze, tmp_path, monkey
     build(duck, START, END, engine="duckdb")
     sparked = copy(bronze, tmp_path / "spark")  # built the way an operator would: the CLI
     monkeypatch.setenv("HEADWATER_HOME", str(sparked.root))
-    result = CliRunner().invoke(cli, ["batch", "--start", str(START), "--end", str(END), "--engine", "spark"])
+    result = CliRunner().invoke(cli, ["batch", "--start", str(START), "--end", str(END), "--engine", "spark", "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["gold.active_users"] == 3
     for model in MODELS:

@@ -19,9 +19,10 @@ from deltalake import DeltaTable
 
 from headwater.config import Home
 from headwater.events import EVENT_SCHEMA
-from headwater.lake.tables import append_once
-from headwater.models.run import MODELS
-from headwater.serve import catalog
+from headwater.lake.store import Lake
+from headwater.models.dag import dag
+from headwater.registry.registry import Registry
+from tests.helpers import query
 from tests.models.ecom_bronze import canonical, read_csv_rows
 
 # 12 days around the planted activity spike (days 60-63 of 2024 = Feb 29 .. Mar 3).
@@ -49,8 +50,7 @@ def window_events() -> list[dict]:
 
 def append_bronze(home: Home, events: list[dict], batch_id: int) -> None:
     """Append canonical event dicts to bronze.events as one stream micro-batch."""
-    append_once(home.table_path("bronze", "events"), pa.Table.from_pylist(events, schema=EVENT_SCHEMA),
-                app_id="test", batch_id=batch_id)
+    Lake.of(home).append_once("bronze.events", pa.Table.from_pylist(events, schema=EVENT_SCHEMA), app_id="test", batch_id=batch_id)
 
 
 @pytest.fixture
@@ -74,13 +74,28 @@ def event_at(template: dict, i: int, ds: dt.date, **fields) -> dict:
 
 
 VISIT_DAY = dt.date(2024, 2, 26)
+TYPED_EVENT = "catalog"  # the most frequent event name of the window (window_events[0] has it)
+TYPED_TABLE = "silver.evt_catalog"
+CONTRACT = {
+    "type": "object",
+    "properties": {"session_id": {"type": "string"}, "acquisition_channel": {"type": "string"}, "user_cohort": {"type": "string"}},
+}
+
+
+def register_contract(home: Home, name: str = TYPED_EVENT) -> None:
+    """Register :data:`CONTRACT` for event ``name``: the batch DAG gets its typed table."""
+    registry = Registry.from_home(home)
+    try:
+        registry.register(name, CONTRACT)
+    finally:
+        registry.close()
 
 
 @pytest.fixture(scope="session")
 def _built_template(window_events):
-    """A home with the window (and :func:`anonymous_visits` on VISIT_DAY) in bronze, every
-    model built through Dagster for FIRST .. LAST-1 (LAST is left for a "new day")."""
-    from headwater.models.run import source_range
+    """A home with the window (and :func:`anonymous_visits` on VISIT_DAY) in bronze and a
+    contract for :data:`TYPED_EVENT`, every model (its typed table included) built through
+    Dagster for FIRST .. LAST-1 (LAST is left for a "new day")."""
     from headwater.orchestrate.definitions import definitions
     from headwater.orchestrate.instance import instance
     from headwater.orchestrate.runs import backfill_requests, execute
@@ -88,9 +103,10 @@ def _built_template(window_events):
     home = Home(_tmp_root())
     append_bronze(home, window_events, 0)
     append_bronze(home, anonymous_visits(window_events[0], VISIT_DAY), 1)
+    register_contract(home)
     defs = definitions(home)
     with instance(home) as inst:
-        for *_, request in backfill_requests(MODELS, FIRST, LAST - dt.timedelta(days=1), *source_range(home)):
+        for *_, request in backfill_requests(dag(home), FIRST, LAST - dt.timedelta(days=1), *Lake.of(home).ds_range("bronze.events")):
             assert execute(defs, inst, request).success
     yield home
     shutil.rmtree(home.root, ignore_errors=True)
@@ -109,23 +125,25 @@ def built(_built_template, home) -> Home:
 
 def table_rows(home: Home, table: str) -> pa.Table:
     """Every row of ``table``, sorted on all columns (a canonical order)."""
-    return catalog.query(home, f"SELECT * FROM {table} ORDER BY ALL")
+    return query(home, f"SELECT * FROM {table} ORDER BY ALL")
 
 
 def checksum(home: Home, table: str) -> str:
-    """SHA-256 of the table's rows in canonical order (Arrow IPC bytes)."""
-    sink = pa.BufferOutputStream()
+    """SHA-256 of the table's schema and its rows in canonical order, as values (not Arrow
+    buffers: the bytes under a null slot are undefined and may differ between equal tables)."""
     data = table_rows(home, table)
-    with pa.ipc.new_stream(sink, data.schema) as writer:
-        writer.write_table(data)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+    digest = hashlib.sha256(str(data.schema).encode())
+    for row in data.to_pylist():
+        digest.update(repr(row).encode())
+    return digest.hexdigest()
 
 
 def checksums(home: Home) -> dict[str, str]:
-    return {m.table: checksum(home, m.table) for m in MODELS}
+    """:func:`checksum` of every table of ``home``'s batch DAG (typed tables and CDC dimensions included)."""
+    return {m.table: checksum(home, m.table) for m in dag(home)}
 
 
 def write_modes(home: Home, table: str) -> list[str]:
     """The Delta write mode of every WRITE commit of ``table``, oldest first."""
-    history = DeltaTable(str(catalog.table_path(home, table))).history()
+    history = DeltaTable(Lake.of(home).uri(table)).history()
     return [h["operationParameters"]["mode"] for h in reversed(history) if h["operation"] == "WRITE"]

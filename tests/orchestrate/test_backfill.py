@@ -4,19 +4,19 @@ identical tables every time, Delta histories of overwrites only, every run recor
 import datetime as dt
 
 from dagster import DagsterRunStatus, RunsFilter
-from deltalake import DeltaTable
 
-from headwater.models.run import MODELS, source_range
+from headwater.models.dag import MODELS
 from headwater.orchestrate.assets import asset_key
 from headwater.orchestrate.definitions import definitions
 from headwater.orchestrate.instance import instance
 from headwater.orchestrate.runs import BACKFILL_TAG, backfill_requests, execute
-from headwater.serve import catalog
+from headwater.lake.store import Lake
+from tests.helpers import query
 from tests.orchestrate.conftest import checksums, write_modes
 
 
 def backfill(home, defs, inst, start, end) -> list[str]:
-    floor, ceiling = source_range(home)
+    floor, ceiling = Lake.of(home).ds_range("bronze.events")
     run_ids = []
     for _, _, group, request in backfill_requests(MODELS, start, end, floor, ceiling):
         result = execute(defs, inst, request)
@@ -32,7 +32,7 @@ def test_backfill_rebuild_and_out_of_order_rebuild_give_identical_tables(bronze)
     with instance(home) as inst:
         first = backfill(home, defs, inst, d(2024, 2, 28), d(2024, 3, 3))
         built = checksums(home)
-        versions = {m.table: DeltaTable(str(catalog.table_path(home, m.table))).version() for m in MODELS}
+        versions = {m.table: Lake.of(home).version(m.table) for m in MODELS}
 
         again = backfill(home, defs, inst, d(2024, 2, 28), d(2024, 3, 3))
         assert checksums(home) == built
@@ -45,11 +45,11 @@ def test_backfill_rebuild_and_out_of_order_rebuild_give_identical_tables(bronze)
             modes = write_modes(home, m.table)
             # one overwrite per run that selected the model, never an append
             assert set(modes) == {"Overwrite"}, (m.table, modes)
-            assert DeltaTable(str(catalog.table_path(home, m.table))).version() > versions[m.table]
+            assert Lake.of(home).version(m.table) > versions[m.table]
         # silver holds each bronze event once; gold.active_users exactly the 5 days
-        n_bronze = catalog.query(home, "SELECT count(DISTINCT event_id) AS n FROM bronze.events")["n"][0].as_py()
-        assert catalog.query(home, "SELECT count(*) AS n FROM silver.events")["n"][0].as_py() == n_bronze
-        days = catalog.query(home, "SELECT ds FROM gold.active_users ORDER BY ds")["ds"].to_pylist()
+        n_bronze = query(home, "SELECT count(DISTINCT event_id) AS n FROM bronze.events")["n"][0].as_py()
+        assert query(home, "SELECT count(*) AS n FROM silver.events")["n"][0].as_py() == n_bronze
+        days = query(home, "SELECT ds FROM gold.active_users ORDER BY ds")["ds"].to_pylist()
         assert days == [d(2024, 2, 28) + dt.timedelta(days=i) for i in range(5)]
 
         runs = inst.get_runs(RunsFilter(tags={BACKFILL_TAG: inst.get_run_by_id(first[0]).tags[BACKFILL_TAG]}))

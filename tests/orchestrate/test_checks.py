@@ -5,9 +5,9 @@ import datetime as dt
 
 import pyarrow as pa
 from dagster import AssetCheckResult, RunRequest
-from deltalake import write_deltalake
 
-from headwater.models.run import MODELS, run_model
+from headwater.models.dag import MODELS
+from headwater.models.run import run_model
 from headwater.lake.schemas import DIM_USER_SCHEMA
 from headwater.orchestrate.assets import asset_key
 from headwater.orchestrate.checks import invariant_checks
@@ -15,7 +15,8 @@ from headwater.orchestrate.definitions import definitions
 from headwater.orchestrate.instance import instance
 from headwater.orchestrate.runs import execute, failure_message
 from headwater.orchestrate.sensor import range_tags
-from headwater.serve import catalog
+from headwater.lake.store import Lake
+from tests.helpers import query
 
 DAY = dt.date(2024, 3, 1)
 SILVER = [m for m in MODELS if m.table in ("silver.identity_map", "silver.events")]
@@ -30,7 +31,7 @@ def run_check(check) -> AssetCheckResult:
 
 
 def silver_rows(home, day=DAY) -> pa.Table:
-    return catalog.query(home, "SELECT * FROM silver.events WHERE ds = $d ORDER BY event_id", {"d": day})
+    return query(home, "SELECT * FROM silver.events WHERE ds = $d ORDER BY event_id", {"d": day})
 
 
 def test_checks_pass_on_built_tables_and_dim_user_skips_until_built(bronze):
@@ -51,11 +52,10 @@ def test_each_check_fails_on_a_table_that_breaks_it(bronze):
     home = bronze
     for model in SILVER:
         run_model(home, model, DAY, DAY)
-    silver_path = catalog.table_path(home, "silver.events")
     rows = silver_rows(home)
     # a duplicated event_id (a second copy of 2 events) and a row bronze never had
     invented = rows.slice(0, 1).set_column(rows.schema.get_field_index("event_id"), "event_id", pa.array(["nobody-sent-this"]))
-    write_deltalake(str(silver_path), pa.concat_tables([rows.slice(0, 2), invented]), mode="append")
+    Lake.of(home).append("silver.events", pa.concat_tables([rows.slice(0, 2), invented]))
     checks = checks_by_name(home)
 
     dup = run_check(checks["event_id_unique"])
@@ -72,7 +72,7 @@ def test_each_check_fails_on_a_table_that_breaks_it(bronze):
         {"person_id": "p2", "version": 1, "valid_from": ts, "valid_to": ts, "is_current": False, "user_id": "u2", "traits": "{}"},
         {"person_id": "p3", "version": 1, "valid_from": ts, "valid_to": None, "is_current": True, "user_id": "u3", "traits": "{}"},
     ], schema=DIM_USER_SCHEMA)
-    write_deltalake(str(catalog.table_path(home, "silver.dim_user")), dim)
+    Lake.of(home).append("silver.dim_user", dim)
     scd2 = run_check(checks["one_current_row_per_user"])
     assert not scd2.passed and scd2.metadata["violations"].value == 2  # p1 has two, p2 none
     assert {r["user_key"] for r in scd2.metadata["sample"].value} == {"p1", "p2"}
@@ -86,7 +86,7 @@ def test_a_failed_blocking_check_stops_gold_in_the_same_run(bronze):
     def buggy(home, model, start, end):
         rows = run_model(home, model, start, end)
         if model.table == "silver.events":
-            write_deltalake(str(catalog.table_path(home, model.table)), silver_rows(home, start).slice(0, 1), mode="append")
+            Lake.of(home).append(model.table, silver_rows(home, start).slice(0, 1))
         return rows
 
     models = tuple(m for m in MODELS if m.table in ("silver.identity_map", "silver.events", "gold.events_hourly"))
@@ -98,4 +98,4 @@ def test_a_failed_blocking_check_stops_gold_in_the_same_run(bronze):
         assert "check silver/events:event_id_unique failed: 1 event_ids occur more than once" in failure_message(result)
         assert inst.get_latest_materialization_event(asset_key("silver.events")) is not None
         assert inst.get_latest_materialization_event(asset_key("gold.events_hourly")) is None
-    assert not (home.table_path("gold", "events_hourly")).exists()
+    assert not Lake.of(home).exists("gold.events_hourly")

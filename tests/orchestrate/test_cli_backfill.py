@@ -10,7 +10,7 @@ from dagster import DagsterRunStatus, RunsFilter
 from headwater.cli.main import cli
 from headwater.orchestrate.instance import instance
 from headwater.orchestrate.runs import BACKFILL_TAG
-from headwater.serve import catalog
+from tests.helpers import query
 
 
 def invoke(home, *args, **env):
@@ -19,13 +19,13 @@ def invoke(home, *args, **env):
 
 def test_backfill_command_builds_the_range_and_records_its_runs(bronze):
     home = bronze
-    result = invoke(home, "--start", "2024-03-01", "--end", "2024-03-02")
+    result = invoke(home, "--start", "2024-03-01", "--end", "2024-03-02", "--format", "json")
     assert result.exit_code == 0, result.output + result.stderr
     summary = json.loads(result.stdout)
     assert (summary["start"], summary["end"]) == ("2024-03-01", "2024-03-02")
     assert summary["rows"]["gold.active_users"] == 2 and summary["rows"]["silver.events"] > 0
     assert "backfill" in result.stderr and "runs recorded in" in result.stderr  # the progress display
-    days = catalog.query(home, "SELECT ds FROM gold.active_users ORDER BY ds")["ds"].to_pylist()
+    days = query(home, "SELECT ds FROM gold.active_users ORDER BY ds")["ds"].to_pylist()
     assert days == [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
     with instance(home) as inst:
         runs = inst.get_runs(RunsFilter(tags={BACKFILL_TAG: summary["backfill"]}))
@@ -35,21 +35,21 @@ def test_backfill_command_builds_the_range_and_records_its_runs(bronze):
 
 def test_backfill_command_errors_name_the_problem(home):
     no_bronze = invoke(home, "--start", "2024-03-01", "--end", "2024-03-02")
-    assert no_bronze.exit_code == 1 and "bronze.events has no rows: nothing to backfill" in no_bronze.stderr
+    assert no_bronze.exit_code == 3 and "bronze.events has no rows: nothing to backfill" in no_bronze.stderr
     bad_date = invoke(home, "--start", "2024-13-01")
-    assert bad_date.exit_code == 2 and "'2024-13-01' does not match the format '%Y-%m-%d'" in bad_date.stderr
+    assert bad_date.exit_code == 2 and "'2024-13-01' is not a date in YYYY-MM-DD form" in bad_date.stderr
     bad_engine = invoke(home, "--start", "2024-03-01", HEADWATER_ENGINE="bogus")
-    assert bad_engine.exit_code == 1 and "engine: 'bogus' is not one of duckdb, spark" in bad_engine.stderr
+    assert bad_engine.exit_code == 2 and "batch.engine: Input should be 'duckdb' or 'spark' (got 'bogus'" in bad_engine.stderr
     bad_first = invoke(home, HEADWATER_FIRST_DS="March")
-    assert bad_first.exit_code == 1 and "HEADWATER_FIRST_DS: 'March' is not a date in YYYY-MM-DD form" in bad_first.stderr
+    assert bad_first.exit_code == 2 and "batch.first_ds: Input should be a valid date" in bad_first.stderr and "HEADWATER_FIRST_DS" in bad_first.stderr
 
 
 def test_backfill_command_refuses_a_range_without_data(bronze):
     result = invoke(bronze, "--start", "2023-01-01", "--end", "2023-01-31")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "nothing to backfill in 2023-01-01..2023-01-31: bronze has 2024-02-24..2024-03-06" in result.stderr
     reversed_ = invoke(bronze, "--start", "2024-03-02", "--end", "2024-03-01")
-    assert reversed_.exit_code == 1 and "--start 2024-03-02 is after --end 2024-03-01" in reversed_.stderr
+    assert reversed_.exit_code == 2 and "--start 2024-03-02 is after --end 2024-03-01" in reversed_.stderr
 
 
 def test_backfill_command_stops_at_a_failed_run_and_names_the_step(bronze):

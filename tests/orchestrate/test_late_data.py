@@ -1,6 +1,7 @@
 """Late data through the real sensor: events appended to bronze for a day already built are
-detected from the Delta log, the sensor asks for that ds and everything downstream of it,
-and after running what it asked for every table equals a full rebuild."""
+detected from the Delta log, the sensor asks for that ds and everything downstream of it —
+the typed table of a registered event name included — and after running what it asked for
+every table equals a full rebuild."""
 
 import datetime as dt
 import shutil
@@ -15,8 +16,11 @@ from headwater.orchestrate.definitions import definitions
 from headwater.orchestrate.instance import instance
 from headwater.orchestrate.runs import execute
 from headwater.orchestrate.sensor import SENSOR_NAME
-from headwater.serve import catalog
-from tests.orchestrate.conftest import FIRST, LAST, VISIT_DAY, append_bronze, checksums, event_at, table_rows, write_modes
+from headwater.lake.store import Lake
+from tests.helpers import query
+from tests.orchestrate.conftest import (
+    FIRST, LAST, TYPED_TABLE, VISIT_DAY, append_bronze, checksums, event_at, register_contract, table_rows, write_modes,
+)
 
 LATE_DAY = dt.date(2024, 3, 1)
 LAST_BUILT = LAST - dt.timedelta(days=1)
@@ -28,13 +32,19 @@ def tick(defs, inst, cursor) -> SensorResult:
 
 
 def dau(home) -> dict:
-    return {r["ds"]: r["dau"] for r in catalog.query(home, "SELECT ds, dau FROM gold.active_users").to_pylist()}
+    return {r["ds"]: r["dau"] for r in query(home, "SELECT ds, dau FROM gold.active_users").to_pylist()}
+
+
+def typed_rows(home, day) -> int:
+    return query(home, f"SELECT count(*) AS n FROM {TYPED_TABLE} WHERE ds = $d", {"d": day})["n"][0].as_py()
 
 
 def full_rebuild(home, tmp, end) -> Home:
-    """A copy of ``home``'s bronze built from scratch for FIRST..end on the direct path (no Dagster)."""
+    """A copy of ``home``'s bronze (and its contract) built from scratch for FIRST..end on
+    the direct path (no Dagster)."""
     other = Home(tmp / "rebuild")
-    shutil.copytree(catalog.table_path(home, "bronze.events"), other.table_path("bronze", "events"))
+    shutil.copytree(Lake.of(home).uri("bronze.events"), Lake.of(other).uri("bronze.events"))
+    register_contract(other)
     build(other, FIRST, end)
     return other
 
@@ -45,7 +55,7 @@ def test_late_events_restate_their_day_and_downstream_windows(built, window_even
     with instance(home) as inst:
         first = tick(defs, inst, None)  # no cursor: starts from what the builds read
         assert not first.run_requests and first.skip_reason
-        before = dau(home)
+        before, typed_before = dau(home), typed_rows(home, LATE_DAY)
 
         late = [event_at(window_events[0], i, LATE_DAY, user_id=f"late-user-{i}", anonymous_id=f"anon-late-{i}")
                 for i in range(3)]
@@ -65,6 +75,7 @@ def test_late_events_restate_their_day_and_downstream_windows(built, window_even
         assert request.tags["headwater/late_ds"] == LATE_DAY.isoformat()
         selected = set(request.asset_selection)
         assert {asset_key("silver.events"), asset_key("gold.active_users"), asset_key("silver.identity_map")} <= selected
+        assert asset_key(TYPED_TABLE) in selected  # the typed table reads silver.events: restated too
         # the day itself and every later built day whose trailing window holds it (DAU/WAU/MAU:
         # d .. d+27, clipped to the last built day); retention cohorts reach back (d-96 ..)
         assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == LAST_BUILT.isoformat()
@@ -73,10 +84,11 @@ def test_late_events_restate_their_day_and_downstream_windows(built, window_even
 
         after = dau(home)
         assert after[LATE_DAY] == before[LATE_DAY] + 3
+        assert typed_rows(home, LATE_DAY) == typed_before + 3  # the late events are of the typed name
         assert {d: n for d, n in after.items() if d != LATE_DAY} == {d: n for d, n in before.items() if d != LATE_DAY}
         rebuilt = full_rebuild(home, tmp_path, LAST_BUILT)
         assert table_rows(home, "gold.active_users") == table_rows(rebuilt, "gold.active_users")  # WAU, MAU too
-        assert checksums(home) == checksums(rebuilt)
+        assert TYPED_TABLE in checksums(home) and checksums(home) == checksums(rebuilt)
         assert set(write_modes(home, "silver.events")) == {"Overwrite"}
 
         # the restatement rewrote the identity map: the next tick checks person_id by content,
@@ -101,7 +113,7 @@ def test_identify_on_a_new_day_restates_the_earlier_anonymous_days(built, window
     with instance(home) as inst:
         cursor = tick(defs, inst, None).cursor
         visitor = "SELECT DISTINCT person_id FROM silver.events WHERE anonymous_id = 'anon-visitor'"
-        assert catalog.query(home, visitor)["person_id"].to_pylist() == ["anon-visitor"]
+        assert query(home, visitor)["person_id"].to_pylist() == ["anon-visitor"]
 
         identify = event_at(window_events[0], 9, LAST, event_type="identify", event_name=None,
                             user_id="visitor-42", anonymous_id="anon-visitor", properties="{}")
@@ -113,5 +125,5 @@ def test_identify_on_a_new_day_restates_the_earlier_anonymous_days(built, window
         assert VISIT_DAY.isoformat() in result.run_requests[0].tags["headwater/stale_ds"]
         for request in result.run_requests:
             assert execute(defs, inst, request).success
-        assert catalog.query(home, visitor)["person_id"].to_pylist() == ["visitor-42"]
+        assert query(home, visitor)["person_id"].to_pylist() == ["visitor-42"]
         assert checksums(home) == checksums(full_rebuild(home, tmp_path, LAST))

@@ -6,8 +6,8 @@ import datetime as dt
 import pyarrow as pa
 
 from headwater.events import EVENT_SCHEMA
-from headwater.lake.tables import append_once, overwrite_partitions
-from headwater.models.run import MODELS
+from headwater.lake.store import Lake
+from headwater.models.dag import MODELS
 from headwater.orchestrate.late_data import ALWAYS, Restatement, changed_days, restatement, runs, stale_readers
 
 D = dt.date(2024, 5, 10)  # D - 96 and D + 27 are both inside BUILT
@@ -75,7 +75,7 @@ def test_runs_group_contiguous_days_and_keep_dependency_order():
 
 
 def test_changed_days_reads_new_files_off_the_delta_log(home):
-    path = home.table_path("bronze", "events")
+    lake = Lake.of(home)
 
     def event(ds, i):
         ts = dt.datetime.combine(ds, dt.time(8), tzinfo=dt.timezone.utc)
@@ -84,17 +84,17 @@ def test_changed_days_reads_new_files_off_the_delta_log(home):
                 "properties": "{}", "context": "{}", "schema_version": "1", "ds": ds}
 
     def append(batch, ds_list):
-        append_once(path, pa.Table.from_pylist([event(ds, i) for i, ds in enumerate(ds_list)], schema=EVENT_SCHEMA),
-                    app_id="t", batch_id=batch)
+        lake.append_once("bronze.events", pa.Table.from_pylist([event(ds, i) for i, ds in enumerate(ds_list)], schema=EVENT_SCHEMA),
+                         app_id="t", batch_id=batch)
 
     append(0, [D, D + dt.timedelta(days=1)])
-    assert changed_days(path, None) == (0, {D, D + dt.timedelta(days=1)})
+    assert changed_days(lake, "bronze.events", None) == (0, {D, D + dt.timedelta(days=1)})
     append(1, [D - dt.timedelta(days=5)])
-    assert changed_days(path, 0) == (1, {D - dt.timedelta(days=5)})
-    assert changed_days(path, 1) == (1, set())
+    assert changed_days(lake, "bronze.events", 0) == (1, {D - dt.timedelta(days=5)})
+    assert changed_days(lake, "bronze.events", 1) == (1, set())
     # a rewrite that empties a partition adds no rows: nothing changed by it
-    overwrite_partitions(path, pa.Table.from_pylist([], schema=EVENT_SCHEMA), D, D)
-    assert changed_days(path, 1) == (2, set())
+    lake.overwrite_partitions("bronze.events", pa.Table.from_pylist([], schema=EVENT_SCHEMA), D, D)
+    assert changed_days(lake, "bronze.events", 1) == (2, set())
 
 
 def test_a_new_day_makes_the_readers_that_look_ahead_stale():

@@ -1,12 +1,17 @@
-"""Retries: a transient failure (I/O error) is retried with backoff and the run succeeds; an
-error a retry cannot fix (a missing input table, SQL that does not bind) fails at once,
-naming the model."""
+"""Retries key on the error class: a TransientError (a lost Delta commit race, an I/O error) is
+retried with backoff and the run succeeds; an InvalidInputError or a missing input fails at
+once, naming the model."""
 
 import datetime as dt
 
+import pytest
 from dagster import Backoff, RetryPolicy, RunRequest
+from deltalake.exceptions import CommitFailedError
 
-from headwater.models.run import MODELS, run_model
+from headwater.errors import InvalidInputError, TransientError
+from headwater.lake import store
+from headwater.models.dag import MODELS
+from headwater.models.run import run_model
 from headwater.orchestrate.assets import DEFAULT_RETRY, asset_key
 from headwater.orchestrate.definitions import definitions
 from headwater.orchestrate.instance import instance
@@ -30,20 +35,28 @@ def test_default_policy_backs_off_exponentially():
     assert DEFAULT_RETRY.max_retries == 3 and DEFAULT_RETRY.backoff == Backoff.EXPONENTIAL and DEFAULT_RETRY.delay > 0
 
 
-def test_a_transient_failure_is_retried_and_the_run_succeeds(bronze):
-    calls = []
+def test_a_lost_commit_race_is_transient_and_retried(bronze, monkeypatch):
+    """delta-rs loses the commit of silver.events once (another writer won): the lake reports a
+    TransientError, the step is retried and the run succeeds."""
+    real = store.write_deltalake
+    lost = []
 
-    def flaky(home, model, start, end):
-        calls.append(model.table)
-        if model.table == "silver.events" and calls.count("silver.events") == 1:
-            raise OSError("disk hiccup")  # transient: the retry finds the disk fine
-        return run_model(home, model, start, end)
+    def racing(uri, data, **kw):
+        if uri.endswith("/silver/events") and not lost:
+            lost.append(uri)
+            raise CommitFailedError("Transaction conflict: a concurrent transaction wrote first")
+        return real(uri, data, **kw)
 
-    defs = definitions(bronze, models=IDENTITY_AND_SILVER, retry_policy=FAST, runner=flaky)
+    monkeypatch.setattr(store, "write_deltalake", racing)
+    run_model(bronze, IDENTITY_AND_SILVER[0], DAY, DAY)
+    with pytest.raises(TransientError, match="silver.events: a concurrent commit won"):  # the class the policy keys on
+        run_model(bronze, IDENTITY_AND_SILVER[1], DAY, DAY)
+    lost.clear()
+
+    defs = definitions(bronze, models=IDENTITY_AND_SILVER, retry_policy=FAST)
     with instance(bronze) as inst:
         result = execute(defs, inst, request(IDENTITY_AND_SILVER))
-    assert result.success
-    assert calls.count("silver.events") == 2
+    assert result.success and len(lost) == 1
     events = step_events(result, "silver__events")
     assert "STEP_UP_FOR_RETRY" in events and "STEP_RESTARTED" in events and events[-1] == "STEP_SUCCESS"
 
@@ -56,19 +69,38 @@ def test_an_error_a_retry_cannot_fix_fails_at_once(bronze):
         result = execute(defs, inst, request(gold))
     assert not result.success
     assert "STEP_UP_FOR_RETRY" not in step_events(result, "gold__events_hourly")
-    message = failure_message(result)
-    assert message == "gold__events_hourly: gold.events_hourly 2024-03-01..2024-03-01: input tables not built yet: silver.events"
+    assert failure_message(result) == (
+        "gold__events_hourly: gold.events_hourly 2024-03-01..2024-03-01: "
+        "NotFoundError: gold.events_hourly: input table silver.events is not built yet"
+    )
 
 
-def test_a_model_error_is_not_retried_and_names_the_model(bronze):
+def test_an_invalid_input_error_is_not_retried_and_names_the_model(bronze):
+    calls = []
+
     def broken(home, model, start, end):
-        raise ValueError("result lacks columns ['person_id'] of silver.events")  # what run_model raises
+        calls.append(model.table)
+        raise InvalidInputError("silver.identity_map: result lacks columns ['person_id'] of silver.identity_map")
 
     defs = definitions(bronze, models=IDENTITY_AND_SILVER[:1], retry_policy=FAST, runner=broken)
     with instance(bronze) as inst:
         result = execute(defs, inst, request(IDENTITY_AND_SILVER[:1]))
-    assert not result.success
+    assert not result.success and calls == ["silver.identity_map"]
     assert "STEP_UP_FOR_RETRY" not in step_events(result, "silver__identity_map")
     assert failure_message(result) == (
-        "silver__identity_map: silver.identity_map (whole table): ValueError: result lacks columns ['person_id'] of silver.events"
+        "silver__identity_map: silver.identity_map (whole table): InvalidInputError: "
+        "silver.identity_map: result lacks columns ['person_id'] of silver.identity_map"
     )
+
+
+def test_a_transient_error_is_retried_until_the_policy_gives_up(bronze):
+    calls = []
+
+    def down(home, model, start, end):
+        calls.append(model.table)
+        raise TransientError("disk unavailable")
+
+    defs = definitions(bronze, models=IDENTITY_AND_SILVER[:1], retry_policy=FAST, runner=down)
+    with instance(bronze) as inst:
+        result = execute(defs, inst, request(IDENTITY_AND_SILVER[:1]))
+    assert not result.success and len(calls) == 1 + FAST.max_retries

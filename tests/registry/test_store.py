@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from headwater.config import Home
+from headwater.errors import InvalidInputError, TransientError
 from headwater.registry.registry import Registry
-from headwater.registry.store import ConflictError, FileStore, PostgresStore, store_from_env
+from headwater.runtime import free_port
+from headwater.registry.store import ConflictError, FileStore, PostgresStore, open_store
 from tests.registry.conftest import CLOSED_ORDER
 
 
@@ -36,7 +38,7 @@ def store_url(request, tmp_path):
 def store(store_url, monkeypatch):
     home, url = store_url
     monkeypatch.setenv("HEADWATER_REGISTRY_URL", url)
-    s = store_from_env(home)
+    s = open_store(home)
     assert isinstance(s, PostgresStore if url else FileStore)
     yield s
     s.close()
@@ -99,5 +101,23 @@ def test_file_store_layout(tmp_path):
 
 def test_unknown_url_scheme(tmp_path, monkeypatch):
     monkeypatch.setenv("HEADWATER_REGISTRY_URL", "mysql://x")
-    with pytest.raises(ValueError, match="HEADWATER_REGISTRY_URL: expected a postgresql:// URL, got 'mysql'"):
-        store_from_env(Home(tmp_path))
+    with pytest.raises(InvalidInputError, match=r"registry.url: expected a postgresql:// URL, got 'mysql'://… \(from env HEADWATER_REGISTRY_URL\)"):
+        open_store(Home(tmp_path))
+
+
+def test_database_errors_are_headwater_errors(store_url, tmp_path):
+    _, url = store_url
+    if not url:
+        pytest.skip("PostgreSQL only")
+    store = PostgresStore(url)
+    try:
+        with pytest.raises(InvalidInputError, match="schema registry database refused a value"):
+            store.append("Order Completed", {**CLOSED_ORDER, "title": "nul \u0000 inside"}, 0)
+        assert store.versions("Order Completed") == []  # nothing half-written; the connection still works
+    finally:
+        store.close()
+    with pytest.raises(TransientError, match="schema registry database: ") as e:
+        PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/x?connect_timeout=2").subjects()
+    assert e.value.field == "registry.url"
+    with pytest.raises(InvalidInputError, match="registry.url: invalid URI query parameter"):
+        PostgresStore(url + "?bogus=1").subjects()

@@ -2,7 +2,7 @@
 from the contract; a new optional field arrives as a new column through Delta schema
 evolution without rewriting older partitions. Most tests land rows in silver.events directly
 (the input of typed tables, one ds overwrite per day as the batch layer writes it) and run
-typed_tables.build; one runs the whole batch build from bronze."""
+the typed models of the batch DAG; one runs the whole batch build from bronze."""
 
 from __future__ import annotations
 
@@ -10,17 +10,21 @@ import copy
 import datetime as dt
 import json
 
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
 from headwater.config import Home
+from headwater.errors import NotFoundError
 from headwater.events import EVENT_SCHEMA
-from headwater.lake import tables
-from headwater.models.run import build
+from headwater.lake import catalog, sql
+from headwater.lake.store import Lake
+from headwater.models.dag import typed_models
+from headwater.models.run import build, run_model
 from headwater.registry import typed_tables
 from headwater.registry.registry import Registry, table_name
-from headwater.serve import catalog
 
 UTC = dt.timezone.utc
 ORDER_V1 = {
@@ -52,21 +56,26 @@ def land(home: Home, rows: list[dict], layer: str = "silver") -> None:
     """Rows into silver.events (one ds-range overwrite, as the batch layer writes it) or
     bronze.events (an append, as the stream sink writes it)."""
     data = pa.Table.from_pylist(rows, schema=EVENT_SCHEMA)
-    path = catalog.table_path(home, f"{layer}.events")
+    lake, table = Lake.of(home), f"{layer}.events"
     if layer == "bronze":
-        tables.append_once(path, data, app_id="typed-tables-test", batch_id=tables.committed_batch(path, "typed-tables-test") + 1
-                           if tables.exists(path) else 0)
+        last = lake.committed_batch(table, "typed-tables-test")
+        lake.append_once(table, data, app_id="typed-tables-test", batch_id=0 if last is None else last + 1)
     else:
         days = [r["ds"] for r in rows]
-        tables.overwrite_partitions(path, data, min(days), max(days))
+        lake.overwrite_partitions(table, data, min(days), max(days))
 
 
 def run(home: Home, start: dt.date, end: dt.date) -> dict[str, int]:
-    return typed_tables.build(home, start, end)
+    """The typed models of the batch DAG, run for ``[start, end]``."""
+    return {m.table: run_model(home, m, start, end) for m in typed_models(home)}
 
 
 def typed(home: Home, name: str = "Order Completed") -> pa.Table:
-    return catalog.query(home, f"SELECT * FROM silver.{table_name(name)} ORDER BY event_ts")
+    return sql.query(Lake.of(home), f"SELECT * FROM silver.{table_name(name)} ORDER BY event_ts")
+
+
+def table_dir(home: Home, table: str) -> Path:
+    return Path(Lake.of(home).uri(table))
 
 
 D1, D2 = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
@@ -102,7 +111,12 @@ def test_one_typed_column_per_property(home):
     assert rows[1]["revenue"] is None and rows[1]["items"] is None and rows[1]["schema_version"] == "1"
     assert rows[2]["qty"] is None and rows[2]["schema_version"] is None  # does not fit the column: null
     # Only registered names get a table.
-    assert [n for n in catalog.list_tables(home) if n.startswith("silver.evt_")] == ["silver.evt_order_completed"]
+    assert [n for n in Lake.of(home).tables() if n.startswith("silver.evt_")] == ["silver.evt_order_completed"]
+    # its declaration: the silver.evt_* family's partitioning and grain, the contract's columns
+    (model,) = typed_models(home)
+    assert model.spec.partition_by == catalog.spec("silver.evt_x").partition_by == ("ds",)
+    assert model.spec.grain == catalog.spec("silver.evt_x").grain
+    assert [(f.name, f.type) for f in model.schema] == [(f.name, f.type) for f in t.schema]
 
 
 def test_new_optional_field_is_a_new_column_without_rewriting_history(home):
@@ -110,7 +124,7 @@ def test_new_optional_field_is_a_new_column_without_rewriting_history(home):
     registry.register("Order Completed", ORDER_V1)
     land(home, [event(i, D1, "Order Completed", {"orderId": f"o{i}", "revenue": 10.0 + i}) for i in range(3)])
     run(home, D1, D1)
-    path = catalog.table_path(home, "silver.evt_order_completed")
+    path = table_dir(home, "silver.evt_order_completed")
     before = {f: (path / f).stat().st_mtime_ns for f in DeltaTable(str(path)).file_uris()}
     assert before
 
@@ -165,9 +179,11 @@ def test_table_names():
 
 def test_no_subjects_no_tables(home):
     land(home, [event(0, D1, "Order Completed", {"orderId": "o1"}, version=None)])
-    assert run(home, D1, D1) == {}
-    Registry.from_home(home).register("Order Completed", ORDER_V1)
-    assert typed_tables.build(Home(home.root / "elsewhere"), D1, D1) == {}  # no silver.events: nothing to build
+    assert typed_models(home) == () and run(home, D1, D1) == {}
+    elsewhere = Home(home.root / "elsewhere")
+    Registry.from_home(elsewhere).register("Order Completed", ORDER_V1)
+    with pytest.raises(NotFoundError, match="silver.evt_order_completed: input table silver.events is not built yet"):
+        run(elsewhere, D1, D1)
 
 
 def test_batch_build_writes_typed_tables_from_bronze(home):
@@ -182,7 +198,7 @@ def test_batch_build_writes_typed_tables_from_bronze(home):
 
     # A new optional field, then `headwater batch --start D3 --end D3`: a new column; the
     # files of D1 and D2 are neither replaced nor rewritten.
-    path = catalog.table_path(home, "silver.evt_order_completed")
+    path = table_dir(home, "silver.evt_order_completed")
     before = {f: (path / f).stat().st_mtime_ns for f in DeltaTable(str(path)).file_uris()}
     v2 = copy.deepcopy(ORDER_V1)
     v2["properties"]["coupon"] = {"type": "string"}

@@ -8,9 +8,10 @@ import logging
 
 import pytest
 
-from headwater.collector.segment import normalize, parse_request, redact
-from headwater.collector.tokens import Tokenizer
+from headwater.collector.segment import ID_FIELDS, normalize, parse_request
 from headwater.config import Home
+from headwater.ingest.badrows import redact
+from headwater.ingest.tokens import Tokenizer
 from headwater.registry import validate
 from headwater.registry.registry import Registry
 from tests.registry.conftest import CLOSED_ORDER
@@ -27,7 +28,7 @@ def run(validator, batch, reject_unregistered=False):
     env = parse_request(json.dumps({"batch": batch}).encode())
     norm = normalize(env, source="web", received_at_us=1_709_294_400_000_000, tokenizer=TOKENIZER)
     return validate.apply(norm, validator, messages=env.messages, at=lambda i: f"$.batch[{i}]", reject_unregistered=reject_unregistered,
-                          redact=lambda raw: redact(raw, TOKENIZER), source="web", received_at_us=1_709_294_400_000_000)
+                          redact=lambda raw: redact(raw, TOKENIZER, ID_FIELDS), source="web", received_at_us=1_709_294_400_000_000)
 
 
 def order(revenue, **extra):
@@ -73,7 +74,7 @@ def test_indices_skip_envelope_errors(registry):
     assert out.errors[1]["message"].endswith("- at `$.batch[2].properties.revenue`")
     assert [json.loads(p)["revenue"] for p in out.events.column("properties").to_pylist()] == [1.0, 2.0]
     assert out.events.column("schema_version").to_pylist() == ["1", "1"]
-    assert len(out.bad_rows) == 4 and json.loads(out.bad_rows[3]["payload"])["properties"]["revenue"] == -1
+    assert len(out.bad_rows) == 4 and json.loads(out.bad_rows[3].payload)["properties"]["revenue"] == -1
 
 
 def test_integer_valued_float_goes_through_jsonschema(registry):

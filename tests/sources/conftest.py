@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from headwater.collector.tokens import Tokenizer
+from headwater.ingest.tokens import Tokenizer
 from headwater.config import Home
-from headwater.serve import catalog
 from headwater.stream.processor import BronzeStream, StreamConfig
+from tests.helpers import query
 
 
 @pytest.fixture
@@ -28,6 +28,6 @@ def bronze(home):
 
     def run(sql: str) -> list[dict]:
         BronzeStream(home, StreamConfig(compact_every=0)).run(available_now=True)
-        return catalog.query(home, sql).to_pylist()
+        return query(home, sql).to_pylist()
 
     return run

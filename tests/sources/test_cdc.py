@@ -20,11 +20,11 @@ import uuid
 import psycopg
 import pytest
 
-from headwater.lake import tables
-from headwater.serve import catalog
+from headwater.lake.store import Lake
 from headwater.sources.cdc import scd2
 from headwater.sources.cdc.pgoutput import parse_lsn
 from headwater.sources.cdc.reader import CdcConfig, CdcReader
+from tests.helpers import query
 
 TRACKED = ("email", "plan", "seats", "country")
 SCHEMA = """
@@ -132,7 +132,7 @@ def expected_history(dsn: str, token, since: int = 0, initial: tuple[list[tuple]
 
 
 def dim_rows(home) -> list[tuple]:
-    got = catalog.query(home, "SELECT * FROM silver.dim_account").to_pylist()
+    got = query(home, "SELECT * FROM silver.dim_account").to_pylist()
     return sorted((r["id"], *(r[c] for c in TRACKED), r["valid_from"], r["valid_to"], r["is_current"], r["deleted"]) for r in got)
 
 
@@ -140,7 +140,7 @@ def assert_bronze_exact(home, dsn: str) -> None:
     """bronze.cdc_accounts holds every row change once: one per audit row, no (lsn, seq) twice."""
     with psycopg.connect(dsn) as conn:
         audited = conn.execute("SELECT count(*) FROM audit").fetchone()[0]
-    got = catalog.query(home, "SELECT count(*) AS n, count(DISTINCT (commit_lsn, seq)) AS d FROM bronze.cdc_accounts").to_pylist()[0]
+    got = query(home, "SELECT count(*) AS n, count(DISTINCT (commit_lsn, seq)) AS d FROM bronze.cdc_accounts").to_pylist()[0]
     assert got == {"n": audited, "d": audited}
 
 
@@ -153,10 +153,10 @@ def test_sigkill_of_the_reader_mid_stream_loses_and_doubles_nothing(home, dsn, t
     args = [sys.executable, "-m", "headwater", "cdc", "run", "--dsn", dsn, "--table", "accounts",
             "--track", ",".join(TRACKED), "--slot", slot_of(dsn), "--interval", "0.05"]
     proc = subprocess.Popen(args + ["--max-changes", "4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    bronze = home.table_path("bronze", "cdc_accounts")
+    lake, bronze = Lake.of(home), "bronze.cdc_accounts"
     try:
         deadline = time.monotonic() + 90
-        while (tables.committed_batch(bronze, f"cdc:{slot_of(dsn)}") is None or _versions(bronze) < 3) and time.monotonic() < deadline:
+        while (lake.committed_batch(bronze, f"cdc:{slot_of(dsn)}") is None or lake.version(bronze) < 3) and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stderr.read().decode()
             time.sleep(0.02)
         workload(dsn, 5, seed=2)  # changes arrive while it reads
@@ -176,12 +176,6 @@ def test_sigkill_of_the_reader_mid_stream_loses_and_doubles_nothing(home, dsn, t
     assert done.returncode == 0, done.stderr
     assert_bronze_exact(home, dsn)
     assert dim_rows(home) == expected_history(dsn, token)
-
-
-def _versions(path) -> int:
-    from deltalake import DeltaTable
-
-    return DeltaTable(str(path)).version()
 
 
 class Crash(Exception):
@@ -232,7 +226,7 @@ def test_bronze_records_and_rebuild_equals_incremental(home, dsn, token):
         flushed = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
     assert reader.run(available_now=True) == 0
     assert reader.confirmed_lsn() >= parse_lsn(flushed)
-    recs = catalog.query(home, "SELECT op, before, after, commit_ts, ds FROM bronze.cdc_accounts ORDER BY commit_lsn, seq").to_pylist()
+    recs = query(home, "SELECT op, before, after, commit_ts, ds FROM bronze.cdc_accounts ORDER BY commit_lsn, seq").to_pylist()
     assert [r["op"] for r in recs] == ["insert", "update", "update", "delete"]
     import json
 
@@ -240,15 +234,18 @@ def test_bronze_records_and_rebuild_equals_incremental(home, dsn, token):
     assert recs[0]["before"] is None and recs[3]["after"] is None
     assert json.loads(recs[1]["before"])["plan"] == "free" and json.loads(recs[1]["after"])["plan"] == "pro"
     assert recs[0]["ds"] == recs[0]["commit_ts"].date()
-    dim = catalog.query(home, "SELECT plan, valid_to IS NULL AS open, is_current, deleted FROM silver.dim_account ORDER BY valid_from").to_pylist()
+    dim = query(home, "SELECT plan, valid_to IS NULL AS open, is_current, deleted FROM silver.dim_account ORDER BY valid_from").to_pylist()
     assert dim == [
         {"plan": "free", "open": False, "is_current": False, "deleted": False},
         {"plan": "pro", "open": False, "is_current": False, "deleted": True},
     ]
     incremental = dim_rows(home)
     reader.close()
-    # The batch layer's backfill: rebuilt from bronze alone (no Postgres), same table.
-    assert scd2.build(home) == {"silver.dim_account": 2}
+    # The batch layer's model of the dimension: rebuilt from bronze alone (no Postgres), same table.
+    from headwater.models.dag import dim_models
+    from headwater.models.run import run_model
+
+    assert {m.table: run_model(home, m, dt.date.today(), dt.date.today()) for m in dim_models(home)} == {"silver.dim_account": 2}
     assert dim_rows(home) == incremental == expected_history(dsn, token)
 
 
@@ -277,7 +274,7 @@ def test_initial_snapshot_then_changes_and_a_crash_during_setup(home, dsn, token
         before = conn.execute("SELECT id, email, plan, seats, country FROM accounts ORDER BY id").fetchall()
     assert before
     # Crash after the slot was made, before its snapshot reached bronze.
-    monkeypatch.setattr(tables, "append_once", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    monkeypatch.setattr(Lake, "append_once", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
         CdcReader(home, config(dsn)).setup()
     monkeypatch.undo()
@@ -288,7 +285,7 @@ def test_initial_snapshot_then_changes_and_a_crash_during_setup(home, dsn, token
     workload(dsn, 15, seed=7)
     reader.run(available_now=True)
     reader.close()
-    snap = catalog.query(home, "SELECT DISTINCT commit_ts FROM bronze.cdc_accounts WHERE op = 'snapshot'").to_pylist()
+    snap = query(home, "SELECT DISTINCT commit_ts FROM bronze.cdc_accounts WHERE op = 'snapshot'").to_pylist()
     assert len(snap) == 1
     assert dim_rows(home) == expected_history(dsn, token, since, (before, snap[0]["commit_ts"]))
 
@@ -309,13 +306,13 @@ def test_toasted_values_types_and_truncate_in_bronze_records(home, postgres):
         conn.execute("TRUNCATE accounts")
     assert reader.run(available_now=True) == 3
     reader.close()
-    recs = catalog.query(home, "SELECT op, after FROM bronze.cdc_accounts WHERE op <> 'snapshot' ORDER BY commit_lsn, seq").to_pylist()
+    recs = query(home, "SELECT op, after FROM bronze.cdc_accounts WHERE op <> 'snapshot' ORDER BY commit_lsn, seq").to_pylist()
     assert [r["op"] for r in recs] == ["insert", "update", "truncate"]
     import json
 
     after = json.loads(recs[1]["after"])
     assert after == {"id": 1, "plan": "pro", "notes": big, "price": "9.99", "ratio": 0.5, "active": True, "born": "2024-02-29", "seen": "2024-03-01 12:00:00+00"}
-    dim = catalog.query(home, "SELECT plan, born, seen, price, is_current, deleted FROM silver.dim_account ORDER BY valid_from").to_pylist()
+    dim = query(home, "SELECT plan, born, seen, price, is_current, deleted FROM silver.dim_account ORDER BY valid_from").to_pylist()
     assert dim == [  # every column tracked (the default); the TRUNCATE closed the last version
         {"plan": "free", "born": dt.date(2024, 2, 29), "seen": dt.datetime(2024, 3, 1, 12, tzinfo=dt.timezone.utc), "price": "9.99", "is_current": False, "deleted": False},
         {"plan": "pro", "born": dt.date(2024, 2, 29), "seen": dt.datetime(2024, 3, 1, 12, tzinfo=dt.timezone.utc), "price": "9.99", "is_current": False, "deleted": True},
@@ -338,7 +335,7 @@ def test_reader_reconnects_after_its_connection_is_killed(home, dsn, token):
         workload(dsn, 10, seed=9)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if tables.exists(home.table_path("silver", "dim_account")) and dim_rows(home) == expected_history(dsn, token):
+            if Lake.of(home).exists("silver.dim_account") and dim_rows(home) == expected_history(dsn, token):
                 break
             time.sleep(0.2)
         assert reader.conn.info.backend_pid != pid  # it did reconnect

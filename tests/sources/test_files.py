@@ -161,11 +161,12 @@ def test_mapping_errors_name_the_option_and_import_nothing(home, tmp_path):
 
 
 def _events_in_log(home) -> int:
-    from headwater.log.sqlite import SqliteLog
+    from headwater.errors import NotFoundError
+    from headwater.log import open_log
 
     try:
-        return sum(SqliteLog(home.log_path).end_offsets("events").values())
-    except KeyError:
+        return sum(open_log(home.settings.log_url).end_offsets("events").values())
+    except NotFoundError:
         return 0
 
 
@@ -176,14 +177,14 @@ def test_cli_import_prints_counts(home, tmp_path, token, bronze):
     path.write_bytes(gzip.compress(b"user,event,ts,amount\nu1,Paid,1709294400,9.5\nu2,Paid,,1\n"))
     env = {**os.environ, "HEADWATER_HOME": str(home.root)}
     out = subprocess.run(
-        [sys.executable, "-m", "headwater", "import", str(path), "--user-id", "user", "--event", "event", "--timestamp", "ts", "--timestamp-unit", "s"],
+        [sys.executable, "-m", "headwater", "import", str(path), "--user-id", "user", "--event", "event", "--timestamp", "ts", "--timestamp-unit", "s", "--format", "json"],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"file": str(path), "rows": 2, "accepted": 1, "rejected": 1, "rejected_by_type": {"envelope_violation": 1}}
     assert bronze("SELECT user_id, event_ts FROM bronze.events") == [{"user_id": token("u1"), "event_ts": dt.datetime(2024, 3, 1, 12, tzinfo=UTC)}]
     out = subprocess.run([sys.executable, "-m", "headwater", "import", str(path), "--user-id", "nope", "--event", "event", "--timestamp", "ts"], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "column 'nope' (user id) is not in e.csv.gz" in out.stderr
+    assert out.returncode == 2 and "column 'nope' (user id) is not in e.csv.gz" in out.stderr
 
 
 def test_the_demo_dataset_imports_whole(home, bronze):
@@ -217,7 +218,7 @@ def test_a_failed_log_append_stops_the_import_and_a_rerun_completes_it(home, tmp
     path.write_text("user,event,ts\n" + "".join(f"u{i},Click,2024-03-01T12:00:{i:02d}Z\n" for i in range(10)))
     m = Mapping(timestamp="ts", user_id="user", event="event")
     with pytest.raises(OSError, match="disk full"):
-        import_file(home, path, m, batch_rows=4, log=FailingLog(home.log_path))
+        import_file(home, path, m, batch_rows=4, log=FailingLog.from_url(home.settings.log_url))
     assert 0 < _events_in_log(home) < 10  # the batches before the failure are stored
     assert import_file(home, path, m, batch_rows=4).accepted == 10  # the rerun: same ids
     assert bronze("SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM bronze.events") == [{"n": 10, "ids": 10}]

@@ -109,10 +109,10 @@ def test_cli_logs_follow_stops_on_sigterm(home, tmp_path, bronze):
     path = tmp_path / "svc.log"
     path.write_text(kv(0))
     env = {**os.environ, "HEADWATER_HOME": str(home.root)}
-    once = subprocess.run([sys.executable, "-m", "headwater", "logs", str(path)], env=env, capture_output=True, text=True, timeout=120)
+    once = subprocess.run([sys.executable, "-m", "headwater", "logs", str(path), "--format", "json"], env=env, capture_output=True, text=True, timeout=120)
     assert once.returncode == 0, once.stderr
     assert json.loads(once.stdout)["accepted"] == 1
-    proc = subprocess.Popen([sys.executable, "-m", "headwater", "logs", str(path), "--follow", "--interval", "0.05"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "headwater", "logs", str(path), "--follow", "--interval", "0.05", "--format", "json"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with open(path, "a") as f:

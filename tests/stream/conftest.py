@@ -7,9 +7,7 @@ import pytest
 
 from headwater.config import Home
 from headwater.events import EVENT_SCHEMA
-from headwater.log.base import Append
-from headwater.log.codec import encode
-from headwater.log.sqlite import SqliteLog
+from headwater.log import Append, EventLog, open_log
 
 T0 = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -39,8 +37,8 @@ def canonical(ids: list[str], received_at: dt.datetime = T0, event_ts: dt.dateti
     )
 
 
-def append_events(log: SqliteLog, partition: int, ids: list[str], **kw) -> None:
-    log.append([Append("events", partition, len(ids), encode(canonical(ids, **kw)))])
+def append_events(log: EventLog, partition: int, ids: list[str], **kw) -> None:
+    log.append([Append("events", partition, canonical(ids, **kw))])
 
 
 @pytest.fixture
@@ -49,23 +47,23 @@ def home(tmp_path) -> Home:
 
 
 @pytest.fixture
-def event_log(home) -> SqliteLog:
-    log = SqliteLog(home.log_path)
+def event_log(home) -> EventLog:
+    log = open_log(home.settings.log_url)
     log.ensure_topic("events", 4)
     log.ensure_topic("bad_rows", 1)
     yield log
     log.close()
 
 
-def table_rows(path, order: list[str] | None = None) -> list[dict]:
-    """Rows of the Delta table at ``path`` as dicts, sorted by ``order`` (all columns by
-    default; nulls first); ``[]`` if the table does not exist."""
-    from headwater.lake import tables
+def table_rows(home: Home, table: str, order: list[str] | None = None) -> list[dict]:
+    """Rows of the lake table ``table`` of ``home`` as dicts, sorted by ``order`` (all columns
+    by default; nulls first); ``[]`` if the table does not exist."""
+    from headwater.lake.store import Lake
 
-    ds = tables.dataset(path)
-    if ds is None:
+    lake = Lake.of(home)
+    if not lake.exists(table):
         return []
-    t = ds.to_table()
+    t = lake.dataset(table).to_table()
     keys = order or t.column_names
     rows = t.to_pylist()
     return sorted(rows, key=lambda r: tuple((r[k] is not None, r[k]) for k in keys))

@@ -16,22 +16,22 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pyarrow as pa
 
 from headwater.config import Home
 from headwater.events import EVENT_SCHEMA
-from headwater.lake import tables
-from headwater.log.base import Append
-from headwater.log.codec import encode
-from headwater.log.sqlite import SqliteLog
+from headwater.lake.store import Lake
+from headwater.log import Append, EventLog, open_log
 from headwater.stream.checkpoint import Checkpoint
 from headwater.stream.pipeline import DEFAULT_PIPELINE
-from headwater.stream.processor import KILL_AFTER_COMMIT_ENV, QUERY, BronzeStream, StreamConfig
+from headwater.stream.processor import QUERY, BronzeStream, StreamConfig
 
 from .conftest import T0, table_rows
 
 KILLS = 21
+KILL_AFTER_COMMIT = Path(__file__).with_name("kill_after_commit.py")  # launcher: SIGKILL after the N-th sink commit
 
 
 class Producer(threading.Thread):
@@ -39,7 +39,7 @@ class Producer(threading.Thread):
     5 % late (up to 15 min behind), 3 % re-sent ids, a hot user with 30 % of the events,
     and now and then an undecodable or schema-invalid record."""
 
-    def __init__(self, log: SqliteLog, seed: int):
+    def __init__(self, log: EventLog, seed: int):
         super().__init__()
         self.log, self.rng, self.stop = log, random.Random(seed), threading.Event()
         self.sent: list[str] = []
@@ -77,36 +77,37 @@ class Producer(threading.Thread):
             clock += dt.timedelta(seconds=self.rng.uniform(0, 6))
             p, r = self.rng.randrange(4), self.rng.random()
             if r < 0.01:
-                self.log.append([Append("events", p, 3, b"garbage")])
+                self.log._insert([("events", p, 3, b"garbage")])  # the sqlite backend's raw records
             elif r < 0.02:
-                self.log.append([Append("events", p, 2, encode(pa.table({"event_id": ["x", "y"]})))])
+                self.log.append([Append("events", p, pa.table({"event_id": ["x", "y"]}))])
             else:
                 n = self.rng.randrange(10, 60)
-                self.log.append([Append("events", p, n, encode(self.batch(clock, n)))])
+                self.log.append([Append("events", p, self.batch(clock, n))])
             time.sleep(0.02)
 
 
 def snapshot(home: Home) -> dict[str, list[dict]]:
     names = ["bronze.events", "bronze.late_events", "bronze.dead_letter", *(a.table for a in DEFAULT_PIPELINE.aggregates)]
-    return {n: table_rows(home.table_path(*n.split("."))) for n in names}
+    return {n: table_rows(home, n) for n in names}
 
 
 def test_sigkill_during_batches_and_sink_commits_gives_the_crash_free_result(tmp_path):
     home = Home(tmp_path / "crashed")
-    log = SqliteLog(home.log_path)
+    log = open_log(home.settings.log_url)
     log.ensure_topic("events", 4)
     log.ensure_topic("bad_rows", 1)
     rng = random.Random(3)
     producer = Producer(log, seed=11)
     producer.start()
     env = {**os.environ, "HEADWATER_HOME": str(home.root)}
-    cmd = [sys.executable, "-m", "headwater", "stream", "--trigger-interval", "0.2", "--retain-batches", "100000"]
+    args = ["stream", "--trigger-interval", "0.2", "--retain-batches", "100000"]
+    cmd = [sys.executable, "-m", "headwater", *args]
     checkpoint = Checkpoint(home.checkpoint_dir(QUERY))
     self_kills = 0
     try:
         for i in range(KILLS):
             if i % 3 == 0:  # dies right after its k-th Delta commit: between the sink commits of a batch
-                proc = subprocess.Popen(cmd, env={**env, KILL_AFTER_COMMIT_ENV: str(rng.randint(1, 8))})
+                proc = subprocess.Popen([sys.executable, str(KILL_AFTER_COMMIT), str(rng.randint(1, 8)), *args], env=env)
                 try:
                     proc.wait(timeout=30)
                     self_kills += proc.returncode == -signal.SIGKILL
@@ -147,5 +148,5 @@ def test_sigkill_during_batches_and_sink_commits_gives_the_crash_free_result(tmp
     assert len(ids) == len(set(ids)) and set(ids) == set(producer.sent)
     assert got["bronze.late_events"] and got["bronze.dead_letter"] and got["realtime.sessions"]
     for name in ["bronze.events", "realtime.events_per_minute"]:
-        assert tables.committed_batch(home.table_path(*name.split(".")), QUERY) <= last
+        assert Lake.of(home).committed_batch(name, QUERY) <= last
     log.close()

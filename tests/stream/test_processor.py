@@ -9,18 +9,20 @@ import time
 
 from deltalake import DeltaTable
 
-from headwater.lake import tables
-from headwater.log.base import Append
+from headwater.config import Home
+from headwater.events import EVENT_SCHEMA
+from headwater.lake.store import Lake
+from headwater.settings import load
 from headwater.stream.processor import QUERY, BronzeStream, StreamConfig
 
 from .conftest import T0, append_events
 
 
 def bronze_ids(home) -> list[str]:
-    path = home.table_path("bronze", "events")
-    if not tables.exists(path):
+    lake = Lake.of(home)
+    if not lake.exists("bronze.events"):
         return []
-    return DeltaTable(str(path)).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()
+    return lake.dataset("bronze.events").to_table(columns=["event_id"]).column("event_id").to_pylist()
 
 
 def test_batches_land_in_bronze_once_with_duplicates_removed(home, event_log):
@@ -41,7 +43,7 @@ def test_bronze_is_partitioned_by_ds_and_has_the_canonical_schema(home, event_lo
     append_events(event_log, 0, ["a"], event_ts=T0)
     append_events(event_log, 0, ["b"], event_ts=T0 + dt.timedelta(days=1))
     BronzeStream(home).run_once()
-    dt_ = DeltaTable(str(home.table_path("bronze", "events")))
+    dt_ = DeltaTable(Lake.of(home).uri("bronze.events"))
     assert dt_.metadata().partition_columns == ["ds"]
     got = dt_.to_pyarrow_table()
     assert sorted(got.column("ds").to_pylist()) == [T0.date(), T0.date() + dt.timedelta(days=1)]
@@ -58,10 +60,10 @@ def test_replay_after_crash_between_sink_commit_and_commit_log_writes_nothing_tw
     # kill -9 between the Delta commit and the commit log leaves behind.
     (stream.checkpoint.commits_dir / "1").unlink()
     (stream.checkpoint.state_dir / "dedup" / "1.parquet").unlink()
-    version = DeltaTable(str(home.table_path("bronze", "events"))).version()
+    version = DeltaTable(Lake.of(home).uri("bronze.events")).version()
 
     recovered = BronzeStream(home)  # re-runs batch 1 with the offsets of offsets/1
-    assert DeltaTable(str(home.table_path("bronze", "events"))).version() == version
+    assert DeltaTable(Lake.of(home).uri("bronze.events")).version() == version
     assert sorted(bronze_ids(home)) == ["a", "b", "c"]
     assert recovered.checkpoint.recover() == (None, 1)
     append_events(event_log, 2, ["c", "d"])  # c must still be known to the dedup state
@@ -76,19 +78,19 @@ def test_replay_of_batch_that_never_reached_the_sink_writes_it(home, event_log):
     append_events(event_log, 0, ["b"])  # arrived after batch 0 was planned: not part of it
     replayed = BronzeStream(home)
     assert bronze_ids(home) == ["a"]
-    assert tables.committed_batch(home.table_path("bronze", "events"), QUERY) == 0
+    assert Lake.of(home).committed_batch("bronze.events", QUERY) == 0
     replayed.run_once()
     assert sorted(bronze_ids(home)) == ["a", "b"]
 
 
 def test_undecodable_record_goes_to_dead_letter_and_stream_continues(home, event_log):
     append_events(event_log, 0, ["a"])
-    event_log.append([Append("events", 0, 3, b"not arrow")])
+    event_log._insert([("events", 0, 3, b"not arrow")])
     append_events(event_log, 0, ["b"])
     result = BronzeStream(home).run_once()
     assert result.dead_letters == 1
     assert sorted(bronze_ids(home)) == ["a", "b"]
-    dead = DeltaTable(str(home.table_path("bronze", "dead_letter"))).to_pyarrow_table().to_pylist()
+    dead = DeltaTable(Lake.of(home).uri("bronze.dead_letter")).to_pyarrow_table().to_pylist()
     assert len(dead) == 1
     assert (dead[0]["topic"], dead[0]["partition"], dead[0]["offset"], dead[0]["count"]) == ("events", 0, 1, 3)
     assert dead[0]["payload"] == b"not arrow"
@@ -147,7 +149,7 @@ def test_sigkill_at_random_moments_neither_loses_nor_duplicates(home, event_log)
     ids = bronze_ids(home)
     assert len(ids) == len(set(ids)), "duplicate event_id in bronze"
     assert set(ids) == expected
-    history = DeltaTable(str(home.table_path("bronze", "events"))).history()
+    history = DeltaTable(Lake.of(home).uri("bronze.events")).history()
     assert {h["operation"] for h in history} <= {"CREATE TABLE", "WRITE", "OPTIMIZE"}
 
 
@@ -156,20 +158,21 @@ def test_compaction_merges_micro_batch_files_without_changing_rows(home, event_l
     for i in range(4):
         append_events(event_log, 0, [f"c{i}-{j}" for j in range(5)])
         stream.run_once()
-    table = DeltaTable(str(home.table_path("bronze", "events")))
+    table = DeltaTable(Lake.of(home).uri("bronze.events"))
     assert len(table.file_uris()) == 1
     assert table.history()[0]["operation"] == "OPTIMIZE"
     assert sorted(bronze_ids(home)) == sorted(f"c{i}-{j}" for i in range(4) for j in range(5))
-    assert tables.committed_batch(home.table_path("bronze", "events"), QUERY) == 3
+    assert Lake.of(home).committed_batch("bronze.events", QUERY) == 3
 
 
 def test_consumed_log_records_past_retention_are_deleted(home, event_log):
-    stream = BronzeStream(home, StreamConfig(compact_every=2, log_retention=dt.timedelta(0)))
+    """``log.retention_ms`` reaches the log the stream opens, which applies it on commit."""
+    stream = BronzeStream(Home(home.root, load(home=home.root, **{"log.retention_ms": 0})))
     append_events(event_log, 0, ["r1"])
     stream.run_once()
     append_events(event_log, 1, ["r2"])
-    stream.run_once()  # second batch: compaction + retention
-    assert event_log.read("events", 0, 0, 1) == [] and event_log.read("events", 1, 0, 1) == []
+    stream.run_once()
+    assert not any(event_log.read("events", p, 0, 1, EVENT_SCHEMA).events.num_rows for p in (0, 1))
     assert event_log.end_offsets("events")[0] == 1
     append_events(event_log, 0, ["r3"])
     assert stream.run_once().written_events == 1

@@ -6,8 +6,8 @@ import datetime as dt
 import pytest
 from deltalake import DeltaTable
 
-from headwater.lake import tables
-from headwater.serve import catalog
+from headwater.lake.store import Lake
+from headwater.lake import sql
 from headwater.stream.processor import QUERY, BronzeStream, StreamConfig
 
 from .conftest import T0, append_events, table_rows
@@ -28,31 +28,33 @@ def test_realtime_tables_are_upserted_per_batch_and_queryable_by_name(home, even
     append_events(event_log, 0, ["d"], **at(0.7))
     append_events(event_log, 2, ["e"], **at(1.2))
     stream.run_once()
-    got = catalog.query(
-        home, "SELECT window_start, window_end, event_name, platform, events FROM realtime.events_per_minute ORDER BY 1"
+    got = sql.query(
+        Lake.of(home), "SELECT window_start, window_end, event_name, platform, events FROM realtime.events_per_minute ORDER BY 1"
     ).to_pylist()
     assert [(r["window_start"], r["window_end"] - r["window_start"], r["events"]) for r in got] == [
         (T0, MIN, 4),
         (T0 + MIN, MIN, 1),
     ]
     assert {(r["event_name"], r["platform"]) for r in got} == {("Order Completed", "server")}
-    users = catalog.query(home, "SELECT round(users) AS users, events FROM realtime.users_per_hour").to_pylist()
+    users = sql.query(Lake.of(home), "SELECT round(users) AS users, events FROM realtime.users_per_hour").to_pylist()
     assert users == [{"users": 2.0, "events": 5}]  # canonical(): users u0, u1 (i % 7 within an append)
-    history = DeltaTable(str(home.table_path("realtime", "events_per_minute"))).history()
+    history = DeltaTable(Lake.of(home).uri("realtime.events_per_minute")).history()
     assert [h["operation"] for h in history][:1] == ["MERGE"]
-    assert tables.committed_batch(home.table_path("realtime", "sessions"), QUERY) == 1
+    assert Lake.of(home).committed_batch("realtime.sessions", QUERY) == 1
 
 
 def test_readers_keep_their_snapshot_while_the_stream_commits(home, event_log):
     stream = BronzeStream(home)
     append_events(event_log, 0, ["a"], **at(0))
     stream.run_once()
-    con = catalog.connect(home)  # a dashboard's connection: snapshot as of now
+    lake = Lake.of(home)
+    con = sql.connect(lake)  # a dashboard's connection: snapshot as of registration
     try:
+        sql.register(con, lake, "realtime.users_per_minute")
         append_events(event_log, 0, ["b", "c"], **at(0.1))
         stream.run_once()  # the writer is not blocked by the open reader
         assert con.sql("SELECT events FROM realtime.users_per_minute").fetchall() == [(1,)]
-        catalog.register(con, home, "realtime.users_per_minute")
+        sql.register(con, lake, "realtime.users_per_minute")
         assert con.sql("SELECT events FROM realtime.users_per_minute").fetchall() == [(3,)]
     finally:
         con.close()
@@ -63,11 +65,11 @@ def test_sessions_merge_in_the_table_when_an_event_fills_the_gap(home, event_log
     append_events(event_log, 0, ["a"], **at(0))  # user u0 (canonical: i % 7)
     append_events(event_log, 0, ["b"], **at(35))
     stream.run_once()  # watermark: 25 min
-    rows = table_rows(home.table_path("realtime", "sessions"), ["window_start"])
+    rows = table_rows(home, "realtime.sessions", ["window_start"])
     assert [(r["actor_id"], r["events"]) for r in rows] == [("u0", 1), ("u0", 1)]
     append_events(event_log, 0, ["c"], **at(28))  # < 30 min after a, < 30 min before b
     stream.run_once()
-    rows = table_rows(home.table_path("realtime", "sessions"))
+    rows = table_rows(home, "realtime.sessions")
     assert [(r["window_start"], r["window_end"], r["events"]) for r in rows] == [(T0, T0 + 65 * MIN, 3)]
 
 
@@ -80,13 +82,13 @@ def test_late_events_reach_bronze_and_late_events_with_the_deciding_watermark(ho
     append_events(event_log, 0, ["fine"], event_ts=T0 + 21 * MIN, received_at=T0 + 31 * MIN)
     result = stream.run_once()
     assert result.late_events == 3
-    late = table_rows(home.table_path("bronze", "late_events"), ["event_id"])
+    late = table_rows(home, "bronze.late_events", ["event_id"])
     assert [r["event_id"] for r in late] == ["edge", "ok", "old"]
     assert {r["watermark"] for r in late} == {T0 + 20 * MIN}
     assert "realtime.events_per_minute (lateness 0s)" in late[0]["reason"]
-    bronze = {r["event_id"] for r in table_rows(home.table_path("bronze", "events"))}
+    bronze = {r["event_id"] for r in table_rows(home, "bronze.events")}
     assert bronze == {"new", "old", "ok", "edge", "fine"}
-    counts = catalog.query(home, "SELECT sum(events) AS n FROM realtime.events_per_minute").to_pylist()
+    counts = sql.query(Lake.of(home), "SELECT sum(events) AS n FROM realtime.events_per_minute").to_pylist()
     assert counts == [{"n": 2}]  # new + fine
 
 
@@ -136,7 +138,7 @@ def test_recorded_batches_can_be_re_run_but_only_in_order(home, event_log, tmp_p
     other.run_once(plan, meta["batch_timestamp_ms"])
     with pytest.raises(ValueError, match="plan: events/1 starts at 0, this query is at 2"):
         other.run_once(plan)
-    assert table_rows(other.paths["realtime.sessions"]) == table_rows(stream.paths["realtime.sessions"])
+    assert table_rows(other.home, "realtime.sessions") == table_rows(stream.home, "realtime.sessions")
 
 
 def test_window_state_is_recovered_from_the_last_committed_batch(home, event_log):
@@ -152,5 +154,5 @@ def test_window_state_is_recovered_from_the_last_committed_batch(home, event_log
     BronzeStream(home)
     append_events(event_log, 0, ["c"], **at(0.6))
     BronzeStream(home).run_once()
-    rows = table_rows(home.table_path("realtime", "users_per_minute"))
+    rows = table_rows(home, "realtime.users_per_minute")
     assert [(r["events"], round(r["users"])) for r in rows] == [(3, 1)]

@@ -31,9 +31,7 @@ from datasketches import hll_sketch, hll_union
 
 from headwater.config import Home
 from headwater.events import EVENT_SCHEMA
-from headwater.log.base import Append
-from headwater.log.codec import encode
-from headwater.log.sqlite import SqliteLog
+from headwater.log import Append, open_log
 from headwater.stream.pipeline import Aggregate, Dedup, Measure, Pipeline, Tumbling, Watermark
 from headwater.stream.processor import QUERY, BronzeStream, StreamConfig
 from headwater.stream.spark.runner import SparkConfig, SparkPipeline
@@ -138,12 +136,12 @@ def run_both(spark, tmp_path: Path, partitions: dict[int, list[Ev]]):
     Returns (headwater windows, Spark windows — ``{(window_start, event_name): (events,
     users, users_sketch)}`` —, the batches as ``[(partition, Ev)]`` lists, Spark's finished query)."""
     hw, sp = Home(tmp_path / "headwater"), Home(tmp_path / "spark")
-    log = SqliteLog(hw.log_path)
+    log = open_log(hw.settings.log_url)
     log.ensure_topic("events", len(partitions))
     log.ensure_topic("bad_rows", 1)
     longest = max(len(v) for v in partitions.values())
     for i in range(0, longest, 25):
-        log.append([Append("events", p, len(evs[i : i + 25]), encode(events_table(evs[i : i + 25]))) for p, evs in partitions.items() if evs[i : i + 25]])
+        log.append([Append("events", p, events_table(evs[i : i + 25])) for p, evs in partitions.items() if evs[i : i + 25]])
     log.close()
 
     engine = BronzeStream(hw, StreamConfig(max_records_per_partition=CAP, compact_every=0), pipeline=PIPELINE)
@@ -154,10 +152,10 @@ def run_both(spark, tmp_path: Path, partitions: dict[int, list[Ev]]):
         for n in range(ck.latest_committed() + 1)
     ]
     offsets = hw.checkpoint_dir(QUERY) / "offsets"
-    (query,) = SparkPipeline(spark, sp, PIPELINE, SparkConfig(replay_offsets=offsets), log_path=hw.log_path).run_available_now(bronze=False)
+    (query,) = SparkPipeline(spark, sp, PIPELINE, SparkConfig(replay_offsets=offsets), log_url=hw.settings.log_url).run_available_now(bronze=False)
 
     def windows(home: Home) -> dict[tuple, int]:
-        rows = table_rows(home.table_path("realtime", "per_minute"))
+        rows = table_rows(home, "realtime.per_minute")
         assert all(r["window_end"] - r["window_start"] == MINUTE for r in rows)
         keys = [(r["window_start"], r["event_name"]) for r in rows]
         assert len(keys) == len(set(keys)), "a window was emitted twice"

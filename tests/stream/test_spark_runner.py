@@ -9,10 +9,9 @@ import json
 import pyarrow as pa
 import pytest
 
-from headwater.lake import tables
-from headwater.log.base import Append
-from headwater.log.codec import encode
-from headwater.log.sqlite import SqliteLog
+from headwater.lake.store import Lake
+from headwater.errors import InvalidInputError, NotFoundError
+from headwater.log import Append, EventLog, open_log
 from headwater.stream.pipeline import DEFAULT_PIPELINE, Aggregate, Column, Hopping, Measure, Pipeline, Session, Tumbling
 from headwater.stream.processor import QUERY, BronzeStream, StreamConfig
 from headwater.stream.spark.runner import SparkConfig, SparkPipeline, for_spark
@@ -25,21 +24,21 @@ MINUTE = dt.timedelta(minutes=1)
 
 
 @pytest.fixture
-def log(home) -> SqliteLog:
-    log = SqliteLog(home.log_path)
+def log(home) -> EventLog:
+    log = open_log(home.settings.log_url)
     log.ensure_topic("events", 2)
     log.ensure_topic("bad_rows", 1)
     yield log
     log.close()
 
 
-def fill(log: SqliteLog) -> None:
+def fill(log: EventLog) -> None:
     """Partition 0: 7 events in 3 records (a duplicate "a1" in the last); partition 1: 2 good
     records around an undecodable one."""
     for p, ids in ((0, ["a0", "a1"]), (0, ["a2", "a3", "a4"]), (0, ["a5", "a1"]), (1, ["b0"])):
-        log.append([Append("events", p, len(ids), encode(canonical(ids, event_ts=T0 + MINUTE * len(ids))))])
-    log.append([Append("events", 1, 3, b"not arrow")])
-    log.append([Append("events", 1, 2, encode(canonical(["b1", "b2"])))])
+        log.append([Append("events", p, canonical(ids, event_ts=T0 + MINUTE * len(ids)))])
+    log._insert([("events", 1, 3, b"not arrow")])  # the sqlite backend's raw record
+    log.append([Append("events", 1, canonical(["b1", "b2"]))])
 
 
 def test_batch_boundaries_are_headwaters(home, log):
@@ -50,7 +49,7 @@ def test_batch_boundaries_are_headwaters(home, log):
     offsets = home.checkpoint_dir(QUERY) / "offsets"
     files = sorted((f for f in offsets.iterdir() if f.name.isdigit()), key=lambda f: int(f.name))
     headwater = [json.loads(f.read_text())["events"] for f in files]
-    reader = LogStreamReader(str(home.log_path), "events", max_records_per_partition=2, plan=None)
+    reader = LogStreamReader(home.settings.log_url, "events", max_records_per_partition=2, plan=None)
     start, spark = reader.initialOffset(), []
     while (end := reader.latestOffset(start, None)) != start:
         spark.append({p: [start[p], end[p]] for p in end})
@@ -58,7 +57,7 @@ def test_batch_boundaries_are_headwaters(home, log):
     assert spark == headwater
     assert start == {"0": 7, "1": 6}
 
-    replay = LogStreamReader(str(home.log_path), "events", None, replay_plan(offsets))
+    replay = LogStreamReader(home.settings.log_url, "events", None, replay_plan(offsets))
     start, replayed = replay.initialOffset(), []
     while (end := replay.latestOffset(start, None)) != start:
         replayed.append({p: [start[p], end[p]] for p in end})
@@ -69,37 +68,43 @@ def test_batch_boundaries_are_headwaters(home, log):
 
 def test_available_now_stops_at_the_log_end_seen_at_start(home, log):
     fill(log)
-    reader = LogStreamReader(str(home.log_path), "events", None, None)
+    reader = LogStreamReader(home.settings.log_url, "events", None, None)
     reader.prepareForTriggerAvailableNow()
-    log.append([Append("events", 0, 1, encode(canonical(["late-arrival"])))])
+    log.append([Append("events", 0, canonical(["late-arrival"]))])
     assert reader.latestOffset(reader.initialOffset(), None) == {"0": 7, "1": 6}
     assert reader.reportLatestOffset() == {"0": 8, "1": 6}
 
 
 def test_read_range_decodes_slices_and_dead_letters_bad_records(home, log):
     fill(log)
-    rows = pa.Table.from_batches(list(read_range(home.log_path, "events", 1, 0, 6)), schema=SCHEMA).to_pylist()
-    assert [(r["event_id"], r["_offset"], r["_error"] is None) for r in rows] == [
-        ("b0", 0, True), (None, 1, False), ("b1", 4, True), ("b2", 5, True)
+    rows = pa.Table.from_batches(list(read_range(home.settings.log_url, "events", 1, 0, 6)), schema=SCHEMA).to_pylist()
+    assert sorted((r["_offset"], r["event_id"], r["_error"] is None) for r in rows) == [
+        (0, "b0", True), (1, None, False), (4, "b1", True), (5, "b2", True)
     ]
-    bad = rows[1]
+    (bad,) = [r for r in rows if r["_error"] is not None]
     assert (bad["_partition"], bad["_count"], bad["_payload"]) == (1, 3, b"not arrow") and "Arrow" in bad["_error"]
-    sliced = pa.Table.from_batches(list(read_range(home.log_path, "events", 0, 1, 4)), schema=SCHEMA)
+    assert all(r["_count"] is None for r in rows if r["_error"] is None)
+    sliced = pa.Table.from_batches(list(read_range(home.settings.log_url, "events", 0, 1, 4)), schema=SCHEMA)
     assert sliced.column("event_id").to_pylist() == ["a1", "a2", "a3"]
     assert all(ms > 0 for ms in sliced.column("_appended_ms").to_pylist())
 
 
 def test_source_options_are_validated(home):
-    with pytest.raises(ValueError, match="option `path`"):
+    with pytest.raises(InvalidInputError, match="option `url`"):
         LogDataSource({}).streamReader(None)
-    with pytest.raises(FileNotFoundError, match="option `path`: no event log at"):
-        LogDataSource({"path": str(home.root / "nowhere.db")}).streamReader(None)
-    SqliteLog(home.log_path).close()
+    with pytest.raises(NotFoundError, match="topic 'events' does not exist"):
+        LogDataSource({"url": f"sqlite:///{home.root / 'nowhere.db'}"}).streamReader(None)
+    with pytest.raises(InvalidInputError, match="unknown event log scheme"):
+        LogDataSource({"url": str(home.root / "log.db")}).streamReader(None)
+    url = home.settings.log_url
+    log = open_log(url)
+    log.ensure_topic("events", 1)
+    log.close()
     for bad in ("0", "-5", "many"):
         with pytest.raises(ValueError, match="option `maxRecordsPerPartition`: must be a positive integer"):
-            LogDataSource({"path": str(home.log_path), "maxRecordsPerPartition": bad}).streamReader(None)
+            LogDataSource({"url": url, "maxRecordsPerPartition": bad}).streamReader(None)
     with pytest.raises(FileNotFoundError):
-        LogDataSource({"path": str(home.log_path), "replayOffsets": str(home.root / "missing")}).streamReader(None)
+        LogDataSource({"url": url, "replayOffsets": str(home.root / "missing")}).streamReader(None)
 
 
 def test_pipelines_spark_cannot_run_are_refused(spark, home):
@@ -122,47 +127,46 @@ def test_bronze_lands_once_and_bad_records_are_dead_lettered(spark, home, log):
     pipeline = Pipeline(name="t")
     runner = SparkPipeline(spark, home, pipeline, SparkConfig(max_records_per_partition=3))
     runner.run_available_now()
-    ids = lambda: sorted(r["event_id"] for r in table_rows(home.table_path("bronze", "events")))  # noqa: E731
+    ids = lambda: sorted(r["event_id"] for r in table_rows(home, "bronze.events"))  # noqa: E731
     assert ids() == ["a0", "a1", "a2", "a3", "a4", "a5", "b0", "b1", "b2"]
-    dead = table_rows(home.table_path("bronze", "dead_letter"))
+    dead = table_rows(home, "bronze.dead_letter")
     assert [(d["topic"], d["partition"], d["offset"], d["count"], d["payload"]) for d in dead] == [("events", 1, 1, 3, b"not arrow")]
 
-    log.append([Append("events", 0, 2, encode(canonical(["a6", "a0"])))])
+    log.append([Append("events", 0, canonical(["a6", "a0"]))])
     SparkPipeline(spark, home, pipeline, SparkConfig(max_records_per_partition=3)).run_available_now()
     assert ids() == ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "b0", "b1", "b2"]
-    assert len(table_rows(home.table_path("bronze", "dead_letter"))) == 1
+    assert len(table_rows(home, "bronze.dead_letter")) == 1
 
 
 def test_window_sink_skips_an_epoch_the_table_already_holds(spark, home):
     """A replayed epoch (Spark re-runs an epoch whose commit it did not record) writes nothing."""
-    path = home.table_path("realtime", "m")
     rows = pa.table({"window_start": [T0], "window_end": [T0 + MINUTE], "events": [3]})
     df = spark.createDataFrame(rows.to_pandas())
-    write = window_sink(path, "spark-t-m", "append", ("window_start",))
+    write = window_sink(Lake.of(home), "realtime.m", "spark-t-m", "append", ("window_start",))
     write(df, 0)
     write(df, 0)
     write(df, 1)
-    assert len(table_rows(path)) == 2
-    assert tables.committed_batch(path, "spark-t-m") == 1
+    assert len(table_rows(home, "realtime.m")) == 2
+    assert Lake.of(home).committed_batch("realtime.m", "spark-t-m") == 1
 
-    upsert = window_sink(home.table_path("realtime", "u"), "spark-t-u", "update", ("window_start",))
+    upsert = window_sink(Lake.of(home), "realtime.u", "spark-t-u", "update", ("window_start",))
     upsert(df, 0)
     upsert(spark.createDataFrame(rows.set_column(2, "events", pa.array([5])).to_pandas()), 1)
     upsert(df, 1)  # replay of epoch 1 with other content: ignored
-    assert [r["events"] for r in table_rows(home.table_path("realtime", "u"))] == [5]
+    assert [r["events"] for r in table_rows(home, "realtime.u")] == [5]
 
 
 def test_distinct_users_use_datasketches_hll(spark, home, log):
     """``distinct`` measures become Spark's ``hll_sketch_agg`` (Apache DataSketches HLL): the
     estimate and a mergeable sketch column, in update mode upserted per window."""
     ids = [f"e{i}" for i in range(40)]
-    log.append([Append("events", 0, 40, encode(canonical(ids)))])  # users u0..u6, all at T0
+    log.append([Append("events", 0, canonical(ids))])  # users u0..u6, all at T0
     pipeline = Pipeline(
         name="d",
         aggregates=(Aggregate("users", Tumbling(MINUTE), measures=(Measure.count("events"), Measure.distinct("users", "actor_id", 10)), output_mode="update"),),
     )
     SparkPipeline(spark, home, pipeline).run_available_now(bronze=False)
-    (row,) = table_rows(home.table_path("realtime", "users"))
+    (row,) = table_rows(home, "realtime.users")
     from datasketches import hll_sketch
 
     assert (row["window_start"], row["events"]) == (T0, 40)

@@ -6,8 +6,8 @@ import datetime as dt
 
 import click
 
-from headwater.cli.output import print_table, to_json
-from headwater.config import Home
+from headwater.cli.options import open_home
+from headwater.cli.output import emit, format_option
 from headwater.events import BAD_ROW_TYPES
 
 
@@ -42,7 +42,7 @@ def _with_filters(f):
 @_with_filters
 @click.option("--all", "include_replayed", is_flag=True, help="Include rows already replayed.")
 @click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows (newest first); 0: all.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@format_option
 @click.pass_context
 def badrows(ctx, error_type, source, since, include_replayed, limit, fmt) -> None:
     """List bad rows (failed events), newest first; `badrows replay` re-submits them.
@@ -53,16 +53,16 @@ def badrows(ctx, error_type, source, since, include_replayed, limit, fmt) -> Non
         return
     from headwater.collector.badrows import list_bad_rows
 
-    rows = list_bad_rows(Home.from_env(), error_type=error_type, source=source, since=since,
+    rows = list_bad_rows(open_home(), error_type=error_type, source=source, since=since,
                          include_replayed=include_replayed, limit=limit or None)
     if fmt == "table":  # a terminal-wide view; --format json / csv give every column in full
         rows = rows.select(["received_at", "source", "error_type", "reason"])
-    print_table(rows, fmt)
+    emit(rows, fmt)
 
 
 @badrows.command("replay")
 @_with_filters
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@format_option
 def replay_cmd(error_type, source, since, fmt) -> None:
     """Re-submit not-yet-replayed bad rows through the collector's normalisation, contract
     validation and PII policy into the event log (the stream deduplicates as usual).
@@ -71,10 +71,11 @@ def replay_cmd(error_type, source, since, fmt) -> None:
     with the new reason printed."""
     from headwater.collector.badrows import replay
 
-    result = replay(Home.from_env(), error_type=error_type, source=source, since=since)
-    if fmt == "json":
-        click.echo(to_json({"replayed": result.replayed, "events": result.events, "failed": result.failed}))
-        return
-    click.echo(f"replayed {result.replayed} bad rows ({result.events} events to the log); {len(result.failed)} still failing")
-    for f in result.failed:
-        click.echo(f"  {f['bad_row_id']}  {f['error_type']}: {f['reason']}", err=True)
+    result = replay(open_home(), error_type=error_type, source=source, since=since)
+
+    def text(doc: dict) -> None:
+        click.echo(f"replayed {doc['replayed']} bad rows ({doc['events']} events to the log); {len(doc['failed'])} still failing")
+        for f in doc["failed"]:
+            click.echo(f"  {f['bad_row_id']}  {f['error_type']}: {f['reason']}", err=True)
+
+    emit({"replayed": result.replayed, "events": result.events, "failed": result.failed}, fmt, table=text)

@@ -1,68 +1,66 @@
-"""The ``headwater`` command. Every command works on ``HEADWATER_HOME`` (default ``./.headwater``)."""
+"""The ``headwater`` command. Every command works on ``HEADWATER_HOME`` (default ``./.headwater``)
+with the settings of :mod:`headwater.settings`; options named after a setting override it for
+one run (:mod:`headwater.cli.options`). Data is printed with ``--format table|csv|json``
+(:mod:`headwater.cli.output`); errors become exit codes in one place (:mod:`headwater.cli.errors`).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import signal
 import sys
 import threading
 
 import click
 
-from headwater.config import Home, port_from_env
-from headwater.cli.output import print_table, to_json
-
-FORMATS = click.Choice(["table", "csv", "json"])
-
-
-def _date(_ctx, _param, value: str | None) -> dt.date | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from None
+from headwater.cli.errors import DEBUG, HeadwaterGroup
+from headwater.cli.options import check_range, date_range, engine_option, open_home, setting_option
+from headwater.cli.output import emit, format_option, human_duration, print_rows
+from headwater.config import Home
+from headwater.errors import InvalidInputError
 
 
-@click.group()
+@click.group(cls=HeadwaterGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress of every component.")
-def cli(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an error instead of its one-line message.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
     """headwater: product-analytics data platform (embedded default)."""
+    ctx.meta[DEBUG] = debug
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
 
 
 def default_source(home: Home):
-    """The source of ``HEADWATER_WRITE_KEY`` if set, else the first source (one named
-    ``default`` is created if there is none)."""
-    key = os.environ.get("HEADWATER_WRITE_KEY")
-    if key:
-        existing = [s for s in home.sources() if s.write_key == key]
-        return existing[0] if existing else home.add_source("default" if not home.sources() else f"source-{len(home.sources())}", key)
-    return (home.sources() or [home.add_source("default")])[0]
+    """The source of setting ``collector.write_key`` if set (created if absent), else the
+    first source (one named ``default`` is created if there is none)."""
+    key = home.settings.collector.write_key
+    sources = home.sources()
+    if key is not None:
+        existing = [s for s in sources if s.write_key == key.get_secret_value()]
+        return existing[0] if existing else home.add_source("default" if not sources else f"source-{len(sources)}", key.get_secret_value())
+    return (sources or [home.add_source("default")])[0]
 
 
 def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
+_port_option = setting_option("--port", key="collector.port", type=int, help="Collector port on 127.0.0.1.")
+
+
 @cli.command()
-@click.option("--port", type=int, default=None, help="Collector port on 127.0.0.1 (default $HEADWATER_PORT or 8088).")
+@_port_option
 @click.option("--dagster/--no-dagster", default=True, show_default=True,
-              help="Also serve the Dagster UI + daemon (port $HEADWATER_DAGSTER_PORT or a free one).")
-def up(port: int | None, dagster: bool) -> None:
+              help="Also serve the Dagster UI + daemon (on setting dagster.port, or a free port).")
+def up(dagster: bool) -> None:
     """Run the collector, the stream processor and Dagster until Ctrl-C; print URLs and write key."""
-    from headwater.orchestrate.server import port_from_env as dagster_port_from_env
     from headwater.runtime import Platform, free_port
 
-    home = Home.from_env()
+    home = open_home()
     source = default_source(home)
-    try:
-        dagster_port = dagster_port_from_env(free_port()) if dagster else None
-        platform = Platform(home, port or port_from_env(), dagster_port=dagster_port).start()
-    except (RuntimeError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    dagster_port = (home.settings.dagster.port or free_port()) if dagster else None
+    platform = Platform(home, home.settings.collector.port, dagster_port=dagster_port).start()
     click.echo(f"collector  {platform.url}  (Segment HTTP API: POST /v1/batch, /v1/track, ...)")
     if platform.dagster_url:
         click.echo(f"dagster    {platform.dagster_url}  (Dagster UI: assets, runs, backfills; daily schedule, late-data sensor)")
@@ -76,21 +74,24 @@ def up(port: int | None, dagster: bool) -> None:
 
 
 @cli.command()
-@click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default $HEADWATER_PORT or 8088).")
-def collector(port: int | None) -> None:
-    """Run only the collector (HTTP, Segment tracking API)."""
+@_port_option
+def collector() -> None:
+    """Run only the collector (HTTP: Segment tracking API, PostHog capture)."""
     from headwater.collector.server import serve
+    from headwater.serve.metrics import render
 
-    serve(Home.from_env(), host="127.0.0.1", port=port or port_from_env())
+    home = open_home()
+    serve(home, host="127.0.0.1", port=home.settings.collector.port, metrics=lambda: render(home))
 
 
 @cli.command()
 @click.option("--available-now", is_flag=True, help="Process what the log holds now, then exit.")
-@click.option("--trigger-interval", type=float, default=0.5, show_default=True, help="Seconds between polls when idle.")
-@click.option("--max-records-per-partition", type=int, default=50_000, show_default=True, help="Micro-batch bound per log partition.")
-@click.option("--retain-batches", type=int, default=100, show_default=True, help="Offset/commit log entries kept.")
-@click.option("--pipeline", "pipeline_path", type=click.Path(exists=True, dir_okay=False), help="Pipeline TOML (default: the built-in real-time aggregates).")
-def stream(available_now: bool, trigger_interval: float, max_records_per_partition: int, retain_batches: int, pipeline_path: str | None) -> None:
+@setting_option("--trigger-interval", key="stream.trigger_interval_s", type=float, help="Seconds between micro-batches when idle.")
+@setting_option("--max-records-per-partition", key="stream.max_records_per_partition", type=int, help="Micro-batch bound per log partition (events).")
+@setting_option("--retain-batches", key="stream.retain_batches", type=int, help="Offset / commit log entries kept.")
+@click.option("--pipeline", "pipeline_path", type=click.Path(exists=True, dir_okay=False),
+              help="Pipeline TOML (dedup, watermark, windows); default: the built-in real-time aggregates.")
+def stream(available_now: bool, pipeline_path: str | None) -> None:
     """Run only the stream processor (event log -> bronze + realtime Delta tables, exactly once)."""
     from headwater.stream.pipeline import DEFAULT_PIPELINE, Pipeline
     from headwater.stream.processor import BronzeStream, StreamConfig
@@ -98,103 +99,131 @@ def stream(available_now: bool, trigger_interval: float, max_records_per_partiti
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    config = StreamConfig(trigger_interval_s=trigger_interval, max_records_per_partition=max_records_per_partition, retain_batches=retain_batches)
-    try:
-        pipeline = Pipeline.from_toml(pipeline_path) if pipeline_path else DEFAULT_PIPELINE
-    except ValueError as e:  # tomllib.TOMLDecodeError is a ValueError too
-        raise click.BadParameter(str(e), param_hint="--pipeline") from None
-    BronzeStream(Home.from_env(), config, pipeline=pipeline).run(stop, available_now=available_now)
+    home = open_home()
+    s = home.settings.stream
+    config = StreamConfig(trigger_interval_s=s.trigger_interval_s, max_records_per_partition=s.max_records_per_partition,
+                          retain_batches=s.retain_batches, compact_every=s.compact_every)
+    pipeline = Pipeline.from_toml(pipeline_path) if pipeline_path else DEFAULT_PIPELINE
+    BronzeStream(home, config, pipeline=pipeline).run(stop, available_now=available_now)
+
+
+def _counts_table(counts: dict[str, int]) -> None:
+    print_rows(["table", "rows"], [{"table": t, "rows": n} for t, n in counts.items()])
 
 
 @cli.command()
-@click.option("--start", callback=_date, help="First ds (YYYY-MM-DD); default the first ds in bronze.")
-@click.option("--end", callback=_date, help="Last ds (YYYY-MM-DD); default the last ds in bronze.")
-@click.option("--engine", type=click.Choice(["duckdb", "spark"]), default=None,
-              help="SQL engine (default $HEADWATER_ENGINE or duckdb); spark runs the same SQL on Spark SQL local mode.")
-def batch(start: dt.date | None, end: dt.date | None, engine: str | None) -> None:
-    """Build silver and gold tables for a ds range (partitions are overwritten, never appended twice)."""
-    from headwater.models.run import build, engine_from_env
+@date_range
+@engine_option
+@format_option
+def batch(start: dt.date | None, end: dt.date | None, fmt: str) -> None:
+    """Build silver and gold tables for a ds range (partitions are overwritten, never appended
+    twice); prints the rows written per table."""
+    from headwater.models.run import build
 
-    try:
-        engine = engine_from_env(engine)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    counts = build(Home.from_env(), start, end, progress=lambda msg: click.echo(msg, err=True), engine=engine)
-    click.echo(to_json(counts))
+    check_range(start, end)
+    home = open_home()
+    counts = build(home, start, end, progress=lambda msg: click.echo(msg, err=True))
+    emit(counts, fmt, table=_counts_table)
 
 
 @cli.command()
 @click.argument("sql")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 def query(sql: str, fmt: str) -> None:
     """Run SQL (DuckDB) over the tables, named bronze.events, silver.events, gold.active_users, ..."""
     import duckdb
 
-    from headwater.serve.catalog import query as run_query
+    from headwater.lake import sql as catalog
+    from headwater.lake.store import Lake
 
     try:
-        result = run_query(Home.from_env(), sql)
+        result = catalog.query(Lake.of(open_home()), sql)
     except duckdb.Error as e:
-        raise click.ClickException(str(e)) from None
-    print_table(result, fmt)
+        raise InvalidInputError(str(e), field="sql") from e
+    emit(result, fmt)
 
 
-@cli.command()
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def status(fmt: str) -> None:
-    """Log end offsets, committed offsets, lag, stream progress and table row counts."""
-    from headwater.serve.status import status as get_status
-
-    info = get_status(Home.from_env())
-    if fmt == "json":
-        click.echo(to_json(info))
-        return
+def _status_text(info: dict) -> None:
+    """``headwater status`` for people: one line per log partition, query and table, with units."""
     click.echo(f"home {info['home']}")
     for topic, t in info["log"].items():
         for p, v in t["partitions"].items():
-            click.echo(f"log {topic}[{p}]  end {v['end_offset']}  committed {v['committed_offset']}  lag {v['lag']}")
+            click.echo(f"log {topic}[{p}]  end offset {v['end_offset']}  committed {v['committed_offset']}  lag {v['lag']} events")
     if info["stream"]:
         s = info["stream"]
-        click.echo(f"stream  last batch {s['last_batch_id']} at {s['last_batch_time']}  totals {s['totals']}")
+        totals = ", ".join(f"{k} {v}" for k, v in s["totals"].items())
+        click.echo(f"stream  last batch {s['last_batch_id']} at {s['last_batch_time']}  totals: {totals}")
     for name, m in info.get("metrics", {}).items():
-        delay = "-" if m["watermark_delay_s"] is None else f"{m['watermark_delay_s']:.1f}s"
         click.echo(
-            f"query {name}  batch {m['last_batch_id']} took {m['batch_duration_s']:.3f}s  "
-            f"in {m['records_in_per_s']:.0f}/s  out {m['records_out_per_s']:.0f}/s  watermark delay {delay}"
+            f"query {name}  batch {m['last_batch_id']} took {human_duration(m['batch_duration_s'])}  "
+            f"in {m['records_in_per_s']:.0f} records/s  out {m['records_out_per_s']:.0f} rows/s  "
+            f"watermark delay {human_duration(m['watermark_delay_s'])}"
         )
     for name, rows in info["tables"].items():
         click.echo(f"table {name}  {rows} rows")
 
 
+@cli.command()
+@format_option
+def status(fmt: str) -> None:
+    """Log end offsets, committed offsets, lag, stream progress, watermark and table row counts."""
+    from headwater.serve.status import status as get_status
+
+    emit(get_status(open_home()), fmt, table=_status_text)
+
+
 @cli.group()
 def source() -> None:
-    """Sources and their write keys."""
+    """Sources: their write keys and policies (PII, events without a contract)."""
 
 
 @source.command("add")
 @click.argument("name")
 @click.option("--write-key", default=None, help="Use this write key (default: generate one).")
 def source_add(name: str, write_key: str | None) -> None:
-    """Add a source; prints its write key."""
-    try:
-        click.echo(Home.from_env().add_source(name, write_key).write_key)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
+    """Add source NAME; prints its write key alone (for scripts: KEY=$(headwater source add web))."""
+    click.echo(open_home().add_source(name, write_key).write_key)
 
 
 @source.command("list")
-def source_list() -> None:
-    for s in Home.from_env().sources():
-        click.echo(f"{s.name}\t{s.write_key}")
+@format_option
+def source_list(fmt: str) -> None:
+    """List the sources: name, write key, policy for events without a contract."""
+    rows = [{"name": s.name, "write_key": s.write_key, "unregistered_events": s.unregistered_events} for s in open_home().sources()]
+    emit(rows, fmt)
 
 
 @cli.command()
-@click.option("--port", type=int, default=None, help="Collector port (default: $HEADWATER_PORT or a free port).")
+@click.option("--port", type=int, default=None, help="Collector port; default: setting collector.port if set, else a free port.")
 def demo(port: int | None) -> None:
     """The main job: replay the e-commerce dataset through the Segment SDK into DAU/WAU/MAU."""
     from headwater.demo.run import run_demo
 
-    sys.exit(run_demo(Home.from_env(), port))
+    sys.exit(run_demo(open_home(), port))
+
+
+@cli.group()
+def config() -> None:
+    """The settings of this installation (headwater.toml, HEADWATER_* variables)."""
+
+
+@config.command("show")
+@format_option
+def config_show(fmt: str) -> None:
+    """Print the effective settings, secrets masked, and where each value comes from
+    (default, headwater.toml, or an environment variable)."""
+    from headwater.settings import describe
+
+    emit(describe(open_home().settings), fmt, table=lambda rows: print_rows(["key", "value", "origin"], rows))
+
+
+@config.command("docs")
+def config_docs() -> None:
+    """Print the table of every setting (key, variables, default, meaning) as Markdown: the
+    settings table of README.md."""
+    from headwater.settings import settings_table
+
+    click.echo(settings_table(), nl=False)
 
 
 from headwater.cli.schema import schema as _schema  # noqa: E402
@@ -211,6 +240,9 @@ cli.add_command(_badrows)
 
 from headwater.cli.backfill import backfill as _backfill  # noqa: E402
 cli.add_command(_backfill)
+
+from headwater.cli.tables import tables as _tables  # noqa: E402
+cli.add_command(_tables)
 
 from headwater.cli.policy import policy as _policy  # noqa: E402
 source.add_command(_policy)

@@ -7,8 +7,10 @@ import dataclasses
 import click
 import msgspec
 
-from headwater.cli.output import to_json
-from headwater.config import UNREGISTERED_POLICIES, Home
+from headwater.cli.options import open_home
+from headwater.cli.output import emit, format_option
+from headwater.config import UNREGISTERED_POLICIES
+from headwater.errors import NotFoundError
 
 
 def _keys(_ctx, _param, value: str | None) -> tuple[str, ...] | None:
@@ -21,17 +23,19 @@ def _keys(_ctx, _param, value: str | None) -> tuple[str, ...] | None:
 @click.option("--drop", callback=_keys, help="Comma-separated keys removed (replaces the list).")
 @click.option("--keep", callback=_keys, help="Comma-separated keys stored as sent, exempt from detection (replaces the list).")
 @click.option("--detect-values/--no-detect-values", default=None, help="Tokenise emails, +phones and IPs found in any string.")
-@click.option("--unregistered", type=click.Choice(UNREGISTERED_POLICIES), help="Events of names without a schema: accept or reject.")
-def policy(name, tokenize, drop, keep, detect_values, unregistered) -> None:
-    """Print source NAME's policies as JSON, after applying any option given.
+@click.option("--unregistered", type=click.Choice(UNREGISTERED_POLICIES),
+              help="Events of names without a registered contract: accept (stored with a null schema_version) "
+                   "or reject (schema_violation bad rows).")
+@format_option
+def policy(name, tokenize, drop, keep, detect_values, unregistered, fmt) -> None:
+    """Print source NAME's policies, after applying any option given.
 
-    Keys match at any depth, lowercase, without a leading $ and without _ / - . The collector
-    applies a change within a second."""
-    home = Home.from_env()
-    try:
-        source = next(s for s in home.sources() if s.name == name)
-    except StopIteration:
-        raise click.ClickException(f"source {name!r}: no such source (see `headwater source list`)") from None
+    Keys match at any depth, lowercase, without a leading $ and without _ / - . A running
+    collector applies a change within a second."""
+    home = open_home()
+    source = next((s for s in home.sources() if s.name == name), None)
+    if source is None:
+        raise NotFoundError(f"source {name!r}: no such source (see `headwater source list`)", field="source")
     changes = {k: v for k, v in {"tokenize": tokenize, "drop": drop, "keep": keep, "detect_values": detect_values}.items() if v is not None}
     if changes or unregistered:
         fields = {"pii": dataclasses.replace(source.pii, **changes)} if changes else {}
@@ -40,4 +44,4 @@ def policy(name, tokenize, drop, keep, detect_values, unregistered) -> None:
         source = home.update_source(name, **fields)
     out = msgspec.to_builtins(source)
     out.pop("write_key")
-    click.echo(to_json(out))
+    emit(out, fmt)

@@ -2,13 +2,16 @@
 
     headwater schema register "Order Completed" order_completed.json [--mode FULL]
     headwater schema check "Order Completed" order_completed_v2.json
-    headwater schema list [--format json]
+    headwater schema list [--format table|csv|json]
     headwater schema mode "Order Completed" [FORWARD]
-    headwater schema policy web [accept|reject]      (events of unregistered names, per source)
-    headwater schema show "Order Completed" [--version N]
+    headwater schema show "Order Completed" [--version N] [--format table|csv|json]
 
-Exit code 0 on success; 1 with a message naming the field and the rule when a schema is
-invalid or incompatible (``check`` too: "would it be accepted, and why not").
+What a source does with events of names without a contract is its policy:
+``headwater source policy NAME --unregistered accept|reject``.
+
+Exit code 0 on success; 2 with a message naming the field and the rule when a schema is
+invalid, 4 when it is incompatible with the registered versions (``check`` too: "would it be
+accepted, and why not"), 3 for an unknown subject or version (:mod:`headwater.cli.errors`).
 """
 
 from __future__ import annotations
@@ -18,30 +21,23 @@ from contextlib import contextmanager
 
 import click
 
-from headwater.cli.output import to_json
+from headwater.cli.options import open_home
+from headwater.cli.output import emit, format_option, print_rows
 from headwater.config import Home
+from headwater.errors import InvalidInputError, NotFoundError
 from headwater.registry import compat
 
 MODES = click.Choice(compat.MODES, case_sensitive=False)
 
 
 @contextmanager
-def _registry():
-    """The home's registry; registry and store errors become clean CLI errors (exit 1)."""
-    from headwater.registry.registry import Registry, RegistryError
+def _registry(home: Home | None = None):
+    """The registry of ``home`` (default: the command's), closed afterwards."""
+    from headwater.registry.registry import Registry
 
-    try:
-        registry = Registry.from_home(Home.from_env())
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
+    registry = Registry.from_home(home or open_home())
     try:
         yield registry
-    except (RegistryError, ValueError) as e:  # ValueError: an unreadable registry file
-        raise click.ClickException(str(e)) from None
-    except Exception as e:  # e.g. psycopg.OperationalError: the registry database is unreachable
-        if type(e).__module__.startswith("psycopg"):
-            raise click.ClickException(f"schema registry database: {e}") from None
-        raise
     finally:
         registry.close()
 
@@ -52,7 +48,7 @@ def _load(path: str) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise click.ClickException(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise InvalidInputError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", field="FILE") from None
 
 
 @click.group("schema")
@@ -81,12 +77,14 @@ def register(name: str, file: str, mode: str | None) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--mode", type=MODES, default=None, help="Check under this mode instead of NAME's own.")
 def check(name: str, file: str, mode: str | None) -> None:
-    """Would FILE be accepted as NAME's next version? Exit 1 with the reasons if not."""
+    """Would FILE be accepted as NAME's next version? Exit 4 with the reasons if not."""
+    from headwater.registry.registry import IncompatibleSchemaError
+
     document = _load(file)
     with _registry() as registry:
         result = registry.check(name, document, mode)
     if not result.compatible:
-        raise click.ClickException(result.message())
+        raise IncompatibleSchemaError(result)
     click.echo(result.message())
 
 
@@ -101,44 +99,37 @@ def mode(name: str, mode: str | None) -> None:
         click.echo(registry.mode(name))
 
 
-@schema.command("policy")
-@click.argument("source")
-@click.argument("policy", type=click.Choice(["accept", "reject"]), required=False)
-def policy(source: str, policy: str | None) -> None:
-    """Show or set what SOURCE's events of unregistered names get: accept (stored with a
-    null schema_version, counted by `schema list`) or reject (schema_violation bad rows).
-    A running collector applies a change within a second."""
-    home = Home.from_env()
-    try:
-        found = home.update_source(source, unregistered_events=policy) if policy else {s.name: s for s in home.sources()}[source]
-    except KeyError:
-        raise click.ClickException(f"source {source!r}: no such source (see `headwater source list`)") from None
-    click.echo(found.unregistered_events)
-
-
 @schema.command("show")
 @click.argument("name")
 @click.option("--version", "version", type=int, default=None, help="A version number (default: the latest).")
-def show(name: str, version: int | None) -> None:
-    """Print a version of NAME's schema as JSON."""
+@format_option
+def show(name: str, version: int | None, fmt: str) -> None:
+    """Print a version of NAME's schema: the JSON Schema document itself with --format json
+    (ready for `schema register`), indented under a title line with the default table."""
     with _registry() as registry:
         versions = registry.versions(name)
     chosen = [v for v in versions if version is None or v.version == version]
     if not chosen:
-        raise click.ClickException(f"{name!r}: no version {version}" if versions and version else f"{name!r}: not registered")
-    click.echo(json.dumps(chosen[-1].schema, indent=2))
+        raise NotFoundError(f"{name!r}: no version {version}" if versions and version else f"{name!r}: not registered", field="subject")
+    v = chosen[-1]
+
+    def text(doc: dict) -> None:
+        click.echo(f"{name!r} version {v.version}, registered {v.registered_at.isoformat()}")
+        click.echo(json.dumps(doc, indent=2))
+
+    emit(v.schema, fmt, table=text)
 
 
 @schema.command("list")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@format_option
 def list_(fmt: str) -> None:
     """Registered event names (latest version, mode, typed table) and the event names seen
     without a contract; ``unvalidated_events`` counts bronze events stored with a null
     schema_version (accepted unregistered, or received before the name was registered)."""
     from headwater.registry.registry import table_name
 
-    home = Home.from_env()
-    with _registry() as registry:
+    home = open_home()
+    with _registry(home) as registry:
         rows = [
             {
                 "subject": s,
@@ -147,7 +138,7 @@ def list_(fmt: str) -> None:
                 "versions": [v.version for v in versions],
                 "compatibility": registry.mode(s),
                 "table": f"silver.{table_name(s)}",
-                "registered_at": versions[-1].registered_at.isoformat(),
+                "registered_at": versions[-1].registered_at,
             }
             for s in registry.subjects()
             if (versions := registry.versions(s))
@@ -160,25 +151,19 @@ def list_(fmt: str) -> None:
          "table": None, "registered_at": None, "unvalidated_events": n}
         for name, n in sorted(counts.items())
     ]
-    if fmt == "json":
-        click.echo(to_json(rows))
-        return
-    for r in rows:
-        if r["registered"]:
-            click.echo(f"{r['subject']}\tv{r['version']}\t{r['compatibility']}\t{r['table']}\tunvalidated {r['unvalidated_events']}")
-        else:
-            click.echo(f"{r['subject']}\tunregistered\t\t\tunvalidated {r['unvalidated_events']}")
+    emit(rows, fmt, table=lambda rows: print_rows(["subject", "version", "compatibility", "table", "unvalidated_events"], rows))
 
 
 def _unvalidated(home: Home) -> dict[str, int]:
     """Track events per name stored without a schema version (bronze.events), ``{}`` if none."""
-    from headwater.lake import tables
-    from headwater.serve import catalog
+    from headwater.lake import sql
+    from headwater.lake.store import Lake
 
-    if not tables.exists(catalog.table_path(home, "bronze.events")):
+    lake = Lake.of(home)
+    if not lake.exists("bronze.events"):
         return {}
-    result = catalog.query(
-        home,
+    result = sql.query(
+        lake,
         "SELECT event_name, count(*) AS n FROM bronze.events "
         "WHERE schema_version IS NULL AND event_type = 'track' AND event_name IS NOT NULL GROUP BY 1",
     )

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from headwater.cli.output import to_json
-from headwater.config import Home
+from headwater.cli.options import open_home, setting_option
+from headwater.cli.output import emit, format_option
+from headwater.errors import InvalidInputError, NotFoundError
 
 
 def _mapping_options(defaults: dict[str, str | None]):
@@ -45,7 +46,7 @@ def _mapping(**kw):
         raise click.UsageError("--timestamp: name the column holding the event time")
     try:
         return Mapping(**kw)
-    except ValueError as e:
+    except ValueError as e:  # until sources.mapping raises InvalidInputError itself
         raise click.UsageError(str(e)) from None
 
 
@@ -54,56 +55,63 @@ _MAPPING_KEYS = ("user_id", "anonymous_id", "event", "timestamp", "timestamp_for
 
 @click.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), default=None, help="Default: from the file name.")
+@click.option("--input-format", type=click.Choice(["csv", "jsonl", "parquet"]), default=None,
+              help="Format of the file; default: from its name (.csv, .jsonl, .parquet, optionally .gz).")
 @click.option("--source", default="import", show_default=True, help="Source name stamped on the events (its PII policy applies).")
 @_mapping_options({})
-def import_cmd(path: Path, fmt: str | None, source: str, **mapping) -> None:
-    """Import a CSV, JSON lines or Parquet export as events (prints counts as JSON).
+@format_option
+def import_cmd(path: Path, input_format: str | None, source: str, fmt: str, **mapping) -> None:
+    """Import a CSV, JSON lines or Parquet export as events; prints the counts (rows,
+    accepted, rejected by type).
 
-    Rows that break a rule become bad rows (`headwater query "SELECT * FROM bronze.bad_rows"`);
-    the good rows are imported. Re-importing the same file is deduplicated downstream."""
+    Rows that break a rule become bad rows (`headwater badrows`); the good rows are imported.
+    Re-importing the same file is deduplicated downstream."""
     from headwater.sources.files import import_file
 
     m = _mapping(**{k: mapping[k] for k in _MAPPING_KEYS})
     try:
-        counts = import_file(Home.from_env(), path, m, fmt=fmt, source=source)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(to_json({"file": str(path), **counts.as_dict()}))
+        counts = import_file(open_home(), path, m, fmt=input_format, source=source)
+    except ValueError as e:  # until sources.files raises InvalidInputError itself
+        raise InvalidInputError(str(e)) from e
+    emit({"file": str(path), **counts.as_dict()}, fmt)
 
 
 @click.command("logs")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["kv", "jsonl"]), default="kv", show_default=True, help="key=value | key=value lines, or JSON lines.")
+@click.option("--input-format", type=click.Choice(["kv", "jsonl"]), default="kv", show_default=True,
+              help="Lines of the log: kv (key=value | key=value) or jsonl (JSON lines).")
 @click.option("--source", default="serverlog", show_default=True, help="Source name stamped on the events.")
 @click.option("--name", default=None, help="Key of the stored read position (default: the file name).")
 @click.option("--follow", "-f", is_flag=True, help="Keep reading as the file grows (Ctrl-C to stop), like tail -F.")
 @click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between polls when following.")
 @_mapping_options({"user_id": "user_id", "anonymous_id": "anonymous_id", "event": "event", "timestamp": "ts"})
-def logs_cmd(path: Path, fmt: str, source: str, name: str | None, follow: bool, interval: float, **mapping) -> None:
-    """Read a server log from its stored position into the event log (prints counts as JSON).
+@format_option
+def logs_cmd(path: Path, input_format: str, source: str, name: str | None, follow: bool, interval: float, fmt: str, **mapping) -> None:
+    """Read a server log from its stored position into the event log; prints the counts and
+    the new position (with --follow: when stopped, each poll's counts on stderr).
 
     Malformed lines are counted and dead-lettered as bad rows; reading goes on."""
     from headwater.sources.serverlog import ServerLog
 
     m = _mapping(**{k: mapping[k] for k in _MAPPING_KEYS})
     if not follow and not path.is_file():
-        raise click.ClickException(f"{path}: no such file")
+        raise NotFoundError(f"{path}: no such file", field="PATH")
     try:
-        reader = ServerLog(Home.from_env(), path, m, fmt=fmt, source=source, name=name)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
+        reader = ServerLog(open_home(), path, m, fmt=input_format, source=source, name=name)
+    except ValueError as e:  # until sources.serverlog raises InvalidInputError itself
+        raise InvalidInputError(str(e)) from e
     try:
         if follow:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             signal.signal(signal.SIGINT, lambda *_: stop.set())
-            counts = reader.follow(stop, interval, on_poll=lambda c: click.echo(to_json(c.as_dict()), err=True))
+            counts = reader.follow(stop, interval, on_poll=lambda c: click.echo(
+                ", ".join(f"{k} {v}" for k, v in c.as_dict().items()), err=True))
         else:
             counts = reader.poll()
     finally:
         reader.close()
-    click.echo(to_json({"file": str(path), **counts.as_dict(), "position": reader.position().__dict__}))
+    emit({"file": str(path), **counts.as_dict(), "position": reader.position().__dict__}, fmt)
 
 
 @click.group("cdc")
@@ -113,7 +121,7 @@ def cdc_group() -> None:
 
 def _cdc_options(f):
     options = [
-        click.option("--dsn", required=True, envvar="HEADWATER_CDC_DSN", help="libpq connection string ($HEADWATER_CDC_DSN)."),
+        setting_option("--dsn", key="cdc.dsn", help="libpq connection string of the source database."),
         click.option("--table", required=True, help="Table to capture: name or schema.name."),
         click.option("--key", default="", help="Key columns, comma-separated (default: the primary key)."),
         click.option("--track", default="", help="Columns whose change starts a new version (default: all non-key columns)."),
@@ -127,16 +135,20 @@ def _cdc_options(f):
     return f
 
 
-def _reader(dsn, table, key, track, tokenize, dim, slot, max_changes):
+def _reader(table, key, track, tokenize, dim, slot, max_changes):
     import psycopg
 
     from headwater.sources.cdc.reader import CdcConfig, CdcReader
 
+    home = open_home()
+    if home.settings.cdc.dsn is None:
+        raise InvalidInputError("--dsn: name the source database (or set setting cdc.dsn, HEADWATER_CDC_DSN)", field="cdc.dsn")
+    dsn = home.settings.cdc.dsn.get_secret_value()
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     try:
         config = CdcConfig(dsn, table, split(key), split(track), None if tokenize is None else split(tokenize), dim, slot, max_changes=max_changes)
-        return CdcReader(Home.from_env(), config)
-    except (ValueError, psycopg.Error) as e:
+        return CdcReader(home, config)
+    except (ValueError, psycopg.Error) as e:  # until sources.cdc raises headwater errors itself
         raise click.ClickException(str(e).strip()) from None
 
 
@@ -146,12 +158,14 @@ _NO_SNAPSHOT = click.option("--no-snapshot", is_flag=True, help="Capture changes
 @cdc_group.command("setup")
 @_cdc_options
 @_NO_SNAPSHOT
-def cdc_setup(no_snapshot: bool, **kw) -> None:
-    """Create the publication and the replication slot, and snapshot the table's rows."""
+@format_option
+def cdc_setup(no_snapshot: bool, fmt: str, **kw) -> None:
+    """Create the publication and the replication slot, and snapshot the table's rows;
+    prints the slot, the publication and the rows snapshotted."""
     reader = _reader(**kw)
     try:
         rows = reader.setup(snapshot=not no_snapshot)
-        click.echo(to_json({"slot": reader.config.slot_name, "publication": reader.config.publication_name, "snapshot_rows": rows}))
+        emit({"slot": reader.config.slot_name, "publication": reader.config.publication_name, "snapshot_rows": rows}, fmt)
     finally:
         reader.close()
 
@@ -161,9 +175,10 @@ def cdc_setup(no_snapshot: bool, **kw) -> None:
 @click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between polls when idle.")
 @click.option("--available-now", is_flag=True, help="Process the changes present now, then exit.")
 @_NO_SNAPSHOT
-def cdc_run(interval: float, available_now: bool, no_snapshot: bool, **kw) -> None:
+@format_option
+def cdc_run(interval: float, available_now: bool, no_snapshot: bool, fmt: str, **kw) -> None:
     """Read changes from the slot into bronze and the SCD2 dimension, exactly once
-    (runs `setup` first when the slot does not exist yet)."""
+    (runs `setup` first when the slot does not exist yet); prints the changes read."""
     reader = _reader(**kw)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -171,17 +186,18 @@ def cdc_run(interval: float, available_now: bool, no_snapshot: bool, **kw) -> No
     try:
         reader.setup(snapshot=not no_snapshot)
         n = reader.run(stop, interval, available_now=available_now)
-        click.echo(to_json({"changes": n}))
+        emit({"changes": n}, fmt)
     finally:
         reader.close()
 
 
 @cdc_group.command("rebuild")
 @_cdc_options
-def cdc_rebuild(**kw) -> None:
-    """Recompute the SCD2 dimension from all of bronze.cdc_<table> (backfill)."""
+@format_option
+def cdc_rebuild(fmt: str, **kw) -> None:
+    """Recompute the SCD2 dimension from all of bronze.cdc_<table> (backfill); prints its rows."""
     reader = _reader(**kw)
     try:
-        click.echo(to_json({"rows": reader.rebuild_dim()}))
+        emit({"rows": reader.rebuild_dim()}, fmt)
     finally:
         reader.close()

@@ -13,9 +13,9 @@ Replay (``headwater badrows replay``), for rows matching the filters and not rep
 1. the payload is decoded by the normaliser of its ``protocol`` (Segment message or body,
    PostHog event or payload), with the row's ``source`` and original ``received_at``;
    identifiers already tokenised in the payload are kept, not tokenised twice
-   (:class:`ReplayTokenizer`; PII scrubbing is idempotent the same way);
+   (``Tokenizer(keep_tokens=True)``; PII scrubbing is idempotent the same way);
 2. it goes through the same contract validation and PII policy as HTTP ingestion
-   (:func:`headwater.collector.app.accept`) and is appended to the event log, where the
+   (:meth:`headwater.collector.collector.Collector.accept`) and is appended to the event log, where the
    stream deduplicates on ``event_id`` as for any client retry;
 3. the row is marked in ``bronze.bad_rows_replayed`` (``bad_row_id``, ``replayed_at``,
    ``events``), so it is never replayed twice. A row that fails again is not marked (and no
@@ -34,29 +34,18 @@ import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from deltalake import write_deltalake
 
-from headwater.lake.schemas import REPLAYED_SCHEMA
-from headwater.collector import posthog
-from headwater.collector.pii import is_token
-from headwater.collector.segment import WireError, parse_request
-from headwater.collector.tokens import Tokenizer
+from headwater.collector import posthog, segment
+from headwater.collector.wire import WireError
 from headwater.config import Home
-from headwater.events import EVENTS_TOPIC, TS
-from headwater.lake import tables
+from headwater.events import TS
+from headwater.ingest.tokens import Tokenizer
+from headwater.lake import sql
+from headwater.lake.schemas import REPLAYED_SCHEMA
+from headwater.lake.store import Lake
 
-REPLAYED = ("bronze", "bad_rows_replayed")
+REPLAYED = "bronze.bad_rows_replayed"
 _ID_SQL = "md5(concat_ws('|', epoch_us(b.received_at), coalesce(b.source, ''), b.error_type, b.reason, coalesce(b.payload, '')))"
-
-
-class ReplayTokenizer(Tokenizer):
-    """A :class:`Tokenizer` that keeps values which already are tokens: bad-row payloads hold
-    tokens where the client sent raw ids, and a replay must not hash them again."""
-
-    def __init__(self, key: bytes):
-        super().__init__(key)
-        inner = self.token
-        self.token = lambda raw: raw if is_token(raw) else inner(raw)
 
 
 def list_bad_rows(home: Home, *, error_type: str | None = None, source: str | None = None,
@@ -67,11 +56,10 @@ def list_bad_rows(home: Home, *, error_type: str | None = None, source: str | No
     Filters: ``error_type``; ``source`` (``"unknown"`` matches rows without one, i.e.
     auth failures); ``since`` (``received_at >= since``, a tz-aware datetime); replayed rows
     only with ``include_replayed``. An empty table when there are no bad rows yet."""
-    from headwater.serve.catalog import query
-
-    if not tables.exists(home.table_path("bronze", "bad_rows")):
+    lake = Lake.of(home)
+    if not lake.exists("bronze.bad_rows"):
         return pa.table({n: pa.array([], t) for n, t in _LIST_COLUMNS})
-    replayed = tables.exists(home.table_path(*REPLAYED))
+    replayed = lake.exists(REPLAYED)
     where, params = [], {}
     if error_type:
         where.append("b.error_type = $error_type")
@@ -87,13 +75,13 @@ def list_bad_rows(home: Home, *, error_type: str | None = None, source: str | No
     if replayed and not include_replayed:
         where.append("r.bad_row_id IS NULL")
     join = "LEFT JOIN (SELECT bad_row_id, max(replayed_at) AS replayed_at FROM bronze.bad_rows_replayed GROUP BY 1) r ON r.bad_row_id = b.id" if replayed else ""
-    sql = f"""
+    text = f"""
         SELECT b.id AS bad_row_id, b.received_at, b.source, b.error_type, b.reason, b.protocol, b.payload,
                {"r.replayed_at" if replayed else "CAST(NULL AS TIMESTAMPTZ) AS replayed_at"}
         FROM (SELECT *, {_ID_SQL} AS id FROM bronze.bad_rows b) b {join}
         {"WHERE " + " AND ".join(where) if where else ""}
         ORDER BY b.received_at DESC, b.id {f"LIMIT {int(limit)}" if limit else ""}"""
-    return query(home, sql, params)
+    return sql.query(lake, text, params)
 
 
 _LIST_COLUMNS = [("bad_row_id", pa.string()), ("received_at", TS), ("source", pa.string()), ("error_type", pa.string()),
@@ -115,26 +103,20 @@ def replay(home: Home, *, error_type: str | None = None, source: str | None = No
            since: dt.datetime | None = None, log=None) -> ReplayResult:
     """Replay the not-yet-replayed bad rows matching the filters (see the module doc).
     ``log`` defaults to the home's event log."""
-    from headwater.collector.app import POSTHOG_WIRE, accept, segment_wire
-    from headwater.collector.partitioning import event_appends
-    from headwater.log.sqlite import SqliteLog
-    from headwater.registry import validate as contracts
-    from headwater.registry.registry import Registry
+    from headwater.collector.collector import Collector
+    from headwater.log import open_log
 
     rows = list_bad_rows(home, error_type=error_type, source=source, since=since).to_pylist()
     result = ReplayResult()
     if not rows:
         return result
     own_log = log is None
-    log = log or SqliteLog(home.log_path)
+    log = log or open_log(home.settings.log_url)
     try:
-        from headwater.config import partitions_from_env
-
-        partitions = log.ensure_topic(EVENTS_TOPIC, partitions_from_env())
-        tokenizer = ReplayTokenizer(home.hmac_key())
-        validator = contracts.ContractValidator(Registry.from_home(home))
-        configs = {s.name: s for s in home.sources()}
-        wires = {"segment": segment_wire(None), "posthog": POSTHOG_WIRE}
+        # Payload identifiers already are tokens: keep them (the PII policy is idempotent too).
+        collector = Collector.from_home(home, log, Tokenizer(home.hmac_key(), keep_tokens=True))
+        collector.open_topics()
+        wires = {"segment": segment.wire(None), "posthog": posthog.WIRE}
         marks = []
         for row in reversed(rows):  # oldest first
             def fail(reason: str, code: str | None = None) -> None:
@@ -146,20 +128,21 @@ def replay(home: Home, *, error_type: str | None = None, source: str | None = No
                 continue
             received_us = int(row["received_at"].timestamp() * 1_000_000)
             payload = row["payload"].encode()
+            if wire.protocol == "segment" and not payload.lstrip().startswith(b'{"batch"'):
+                # A Segment bad row holds one message (per-event failures) or a whole body (request-level).
+                payload = b'{"batch":[' + payload + b"]}"
             try:
-                env = _parse(wire.protocol, payload)
+                env = wire.parse(payload, {}, "")
             except WireError as e:
                 fail(e.message, e.code)
                 continue
-            norm = wire.normalize(env, source=row["source"], received_at_us=received_us, tokenizer=tokenizer)
-            events, norm = accept(norm, env, wire, source=row["source"], config=configs.get(row["source"]),
-                                  received_at_us=received_us, tokenizer=tokenizer, validator=validator)
+            events, norm = collector.accept(env, wire, source=row["source"], received_at_us=received_us)
             if norm.rejected:
-                first = norm.errors[0]
-                fail(first["message"], first["code"])
+                first = norm.bad_rows[0]
+                fail(first.reason, first.error_type)
                 continue
             if events.num_rows:
-                log.append(event_appends(events, partitions, EVENTS_TOPIC))
+                log.append(collector.appends(events, [], row["source"]))
             marks.append((row["bad_row_id"], events.num_rows))
             result.replayed += 1
             result.events += events.num_rows
@@ -169,16 +152,8 @@ def replay(home: Home, *, error_type: str | None = None, source: str | None = No
                 "bad_row_id": [m[0] for m in marks], "replayed_at": [now] * len(marks),
                 "events": [m[1] for m in marks], "ds": [now.date()] * len(marks),
             }, schema=REPLAYED_SCHEMA)
-            write_deltalake(str(home.table_path(*REPLAYED)), table, mode="append", partition_by=["ds"])
+            Lake.of(home).append(REPLAYED, table)
     finally:
         if own_log:
             log.close()
     return result
-
-
-def _parse(protocol: str, payload: bytes):
-    if protocol == "posthog":
-        return posthog.parse_request(posthog.payload_bytes(payload))
-    # A Segment bad row holds one message (per-event failures) or a whole body (request-level).
-    body = payload if payload.lstrip().startswith(b'{"batch"') else b'{"batch":[' + payload + b"]}"
-    return parse_request(body)

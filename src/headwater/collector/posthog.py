@@ -1,7 +1,7 @@
 """PostHog capture API wire format → canonical events (``EVENT_SCHEMA``) + bad rows.
 
-Pure functions, no I/O, like :mod:`.segment` (whose :func:`~.segment.build_events`,
-:func:`~.segment.bad_row` and :class:`~.segment.Normalized` this module reuses).
+A wire adapter over the ingest core (:mod:`headwater.ingest`), pure functions, no I/O,
+like :mod:`.segment`.
 
 Protocol — PostHog's capture endpoints ``/batch/``, ``/e/``, ``/capture/``, ``/i/v0/e/``,
 ``/track/``, ``/engage/``, as its SDKs send them and as PostHog's own capture service reads
@@ -23,7 +23,7 @@ them (github.com/PostHog/posthog, ``rust/capture``: ``extract_payload_bytes``,
 
 Mapping of an event to a row:
 
-- ``event_id``: ``uuid``; derived like Segment's (:func:`~.segment.derive_event_id`) when absent.
+- ``event_id``: ``uuid``; derived like Segment's (:func:`headwater.ingest.canonical.derive_event_id`) when absent.
 - ``distinct_id`` (else ``$distinct_id``, else ``properties.distinct_id``; numbers and
   containers stringified, cut to 200 characters — PostHog's rules) is the event's id.
   ``anonymous_id`` is the device id (``properties.$device_id``, web and mobile SDKs);
@@ -54,6 +54,8 @@ Envelope rules (→ bad row ``envelope_violation``): an event is a JSON object w
 non-empty ``event`` and a ``distinct_id``; ``$create_alias`` needs ``properties.alias``;
 ``properties`` / ``$set`` / ``$set_once`` are objects; ``timestamp`` is RFC 3339; ``offset``
 an integer. Limits as for Segment: 32 KB per event, 500 KB per request (decompressed).
+Bad-row payloads have the identity fields tokenised (:data:`ID_FIELDS`, at any depth) and
+the write key removed.
 """
 
 from __future__ import annotations
@@ -69,22 +71,19 @@ from typing import Any, Mapping
 
 import msgspec
 
-from headwater.collector.pii import PiiScrubber
-from headwater.collector.segment import (
-    EVENT_ID_NAMESPACE,
-    MAX_BAD_PAYLOAD_CHARS,
-    MAX_EVENT_BYTES,
-    MAX_REQUEST_BYTES,
+from headwater.collector.wire import MAX_EVENT_BYTES, MAX_REQUEST_BYTES, Wire, WireError
+from headwater.events import DECODE_FAILURE, ENVELOPE_VIOLATION, SIZE_VIOLATION
+from headwater.ingest.badrows import BadRow, redact
+from headwater.ingest.canonical import (
+    EventColumns,
     Normalized,
-    WireError,
-    bad_row,
+    Rejection,
     build_events,
     derive_event_id,
+    event_id_prefix,
     surface_of,
 )
-from headwater.collector.tokens import Tokenizer
-from headwater.config import PiiPolicy
-from headwater.events import DECODE_FAILURE, ENVELOPE_VIOLATION, SIZE_VIOLATION
+from headwater.ingest.tokens import Tokenizer
 
 PROTOCOL = "posthog"
 # Capture paths (each also served without the trailing slash).
@@ -94,6 +93,10 @@ _GZIP_MAGIC = b"\x1f\x8b\x08"
 _MAX_DISTINCT_ID_CHARS = 200  # PostHog's extract_distinct_id
 _ID_PROPERTIES = ("distinct_id", "$distinct_id", "$anon_distinct_id", "$device_id", "$user_id", "alias")
 _TOKEN_PROPERTIES = ("token", "$token", "api_key")
+# Bad-row payloads: identity fields tokenised at any depth (in the PII policy's key form:
+# `$device_id` matches `device_id`), the write key dropped.
+ID_FIELDS = ("distinct_id", "anon_distinct_id", "device_id", "user_id", "alias")
+DROP_FIELDS = _TOKEN_PROPERTIES
 _WEB_LIBS = {"web", "posthog-js", "posthog-js-lite"}
 _MIN_SENT_AT = dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -163,7 +166,7 @@ class Request:
 def payload_bytes(body: bytes, content_type: str = "", query: Mapping[str, str] | None = None) -> bytes:
     """The JSON payload of a capture request body (HTTP ``Content-Encoding`` already undone).
 
-    Raises :class:`~.segment.WireError`: ``decode_failure`` for bad base64 / gzip / form /
+    Raises :class:`~.wire.WireError`: ``decode_failure`` for bad base64 / gzip / form /
     lz64, ``size_violation`` (413) when the payload inflates past 500 KB."""
     query = query or {}
     if (query.get("compression") or "").lower() == "lz64":
@@ -204,7 +207,7 @@ def _gunzip(data: bytes) -> bytes:
 def parse_request(payload: bytes, query: Mapping[str, str] | None = None) -> Request:
     """Decode a capture payload (:func:`payload_bytes`) into a :class:`Request`.
 
-    Raises :class:`~.segment.WireError`: ``decode_failure`` for malformed JSON or invalid
+    Raises :class:`~.wire.WireError`: ``decode_failure`` for malformed JSON or invalid
     UTF-8, ``envelope_violation`` for a body of the wrong shape (not an array or object,
     ``batch`` not an array, events with different write keys)."""
     query = query or {}
@@ -275,31 +278,31 @@ def normalize(req: Request, *, source: str, received_at_us: int, tokenizer: Toke
     for a bad event: each becomes a bad row and an ``errors`` entry."""
     tok = tokenizer.token
     received = dt.datetime.fromtimestamp(received_at_us / 1e6, dt.timezone.utc)
-    source_prefix = EVENT_ID_NAMESPACE.bytes + source.encode() + b"\n"
-    cols: list[tuple] = []
-    bad_rows: list[dict] = []
-    errors: list[dict] = []
+    id_prefix = event_id_prefix(source)
+    rows: list[tuple] = []  # one tuple per accepted event (EventColumns order), transposed once
+    rejections: list[Rejection] = []
 
-    def reject(i: int, code: str, reason: str, raw: msgspec.Raw) -> None:
-        reason = reason.replace("{at}", req.path(i))
-        errors.append({"index": i, "code": code, "message": reason})
-        bad_rows.append(bad_row(received_at_us, source, code, reason, redact(bytes(raw), tokenizer), PROTOCOL))
+    def reject(i: int, code: str, reason: str, raw: msgspec.Raw, field: str = "", rule: str | None = None) -> None:
+        at = req.path(i)
+        reason = reason.replace("{at}", at)
+        payload = redact(bytes(raw), tokenizer, ID_FIELDS, drop=DROP_FIELDS)
+        rejections.append(Rejection(i, BadRow(code, reason, source, received_at_us, payload, PROTOCOL, at + field, rule)))
 
     for i, (raw, ev) in enumerate(zip(req.raws, req.events)):
         if len(raw) > MAX_EVENT_BYTES:
-            reject(i, SIZE_VIOLATION, f"Event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes (32 KB) per event - at `{{at}}`", raw)
+            reject(i, SIZE_VIOLATION, f"Event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes (32 KB) per event - at `{{at}}`", raw, rule="max_bytes")
             continue
         if isinstance(ev, msgspec.ValidationError):
             text = str(ev)
-            reject(i, ENVELOPE_VIOLATION, text.replace("`$", "`{at}", 1) if "`$" in text else f"{text} - at `{{at}}`", raw)
+            reject(i, ENVELOPE_VIOLATION, text.replace("`$", "`{at}", 1) if "`$" in text else f"{text} - at `{{at}}`", raw, rule="type")
             continue
         if not ev.event:
-            reject(i, ENVELOPE_VIOLATION, "Object missing required field `event` (a non-empty event name) - at `{at}`", raw)
+            reject(i, ENVELOPE_VIOLATION, "Object missing required field `event` (a non-empty event name) - at `{at}`", raw, ".event", "required")
             continue
         props = dict(ev.properties) if ev.properties else {}
         distinct = _distinct_id(ev, props)
         if distinct is None:
-            reject(i, ENVELOPE_VIOLATION, "Object missing required field `distinct_id` (top level, `$distinct_id` or `properties.distinct_id`) - at `{at}`", raw)
+            reject(i, ENVELOPE_VIOLATION, "Object missing required field `distinct_id` (top level, `$distinct_id` or `properties.distinct_id`) - at `{at}`", raw, ".distinct_id", "required")
             continue
         for k in _TOKEN_PROPERTIES:
             props.pop(k, None)
@@ -318,7 +321,7 @@ def normalize(req: Request, *, source: str, received_at_us: int, tokenizer: Toke
         elif name == "$create_alias":
             alias = props.get("alias")
             if alias in (None, "") or isinstance(alias, (dict, list)):
-                reject(i, ENVELOPE_VIOLATION, "Object missing required field `properties.alias` ($create_alias links distinct_id to alias) - at `{at}`", raw)
+                reject(i, ENVELOPE_VIOLATION, "Object missing required field `properties.alias` ($create_alias links distinct_id to alias) - at `{at}`", raw, ".properties.alias", "required")
                 continue
             kind, user, anon = "alias", str(alias), None
             props["previousId"] = distinct
@@ -355,17 +358,14 @@ def normalize(req: Request, *, source: str, received_at_us: int, tokenizer: Toke
         surface = "web" if lib in _WEB_LIBS else surface_of(lib)
         platform = next((v.lower() for v in (props.get("$device_type"), props.get("$os")) if isinstance(v, str) and v), surface)
         ctx = _encode({"library": {"name": lib, "version": props.get("$lib_version")}}) if lib else b"{}"
-        eid = ev.uuid or derive_event_id(source_prefix, raw)
-        cols.append((
+        eid = ev.uuid or derive_event_id(id_prefix, raw)
+        rows.append((
             eid, kind, ename, tok(anon) if anon else None, tok(user) if user else None,
             ts, None, sent, surface, platform, _encode(props), ctx,
         ))
 
-    columns = list(zip(*cols)) if cols else [()] * 12
-    ids, types, names, anons, users, tss, otss, sents, surfaces, platforms, props_col, ctxs = columns
-    events = build_events(ids, types, names, anons, users, tss, otss, sents, None, received_at_us,
-                          source, surfaces, platforms, props_col, ctxs)
-    return Normalized(events, bad_rows, errors)
+    events = build_events(EventColumns.from_rows(rows), source=source, received_at_us=received_at_us)
+    return Normalized(events, rejections)
 
 
 def _distinct_id(ev: _Event, props: dict) -> str | None:
@@ -378,14 +378,19 @@ def _distinct_id(ev: _Event, props: dict) -> str | None:
     return None
 
 
-# Bad-row payloads: PostHog's identity fields are tokenised (any depth) and the write key
-# dropped, with the PII scrubber's JSON / text machinery (the source's PII policy is applied
-# on top by the collector).
-_ID_POLICY = PiiPolicy(tokenize=("distinct_id", "anon_distinct_id", "device_id", "user_id", "alias"), drop=_TOKEN_PROPERTIES, detect_values=False)
+def _write_key_of(body: bytes, query: Mapping[str, str]) -> str | None:
+    return write_key_of(body) or query.get("token") or query.get("api_key")
 
 
-def redact(raw: bytes, tokenizer: Tokenizer, limit: int = MAX_BAD_PAYLOAD_CHARS) -> str:
-    """``raw`` (a PostHog event or payload) as bad-row text: at most ``limit`` characters,
-    identity fields tokenised, write key removed (also in truncated / malformed text)."""
-    text = raw[: limit * 4].decode("utf-8", "replace")
-    return PiiScrubber(_ID_POLICY, tokenizer).scrub_json(text)[:limit]
+#: PostHog capture as the collector speaks it on :data:`PATHS`.
+WIRE = Wire(
+    PROTOCOL,
+    parse=lambda body, query, content_type: parse_request(payload_bytes(body, content_type, query), query),
+    normalize=normalize,
+    write_key_of=_write_key_of,
+    id_fields=ID_FIELDS,
+    drop_fields=DROP_FIELDS,
+    key_help="`api_key` / `token` in the body, in each event, or in the query string",
+    key_field="Field `api_key` / `token`",
+    response={"status": 1},  # what PostHog's capture answers
+)

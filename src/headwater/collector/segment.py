@@ -1,10 +1,11 @@
 """Segment HTTP Tracking API wire format → canonical events (``EVENT_SCHEMA``) + bad rows.
 
-Pure functions, no I/O: :func:`parse_request` decodes a request body into an
-:class:`Envelope` (or raises :class:`WireError` for a request that cannot be read at
-all), :func:`normalize` turns the envelope's messages into one Arrow table of canonical
-events plus one bad row per rejected message. The HTTP layer (:mod:`.app`) adds auth,
-gzip, limits and the log.
+A wire adapter over the ingest core (:mod:`headwater.ingest`), pure functions, no I/O:
+:func:`parse_request` decodes a request body into an :class:`Envelope` (or raises
+:class:`~.wire.WireError` for a request that cannot be read at all), :func:`normalize`
+turns the envelope's messages into canonical event columns (built into one Arrow table by
+:func:`headwater.ingest.canonical.build_events`) plus one bad row per rejected message. The
+HTTP layer (:mod:`.collector`) adds auth, gzip, limits and the log.
 
 Protocol: Segment HTTP Tracking API (https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/)
 — ``POST /v1/batch`` with ``{"batch": [message, ...], "sentAt", "context", "writeKey"}``
@@ -20,16 +21,16 @@ Mapping of a message to a row (all timestamps ``timestamp[us, UTC]``):
   batch-level ``sentAt``, which changes on retry, is not part of the message bytes).
 - ``event_type``: ``type`` (the endpoint's type when absent); ``event_name``: ``event``
   for track, ``name`` for page/screen, null otherwise.
-- ``anonymous_id`` / ``user_id``: HMAC tokens (:mod:`.tokens`), never the raw ids.
+- ``anonymous_id`` / ``user_id``: HMAC tokens (:mod:`headwater.ingest.tokens`), never the raw ids.
 - ``event_ts``: clock-skew corrected event time, as Segment computes ``timestamp``
   (https://segment.com/docs/connections/spec/common/#timestamps):
   ``t + (received_at − sentAt)`` where ``t`` = ``timestamp``, else ``originalTimestamp``,
   and ``sentAt`` = the message's, else the batch's; ``t`` uncorrected without any
   ``sentAt``; ``received_at`` without any ``t``. Naive timestamps are read as UTC.
-- ``source``: the write key's source; ``surface`` from ``context.library.name``:
-  analytics.js / analytics-next (and other JavaScript SDKs) → ``web``; analytics-ios,
-  -android, -react-native, -flutter, -swift, -kotlin → ``mobile``; any other library, or
-  none → ``server``. ``platform``: lowercase ``context.device.type``, else lowercase
+- ``source``: the write key's source; ``surface`` from ``context.library.name``
+  (:func:`headwater.ingest.canonical.surface_of`): analytics.js / analytics-next (and other
+  JavaScript SDKs) → ``web``; analytics-ios, -android, -react-native, -flutter, -swift,
+  -kotlin → ``mobile``; any other library, or none → ``server``. ``platform``: lowercase ``context.device.type``, else lowercase
   ``context.os.name``, else ``web`` / ``server`` / ``mobile`` by surface.
 - ``properties``: JSON text of ``properties`` (track/page/screen) or ``traits``
   (identify/group), ``"{}"`` when absent; alias: ``{"previousId": <token>}``; group:
@@ -41,34 +42,39 @@ Envelope rules (violations → bad row ``envelope_violation``, reason names fiel
 rule): valid ``type``; ``userId`` or ``anonymousId``; track needs a non-empty ``event``;
 alias needs ``previousId`` and ``userId``; group needs ``groupId``; ``properties`` /
 ``traits`` / ``context`` are JSON objects; timestamps are RFC 3339. A message over
-32 KB is a ``size_violation``.
+32 KB is a ``size_violation``. Bad-row payloads have ``userId`` / ``anonymousId`` /
+``previousId`` tokenised (:data:`ID_FIELDS`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from headwater.collector.tokens import Tokenizer
-from headwater.events import BAD_ROW_SCHEMA, DECODE_FAILURE, ENVELOPE_VIOLATION, EVENT_SCHEMA, EVENT_TYPES, SIZE_VIOLATION, TS
+from headwater.collector.wire import MAX_EVENT_BYTES, Wire, WireError
+from headwater.events import (
+    DECODE_FAILURE,
+    ENVELOPE_VIOLATION,
+    EVENT_TYPES,
+    SIZE_VIOLATION,
+)
+from headwater.ingest.badrows import BadRow, redact
+from headwater.ingest.canonical import (
+    EventColumns,
+    Normalized,
+    Rejection,
+    build_events,
+    derive_event_id,
+    event_id_prefix,
+    surface_of,
+)
+from headwater.ingest.tokens import Tokenizer
 
-MAX_EVENT_BYTES = 32 * 1024  # Segment: "32KB per call" / per message inside a batch
-MAX_REQUEST_BYTES = 500 * 1024  # Segment: "500KB per batch request" (after decompression)
-MAX_BAD_PAYLOAD_CHARS = 32 * 1024  # a bad row keeps at most this much of the payload
-
-
-# Namespace of derived event ids (uuid5 over source + raw message bytes).
-EVENT_ID_NAMESPACE = uuid.UUID("5f6d8a3e-2c1b-5d4e-9a7f-0b1c2d3e4f50")
-_ID_FIELDS = ("userId", "anonymousId", "previousId")
-_US_PER_DAY = 86_400_000_000
+PROTOCOL = "segment"
+ID_FIELDS = ("userId", "anonymousId", "previousId")  # tokenised in bad-row payloads
 _TYPES_TEXT = ", ".join(EVENT_TYPES)
 
 
@@ -132,19 +138,7 @@ _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
-# -- errors and results -------------------------------------------------------------------
-class WireError(Exception):
-    """A request that cannot be read at all (every event of it is rejected).
-
-    ``code`` is the bad-row error type (``decode_failure`` for malformed JSON / gzip,
-    ``envelope_violation`` for a body of the wrong shape, ``size_violation``), ``status``
-    the HTTP status to answer (400 or 413), ``message`` names the field and the rule."""
-
-    def __init__(self, code: str, message: str, status: int = 400):
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
-
-
+# -- request decoding ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Envelope:
     """A decoded request body.
@@ -169,29 +163,6 @@ class Envelope:
         return "$" if self.single else f"$.batch[{i}]"
 
 
-@dataclass
-class Normalized:
-    """Result of :func:`normalize`.
-
-    ``events``: accepted messages as an ``EVENT_SCHEMA`` table (request order);
-    ``bad_rows``: ``BAD_ROW_SCHEMA`` rows as dicts (``received_at`` in µs since the epoch,
-    ``ds`` in days since the epoch), one per rejected message; ``errors``: per rejected
-    message ``{"index", "code", "message"}`` for the HTTP response."""
-
-    events: pa.Table
-    bad_rows: list[dict] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
-
-    @property
-    def accepted(self) -> int:
-        return self.events.num_rows
-
-    @property
-    def rejected(self) -> int:
-        return len(self.errors)
-
-
-# -- request decoding ---------------------------------------------------------------------
 def parse_request(body: bytes, path_type: str | None = None) -> Envelope:
     """Decode a Segment request body (already decompressed).
 
@@ -246,28 +217,28 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
     """Canonical events and bad rows of ``env``'s messages, sent by ``source`` and received
     at ``received_at_us`` (µs since the epoch, UTC). Never raises for bad messages: each
     becomes a bad row and an ``errors`` entry with its index in the request."""
-    rows: list[tuple] = []  # one tuple per accepted message, transposed into columns once
-    bad_rows: list[dict] = []
-    errors: list[dict] = []
+    rows: list[tuple] = []  # one tuple per accepted message (EventColumns order), transposed once
+    rejections: list[Rejection] = []
 
     single, path_type, batch_ctx, all_utf8 = env.single, env.path_type, env.context, env.utf8
     tok = tokenizer.token  # the memoised function itself: no wrapper frame per call
-    source_prefix = EVENT_ID_NAMESPACE.bytes + source.encode() + b"\n"
+    id_prefix = event_id_prefix(source)
     # Context → (surface, platform) memo: an SDK's batch often repeats the same context.
     ctx_memo: dict[bytes, tuple[str, str]] = {}
 
-    def reject(i: int, code: str, reason: str, raw: msgspec.Raw) -> None:
+    def reject(i: int, code: str, reason: str, raw: msgspec.Raw, field: str = "", rule: str | None = None) -> None:
         # `{at}` in reason → the message's JSON path; built only here, off the hot path.
-        reason = reason.replace("{at}", "$" if single else f"$.batch[{i}]")
-        errors.append({"index": i, "code": code, "message": reason})
-        bad_rows.append(bad_row(received_at_us, source, code, reason, redact(bytes(raw), tokenizer)))
+        at = env.path(i)
+        reason = reason.replace("{at}", at)
+        payload = redact(bytes(raw), tokenizer, ID_FIELDS)
+        rejections.append(Rejection(i, BadRow(code, reason, source, received_at_us, payload, PROTOCOL, at + field, rule)))
 
     for i, raw in enumerate(env.messages):
         if len(raw) > MAX_EVENT_BYTES:
-            reject(i, SIZE_VIOLATION, f"Event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes (32 KB) per event - at `{{at}}`", raw)
+            reject(i, SIZE_VIOLATION, f"Event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes (32 KB) per event - at `{{at}}`", raw, rule="max_bytes")
             continue
         if not all_utf8 and not _is_utf8(bytes(raw)):
-            reject(i, DECODE_FAILURE, "Invalid UTF-8 in JSON (JSON text must be UTF-8) - at `{at}`", raw)
+            reject(i, DECODE_FAILURE, "Invalid UTF-8 in JSON (JSON text must be UTF-8) - at `{at}`", raw, rule="utf8")
             continue
         try:
             m = _decode_message(raw)
@@ -275,10 +246,10 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
             reason = _with_path(str(e), "{at}")
             if reason.endswith(".type`"):
                 reason += f" (type must be one of {_TYPES_TEXT})"
-            reject(i, ENVELOPE_VIOLATION, reason, raw)
+            reject(i, ENVELOPE_VIOLATION, reason, raw, _msgspec_path(str(e)), "type")
             continue
         except msgspec.DecodeError as e:  # cannot happen for a member of a decoded array
-            reject(i, DECODE_FAILURE, f"{_malformed(e)} - at `{{at}}`", raw)
+            reject(i, DECODE_FAILURE, f"{_malformed(e)} - at `{{at}}`", raw, rule="json")
             continue
 
         t = m.type
@@ -286,10 +257,10 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
             if t is None:
                 t = path_type
             elif t != path_type:
-                reject(i, ENVELOPE_VIOLATION, f"Field `type` is {t!r} but the endpoint is /v1/{path_type} - at `{{at}}.type`", raw)
+                reject(i, ENVELOPE_VIOLATION, f"Field `type` is {t!r} but the endpoint is /v1/{path_type} - at `{{at}}.type`", raw, ".type", "endpoint")
                 continue
         elif t is None:
-            reject(i, ENVELOPE_VIOLATION, f"Object missing required field `type` (one of {_TYPES_TEXT}) - at `{{at}}`", raw)
+            reject(i, ENVELOPE_VIOLATION, f"Object missing required field `type` (one of {_TYPES_TEXT}) - at `{{at}}`", raw, ".type", "required")
             continue
 
         uid = m.userId
@@ -299,7 +270,7 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
         if aid is not None and aid.__class__ is not str:
             aid = str(aid)
         if not uid and not aid:
-            reject(i, ENVELOPE_VIOLATION, "Object missing required field `userId` or `anonymousId` (at least one must be a non-empty string) - at `{at}`", raw)
+            reject(i, ENVELOPE_VIOLATION, "Object missing required field `userId` or `anonymousId` (at least one must be a non-empty string) - at `{at}`", raw, ".userId", "required")
             continue
 
         # properties for track/page/screen, traits for identify/group; both must be objects.
@@ -310,21 +281,22 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
             if body == b"null":
                 body = b""
             else:
-                reject(i, ENVELOPE_VIOLATION, _not_object(body, "traits" if is_traits else "properties"), raw)
+                what = "traits" if is_traits else "properties"
+                reject(i, ENVELOPE_VIOLATION, _not_object(body, what), raw, f".{what}", "object")
                 continue
         ctx = bytes(m.context)
         if ctx and ctx[0] != 0x7B:
             if ctx == b"null":
                 ctx = b""
             else:
-                reject(i, ENVELOPE_VIOLATION, _not_object(ctx, "context"), raw)
+                reject(i, ENVELOPE_VIOLATION, _not_object(ctx, "context"), raw, ".context", "object")
                 continue
 
         name = None
         if t == "track":
             name = m.event
             if not name:
-                reject(i, ENVELOPE_VIOLATION, "Object missing required field `event` (track events need a non-empty event name) - at `{at}`", raw)
+                reject(i, ENVELOPE_VIOLATION, "Object missing required field `event` (track events need a non-empty event name) - at `{at}`", raw, ".event", "required")
                 continue
             prop = body or b"{}"
         elif t == "page" or t == "screen":
@@ -335,16 +307,16 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
         elif t == "alias":
             prev = m.previousId
             if prev is None or prev == "":
-                reject(i, ENVELOPE_VIOLATION, "Object missing required field `previousId` (alias events need previousId and userId) - at `{at}`", raw)
+                reject(i, ENVELOPE_VIOLATION, "Object missing required field `previousId` (alias events need previousId and userId) - at `{at}`", raw, ".previousId", "required")
                 continue
             if not uid:
-                reject(i, ENVELOPE_VIOLATION, "Object missing required field `userId` (alias events need previousId and userId) - at `{at}`", raw)
+                reject(i, ENVELOPE_VIOLATION, "Object missing required field `userId` (alias events need previousId and userId) - at `{at}`", raw, ".userId", "required")
                 continue
             prop = _encode({"previousId": tok(str(prev))})
         else:  # group
             gid = m.groupId
             if gid is None or gid == "":
-                reject(i, ENVELOPE_VIOLATION, "Object missing required field `groupId` (group events need a groupId) - at `{at}`", raw)
+                reject(i, ENVELOPE_VIOLATION, "Object missing required field `groupId` (group events need a groupId) - at `{at}`", raw, ".groupId", "required")
                 continue
             traits = _decode_any(body) if body else {}
             traits["groupId"] = gid if gid.__class__ is str else str(gid)
@@ -358,7 +330,7 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
 
         mid = m.messageId
         if mid is None or mid == "":
-            mid = derive_event_id(source_prefix, raw)
+            mid = derive_event_id(id_prefix, raw)
         elif mid.__class__ is not str:
             mid = str(mid)
 
@@ -367,91 +339,8 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
             m.timestamp, m.originalTimestamp, m.sentAt, sp[0], sp[1], prop, ctx or b"{}",
         ))
 
-    if rows:
-        cols = list(zip(*rows))
-    else:
-        cols = [()] * 12
-    event_ids, types, names, anons, users, tss, otss, sents, surfaces, platforms, props, ctxs = cols
-    events = build_events(
-        event_ids, types, names, anons, users, tss, otss, sents, env.sent_at, received_at_us,
-        source, surfaces, platforms, props, ctxs,
-    )
-    return Normalized(events, bad_rows, errors)
-
-
-def derive_event_id(source_prefix: bytes, raw: bytes) -> str:
-    """Event id of a message sent without one: ``uuid5(EVENT_ID_NAMESPACE, source + "\\n" +
-    message text)``, computed on bytes; ``source_prefix`` is ``EVENT_ID_NAMESPACE.bytes +
-    source.encode() + b"\\n"``. A retry resending the same bytes gets the same id."""
-    return str(uuid.UUID(bytes=hashlib.sha1(source_prefix + bytes(raw)).digest()[:16], version=5))
-
-
-def build_events(event_ids, types, names, anons, users, tss, otss, sents, batch_sent, received_at_us,
-                 source, surfaces, platforms, props, ctxs) -> pa.Table:
-    """The ``EVENT_SCHEMA`` table of one request, from equal-length columns (sequences), with
-    event time computed on whole columns (shared by every wire format).
-
-    ``anons`` / ``users``: tokens or None; ``tss`` / ``otss`` / ``sents``: ``timestamp`` /
-    ``originalTimestamp`` / per-event ``sentAt`` as ``datetime`` or None; ``batch_sent``: the
-    request's ``sentAt`` or None (fills missing ``sents``); ``props`` / ``ctxs``: JSON text
-    (``bytes`` or ``str``). Event time is ``coalesce(ts + (received_at − sent), ts, received_at)``
-    with ``ts = coalesce(tss, otss)`` and ``sent = coalesce(sents, batch_sent)``."""
-    n = len(event_ids)
-    recv = pa.scalar(received_at_us, TS)
-    # pa.array converts tz-aware datetimes to UTC and reads naive ones as UTC.
-    ts = pa.array(tss, TS) if any(tss) else pa.nulls(n, TS)
-    if any(otss):
-        ts = pc.coalesce(ts, pa.array(otss, TS))
-    sent = pa.array(sents, TS) if any(sents) else pa.nulls(n, TS)
-    if batch_sent is not None:
-        sent = pc.coalesce(sent, pa.scalar(batch_sent, TS))
-    # Segment's skew correction: the client clock is off by (sentAt - received_at), the
-    # same offset for every message of a request, so event time = t + (received_at - sentAt).
-    # Null sentAt → null sum → uncorrected t; null t → received_at.
-    event_ts = pc.coalesce(pc.add(ts, pc.subtract(recv, sent)), ts, recv)
-    return pa.Table.from_arrays(
-        [
-            pa.array(event_ids, pa.string()),
-            pa.array(types, pa.string()),
-            pa.array(names, pa.string()),
-            pa.array(anons, pa.string()),
-            pa.array(users, pa.string()),
-            event_ts,
-            pa.repeat(recv, n),
-            pa.repeat(pa.scalar(source, pa.string()), n),
-            pa.array(surfaces, pa.string()),
-            pa.array(platforms, pa.string()),
-            pa.array(props, pa.string()),  # bytes → utf8, validated by Arrow
-            pa.array(ctxs, pa.string()),
-            pa.nulls(n, pa.string()),
-            pc.cast(event_ts, pa.date32()),  # tz is UTC, so this is the UTC date
-        ],
-        schema=EVENT_SCHEMA,
-    )
-
-
-# -- context → surface / platform ---------------------------------------------------------
-_WEB_LIBRARIES = {"analytics.js", "analytics-next", "@segment/analytics-next", "analytics.js-next"}
-_MOBILE_MARKERS = ("ios", "android", "react-native", "flutter", "swift", "kotlin", "xamarin", "unity")
-_SURFACE_MEMO: dict[str | None, str] = {}
-
-
-def surface_of(library_name: str | None) -> str:
-    """``"web"`` / ``"mobile"`` / ``"server"`` for a ``context.library.name`` (see module doc)."""
-    s = _SURFACE_MEMO.get(library_name)
-    if s is None:
-        n = (library_name or "").lower()
-        if not n:
-            s = "server"
-        elif n in _WEB_LIBRARIES or n.startswith(("analytics.js", "analytics-next")) or "javascript" in n:
-            s = "web"
-        elif any(k in n for k in _MOBILE_MARKERS):
-            s = "mobile"
-        else:
-            s = "server"
-        if len(_SURFACE_MEMO) < 4096:
-            _SURFACE_MEMO[library_name] = s
-    return s
+    events = build_events(EventColumns.from_rows(rows), source=source, received_at_us=received_at_us, sent_at=env.sent_at)
+    return Normalized(events, rejections)
 
 
 def _surface_platform(ctx: bytes) -> tuple[str, str]:
@@ -500,6 +389,12 @@ def _malformed(e: msgspec.DecodeError) -> str:
     return f"Malformed JSON: {text[:1].lower()}{text[1:]}"
 
 
+def _msgspec_path(msg: str) -> str:
+    """The path below ``$`` that a msgspec error message names (``"- at `$.event`"`` → ``".event"``)."""
+    start = msg.find("`$")
+    return msg[start + 2 : msg.index("`", start + 2)] if start >= 0 else ""
+
+
 def _with_path(msg: str, at: str) -> str:
     """Rebase msgspec's ``$``-rooted path onto ``at`` (e.g. ``$.batch[3]``)."""
     if "`$" in msg:
@@ -507,68 +402,16 @@ def _with_path(msg: str, at: str) -> str:
     return f"{msg} - at `{at}`"
 
 
-def bad_row(received_at_us: int, source: str | None, error_type: str, reason: str, payload: str | None,
-            protocol: str | None = "segment") -> dict:
-    """One ``BAD_ROW_SCHEMA`` row as a dict (``received_at`` µs, ``ds`` days since epoch);
-    ``protocol`` names the wire format of ``payload`` (what ``headwater badrows replay`` re-runs)."""
-    return {
-        "received_at": received_at_us,
-        "source": source,
-        "error_type": error_type,
-        "reason": reason,
-        "payload": payload,
-        "protocol": protocol,
-        "ds": received_at_us // _US_PER_DAY,
-    }
-
-
-def bad_rows_table(rows: list[dict]) -> pa.Table:
-    """``BAD_ROW_SCHEMA`` table of :func:`bad_row` dicts."""
-    return pa.Table.from_pylist(rows, schema=BAD_ROW_SCHEMA)
-
-
-# Identifier values inside text that is not decodable JSON (truncated / malformed bodies).
-_ID_TEXT = re.compile(r'"(userId|anonymousId|previousId)"(\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?)')
-_ID_TAIL = re.compile(r'"(?:userId|anonymousId|previousId)"\s*:\s*"(?:[^"\\]|\\.)*\\?$')
-
-
-def redact(raw: bytes, tokenizer: Tokenizer, limit: int = MAX_BAD_PAYLOAD_CHARS) -> str:
-    """``raw`` as text for a bad row, at most ``limit`` characters, identifiers tokenised.
-
-    A JSON object has its ``userId`` / ``anonymousId`` / ``previousId`` values (and those of
-    each object in a ``batch`` array) replaced by their tokens and is re-encoded; anything
-    else is decoded as UTF-8 (invalid bytes replaced) and identifier values that look like
-    ``"userId": "..."`` are replaced textually, so no raw id is stored either way."""
-    try:
-        obj = _decode_any(raw)
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        obj = None
-    if isinstance(obj, dict):
-        _tokenise_ids(obj, tokenizer)
-        if isinstance(obj.get("batch"), list):
-            for m in obj["batch"]:
-                if isinstance(m, dict):
-                    _tokenise_ids(m, tokenizer)
-        return _encode(obj).decode()[:limit]
-    text = raw[: limit * 4].decode("utf-8", "replace")[:limit]
-    # Tokens may be longer than the ids they replace: cut again after substituting. An id
-    # cut in half at the end of the text is not matched (no closing quote): drop the tail.
-    text = _ID_TEXT.sub(lambda mt: f'"{mt[1]}"{mt[2]}"{tokenizer(_unquote(mt[3]))}"', text)
-    text = _ID_TAIL.sub("", text)
-    return text[:limit]
-
-
-def _unquote(v: str) -> str:
-    if v.startswith('"'):
-        try:
-            return msgspec.json.decode(v)
-        except msgspec.DecodeError:
-            return v[1:-1]
-    return v
-
-
-def _tokenise_ids(obj: dict, tokenizer: Tokenizer) -> None:
-    for k in _ID_FIELDS:
-        v = obj.get(k)
-        if v is not None and v != "" and not isinstance(v, (dict, list)):
-            obj[k] = tokenizer(v if isinstance(v, str) else str(v))
+def wire(path_type: str | None = None) -> Wire:
+    """The Segment format as the collector speaks it on ``/v1/batch`` (``path_type`` None) or
+    ``/v1/<path_type>``."""
+    return Wire(
+        PROTOCOL,
+        parse=lambda body, _query, _content_type: parse_request(body, path_type),
+        normalize=normalize,
+        write_key_of=lambda body, _query: write_key_of(body),
+        id_fields=ID_FIELDS,
+        key_help="HTTP Basic auth with the write key as username, or `writeKey` in the body",
+        key_field="Field `writeKey`",
+        basic_auth=True,
+    )

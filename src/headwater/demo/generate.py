@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from headwater.config import Home
 from headwater.events import EVENT_SCHEMA
-from headwater.lake import tables
+from headwater.lake.store import Lake
 
 EXPERIMENT = "new_checkout"
 MODELS_TOML = f"""
@@ -181,12 +181,12 @@ def write_day(home: Home, n: int, day: dt.date, *, seed: int = 0, users: int | N
     """Append :func:`chunks` to ``home``'s ``bronze.events`` (one commit per chunk, app_id
     ``"generate-<day>-<seed>"``, idempotent on re-run). Returns the rows written (events +
     re-sends)."""
-    path = home.table_path("bronze", "events")
+    lake = Lake.of(home)
     app_id = f"generate-{day.isoformat()}-{seed}"
-    done = tables.committed_batch(path, app_id)
+    done = lake.committed_batch("bronze.events", app_id)
     rows = 0
     for batch_id, chunk in enumerate(chunks(n, day, seed=seed, users=users, chunk_rows=chunk_rows)):
         if done is None or batch_id > done:
-            tables.append_once(path, chunk, app_id=app_id, batch_id=batch_id)
+            lake.append_once("bronze.events", chunk, app_id=app_id, batch_id=batch_id)
         rows += chunk.num_rows
     return rows

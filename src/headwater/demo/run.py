@@ -7,7 +7,6 @@ end; the tables stay queryable with ``headwater query`` under the same ``HEADWAT
 
 from __future__ import annotations
 
-import os
 import time
 
 from rich.console import Console
@@ -16,10 +15,10 @@ from rich.table import Table
 
 from headwater.config import Home
 from headwater.demo.replay import load, replay
-from headwater.lake import tables
+from headwater.lake import sql
+from headwater.lake.store import Lake
 from headwater.models.run import build
 from headwater.runtime import Platform, free_port
-from headwater.serve.catalog import query
 from headwater.serve.status import status
 
 
@@ -34,8 +33,8 @@ def _offsets(home: Home) -> tuple[int, int, int]:
 def _checkout_funnel(home: Home) -> Table:
     """The configured funnels over the whole range, per platform: persons entering and the
     share reaching each step (sums of gold.funnels' daily entry cohorts)."""
-    rows = query(
-        home,
+    rows = sql.query(
+        Lake.of(home),
         """
         SELECT funnel, step, step_name, platform, sum(users) AS users, sum(entered) AS entered
         FROM gold.funnels GROUP BY ALL ORDER BY funnel, step, platform
@@ -56,7 +55,10 @@ def _checkout_funnel(home: Home) -> Table:
 def run_demo(home: Home, port: int | None = None) -> int:
     console = Console(stderr=True)
     source = home.add_source("demo")
-    port = port or int(os.environ.get("HEADWATER_PORT") or free_port())
+    # Setting collector.port only if set (env / headwater.toml): the default 8088 may be taken,
+    # and the demo must run on a fresh clone whatever else listens.
+    collector = home.settings.collector
+    port = port or (collector.port if "port" in collector.model_fields_set else free_port())
     df = load()
     before = _offsets(home)
     started = time.monotonic()
@@ -80,8 +82,8 @@ def run_demo(home: Home, port: int | None = None) -> int:
 
     after = _offsets(home)
     accepted, rejected, stream_dups = (a - b for a, b in zip(after, before))
-    bronze = tables.row_count(home.table_path("bronze", "events"))
-    silver = tables.row_count(home.table_path("silver", "events"))
+    lake = Lake.of(home)
+    bronze, silver = lake.row_count("bronze.events"), lake.row_count("silver.events")
 
     out = Console()
     summary = Table(title=f"headwater demo: {home.root}", show_header=False)
@@ -98,8 +100,8 @@ def run_demo(home: Home, port: int | None = None) -> int:
     summary.add_row("elapsed", f"{time.monotonic() - started:.1f} s")
     out.print(summary)
 
-    metrics = query(
-        home,
+    metrics = sql.query(
+        lake,
         """
         WITH busiest AS (SELECT ds FROM gold.active_users ORDER BY dau DESC, ds LIMIT 1)
         SELECT a.ds, a.dau, a.wau, a.mau, CASE WHEN a.ds IN (SELECT ds FROM busiest) THEN 'busiest day' ELSE '' END AS note

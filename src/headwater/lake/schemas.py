@@ -18,15 +18,16 @@ from headwater.events import EVENT_SCHEMA, TS
 # the previous batch) + which aggregates dropped it (headwater.stream.late).
 LATE_SCHEMA = pa.schema([*EVENT_SCHEMA, pa.field("watermark", TS, nullable=False), pa.field("reason", pa.string(), nullable=False)])
 
-# bronze.dead_letter: log records that could not be decoded (headwater.stream.records).
+# bronze.dead_letter: stored log units the log could not read as events of the topic's schema
+# (headwater.log.base.DeadLetter; a unit is a SQLite append of one partition, a Kafka message).
 DEAD_LETTER_SCHEMA = pa.schema(
     [
         pa.field("topic", pa.string(), nullable=False),
         pa.field("partition", pa.int32(), nullable=False),
-        pa.field("offset", pa.int64(), nullable=False),  # first offset of the record
-        pa.field("count", pa.int64(), nullable=False),  # events the record claimed to hold
+        pa.field("offset", pa.int64(), nullable=False),  # first offset of the unit
+        pa.field("count", pa.int64(), nullable=False),  # offsets (events) the unit covers
         pa.field("error", pa.string(), nullable=False),
-        pa.field("payload", pa.binary()),
+        pa.field("payload", pa.binary()),  # the unit's stored bytes, as they are
         pa.field("appended_at", TS, nullable=False),  # log append time
         pa.field("ds", pa.date32(), nullable=False),  # UTC date of appended_at
     ]

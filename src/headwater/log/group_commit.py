@@ -5,6 +5,11 @@ fsync per request would cap it at the disk's fsync rate, so a single writer thre
 drains every append waiting at that moment and stores them in one transaction (the
 classic database group commit); each waiting request's future resolves when that
 transaction has committed, or fails with its exception.
+
+On a log without :attr:`~headwater.log.base.EventLog.atomic_multi_topic_append`, the
+drained submissions are stored with one append per topic (one transaction each): a
+submission spanning topics then resolves only if all of its topics' appends succeeded, and
+fails otherwise, possibly with some of its topics already stored.
 """
 
 from __future__ import annotations
@@ -56,13 +61,17 @@ class GroupCommitWriter:
                     stop = True
                     break
                 group.append(nxt)
-            try:
-                self._log.append([a for appends, _ in group for a in appends])
-            except BaseException as e:  # every waiter learns the transaction failed
-                for _, fut in group:
-                    fut.set_exception(e)
-            else:
-                for _, fut in group:
+            failed: dict[str, BaseException] = {}
+            for appends in self._log.atomic_groups([a for appends, _ in group for a in appends]):
+                try:
+                    self._log.append(appends)
+                except BaseException as e:  # every waiter with appends in it learns it failed
+                    failed.update((a.topic, e) for a in appends)
+            for appends, fut in group:
+                error = next((failed[a.topic] for a in appends if a.topic in failed), None)
+                if error is not None:
+                    fut.set_exception(error)
+                else:
                     fut.set_result(None)
             if stop:
                 return

@@ -1,22 +1,48 @@
 """The embedded event log: one SQLite database in WAL mode, shared by processes.
 
+URL: ``sqlite:///<absolute path>`` (``sqlite:////<path>`` too), with options as query
+parameters (``?background_checkpoint_s=1&retention_ms=604800000``) or keywords of
+:func:`headwater.log.open_log`, which win.
+
+Storage: one row of ``records`` per partition per append — a *record* of ``count`` events,
+``base_offset .. base_offset+count-1``, as ONE Arrow IPC stream (the shape of a Kafka record
+batch). Columns travel as they are: an append and a read cost one (de)serialisation per
+record, not per event, which is what makes this log fast. Records are this module's
+business: :meth:`SqliteLog.read` slices them to the requested offsets.
+
 Why it is safe against kill -9 of a writer or reader: every append is one SQLite
 transaction (``BEGIN IMMEDIATE`` takes the single write lock, the next offset is read
 and the records inserted under it), and with ``synchronous=FULL`` the WAL is fsynced
 before ``COMMIT`` returns. A writer killed mid-transaction leaves nothing behind (its WAL
 frames have no commit record); readers see only committed snapshots and never block the
-writer. Offsets are therefore dense and never reused.
+writer. Offsets are therefore dense and never reused. Appends to several topics share the
+transaction: :attr:`SqliteLog.atomic_multi_topic_append` is true.
+
+Retention (``retention_ms``): :meth:`SqliteLog.commit` deletes, in its own transaction, the
+records appended more than ``retention_ms`` ago that every consumer group has committed past
+— at most every ``min(retention_ms / 10, 60 s)`` per handle, since the delete scans the table.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from headwater.log.base import Append, EventLog, Record
+import numpy as np
+import pyarrow as pa
+
+from headwater.errors import InvalidInputError, NotFoundError, TransientError
+from headwater.log.base import Append, DeadLetter, EventLog, ReadResult, read_schema
+from headwater.log.schema import conform
+
+log = logging.getLogger("headwater.log")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -50,33 +76,82 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
 ) WITHOUT ROWID;
 """
 
+# URL query parameters: name -> type.
+_OPTIONS = {"background_checkpoint_s": float, "retention_ms": int}
+_RETENTION_CHECK_MAX_MS = 60_000
+
+
+def _errors(method):
+    """Raise ``sqlite3`` errors as :mod:`headwater.errors`: a failing store (locked, busy,
+    disk I/O, disk full, cannot open) is transient; a file that is not a log database is the
+    setting's fault."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as e:
+            raise TransientError(f"event log {self.path}: {e}", field="log.url", retry_after_s=1.0) from e
+        except sqlite3.DatabaseError as e:
+            raise InvalidInputError(f"log.url: {self.path} is not a usable SQLite event log ({e})", field="log.url") from e
+
+    return wrapper
+
 
 class SqliteLog(EventLog):
     """:class:`EventLog` on a SQLite file; one connection per thread, any number of processes.
 
+    ``retention_ms``: see the module doc (``None``: keep every record).
     ``background_checkpoint_s``: for the writing process (the collector). SQLite copies the
     WAL back into the database (a checkpoint) inside whichever ``COMMIT`` crosses the
     auto-checkpoint size, stalling that append by tens of ms. With this set, the process's
     connections never auto-checkpoint and a daemon thread runs a ``PASSIVE`` checkpoint
     (never blocks writers or readers) every that many seconds instead."""
 
-    def __init__(self, path: Path, background_checkpoint_s: float | None = None):
+    atomic_multi_topic_append = True
+
+    @classmethod
+    def from_url(cls, url: str, **options) -> SqliteLog:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "sqlite" or parts.netloc or parts.path.strip("/") == "" or parts.fragment:
+            raise InvalidInputError(f"log.url: expected sqlite:///<absolute path of the log file>, got {url!r}", field="log.url")
+        given = {}
+        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            if name not in _OPTIONS:
+                raise InvalidInputError(f"log.url: unknown sqlite option {name!r} (known: {', '.join(_OPTIONS)})", field="log.url")
+            try:
+                given[name] = _OPTIONS[name](value)
+            except ValueError:
+                raise InvalidInputError(f"log.url: option {name} must be a {_OPTIONS[name].__name__}, got {value!r}", field="log.url") from None
+        # "sqlite:///abs" and SQLAlchemy's "sqlite:////abs" both name /abs.
+        return cls(Path("/" + parts.path.lstrip("/")), **{**given, **options})
+
+    def __init__(self, path: Path, *, retention_ms: int | None = None, background_checkpoint_s: float | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention_ms = retention_ms
+        self._retention_every_ms = min(retention_ms // 10, _RETENTION_CHECK_MAX_MS) if retention_ms is not None else None
+        self._retention_checked_ms = 0
         self._local = threading.local()
         self._auto_checkpoint = background_checkpoint_s is None
-        with self._conn() as conn:
-            conn.executescript(_SCHEMA)
+        self._create()
         if background_checkpoint_s is not None:
             threading.Thread(
                 target=self._checkpoint_loop, args=(background_checkpoint_s,), name="log-checkpoint", daemon=True
             ).start()
 
+    @_errors
+    def _create(self) -> None:
+        self._conn().executescript(_SCHEMA)
+
     def _checkpoint_loop(self, interval_s: float) -> None:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         while True:
             time.sleep(interval_s)
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.OperationalError as e:  # the next round tries again; appends are unaffected
+                log.warning("event log %s: background checkpoint failed: %s", self.path, e)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -90,48 +165,58 @@ class SqliteLog(EventLog):
             self._local.conn = conn
         return conn
 
-    def ensure_topic(self, topic: str, partitions: int) -> int:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``: the write lock at once), committed on
+        exit, rolled back if the block raises."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("INSERT OR IGNORE INTO topics VALUES (?, ?)", (topic, partitions)).rowcount:
-                conn.executemany("INSERT INTO partition_ends VALUES (?, ?, 0)", [(topic, p) for p in range(partitions)])
+            yield conn
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
+
+    @_errors
+    def ensure_topic(self, topic: str, partitions: int) -> int:
+        with self._transaction() as conn:
+            if conn.execute("INSERT OR IGNORE INTO topics VALUES (?, ?)", (topic, partitions)).rowcount:
+                conn.executemany("INSERT INTO partition_ends VALUES (?, ?, 0)", [(topic, p) for p in range(partitions)])
         return self.partitions(topic)
 
+    @_errors
     def partitions(self, topic: str) -> int:
         row = self._conn().execute("SELECT partitions FROM topics WHERE topic = ?", (topic,)).fetchone()
         if row is None:
-            raise KeyError(f"topic {topic!r} does not exist")
+            raise NotFoundError(f"topic {topic!r} does not exist", field="topic")
         return row[0]
 
-    def append(self, appends: Sequence[Append]) -> None:
-        if not appends:
+    def _append(self, appends: Sequence[Append]) -> None:
+        # Encoded before the transaction: the write lock is held only for the inserts.
+        self._insert([(a.topic, a.partition, a.events.num_rows, _encode(a.events)) for a in appends if a.events.num_rows])
+
+    @_errors
+    def _insert(self, records: Sequence[tuple[str, int, int, bytes]]) -> None:
+        """Store ``(topic, partition, count, payload)`` records in one transaction."""
+        if not records:
             return
-        conn = self._conn()
         now = int(time.time() * 1000)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             ends: dict[tuple[str, int], int] = {}
             rows = []
-            for a in appends:
-                key = (a.topic, a.partition)
+            for topic, partition, count, payload in records:
+                key = (topic, partition)
                 if key not in ends:
-                    ends[key] = self._end_offset(conn, a.topic, a.partition)
-                rows.append((a.topic, a.partition, ends[key], a.count, now, a.payload))
-                ends[key] += a.count
+                    ends[key] = self._end_offset(conn, topic, partition)
+                rows.append((topic, partition, ends[key], count, now, payload))
+                ends[key] += count
             conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
             conn.executemany(
                 "UPDATE partition_ends SET end_offset = ? WHERE topic = ? AND partition = ?",
                 [(end, topic, p) for (topic, p), end in ends.items()],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     @staticmethod
     def _end_offset(conn: sqlite3.Connection, topic: str, partition: int) -> int:
@@ -139,53 +224,54 @@ class SqliteLog(EventLog):
             "SELECT end_offset FROM partition_ends WHERE topic = ? AND partition = ?", (topic, partition)
         ).fetchone()
         if row is None:
-            raise KeyError(f"topic {topic!r} has no partition {partition}")
+            raise NotFoundError(f"topic {topic!r} has no partition {partition}", field="partition")
         return row[0]
 
-    def read(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
+    @_errors
+    def read(self, topic: str, partition: int, start: int, end: int, schema: pa.Schema) -> ReadResult:
         conn = self._conn()
+        self._end_offset(conn, topic, partition)  # NotFoundError for an unknown topic or partition
         # The record holding `start` may begin before it: find its base offset first.
         first = conn.execute(
             "SELECT base_offset FROM records WHERE topic = ? AND partition = ? AND base_offset <= ? "
             "ORDER BY base_offset DESC LIMIT 1",
             (topic, partition, start),
         ).fetchone()
-        lo = first[0] if first else start
         rows = conn.execute(
             "SELECT base_offset, count, payload, appended_ms FROM records "
             "WHERE topic = ? AND partition = ? AND base_offset >= ? AND base_offset < ? ORDER BY base_offset",
-            (topic, partition, lo, end),
+            (topic, partition, first[0] if first else start, end),
         ).fetchall()
-        return [Record(topic, partition, o, c, p, ms) for o, c, p, ms in rows if o + c > start]
+        return _decode(topic, partition, [r for r in rows if r[0] + r[1] > start], start, end, schema)
 
+    @_errors
     def end_offsets(self, topic: str) -> dict[int, int]:
-        self.partitions(topic)  # KeyError for an unknown topic
+        self.partitions(topic)  # NotFoundError for an unknown topic
         return dict(self._conn().execute("SELECT partition, end_offset FROM partition_ends WHERE topic = ?", (topic,)))
 
+    @_errors
     def commit(self, group: str, topic: str, offsets: dict[int, int]) -> None:
         now = int(time.time() * 1000)
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT OR REPLACE INTO consumer_offsets VALUES (?, ?, ?, ?, ?)",
-            [(group, topic, p, o, now) for p, o in offsets.items()],
-        )
-        conn.execute("COMMIT")
-
-    def committed(self, group: str, topic: str) -> dict[int, int]:
-        got = dict(
-            self._conn().execute(
-                "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ?",
-                (group, topic),
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO consumer_offsets VALUES (?, ?, ?, ?, ?)",
+                [(group, topic, p, o, now) for p, o in offsets.items()],
             )
-        )
-        return {p: got.get(p, 0) for p in range(self.partitions(topic))}
+        if self.retention_ms is not None and now - self._retention_checked_ms >= self._retention_every_ms:
+            self._retention_checked_ms = now
+            try:
+                deleted = self._delete_expired(now - self.retention_ms)
+            except sqlite3.OperationalError as e:  # opportunistic: the offsets are committed, the next check retries
+                log.warning("event log %s: retention failed: %s", self.path, e)
+            else:
+                if deleted:
+                    log.info("event log %s: retention deleted %d events", self.path, deleted)
 
-    def enforce_retention(self, retention_ms: int) -> int:
-        cutoff = int(time.time() * 1000) - retention_ms
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    def _delete_expired(self, cutoff_ms: int) -> int:
+        """Delete records appended before ``cutoff_ms`` that every group has committed past;
+        return how many events they held. Unlike Kafka, a record no group has consumed is
+        kept however old: nothing accepted is lost to retention."""
+        with self._transaction() as conn:
             # Per partition, the smallest offset committed by any group; partitions no group
             # has committed for do not appear and so keep everything.
             deleted = conn.execute(
@@ -197,19 +283,82 @@ class SqliteLog(EventLog):
                       WHERE c.topic = records.topic AND c.partition = records.partition)
                 RETURNING count
                 """,
-                (cutoff,),
+                (cutoff_ms,),
             ).fetchall()
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return sum(c for (c,) in deleted)
+
+    @_errors
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        got = dict(
+            self._conn().execute(
+                "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ?",
+                (group, topic),
+            )
+        )
+        return {p: got.get(p, 0) for p in range(self.partitions(topic))}
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _encode(table: pa.Table | pa.RecordBatch) -> bytes:
+    """``table`` as Arrow IPC stream bytes (one record's payload)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _decode(
+    topic: str, partition: int, records: list[tuple[int, int, bytes, int]], start: int, end: int, schema: pa.Schema
+) -> ReadResult:
+    """The events of ``records`` (``(base_offset, count, payload, appended_ms)`` overlapping
+    ``[start, end)``, in offset order) within that range, conformed to ``schema``, and the
+    records that are bad and begin in the range as dead letters."""
+    dead: list[DeadLetter] = []
+    good: list[tuple[tuple[int, int, bytes, int], int, pa.Table]] = []  # (record, first offset kept, rows kept)
+
+    def bury(rec: tuple[int, int, bytes, int], error: str) -> None:
+        if rec[0] >= start:  # a record straddling `start` was reported by the read before
+            dead.append(DeadLetter(topic, partition, rec[0], rec[1], error, rec[2], rec[3]))
+
+    for rec in records:
+        base, count, payload, _ = rec
+        try:
+            t = pa.ipc.open_stream(payload).read_all()
+            if t.num_rows != count:
+                raise ValueError(f"payload has {t.num_rows} rows, record header says {count}")
+        except (pa.ArrowException, ValueError) as e:
+            bury(rec, f"{type(e).__name__}: {e}")
+            continue
+        lo, hi = max(start - base, 0), min(end - base, count)
+        if hi > lo:
+            good.append((rec, base + lo, t.slice(lo, hi - lo) if (lo, hi) != (0, count) else t))
+    try:  # fast path: every record's rows conform together
+        events = conform(pa.concat_tables([t for _, _, t in good], promote_options="default"), schema) if good else None
+    except (pa.ArrowException, InvalidInputError):
+        # One record is invalid or their schemas clash: sort it out record by record.
+        kept = []
+        for rec, first, t in good:
+            try:
+                kept.append((rec, first, conform(t, schema)))
+            except InvalidInputError as e:
+                bury(rec, f"invalid record: {e}")
+        good = kept
+        events = pa.concat_tables([t for _, _, t in good]) if good else None
+    if events is None:
+        return ReadResult(read_schema(schema).empty_table(), dead)
+    # _partition/_offset/_appended_ms for all rows at once: row j of kept slice i has offset first_i + j.
+    counts = np.asarray([t.num_rows for _, _, t in good], dtype=np.int64)
+    row_start = np.cumsum(counts) - counts
+    firsts = np.asarray([first for _, first, _ in good], dtype=np.int64)
+    offsets = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(firsts - row_start, counts)
+    appended = np.repeat(np.asarray([rec[3] for rec, _, _ in good], dtype=np.int64), counts)
+    columns = [*events.columns, pa.array(np.full(len(offsets), partition, np.int32)), pa.array(offsets), pa.array(appended)]
+    return ReadResult(pa.Table.from_arrays(columns, schema=read_schema(schema)), dead)
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:

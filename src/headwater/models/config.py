@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from headwater.config import Home
+from headwater.errors import InvalidInputError
 
 MAX_FUNNEL_WINDOW_HOURS = 168  # gold.funnels reads 7 days after its range (lookahead_days)
 DEFAULT_EXPOSURE_EVENT = "Experiment Viewed"  # Segment A/B testing spec
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInputError):
     """The models configuration breaks a rule; the message names the file, field and rule."""
 
 

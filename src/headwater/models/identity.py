@@ -1,10 +1,10 @@
 """Identity resolution: ``identify`` and ``alias`` events → one ``person_id`` per identifier.
 
-Grain of ``silver.identity_map``: one row per identifier (anonymous id or user id) that
-appears in a link or as the ``user_id`` of an ``identify``.
-Grain of ``silver.identity_refused``: one row per refused link. Both are global over all history
-(not per day) and rebuilt whole from ``bronze.events`` on every run (``Model.partitioned``
-false): the link events are few next to all events, and a full rebuild is deterministic, so
+``silver.identity_map`` maps every identifier (anonymous id or user id) that appears in a
+link or as the ``user_id`` of an ``identify``; ``silver.identity_refused`` lists the refused
+links (their grains and schemas: :mod:`headwater.lake.catalog`). Both are global over all
+history (not per day), unpartitioned, and rebuilt whole from ``bronze.events`` on every
+run: the link events are few next to all events, and a full rebuild is deterministic, so
 a late ``identify`` re-stitches everything it touches, in any order of arrival.
 
 The graph (the union-find of the design, computed as connected components):

@@ -1,241 +1,141 @@
-"""The batch layer's runner: models over the catalog, written by atomic partition overwrite.
+"""The batch layer's runner: the models of the DAG (:mod:`headwater.models.dag`) for a ``ds``
+range, written through the lake (:class:`headwater.lake.store.Lake`).
 
-A :class:`Model` is one SQL file (``models/<layer>/<name>.sql``, its grain stated at the
-top) that reads the catalog (:mod:`headwater.serve.catalog`) and returns the rows of its
-target table for a ``ds`` range, given as the DuckDB prepared parameters ``$start`` and
-``$end`` (dates, inclusive); the models configuration (funnels, experiments, tracked
-traits: :mod:`headwater.models.config`) is rendered into the text by :meth:`Model.sql`.
-:func:`run_model` runs one model for one range and replaces exactly those ``ds`` partitions
-of the target (:func:`headwater.lake.tables.overwrite_partitions`, one Delta commit,
-``replaceWhere`` semantics): re-running a range rewrites it, it never appends twice, so
-backfills are idempotent. Two models are not partitioned: ``silver.identity_map`` /
-``silver.identity_refused`` (identity is global over history, :mod:`headwater.models.identity`,
-a vectorised Python model on DuckDB) and ``silver.dim_user`` (SCD2 rebuilt from every
-``identify``) are replaced whole on every run (``Model.partitioned`` false; ``start`` /
-``end`` are ignored).
+:func:`run_model` runs one model for one range. A SQL model is its file
+(``models/<layer>/<name>.sql``) with the models configuration (funnels, experiments, tracked
+traits: :mod:`headwater.models.config`) rendered in and the range bound as the DuckDB
+prepared parameters ``$start`` / ``$end`` (dates, inclusive), over a SQL catalog connection
+(:mod:`headwater.lake.sql`) holding its inputs; a Python model is its ``compute``. The result
+replaces exactly the ``ds`` partitions ``[start, end]`` of a partitioned table (one Delta
+commit, ``replaceWhere`` semantics: re-running a range rewrites it, never appends twice, so
+backfills are idempotent) and the whole of an unpartitioned one (identity, ``dim_user``,
+the CDC dimensions: global over history). One exception: when a column of a partitioned
+table changed type (a contract widened a typed table's property), partitions cannot be
+merged, and the table is rebuilt whole over every day its inputs hold.
 
-Which input days a model reads, for output partitions ``[start, end]``:
-``[start - lookback_days, end + lookahead_days]``, or every day up to ``end +
-lookahead_days`` when ``history`` is set (retention's first-active day, experiments'
-cumulative exposures). :func:`plan` widens the range each input is built for accordingly
-(within the days bronze has: ``floor`` .. ``ceiling``), so after ``build(home, start, end)``
-every target partition in ``[start, end]`` is consistent with bronze, whatever was built
-before. The reverse direction is :attr:`Model.affected_days`: a change of an input on day
-``d`` changes partitions ``d + lo .. d + hi`` (the late-data sensor restates those).
+:func:`build` (``headwater batch``) runs every model of :func:`headwater.models.dag.dag` over
+the ranges :func:`headwater.models.dag.plan` gives, so after ``build(home, start, end)`` every
+partition in ``[start, end]`` is consistent with bronze, whatever was built before. Dagster
+(:mod:`headwater.orchestrate`) runs the same models with the same :func:`run_model`.
 
-Dagster (:mod:`headwater.orchestrate`) maps each :class:`Model` to a daily-partitioned asset
-(an unpartitioned one for ``partitioned=False``): ``inputs`` are its upstream assets,
-``lookback_days`` / ``lookahead_days`` / ``history`` its partition mapping,
-:func:`run_model` its body.
+Errors at this boundary are :mod:`headwater.errors` classes: a missing input table
+:class:`NotFoundError`; SQL that does not bind, a result that does not fit the table, an
+invalid models configuration :class:`InvalidInputError`; an I/O error or a lost Delta commit
+race :class:`TransientError` (the one worth retrying). The library error is the
+``__cause__``. In every error case the table is left as it was (no commit).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
-from dataclasses import dataclass
-from importlib import resources
-from typing import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Callable
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
-from deltalake import DeltaTable
 
 from headwater.config import Home
-from headwater.lake import tables
+from headwater.errors import HeadwaterError, InvalidInputError, NotFoundError, TransientError
+from headwater.lake import sql
+from headwater.lake.store import Lake
 from headwater.models import config as model_config
-from headwater.models import identity
-from headwater.lake.schemas import (
-    ACTIVE_USERS_BY_PLATFORM_SCHEMA,
-    ACTIVE_USERS_SCHEMA,
-    DIM_USER_SCHEMA,
-    EVENTS_HOURLY_SCHEMA,
-    EXPERIMENTS_SCHEMA,
-    FUNNELS_SCHEMA,
-    IDENTITY_MAP_SCHEMA,
-    IDENTITY_REFUSED_SCHEMA,
-    RETENTION_SCHEMA,
-    SESSIONS_SCHEMA,
-    SILVER_EVENTS_SCHEMA,
-)
-from headwater.serve import catalog
-
-Compute = Callable[[duckdb.DuckDBPyConnection, model_config.ModelConfig], pa.Table]
+from headwater.models.dag import Model, Output, Run, dag, plan
 
 
-@dataclass(frozen=True)
-class Model:
-    """One batch model: ``sql_file`` (relative to the ``headwater.models`` package) computes
-    the rows of ``table`` (``"<layer>.<name>"``, partitioned by ``ds``) for ``[$start, $end]``.
-
-    ``inputs`` are the catalog tables it reads. For output partitions ``[start, end]`` it
-    reads input days ``start - lookback_days .. end + lookahead_days``, or every day up to
-    ``end + lookahead_days`` if ``history``. ``schema`` is the exact Arrow schema written
-    (the query result is cast to it, columns selected by name). ``partitioned=False``: the
-    table has no ``ds`` and is replaced whole on every run (``start`` / ``end`` ignored).
-    ``compute`` (instead of ``sql_file``): a Python model, ``compute(con, config) ->
-    pa.Table`` over a DuckDB catalog connection; it runs on DuckDB whatever the engine."""
-
-    table: str
-    sql_file: str | None
-    schema: pa.Schema
-    inputs: tuple[str, ...]
-    lookback_days: int = 0
-    lookahead_days: int = 0
-    history: bool = False
-    partitioned: bool = True
-    compute: Compute | None = None
-
-    def sql(self, home: Home | None = None) -> str:
-        """The model's SQL text with ``home``'s models configuration rendered in (the
-        default configuration without ``home``). Raises ``TypeError`` for a Python model and
-        :class:`headwater.models.config.ConfigError` for an invalid configuration."""
-        if self.sql_file is None:
-            raise TypeError(f"{self.table} is a Python model (compute), it has no SQL")
-        text = resources.files("headwater.models").joinpath(self.sql_file).read_text()
-        return model_config.render(text, model_config.load(home))
-
-    @property
-    def affected_days(self) -> tuple[int | None, int | None]:
-        """``(lo, hi)``: a change of an input on day ``d`` may change this model's partitions
-        ``d + lo .. d + hi`` (``None``: unbounded). A partition ``p`` reads ``p - lookback ..
-        p + lookahead`` (all days before ``p`` with ``history``), so ``lo = -lookahead`` and
-        ``hi = lookback`` (``None`` with ``history``). ``(None, None)`` if not partitioned."""
-        if not self.partitioned:
-            return (None, None)
-        return (-self.lookahead_days, None if self.history else self.lookback_days)
+def _fits(have: pa.DataType, want: pa.DataType) -> bool:
+    """Whether a stored column of type ``have`` takes values of ``want`` without a rewrite."""
+    if have.equals(want):
+        return True
+    strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+    return any(k(have) for k in strings) and any(k(want) for k in strings)
 
 
-# The two identity tables come from one resolution, run once per table: the link graph is
-# small next to the events, and each model stays a plain function of the catalog.
-def _identity_map(con: duckdb.DuckDBPyConnection, config: model_config.ModelConfig) -> pa.Table:
-    """silver.identity_map — grain: one row per identifier (anonymous id or user id) linked by
-    identify / alias, with the person_id it resolves to (union-find over the links; merging two
-    identified users refused by default). Rebuilt whole from bronze.events on every run; see
-    headwater.models.identity."""
-    return identity.resolve(con, config.merge_identified_users)[0]
-
-
-def _identity_refused(con: duckdb.DuckDBPyConnection, config: model_config.ModelConfig) -> pa.Table:
-    """silver.identity_refused — grain: one row per refused link (an identify / alias that
-    would merge two identified users), with the persons each side stays with. Rebuilt whole
-    from bronze.events on every run; see headwater.models.identity."""
-    return identity.resolve(con, config.merge_identified_users)[1]
-
-
-SILVER = ("silver.events",)
-MODELS: tuple[Model, ...] = (
-    Model("silver.identity_map", None, IDENTITY_MAP_SCHEMA, ("bronze.events",), partitioned=False, compute=_identity_map),
-    Model("silver.identity_refused", None, IDENTITY_REFUSED_SCHEMA, ("bronze.events",), partitioned=False, compute=_identity_refused),
-    Model("silver.events", "silver/events.sql", SILVER_EVENTS_SCHEMA, ("bronze.events", "silver.identity_map")),
-    Model("silver.dim_user", "silver/dim_user.sql", DIM_USER_SCHEMA, ("bronze.events", "silver.identity_map"), partitioned=False),
-    Model("gold.events_hourly", "gold/events_hourly.sql", EVENTS_HOURLY_SCHEMA, SILVER),
-    Model("gold.sessions", "gold/sessions.sql", SESSIONS_SCHEMA, SILVER, lookback_days=1, lookahead_days=1),
-    Model("gold.active_users", "gold/active_users.sql", ACTIVE_USERS_SCHEMA, SILVER, lookback_days=27),
-    Model("gold.active_users_by_platform", "gold/active_users_by_platform.sql", ACTIVE_USERS_BY_PLATFORM_SCHEMA, SILVER, lookback_days=27),
-    Model("gold.retention", "gold/retention.sql", RETENTION_SCHEMA, SILVER, lookahead_days=90, history=True),
-    Model("gold.funnels", "gold/funnels.sql", FUNNELS_SCHEMA, SILVER, lookahead_days=model_config.MAX_FUNNEL_WINDOW_HOURS // 24),
-    Model("gold.experiments", "gold/experiments.sql", EXPERIMENTS_SCHEMA, SILVER, history=True),
-)
-"""All models, in dependency order (every model after the models it reads)."""
-
-
-def source_range(home: Home, table: str = "bronze.events") -> tuple[dt.date, dt.date] | None:
-    """Min and max ``ds`` holding data in ``table``, from the Delta log (no data read).
-
-    ``None`` if the table does not exist or has no rows."""
-    path = catalog.table_path(home, table)
-    if not tables.exists(path):
+def rebuild_range(lake: Lake, model: Model) -> tuple[dt.date, dt.date] | None:
+    """``None`` if ``model``'s table takes a partition overwrite; else the range to rebuild it
+    whole over — every ``ds`` its partitioned inputs hold — because a stored column has
+    another type than the model's schema (Delta merges new columns, not new types)."""
+    if not model.partitioned or not lake.exists(model.table):
         return None
-    adds = pa.table(DeltaTable(str(path)).get_add_actions(flatten=True))
-    counts = adds.column("num_records")  # null if a writer kept no statistics: assume rows
-    adds = adds.filter(pc.or_kleene(pc.is_null(counts), pc.greater(counts, 0)))
-    if adds.num_rows == 0:
+    have = lake.schema(model.table)
+    if all(_fits(have.field(f.name).type, f.type) for f in model.schema if f.name in have.names):
         return None
-    ds = adds.column("partition.ds").cast(pa.date32())
-    return pc.min(ds).as_py(), pc.max(ds).as_py()
+    spans = [r for t in model.inputs if (r := lake.ds_range(t)) is not None]
+    return (min(s for s, _ in spans), max(e for _, e in spans)) if spans else None
 
 
-def plan(
-    start: dt.date,
-    end: dt.date,
-    models: tuple[Model, ...] = MODELS,
-    floor: dt.date | None = None,
-    ceiling: dt.date | None = None,
-) -> list[tuple[Model, dt.date, dt.date]]:
-    """The ``(model, start, end)`` runs that make every model correct on ``[start, end]``.
+def write_result(lake: Lake, model: Model, output: Output, start: dt.date, end: dt.date, whole: bool = False) -> int:
+    """Write ``output`` to ``model.table`` in one commit; return the rows written (0 and no
+    commit if ``output.data`` is ``None``).
 
-    Every model runs on ``[start, end]``; a partitioned model read by others is also run on
-    the days its readers read: ``start - lookback_days`` (from ``floor`` for a reader with
-    ``history``) to ``end + lookahead_days``, clipped to ``[floor, ceiling]`` (the days with
-    source data: other partitions would be empty) but never narrower than ``[start, end]``.
-    Unpartitioned models keep ``[start, end]`` (ignored when run). Dependency order is kept.
-    Raises ``ValueError`` if ``start > end``."""
-    if start > end:
-        raise ValueError(f"start: {start} is after end {end}")
-    partitioned = {m.table for m in models if m.partitioned}
-    ranges = {m.table: (start, end) for m in models}
-    for model in reversed(models):  # readers first, so widening reaches transitive inputs
-        s, e = ranges[model.table]
-        for table in model.inputs:
-            if table not in partitioned:
-                continue
-            lo = s - dt.timedelta(days=model.lookback_days)
-            if model.history and floor is not None:
-                lo = floor
-            hi = e + dt.timedelta(days=model.lookahead_days)
-            lo = max(lo, floor) if floor is not None else lo
-            hi = min(hi, ceiling) if ceiling is not None else hi
-            s0, e0 = ranges[table]
-            ranges[table] = (min(s0, lo), max(e0, hi))
-    return [(m, *ranges[m.table]) for m in models]
-
-
-ENGINES = ("duckdb", "spark")
-ENGINE_ENV = "HEADWATER_ENGINE"
-
-
-def engine_from_env(engine: str | None = None) -> str:
-    """The SQL engine to run models on: ``engine`` if given, else ``$HEADWATER_ENGINE``, else
-    ``"duckdb"`` (the embedded default; ``"spark"`` runs the same SQL transpiled on Spark SQL,
-    see :mod:`headwater.models.spark`). Raises ``ValueError`` for any other name."""
-    name = engine or os.environ.get(ENGINE_ENV) or "duckdb"
-    if name not in ENGINES:
-        raise ValueError(f"engine: {name!r} is not one of {', '.join(ENGINES)} (from --engine or ${ENGINE_ENV})")
-    return name
-
-
-def write_result(home: Home, model: Model, result: pa.RecordBatchReader, start: dt.date, end: dt.date) -> int:
-    """Overwrite ``ds`` partitions ``[start, end]`` of ``model.table`` with ``result`` (one
-    commit); return the rows written. Shared by both engines. An unpartitioned model
-    (``model.partitioned`` false) replaces the whole table instead
-    (:func:`headwater.lake.tables.replace_table`), ``start`` / ``end`` unused.
-
-    Columns are selected by name and cast to ``model.schema`` batch by batch. Raises
-    ``ValueError`` if ``result`` lacks a column of ``model.schema``, and what
-    :func:`headwater.lake.tables.overwrite_partitions` raises (nothing is committed then)."""
+    A partitioned model overwrites ``ds`` partitions ``[start, end]``; an unpartitioned one,
+    or any with ``whole``, replaces the table (with ``output.txn`` when given). Columns are
+    selected by name and cast to ``model.schema`` batch by batch, streamed: the result is
+    never held whole in Python memory, and delta-rs commits only after the last batch.
+    :class:`InvalidInputError` if the result lacks a column of ``model.schema`` or a row
+    does not fit it (a null in a non-nullable column, a ``ds`` outside the range)."""
+    if output.data is None:
+        return 0
+    result = output.data.to_reader() if isinstance(output.data, pa.Table) else output.data
     missing = [n for n in model.schema.names if n not in result.schema.names]
     if missing:
-        raise ValueError(f"{model.sql_file or model.table}: result lacks columns {missing} of {model.table}")
+        raise InvalidInputError(f"{model.sql_file or model.table}: result lacks columns {missing} of {model.table}", field=model.table)
     rows = 0
+    failure: Exception | None = None
 
     def conformed() -> Iterator[pa.RecordBatch]:
-        nonlocal rows
-        for batch in result:
-            batch = batch.select(model.schema.names).cast(model.schema)
-            rows += batch.num_rows
-            yield batch
+        nonlocal rows, failure
+        try:
+            for batch in result:
+                try:
+                    batch = batch.select(model.schema.names).cast(model.schema)
+                except (ValueError, pa.ArrowInvalid, pa.ArrowTypeError) as e:  # e.g. a null in a non-nullable column
+                    raise InvalidInputError(f"{model.table}: the result does not fit the table: {e}", field=model.table) from e
+                rows += batch.num_rows
+                yield batch
+        except Exception as e:
+            failure = e
+            raise
 
-    # Streamed: the result is never held whole in Python memory; delta-rs commits only
-    # after the last batch, so an error in any batch leaves the table untouched.
     data = pa.RecordBatchReader.from_batches(model.schema, conformed())
-    if model.partitioned:
-        tables.overwrite_partitions(catalog.table_path(home, model.table), data, start, end)
-    else:
-        tables.replace_table(catalog.table_path(home, model.table), data)
+    try:
+        if model.partitioned and not whole:
+            lake.overwrite_partitions(model.table, data, start, end)
+        else:
+            app_id, batch_id = output.txn or (None, None)
+            lake.replace_table(model.table, data, app_id=app_id, batch_id=batch_id)
+    except HeadwaterError:
+        # delta-rs reports an error raised while it read the stream as a generic one (the lake
+        # can only call that transient): the stream's own error says what happened.
+        if failure is not None:
+            raise failure
+        raise
     return rows
+
+
+@contextmanager
+def _errors(model: Model) -> Iterator[None]:
+    """Library errors of a model run as :mod:`headwater.errors` classes naming the model."""
+    try:
+        yield
+    except HeadwaterError:
+        raise
+    except duckdb.CatalogException as e:
+        raise NotFoundError(f"{model.table}: {str(e).splitlines()[0]}", field=model.table) from e
+    except (duckdb.IOException, OSError) as e:
+        raise TransientError(f"{model.table}: {str(e).splitlines()[0]}", field=model.table) from e
+    except (duckdb.Error, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InvalidInputError(f"{model.table}: {str(e).splitlines()[0]}", field=model.table) from e
+
+
+def _registered(con: duckdb.DuckDBPyConnection, lake: Lake, tables: tuple[str, ...], reader: str) -> None:
+    """Register each of ``tables`` not yet in ``con`` (those already there keep their
+    snapshot). :class:`NotFoundError` naming ``reader`` and the table if one does not exist."""
+    have = sql.registered(con)
+    for table in tables:
+        if table not in have and not sql.register(con, lake, table):
+            raise NotFoundError(f"{reader}: input table {table} is not built yet", field=table)
 
 
 def run_model(
@@ -246,44 +146,42 @@ def run_model(
     con: duckdb.DuckDBPyConnection | None = None,
     engine: str | None = None,
 ) -> int:
-    """Run ``model`` for ``ds`` in ``[start, end]`` and overwrite those partitions of its table.
+    """Run ``model`` for ``ds`` in ``[start, end]`` and write its table (see the module
+    docstring); return the rows written (0 empties the range).
 
-    ``con`` is a catalog connection (:func:`headwater.serve.catalog.connect`); a fresh one is
-    opened (and closed) if not given. After the write the target table is re-registered in
-    ``con`` at its new snapshot, so later models on the same connection read it.
-    ``engine`` is resolved by :func:`engine_from_env`; on ``"spark"`` a SQL model runs through
-    :func:`headwater.models.spark.run_spark` (which raises ``FileNotFoundError`` for a
-    missing input table instead of ``duckdb.CatalogException``); a Python model (identity)
-    always runs on DuckDB. An unpartitioned model replaces its whole table.
-    Returns the number of rows written (0 empties the range).
-
-    Raises ``duckdb.CatalogException`` if an input table does not exist, ``ValueError`` if
-    ``start > end`` or the result lacks a column of ``model.schema``,
-    ``deltalake.exceptions.DeltaError`` if a row does not fit the schema (a null in a
-    non-nullable column, an uncastable value: the message names the field) or lies outside
-    ``[start, end]``. In every error case the table is left as it was (no commit)."""
+    ``con``: a SQL catalog connection (:func:`headwater.lake.sql.connect`) shared by several
+    runs, a fresh one if not given; inputs it does not hold yet are registered at their
+    current snapshot, and the written table is re-registered, so later models on the same
+    connection read it. ``engine`` (default the setting ``batch.engine``): ``"spark"`` runs a
+    SQL model on Spark SQL (:mod:`headwater.models.spark`); a Python model always runs on
+    DuckDB. Raises the classes of the module docstring, and :class:`InvalidInputError` if
+    ``start > end``."""
     if start > end:
-        raise ValueError(f"start: {start} is after end {end}")
-    engine = engine_from_env(engine)
-    if engine == "spark" and model.compute is None:
-        from headwater.models.spark import run_spark
-
-        rows = run_spark(home, model, start, end)
-        if con is not None:
-            catalog.register(con, home, model.table)
-        return rows
+        raise InvalidInputError(f"start: {start} is after end {end}", field="start")
+    engine = engine or home.settings.batch.engine
+    lake = Lake.of(home)
     own = con is None
-    if own:
-        con = catalog.connect(home)
+    con = con or sql.connect(lake)
     try:
-        if model.compute is not None:
-            result = model.compute(con, model_config.load(home)).to_reader()
-        else:
-            sql = model.sql(home)
-            params = {k: v for k, v in (("start", start), ("end", end)) if f"${k}" in sql}  # unused ones are refused
-            result = con.sql(sql, params=params).to_arrow_reader()
-        rows = write_result(home, model, result, start, end)
-        catalog.register(con, home, model.table)
+        with _errors(model):
+            whole = rebuild_range(lake, model)
+            if whole is not None:
+                start, end = whole
+            if engine == "spark" and model.compute is None:
+                from headwater.models import spark
+
+                with spark.result(home, lake, model, start, end) as reader:
+                    rows = write_result(lake, model, Output(reader), start, end, whole is not None)
+            else:
+                _registered(con, lake, model.inputs, model.table)
+                if model.compute is not None:
+                    output = model.compute(Run(home, lake, con, model_config.load(home), start, end))
+                else:
+                    text = model.sql(home)
+                    params = {k: v for k, v in (("start", start), ("end", end)) if f"${k}" in text}  # unused ones are refused
+                    output = Output(con.sql(text, params=params).to_arrow_reader())
+                rows = write_result(lake, model, output, start, end, whole is not None)
+        sql.register(con, lake, model.table)
         return rows
     finally:
         if own:
@@ -297,49 +195,44 @@ def build(
     progress: Callable[[str], None] | None = None,
     engine: str | None = None,
 ) -> dict[str, int]:
-    """Build every model in :data:`MODELS` for ``ds`` in ``[start, end]`` (inclusive).
+    """Build every model of :func:`headwater.models.dag.dag` for ``ds`` in ``[start, end]``
+    (inclusive): silver, gold, the typed tables and the CDC dimensions.
 
     ``start`` / ``end`` default to the first / last ``ds`` with rows in ``bronze.events``.
-    Models run in dependency order (identity, ``silver.events``, ``silver.dim_user``, then
-    gold) over one catalog connection; each run is one atomic partition overwrite (or table
-    replace), so re-running any range gives the same tables. Inputs are built for every day
-    their readers read (see :func:`plan`; retention and experiments read all history, so
-    ``silver.events`` is rebuilt from the first bronze day, which also re-stitches earlier
-    anonymous events to persons identified since). ``progress`` receives one line per model run, e.g.
-    ``"silver.events 2024-01-04..2024-06-29: 31076 rows in 0.42 s"``. ``engine`` picks the
-    SQL engine for every model (see :func:`engine_from_env`).
+    Models run in dependency order over one catalog connection; each run is one atomic
+    partition overwrite (or table replace), so re-running any range gives the same tables.
+    Inputs are built for every day their readers read (see :func:`headwater.models.dag.plan`;
+    retention and experiments read all history, so ``silver.events`` is rebuilt from the
+    first bronze day, which also re-stitches earlier anonymous events to persons identified
+    since). ``progress`` receives one line per model run, e.g. ``"silver.events
+    2024-01-04..2024-06-29: 31076 rows in 0.42 s"``. ``engine`` as for :func:`run_model`.
 
     Returns ``{table: rows written}`` (a model run on a widened range counts all of it);
-    ``{}`` if bronze.events has no rows and no range was given.
-    Raises ``FileNotFoundError`` if ``bronze.events`` does not exist, ``ValueError`` if
-    ``start > end``, and whatever :func:`run_model` raises (models already written stay
+    ``{}`` if bronze.events has no rows and no range was given. Raises
+    :class:`NotFoundError` if ``bronze.events`` does not exist, :class:`InvalidInputError`
+    if ``start > end``, and whatever :func:`run_model` raises (models already written stay
     written: each is consistent on its own)."""
-    if not tables.exists(catalog.table_path(home, "bronze.events")):
-        raise FileNotFoundError(f"bronze.events: no Delta table at {catalog.table_path(home, 'bronze.events')}")
-    bounds = source_range(home, "bronze.events")
+    lake = Lake.of(home)
+    if not lake.exists("bronze.events"):
+        raise NotFoundError(f"bronze.events does not exist yet in {lake.root}: nothing to build (ingest events first)",
+                            field="bronze.events")
+    bounds = lake.ds_range("bronze.events")
     if bounds is None and (start is None or end is None):
         if progress:
             progress("bronze.events has no rows: nothing to build")
         return {}
     start = start if start is not None else bounds[0]
     end = end if end is not None else bounds[1]
-    runs = plan(start, end, MODELS, floor=bounds[0] if bounds else None, ceiling=bounds[1] if bounds else None)
+    runs = plan(start, end, dag(home), floor=bounds[0] if bounds else None, ceiling=bounds[1] if bounds else None)
     written: dict[str, int] = {}
-    con = catalog.connect(home)
+    con = sql.connect(lake)
     try:
         for model, s, e in runs:
             t0 = time.perf_counter()
-            rows = run_model(home, model, s, e, con, engine)
-            written[model.table] = rows
+            written[model.table] = rows = run_model(home, model, s, e, con, engine)
             if progress:
                 span = f"{s}..{e}" if model.partitioned else "(whole table)"
                 progress(f"{model.table} {span}: {rows} rows in {time.perf_counter() - t0:.2f} s")
-        from headwater.registry import typed_tables  # silver.evt_<name>: one typed table per registered event name
-
-        written.update(typed_tables.build(home, start, end, con, progress=progress))
-        from headwater.sources.cdc import scd2  # silver.dim_<table>: SCD2 of Postgres CDC records, rebuilt whole
-
-        written.update(scd2.build(home))
     finally:
         con.close()
     return written
@@ -349,14 +242,16 @@ def identity_stale_days(home: Home, con: duckdb.DuckDBPyConnection | None = None
     """The ``ds`` of ``silver.events`` holding an event whose stored ``person_id`` differs from
     what the current ``silver.identity_map`` gives (the rule of ``silver/events.sql``): the
     days to restate after identity changed (a late ``identify`` stitches earlier anonymous
-    events). Sorted; ``[]`` if either table does not exist."""
+    events). Sorted; ``[]`` if either table does not exist. ``con``: a catalog connection to
+    read through (tables it holds keep their snapshot), a fresh one if not given."""
+    lake = Lake.of(home)
+    needs = ("silver.events", "silver.identity_map")
+    if not all(lake.exists(t) for t in needs):
+        return []
     own = con is None
-    if own:
-        con = catalog.connect(home)
+    con = con or sql.connect(lake)
     try:
-        names = {r[0] for r in con.sql("SELECT schema_name || '.' || view_name FROM duckdb_views()").fetchall()}
-        if not {"silver.events", "silver.identity_map"} <= names:
-            return []
+        _registered(con, lake, needs, "identity_stale_days")
         rows = con.sql(
             """
             SELECT DISTINCT e.ds

@@ -1,26 +1,28 @@
-"""Every batch model as a Dagster asset, derived from ``MODELS``.
+"""Every model of the batch DAG as a Dagster asset, derived from :func:`headwater.models.dag.dag`.
 
-One :class:`headwater.models.run.Model` becomes one asset:
+One :class:`headwater.models.dag.Model` becomes one asset — the fixed silver and gold models,
+one typed ``silver.evt_*`` model per registered event name and one ``silver.dim_*`` model per
+CDC dimension, as the DAG holds them when the code location loads:
 
 * key ``[layer, name]`` of ``Model.table`` (``silver.events`` → ``silver/events``), group = layer;
 * partitions: :func:`daily_partitions` — one partition per UTC day ``ds`` (``YYYY-MM-DD``);
-  a model with ``partitioned=False`` (identity map, SCD2 ``dim_user``: global over history,
-  replaced whole) is an unpartitioned asset, rebuilt by any run that selects it;
+  an unpartitioned model (identity map, SCD2 dimensions: global over history, replaced
+  whole) is an unpartitioned asset, rebuilt by any run that selects it;
 * deps: ``Model.inputs``, with the partition mapping of what partition ``p`` reads
   (:func:`partition_mapping`): ``p - lookback_days .. p + lookahead_days`` as a
   ``TimeWindowPartitionMapping`` (``gold.active_users`` on ``ds`` reads ``silver.events``
   ``ds-27 .. ds``); every partition (``AllPartitionMapping``) for a model with ``history``
   — Dagster cannot say "every day up to ``p + lookahead``", so the lineage over-approximates.
-  An input no model produces (``bronze.events``, written by the stream) is an external
-  asset (``AssetSpec``) with the same daily partitions: shown in the lineage, never
-  materialised here;
+  An input no model produces (``bronze.events``, ``bronze.cdc_*``: written by the stream and
+  the CDC readers) is an external asset (``AssetSpec``) with the same daily partitions:
+  shown in the lineage, never materialised here;
 * body: :func:`headwater.models.run.run_model` over the run's partition window — one
   partition, or a whole range in one run (``BackfillPolicy.single_run()``: a 180-day backfill
   is one atomic overwrite per table, not 180);
-* retries: ``RetryPolicy`` with exponential backoff and jitter for transient failures (a
-  Delta commit conflict, an I/O error); errors that a retry cannot fix (a missing input
-  table, SQL that does not bind, a row that does not fit the schema) fail at once with
-  ``Failure(allow_retries=False)`` naming the model.
+* retries: the ``RetryPolicy`` (exponential backoff and jitter) retries only
+  :class:`headwater.errors.TransientError` (a lost Delta commit race, an I/O error); any
+  other error (a missing input table, SQL that does not bind, a row that does not fit the
+  schema) fails at once with ``Failure(allow_retries=False)`` naming the model.
 
 Each materialisation records ``rows`` (rows written), ``ds_start`` / ``ds_end`` (partitioned
 models) and ``input_versions`` (the Delta version of every input table, read *before* the
@@ -28,13 +30,11 @@ model ran: a lower bound of the snapshot it saw; the late-data sensor starts fro
 """
 
 import datetime as dt
-import os
 import time
 import warnings
 from importlib import resources
 from typing import Callable
 
-import duckdb
 from dagster import (
     AllPartitionMapping,
     AssetDep,
@@ -54,32 +54,20 @@ from dagster import (
     TimeWindowPartitionMapping,
     asset,
 )
-from deltalake import DeltaTable
-from deltalake.exceptions import SchemaMismatchError
 
 from headwater.config import Home
-from headwater.lake import tables
+from headwater.errors import TransientError
+from headwater.lake.store import Lake
 from headwater.models import run as models_run
-from headwater.models.run import Model
-from headwater.serve import catalog
+from headwater.models.dag import Model
 
 Runner = Callable[[Home, Model, dt.date, dt.date], int]
 """Builds one model for ``ds`` in ``[start, end]`` and returns rows written
 (default :func:`headwater.models.run.run_model`)."""
 
 DEFAULT_RETRY = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
-"""Up to 3 retries after 2, 4, 8 s (± jitter): a transient failure (Delta commit conflict with
-another writer, I/O error) clears within seconds."""
-
-# Errors a retry cannot fix: the same SQL over the same inputs fails the same way.
-PERMANENT_ERRORS = (
-    ValueError,
-    SchemaMismatchError,
-    duckdb.CatalogException,
-    duckdb.BinderException,
-    duckdb.ParserException,
-    duckdb.ConversionException,
-)
+"""Up to 3 retries after 2, 4, 8 s (± jitter) of a :class:`TransientError` (a Delta commit
+conflict with another writer, an I/O error): such failures clear within seconds."""
 
 
 def asset_key(table: str) -> AssetKey:
@@ -93,16 +81,11 @@ def table_name(key: AssetKey) -> str:
 
 
 def first_ds(home: Home) -> dt.date:
-    """First daily partition: ``HEADWATER_FIRST_DS`` (YYYY-MM-DD) if set, else the first ``ds``
-    with rows in ``bronze.events``, else today (UTC). Raises ``ValueError`` for a malformed
-    ``HEADWATER_FIRST_DS``."""
-    env = os.environ.get("HEADWATER_FIRST_DS")
-    if env:
-        try:
-            return dt.date.fromisoformat(env)
-        except ValueError:
-            raise ValueError(f"HEADWATER_FIRST_DS: {env!r} is not a date in YYYY-MM-DD form") from None
-    bounds = models_run.source_range(home, "bronze.events")
+    """First daily partition: the setting ``batch.first_ds`` if set, else the first ``ds``
+    with rows in ``bronze.events``, else today (UTC)."""
+    if home.settings.batch.first_ds is not None:
+        return home.settings.batch.first_ds
+    bounds = Lake.of(home).ds_range("bronze.events")
     return bounds[0] if bounds else dt.datetime.now(dt.timezone.utc).date()
 
 
@@ -113,19 +96,22 @@ def daily_partitions(start: dt.date) -> DailyPartitionsDefinition:
 
 
 def description(model: Model) -> str:
-    """The model's header comment (SQL) or its module docstring (Python model) as plain text."""
+    """The table's catalog description and grain, then (a SQL model) the explanation of its
+    logic from the SQL file's header comment."""
+    spec = model.spec
+    text = f"{spec.description}\n\nGrain: {spec.grain}."
     if model.sql_file is None:
-        return (model.compute.__doc__ or "").strip() or model.table
+        return text
     try:
-        text = resources.files("headwater.models").joinpath(model.sql_file).read_text()
+        sql = resources.files("headwater.models").joinpath(model.sql_file).read_text()
     except FileNotFoundError:  # surfaces as the run's error, not at load time
-        return f"{model.table}: {model.sql_file} not found"
-    lines = []
-    for line in text.splitlines():
+        return f"{text}\n\n{model.sql_file} not found"
+    header = []
+    for line in sql.splitlines()[2:]:  # after the table name and the pointer to the catalog
         if not line.startswith("--"):
             break
-        lines.append(line[2:].removeprefix(" "))
-    return "\n".join(lines).strip() or model.table
+        header.append(line[2:].removeprefix(" "))
+    return f"{text}\n\n" + "\n".join(header).strip()
 
 
 def partition_mapping(model: Model) -> PartitionMapping | None:
@@ -137,14 +123,9 @@ def partition_mapping(model: Model) -> PartitionMapping | None:
     return None
 
 
-def input_versions(home: Home, model: Model) -> dict[str, int]:
+def input_versions(lake: Lake, model: Model) -> dict[str, int]:
     """Current Delta version of each existing input table of ``model``."""
-    versions = {}
-    for table in model.inputs:
-        path = catalog.table_path(home, table)
-        if tables.exists(path):
-            versions[table] = DeltaTable(str(path)).version()
-    return versions
+    return {table: lake.version(table) for table in model.inputs if lake.exists(table)}
 
 
 def window_dates(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
@@ -186,14 +167,13 @@ def model_asset(
         # An unpartitioned model ignores the range: it is replaced whole.
         start, end = window_dates(context) if model.partitioned else (dt.date.today(),) * 2
         span = f"{start}..{end}" if model.partitioned else "(whole table)"
-        versions = input_versions(home, model)
-        missing = [t for t in model.inputs if t not in versions]
-        if missing:
-            raise Failure(f"{model.table} {span}: input tables not built yet: {', '.join(missing)}", allow_retries=False)
+        versions = input_versions(Lake.of(home), model)
         t0 = time.perf_counter()
         try:
             rows = runner(home, model, start, end)
-        except PERMANENT_ERRORS as e:
+        except TransientError:
+            raise  # the RetryPolicy retries it
+        except Exception as e:
             raise Failure(f"{model.table} {span}: {type(e).__name__}: {e}", allow_retries=False) from e
         seconds = time.perf_counter() - t0
         context.log.info(f"{model.table} {span}: {rows} rows in {seconds:.2f} s")
@@ -213,7 +193,7 @@ def external_spec(table: str, partitions: DailyPartitionsDefinition) -> AssetSpe
         partitions_def=partitions,
         group_name=layer,
         kinds={"delta"},
-        description=f"{table}: written outside the batch layer (stream sink); observed, never materialised here.",
+        description=f"{table}: written outside the batch layer (stream sink, CDC reader); observed, never materialised here.",
     )
 
 

@@ -12,7 +12,7 @@
 The first two are *blocking*: in a run that also builds gold, a failed check stops the gold
 steps, so gold is never computed from a silver that breaks them. Each failure carries the
 count and up to :data:`SAMPLE` offending keys as metadata. All three are plain DuckDB
-queries over the catalog (:mod:`headwater.serve.catalog`).
+queries over the SQL catalog (:mod:`headwater.lake.sql`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from __future__ import annotations
 from dagster import AssetCheckResult, AssetChecksDefinition, AssetCheckSeverity, asset_check
 
 from headwater.config import Home
-from headwater.models.run import Model
+from headwater.lake import sql as lake_sql
+from headwater.lake.store import Lake
+from headwater.models.dag import Model
 from headwater.orchestrate.assets import asset_key
-from headwater.serve import catalog
 
 SAMPLE = 10
 
@@ -43,10 +44,13 @@ FROM silver.dim_user GROUP BY {key} HAVING count(*) FILTER (WHERE is_current) <>
 def violations(home: Home, sql: str, needs: tuple[str, ...]) -> tuple[int, list[dict]] | None:
     """``(count, first SAMPLE rows)`` of the rows ``sql`` returns; ``None`` if a table in
     ``needs`` does not exist yet."""
-    if not set(needs) <= set(catalog.list_tables(home)):
+    lake = Lake.of(home)
+    if not all(lake.exists(t) for t in needs):
         return None
-    con = catalog.connect(home)
+    con = lake_sql.connect(lake)
     try:
+        for table in needs:
+            lake_sql.register(con, lake, table)
         count = con.sql(f"SELECT count(*) FROM ({sql})").fetchall()[0][0]
         sample = con.sql(f"{sql} LIMIT {SAMPLE}").to_arrow_table().to_pylist() if count else []
         return count, sample

@@ -1,6 +1,7 @@
-"""The Dagster :class:`~dagster.Definitions` of one installation, derived from ``MODELS``.
+"""The Dagster :class:`~dagster.Definitions` of one installation, derived from its batch DAG.
 
-* assets: one per model (:mod:`headwater.orchestrate.assets`) and the external inputs;
+* assets: one per model of :func:`headwater.models.dag.dag` (silver, gold, typed tables, CDC
+  dimensions: :mod:`headwater.orchestrate.assets`) and the external inputs;
 * asset checks for the invariants (:mod:`headwater.orchestrate.checks`);
 * job ``daily`` (every model, daily partitions) and its schedule ``daily_schedule``: at
   01:00 UTC it builds the day that just ended;
@@ -23,7 +24,7 @@ from dagster import (
 
 from headwater.config import Home
 from headwater.models import run as models_run
-from headwater.models.run import Model
+from headwater.models.dag import Model, dag
 from headwater.orchestrate.assets import DEFAULT_RETRY, Runner, asset_key, daily_partitions, first_ds, model_assets
 from headwater.orchestrate.checks import invariant_checks
 from headwater.orchestrate.sensor import late_data_sensor
@@ -40,10 +41,11 @@ def definitions(
 ) -> Definitions:
     """Everything Dagster needs to orchestrate ``home``'s batch layer.
 
-    ``models`` defaults to :data:`headwater.models.run.MODELS` as it is when called (so a new
-    model is a new asset without any change here); ``runner`` to
-    :func:`headwater.models.run.run_model`. Partitions start at :func:`first_ds`."""
-    models = models if models is not None else models_run.MODELS
+    ``models`` defaults to :func:`headwater.models.dag.dag` of ``home`` as it is when called
+    (a new model, a newly registered event name or CDC dimension is a new asset without any
+    change here); ``runner`` to :func:`headwater.models.run.run_model`. Partitions start at
+    :func:`first_ds`."""
+    models = models if models is not None else dag(home)
     partitions = daily_partitions(first_ds(home))
     assets, external = model_assets(home, models, partitions, retry_policy, runner or models_run.run_model)
     daily = define_asset_job(

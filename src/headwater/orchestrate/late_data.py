@@ -40,23 +40,22 @@ import datetime as dt
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError
 
-from headwater.models.run import Model
+from headwater.errors import NotFoundError
+from headwater.lake.store import Lake
+from headwater.models.dag import Model
 
 log = logging.getLogger(__name__)
 
 Days = set[dt.date]
 
 
-def _files(table: DeltaTable) -> pa.Table:
+def _files(lake: Lake, table: str, version: int | None = None) -> pa.Table:
     """Add actions of a snapshot: ``path``, ``ds`` (date32), ``num_records`` (null if unknown)."""
-    adds = pa.table(table.get_add_actions(flatten=True))
+    adds = lake.add_actions(table, version)
     return pa.table(
         {
             "path": adds.column("path"),
@@ -66,24 +65,23 @@ def _files(table: DeltaTable) -> pa.Table:
     )
 
 
-def changed_days(path: Path, since_version: int | None) -> tuple[int, Days]:
-    """``(current version, ds of rows added after since_version)`` of the Delta table at ``path``.
+def changed_days(lake: Lake, table: str, since_version: int | None) -> tuple[int, Days]:
+    """``(current version, ds of rows added after since_version)`` of ``table``.
 
     ``since_version=None`` means "from the beginning": every ``ds`` with rows. If
     ``since_version`` can no longer be loaded (its log was cleaned up), every ``ds`` with
     rows is returned (restating too much is safe, missing a day is not) and a warning is
-    logged. Raises ``deltalake.exceptions.TableNotFoundError`` if there is no table."""
-    current = DeltaTable(str(path))
-    version = current.version()
+    logged. :class:`headwater.errors.NotFoundError` if there is no table."""
+    version = lake.version(table)
     if since_version is not None and since_version >= version:
         return version, set()
-    files = _files(current)
+    files = _files(lake, table, version)
     if since_version is not None:
         try:
-            before = _files(DeltaTable(str(path), version=since_version)).column("path")
+            before = _files(lake, table, since_version).column("path")
             files = files.filter(pc.invert(pc.is_in(files.column("path"), value_set=before)))
-        except DeltaError as e:
-            log.warning("%s: version %s not loadable (%s); treating every ds as changed", path, since_version, e)
+        except NotFoundError as e:
+            log.warning("%s: version %s not loadable (%s); treating every ds as changed", table, since_version, e)
     counts = files.column("num_records")
     files = files.filter(pc.or_kleene(pc.is_null(counts), pc.greater(counts, 0)))
     return version, set(pc.unique(files.column("ds")).to_pylist())

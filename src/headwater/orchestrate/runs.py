@@ -13,7 +13,7 @@ import uuid
 
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, RunRequest
 
-from headwater.models.run import Model, plan
+from headwater.models.dag import Model, plan
 from headwater.orchestrate.assets import asset_key
 from headwater.orchestrate.sensor import range_tags
 
@@ -66,7 +66,7 @@ def backfill_requests(
     """The runs of a backfill of ``[start, end]``, in dependency order:
     ``[(start, end, models, request), ...]``.
 
-    Each model is built over the range :func:`headwater.models.run.plan` gives it —
+    Each model is built over the range :func:`headwater.models.dag.plan` gives it —
     ``[start, end]``, widened for a model its readers read beyond that (within ``floor`` ..
     ``ceiling``, the days bronze has) — so every model is correct on ``[start, end]``
     afterwards. Consecutive models with the same range share one run, and so do

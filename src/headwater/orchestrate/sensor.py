@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 from dagster import (
     AssetObservation,
@@ -58,14 +57,13 @@ from dagster import (
 )
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from deltalake import DeltaTable
 
 from headwater.config import Home
-from headwater.lake import tables
-from headwater.models.run import Model, identity_stale_days, source_range
+from headwater.lake.store import Lake
+from headwater.models.dag import Model
+from headwater.models.run import identity_stale_days
 from headwater.orchestrate import late_data
 from headwater.orchestrate.assets import asset_key
-from headwater.serve import catalog
 
 SENSOR_NAME = "late_data"
 INTERVAL_S = 30
@@ -82,19 +80,16 @@ def range_tags(start: dt.date, end: dt.date) -> dict[str, str]:
     return {ASSET_PARTITION_RANGE_START_TAG: start.isoformat(), ASSET_PARTITION_RANGE_END_TAG: end.isoformat()}
 
 
-def _version(path: Path) -> int:
-    return DeltaTable(str(path)).version()
-
-
 def built_range(instance: DagsterInstance, home: Home, model: Model) -> tuple[dt.date, dt.date] | None:
     """What ``model`` has been built for: for a partitioned model the first and last ``ds`` of
     Dagster's materialised partitions together with the ``ds`` range holding rows in its Delta
     table; :data:`late_data.ALWAYS` for an unpartitioned one whose table exists; ``None`` if
     never built."""
+    lake = Lake.of(home)
     if not model.partitioned:
-        return late_data.ALWAYS if tables.exists(catalog.table_path(home, model.table)) else None
+        return late_data.ALWAYS if lake.exists(model.table) else None
     days = [dt.date.fromisoformat(k) for k in instance.get_materialized_partitions(asset_key(model.table))]
-    days += list(source_range(home, model.table) or ())
+    days += list(lake.ds_range(model.table) or ())
     return (min(days), max(days)) if days else None
 
 
@@ -131,16 +126,16 @@ def input_changes(
     instance: DagsterInstance, home: Home, models: tuple[Model, ...], state: dict[str, int]
 ) -> dict[str, set[dt.date]]:
     """Step 1: ``{external input: days with rows added since state[table]}``; advances ``state``."""
+    lake = Lake.of(home)
     produced = {m.table for m in models}
     changed = {}
     for table in sorted({t for m in models for t in m.inputs if t not in produced}):
-        path = catalog.table_path(home, table)
-        if not tables.exists(path):
+        if not lake.exists(table):
             continue
         since = state.get(table)
         if since is None:
-            since = baseline_version(instance, table, [m for m in models if table in m.inputs], _version(path))
-        state[table], days = late_data.changed_days(path, since)
+            since = baseline_version(instance, table, [m for m in models if table in m.inputs], lake.version(table))
+        state[table], days = late_data.changed_days(lake, table, since)
         if days:
             changed[table] = days
     return changed
@@ -149,10 +144,10 @@ def input_changes(
 def stale_seeds(home: Home, deferred: frozenset[str], state: dict[str, int]) -> dict[str, set[dt.date]]:
     """Step 2: ``{reader: stale days}`` for each table in ``deferred`` rebuilt since ``state``;
     advances ``state``."""
+    lake = Lake.of(home)
     seeds = {}
     for table in sorted(deferred):
-        path = catalog.table_path(home, table)
-        if tables.exists(path) and state.get(table) != (version := _version(path)):
+        if lake.exists(table) and state.get(table) != (version := lake.version(table)):
             state[table] = version
             reader, stale_days = STALE_READER_DAYS[table]
             if days := set(stale_days(home)):

@@ -4,7 +4,8 @@
 GraphQL API) and ``dagster-daemon`` (schedules, sensors, the run queue, backfills launched
 from the UI) sharing one code server that loads :mod:`headwater.orchestrate.location`. With
 ``DAGSTER_HOME`` set it keeps its state in that home's SQLite storage
-(:mod:`headwater.orchestrate.instance`). ``headwater up`` runs it as one more supervised child.
+(:mod:`headwater.orchestrate.instance`). ``headwater up`` runs it as one more supervised child,
+on the port of the setting ``dagster.port`` (a free one if unset).
 """
 
 from __future__ import annotations
@@ -16,19 +17,6 @@ import sys
 
 from headwater.config import Home
 from headwater.orchestrate.instance import dagster_home
-
-PORT_ENV = "HEADWATER_DAGSTER_PORT"
-
-
-def port_from_env(free: int) -> int:
-    """``HEADWATER_DAGSTER_PORT`` if set, else ``free`` (a port found free by the caller).
-    Raises ``ValueError`` naming the variable if it is not a port number."""
-    value = os.environ.get(PORT_ENV)
-    if not value:
-        return free
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise ValueError(f"{PORT_ENV}: {value!r} is not a TCP port number")
-    return int(value)
 
 
 def _default_sigint() -> None:

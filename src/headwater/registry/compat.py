@@ -55,6 +55,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from headwater.errors import InvalidInputError
+
 MODES = (
     "BACKWARD",
     "BACKWARD_TRANSITIVE",
@@ -119,9 +121,9 @@ def pairs(mode: str, new: Any, previous: list[tuple[int, Any]]) -> Iterable[tupl
     against ``previous`` (``[(version, schema)]``, oldest first). ``direction`` is
     ``"backward"`` (new reads old) or ``"forward"`` (old reads new).
 
-    Raises ``ValueError`` for an unknown mode."""
+    Raises :class:`~headwater.errors.InvalidInputError` for an unknown mode."""
     if mode not in MODES:
-        raise ValueError(f"compatibility: {mode!r} is not one of {', '.join(MODES)}")
+        raise InvalidInputError(f"compatibility: {mode!r} is not one of {', '.join(MODES)}", field="compatibility")
     if mode == "NONE" or not previous:
         return []
     against = previous if mode.endswith("_TRANSITIVE") else previous[-1:]

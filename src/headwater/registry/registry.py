@@ -19,22 +19,24 @@ import jsonschema
 from jsonschema import Draft202012Validator
 
 from headwater.config import Home
+from headwater.errors import ConflictError, InvalidInputError, TransientError
 from headwater.registry import compat
-from headwater.registry.store import ConflictError, SchemaVersion, Store, fingerprint, store_from_env
+from headwater.registry.store import SchemaVersion, Store, fingerprint, open_store
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 MAX_SUBJECT_CHARS = 200
 
 
-class RegistryError(ValueError):
-    """A contract or subject the registry refuses; the message names the field and rule."""
+class RegistryError(InvalidInputError):
+    """A contract, subject or mode the registry refuses; the message names the field and rule."""
 
 
-class IncompatibleSchemaError(RegistryError):
-    """The schema breaks the subject's compatibility mode; ``check`` holds every problem."""
+class IncompatibleSchemaError(ConflictError):
+    """The schema breaks the subject's compatibility mode (it conflicts with the versions
+    already registered); ``check`` holds every problem, the message lists them."""
 
     def __init__(self, check: "Check"):
-        super().__init__(check.message())
+        super().__init__(check.message(), field="schema")
         self.check = check
 
 
@@ -154,8 +156,8 @@ class Registry:
 
     @classmethod
     def from_home(cls, home: Home) -> "Registry":
-        """The registry of ``home`` (PostgreSQL if ``HEADWATER_REGISTRY_URL`` is set)."""
-        return cls(store_from_env(home))
+        """The registry of ``home`` (PostgreSQL if setting ``registry.url`` is set)."""
+        return cls(open_store(home))
 
     def subjects(self) -> list[str]:
         return self.store.subjects()
@@ -203,7 +205,9 @@ class Registry:
         False when the schema equals the latest version).
 
         Raises :class:`IncompatibleSchemaError` (message: every field and rule broken),
-        :class:`RegistryError` for an invalid subject, schema or mode."""
+        :class:`RegistryError` for an invalid subject, schema or mode,
+        :class:`~headwater.errors.TransientError` when concurrent registrations kept winning
+        the race, and what the store raises (:mod:`.store`)."""
         for _ in range(5):  # compare-and-set: retry if another registration won the race
             result = self.check(subject, schema, mode)
             if not result.compatible:
@@ -218,7 +222,7 @@ class Registry:
             if mode:
                 self.store.set_mode(subject, result.mode)
             return registered
-        raise RegistryError(f"subject {subject!r}: concurrent registrations kept conflicting; retry")
+        raise TransientError(f"subject {subject!r}: concurrent registrations kept conflicting; retry", field="subject")
 
     def _check_table_name(self, subject: str) -> None:
         name = table_name(subject)

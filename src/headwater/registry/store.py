@@ -2,8 +2,9 @@
 
 Both stores hold, per subject (an event name): its versions ``1, 2, …`` (immutable once
 written, each a JSON Schema document and its registration time, UTC) and its compatibility
-mode (None: the default, ``BACKWARD``). :func:`store_from_env` picks PostgreSQL when
-``HEADWATER_REGISTRY_URL`` is a ``postgresql://`` URL, else the home's files.
+mode (None: the default, ``BACKWARD``). :func:`open_store` picks PostgreSQL when the
+setting ``registry.url`` (``HEADWATER_REGISTRY_URL``) is a ``postgresql://`` URL, else the
+home's files.
 
 Concurrency: :meth:`Store.append` is compare-and-set on the latest version — it writes
 version ``expected + 1`` only if ``expected`` is still the latest, else raises
@@ -12,6 +13,12 @@ check against the same predecessor. Files: an exclusive ``flock`` on ``registry/
 around read-check-write, each subject file replaced atomically (write temp, fsync, rename,
 fsync directory). PostgreSQL: a transaction holding ``pg_advisory_xact_lock`` on the
 subject, the version the primary key.
+
+Errors: psycopg's are wrapped here, original as ``__cause__``: the server unreachable or the
+connection lost -> :class:`~headwater.errors.TransientError`, a constraint violated ->
+:class:`~headwater.errors.ConflictError`, a value PostgreSQL cannot store (e.g. ``\u0000``
+in jsonb) -> :class:`~headwater.errors.InvalidInputError`. An unreadable subject file ->
+:class:`~headwater.errors.InvalidInputError` naming it.
 
 Change detection: :meth:`Store.stamp` is a cheap value that changes whenever anything is
 registered or a mode is set (files: name, size, mtime and inode of every subject file;
@@ -32,9 +39,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from headwater.config import Home
+from headwater.errors import ConflictError, InvalidInputError, TransientError
 from headwater.files import write_atomic
-
-REGISTRY_URL_ENV = "HEADWATER_REGISTRY_URL"
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,6 @@ def fingerprint(schema: Any) -> str:
     return hashlib.sha256(json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-class ConflictError(Exception):
-    """Another registration of the same subject committed first; re-read and retry."""
-
-
 class Store(ABC):
     """Storage of subjects, versions and modes (see the module docstring)."""
 
@@ -76,8 +78,8 @@ class Store(ABC):
     def append(self, subject: str, schema: dict, expected_latest: int) -> SchemaVersion:
         """Store ``schema`` as version ``expected_latest + 1`` of ``subject``.
 
-        Raises :class:`ConflictError` if ``subject``'s latest version is not ``expected_latest``
-        (0: no version yet)."""
+        Raises :class:`~headwater.errors.ConflictError` if ``subject``'s latest version is not
+        ``expected_latest`` (0: no version yet): another registration committed first."""
 
     @abstractmethod
     def mode(self, subject: str) -> str | None:
@@ -183,12 +185,12 @@ class FileStore(Store):
 
 
 def _load(path: Path) -> dict:
-    """A subject file; ``ValueError`` naming the file if it is not valid JSON."""
+    """A subject file; :class:`InvalidInputError` naming the file if it is not valid JSON."""
     data = path.read_bytes()
     try:
         return json.loads(data)
     except ValueError as e:
-        raise ValueError(f"schema registry file {path}: not valid JSON ({e}); restore it from a backup") from None
+        raise InvalidInputError(f"schema registry file {path}: not valid JSON ({e}); restore it from a backup", field=str(path)) from None
 
 
 def _versions(doc: dict) -> list[SchemaVersion]:
@@ -226,7 +228,8 @@ class PostgresStore(Store):
     created on first use. ``url``: a libpq connection string (``postgresql://user@host/db``).
 
     One connection, opened lazily and re-opened after a failure; every call is its own
-    transaction. Raises ``psycopg.OperationalError`` when the server cannot be reached."""
+    transaction. Raises :class:`~headwater.errors.TransientError` when the server cannot be
+    reached (see the module docstring for the other errors)."""
 
     def __init__(self, url: str):
         self.url = url
@@ -236,7 +239,10 @@ class PostgresStore(Store):
         import psycopg
 
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.url, autocommit=True)
+            try:
+                self._conn = psycopg.connect(self.url, autocommit=True)
+            except psycopg.ProgrammingError as e:  # a malformed URL; unreachable servers are OperationalError
+                raise InvalidInputError(f"registry.url: {str(e).strip()}", field="registry.url") from e
             with self._conn.transaction():
                 self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('headwater_schema_ddl'))")
                 self._conn.execute(_DDL)
@@ -246,13 +252,20 @@ class PostgresStore(Store):
     def _tx(self):
         import psycopg
 
-        conn = self._connect()
         try:
-            with conn.transaction():
-                yield conn
-        except psycopg.OperationalError:
-            conn.close()  # a broken connection is replaced on the next call
-            raise
+            conn = self._connect()
+            try:
+                with conn.transaction():
+                    yield conn
+            except psycopg.OperationalError:
+                conn.close()  # a broken connection is replaced on the next call
+                raise
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            raise TransientError(f"schema registry database: {str(e).strip()}", field="registry.url") from e
+        except psycopg.IntegrityError as e:
+            raise ConflictError(f"schema registry database: {str(e).strip()}") from e
+        except psycopg.DataError as e:
+            raise InvalidInputError(f"schema registry database refused a value: {str(e).strip()}") from e
 
     def subjects(self) -> list[str]:
         with self._tx() as c:
@@ -313,13 +326,8 @@ class PostgresStore(Store):
             self._conn = None
 
 
-def store_from_env(home: Home) -> Store:
-    """:class:`PostgresStore` when ``HEADWATER_REGISTRY_URL`` is a ``postgresql://`` (or
-    ``postgres://``) URL, else the home's :class:`FileStore`. Raises ``ValueError`` for a
-    URL of another scheme."""
-    url = os.environ.get(REGISTRY_URL_ENV, "").strip()
-    if not url:
-        return FileStore.of(home)
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
-    raise ValueError(f"{REGISTRY_URL_ENV}: expected a postgresql:// URL, got {url.split('://')[0]!r}://…")
+def open_store(home: Home) -> Store:
+    """:class:`PostgresStore` when setting ``registry.url`` is set (the settings accept only
+    ``postgresql://`` and ``postgres://`` URLs), else the home's :class:`FileStore`."""
+    url = home.settings.registry.url
+    return PostgresStore(url.get_secret_value()) if url is not None else FileStore.of(home)

@@ -25,17 +25,19 @@ JSON Schema                                  column
 anything else (object, array, mixed)         ``string`` holding the JSON text
 ==========================================  =======================================
 
-The batch build (:func:`headwater.models.run.build`, ``headwater batch``) runs :func:`build`
-after the models, for the ``ds`` range it was asked for (even where it widened
-``silver.events``' own range for identity re-stitching: typed tables carry no derived columns).
+Each typed table is a model of the batch DAG (:func:`headwater.models.dag.typed_models`,
+one per subject, discovered when the DAG is built): it reads ``silver.events`` day for day, so
+``headwater batch``, ``headwater backfill`` and the late-data sensor build and restate it like
+any other partitioned model. This module derives its declaration (:func:`table_spec`: the
+``silver.evt_*`` family's partitioning and grain, the schema from the contract) and its rows
+(:func:`extract`).
 
-Writes: each build replaces the ``ds`` partitions of its range in one commit
-(:func:`headwater.lake.tables.overwrite_partitions`, ``replaceWhere`` semantics) with Delta
-schema evolution (``schema_mode="merge"``): a property added by a new version appears as a
-new nullable column; files of partitions outside the range are not rewritten, so older
-rows read null there. A column whose *type* changes (a version widening ``integer`` to
-``number``) cannot be merged: the table is then rebuilt whole from ``silver.events``
-(``schema_mode="overwrite"``), the one case where history is rewritten.
+Writes (by the batch runner, :func:`headwater.models.run.run_model`): each run replaces the
+``ds`` partitions of its range in one commit with Delta schema evolution: a property added
+by a new version appears as a new nullable column; files of partitions outside the range
+are not rewritten, so older rows read null there. A column whose *type* changes (a version
+widening ``integer`` to ``number``) cannot be merged: the table is then rebuilt whole from
+``silver.events``, the one case where history is rewritten.
 
 Extraction is one DuckDB query per table over the catalog (``json_extract`` with JSON
 pointers, ``TRY_CAST``), never a Python loop over rows.
@@ -43,20 +45,18 @@ pointers, ``TRY_CAST``), never a Python loop over rows.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import duckdb
 import pyarrow as pa
-from deltalake import write_deltalake
 
-from headwater.config import Home
 from headwater.events import EVENT_SCHEMA, TS
-from headwater.lake import tables
-from headwater.registry.registry import Registry, table_name
-from headwater.serve import catalog
+from headwater.lake import catalog
+from headwater.lake.catalog import TableSpec
+from headwater.registry.registry import table_name
 
 EVENT_COLUMNS = [f for f in EVENT_SCHEMA if f.name not in ("properties", "ds")]
 
@@ -179,75 +179,18 @@ def select_sql(columns: list[Column]) -> str:
     )
 
 
-def build(
-    home: Home,
-    start: dt.date,
-    end: dt.date,
-    con: duckdb.DuckDBPyConnection | None = None,
-    registry: Registry | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, int]:
-    """Rebuild the ``ds`` partitions ``[start, end]`` of every subject's typed table from
-    ``silver.events``. ``con``: a catalog connection (a fresh one if None; each written
-    table is re-registered in it). Returns ``{"silver.evt_…": rows written}``; ``{}`` when
-    no subject is registered or ``silver.events`` does not exist.
-
-    Raises ``ValueError`` if ``start > end``; ``deltalake.exceptions.DeltaError`` from the
-    write (nothing is committed for that table then)."""
-    if start > end:
-        raise ValueError(f"start: {start} is after end {end}")
-    own_registry = registry is None
-    registry = registry or Registry.from_home(home)
-    try:
-        subjects = {s: registry.versions(s) for s in registry.subjects()}
-    finally:
-        if own_registry:
-            registry.close()
-    if not subjects or not tables.exists(catalog.table_path(home, "silver.events")):
-        return {}
-    own = con is None
-    con = con or catalog.connect(home)
-    written = {}
-    try:
-        for subject, versions in subjects.items():
-            t0 = time.perf_counter()
-            table = f"silver.{table_name(subject)}"
-            rows, s, e = _build_one(home, con, subject, [v.schema for v in versions], table, start, end)
-            catalog.register(con, home, table)
-            written[table] = rows
-            if progress:
-                progress(f"{table} {s}..{e}: {rows} rows in {time.perf_counter() - t0:.2f} s")
-    finally:
-        if own:
-            con.close()
-    return written
+def table_spec(subject: str, columns: Sequence[Column]) -> TableSpec:
+    """The declaration of ``subject``'s typed table ``silver.evt_<name>``: the ``silver.evt_*``
+    family's partitioning and grain, the schema :func:`typed_schema` of ``columns``."""
+    name = f"silver.{table_name(subject)}"
+    family = catalog.spec(name)
+    return dataclasses.replace(family, name=name, schema=typed_schema(list(columns)),
+                               description=f"Typed table of the event {subject!r}: one column per contract property.")
 
 
-def _build_one(home, con, subject, schemas, table, start, end) -> tuple[int, dt.date, dt.date]:
-    columns = property_columns(schemas)
-    schema = typed_schema(columns)
-    path = catalog.table_path(home, table)
-    existing = tables.dataset(path)
-    retyped = existing is not None and any(
-        f.name in existing.schema.names and existing.schema.field(f.name).type != f.type for f in schema
-    )
-    if retyped:  # a type changed: rebuild every partition (see the module docstring)
-        start, end = con.execute("SELECT min(ds), max(ds) FROM silver.events").fetchall()[0]
-        if start is None:
-            return 0, start, end
-    result = con.sql(select_sql(columns), params={"name": subject, "start": start, "end": end}).to_arrow_reader()
-    rows = 0
-
-    def conformed() -> Iterator[pa.RecordBatch]:
-        nonlocal rows
-        for batch in result:
-            batch = batch.cast(schema)
-            rows += batch.num_rows
-            yield batch
-
-    data = pa.RecordBatchReader.from_batches(schema, conformed())
-    if retyped:
-        write_deltalake(str(path), data, mode="overwrite", schema_mode="overwrite", partition_by=["ds"])
-    else:
-        tables.overwrite_partitions(path, data, start, end)
-    return rows, start, end
+def extract(con: duckdb.DuckDBPyConnection, subject: str, columns: Sequence[Column], start: dt.date, end: dt.date) -> pa.RecordBatchReader:
+    """The rows of ``subject``'s typed table for ``ds`` in ``[start, end]``, from the
+    ``silver.events`` of SQL catalog connection ``con``, in the column order of
+    :func:`typed_schema` (values not yet cast: the runner casts to the schema). Raises
+    ``duckdb.CatalogException`` if ``silver.events`` is not registered in ``con``."""
+    return con.sql(select_sql(list(columns)), params={"name": subject, "start": start, "end": end}).to_arrow_reader()

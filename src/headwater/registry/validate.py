@@ -37,8 +37,9 @@ import pyarrow.compute as pc
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import best_match
 
-from headwater.collector.segment import Normalized, bad_row
 from headwater.events import SCHEMA_VIOLATION
+from headwater.ingest.badrows import BadRow
+from headwater.ingest.canonical import Normalized, Rejection
 from headwater.registry import fastpath
 from headwater.registry.registry import Registry
 
@@ -162,8 +163,9 @@ def apply(
     row is the k-th message index not in ``norm.errors``); ``messages`` are the request's
     raw messages (the payload of a bad row, through ``redact``); ``at(i)`` is the JSON path
     of message ``i`` in the request (``$.batch[3]``). Returns a new :class:`Normalized`
-    with the rejected events moved to ``bad_rows`` / ``errors`` (sorted by index) and
-    ``schema_version`` set on the validated ones."""
+    with the rejected events moved to its rejections (sorted by index; bad rows with
+    ``field`` = the JSON path and ``rule`` = the JSON Schema keyword) and ``schema_version``
+    set on the validated ones."""
     events = norm.events
     contracts = validator.contracts()
     if events.num_rows == 0 or (not contracts and not reject_unregistered):
@@ -179,7 +181,7 @@ def apply(
     if not pc.any(registered).as_py() and unregistered_rejects is None:
         return norm
 
-    rejected_rows: dict[int, tuple[str, str]] = {}  # row → (path in the message, reason)
+    rejected_rows: dict[int, tuple[str, str, str]] = {}  # row → (path in the message, rule, reason)
     versions: list[str | None] = [None] * events.num_rows
     rows = pc.indices_nonzero(registered).to_pylist()
     take = pa.array(rows, pa.int64())  # typed: an empty Python list would be a null array
@@ -198,22 +200,22 @@ def apply(
             versions[row] = str(c.version)
         else:
             path, rule, message = found
-            rejected_rows[row] = (path, f"Field `{path}`: {message} (rule `{rule}` of schema {name!r} version {c.version})")
+            rejected_rows[row] = (path, rule, f"Field `{path}`: {message} (rule `{rule}` of schema {name!r} version {c.version})")
     if unregistered_rejects is not None:
         for row in pc.indices_nonzero(unregistered_rejects).to_pylist():
             name = names[row].as_py()
-            rejected_rows[row] = ("event", f"Field `event`: event name {name!r} has no registered schema and source {source!r} rejects unregistered events (rule `registered`)")
+            rejected_rows[row] = ("event", "registered", f"Field `event`: event name {name!r} has no registered schema and source {source!r} rejects unregistered events (rule `registered`)")
 
     # Message index of each event row: the request's indices minus the rejected ones.
-    refused = {e["index"] for e in norm.errors}
+    refused = {r.index for r in norm.rejections}
     indices = [i for i in range(events.num_rows + len(refused)) if i not in refused]
-    errors, bad_rows = list(norm.errors), list(norm.bad_rows)
-    for row, (path, reason) in sorted(rejected_rows.items()):
+    rejections = list(norm.rejections)
+    for row, (path, rule, reason) in sorted(rejected_rows.items()):
         i = indices[row]
-        text = f"{reason} - at `{at(i)}.{path}`"
-        errors.append({"index": i, "code": SCHEMA_VIOLATION, "message": text})
-        bad_rows.append(bad_row(received_at_us, source, SCHEMA_VIOLATION, text, redact(bytes(messages[i])), protocol=protocol))
-    errors.sort(key=lambda e: e["index"])
+        field = f"{at(i)}.{path}"
+        bad = BadRow(SCHEMA_VIOLATION, f"{reason} - at `{field}`", source, received_at_us, redact(bytes(messages[i])), protocol, field, rule)
+        rejections.append(Rejection(i, bad))
+    rejections.sort(key=lambda r: r.index)
 
     column = pa.array(versions, pa.string())
     out = events.set_column(events.schema.get_field_index("schema_version"), events.schema.field("schema_version"), column)
@@ -222,4 +224,4 @@ def apply(
         for row in rejected_rows:
             keep[row] = False
         out = out.filter(pa.array(keep))
-    return Normalized(out, bad_rows, errors)
+    return Normalized(out, rejections)

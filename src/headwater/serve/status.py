@@ -16,8 +16,9 @@ import datetime as dt
 from typing import Any
 
 from headwater.config import Home
-from headwater.lake import tables
-from headwater.log.sqlite import SqliteLog
+from headwater.errors import NotFoundError
+from headwater.lake.store import Lake
+from headwater.log import open_log
 from headwater.stream.checkpoint import Checkpoint
 from headwater.stream.processor import BAD_ROWS, EVENTS, QUERY
 
@@ -25,13 +26,13 @@ from headwater.stream.processor import BAD_ROWS, EVENTS, QUERY
 def log_offsets(home: Home) -> dict[str, Any]:
     """Per topic: ``{"partitions": {p: {"end_offset", "committed_offset", "lag"}}, "lag"}``,
     committed offsets being the bronze query's consumer group; topics not yet created are absent."""
-    log = SqliteLog(home.log_path)
+    log = open_log(home.settings.log_url)
     out: dict[str, Any] = {}
     try:
         for topic in (EVENTS, BAD_ROWS):
             try:
                 ends, done = log.end_offsets(topic), log.committed(QUERY, topic)
-            except KeyError:
+            except NotFoundError:
                 continue
             parts = {p: {"end_offset": e, "committed_offset": done[p], "lag": e - done[p]} for p, e in ends.items()}
             out[topic] = {"partitions": parts, "lag": sum(v["lag"] for v in parts.values())}
@@ -62,10 +63,6 @@ def status(home: Home) -> dict[str, Any]:
             when = dt.datetime.fromtimestamp(info["committed_ms"] / 1000, dt.timezone.utc)
             out["stream"] = {"last_batch_id": last, "last_batch_time": when.isoformat(), "totals": info["totals"]}
 
-    lake = home.root / "lake"
-    if lake.exists():
-        for layer in sorted(p for p in lake.iterdir() if p.is_dir()):
-            for table in sorted(p for p in layer.iterdir() if p.is_dir()):
-                if tables.exists(table):
-                    out["tables"][f"{layer.name}.{table.name}"] = tables.row_count(table)
+    lake = Lake.of(home)
+    out["tables"] = {table: lake.row_count(table) for table in lake.tables()}  # existing catalog tables
     return out

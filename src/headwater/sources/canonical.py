@@ -1,16 +1,19 @@
 """Mapped rows (:mod:`.mapping`) → canonical events + bad rows → the event log.
 
-The last step every non-HTTP source shares with the collector: ids become HMAC tokens
-(:meth:`headwater.collector.tokens.Tokenizer.column`, one HMAC per distinct id), properties
-go through the source's PII policy (:mod:`headwater.collector.pii`), events are split by
-identity key into log partitions (:mod:`headwater.collector.partitioning`) and appended,
+The last step every non-HTTP source shares with the collector, over the ingest core: ids
+become HMAC tokens (:meth:`headwater.ingest.tokens.Tokenizer.column`, one HMAC per distinct
+id), events are built by :func:`headwater.ingest.canonical.build_events` from Arrow columns,
+properties go through the source's PII policy (:mod:`headwater.ingest.pii`), bad rows are
+typed :class:`~headwater.ingest.badrows.BadRow` with their payload redacted, events are split by
+identity key into log partitions (:mod:`headwater.ingest.partitioning`) and appended,
 with the batch's bad rows, in ONE log transaction — a batch is stored whole or not at all.
+On a log without ``atomic_multi_topic_append`` the events and the bad rows are two appends,
+each atomic: a failure between them raises with the events stored, and a rerun stores them
+again (deduplicated by ``event_id`` downstream, never twice in bronze) and the bad rows once.
 """
 
 from __future__ import annotations
 
-import functools
-import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,19 +23,15 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.collector.partitioning import event_appends
-from headwater.collector.pii import PiiScrubber, scrubber
-from headwater.collector.segment import bad_row, bad_rows_table
-from headwater.collector.tokens import Tokenizer
-from headwater.config import Home, PiiPolicy, partitions_from_env
+from headwater.config import Home, PiiPolicy
 from headwater.events import BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC, TS
-from headwater.log.base import Append, EventLog
-from headwater.log.codec import encode
-from headwater.log.sqlite import SqliteLog
+from headwater.ingest.badrows import BadRow, bad_rows_append, redact
+from headwater.ingest.canonical import EventColumns, build_events
+from headwater.ingest.partitioning import event_appends
+from headwater.ingest.pii import PiiScrubber, scrubber
+from headwater.ingest.tokens import Tokenizer
+from headwater.log import Append, EventLog, open_log
 
-MAX_PAYLOAD_CHARS = 32 * 1024  # a bad row keeps at most this much of the input row
-
-_decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -66,13 +65,13 @@ class LogSink:
     def __init__(self, home: Home, source: str, *, protocol: str, context: dict, id_columns: tuple[str, ...],
                  surface: str = "server", platform: str = "server", log: EventLog | None = None):
         self.home, self.source, self.protocol = home, source, protocol
-        self.log = log or SqliteLog(home.log_path)
-        self.partitions = self.log.ensure_topic(EVENTS_TOPIC, partitions_from_env())
+        self.log = log or open_log(home.settings.log_url)
+        self.partitions = self.log.ensure_topic(EVENTS_TOPIC, home.settings.log.partitions)
         self.log.ensure_topic(BAD_ROWS_TOPIC, 1)
         # A large cache: an export's ids repeat across batches; 1M ids ≈ 150 MB at most.
         self.tokenizer = Tokenizer(home.hmac_key(), cache_size=1 << 20)
-        policy = next((s.pii for s in home.sources() if s.name == source), PiiPolicy())
-        self.scrubber: PiiScrubber = scrubber(policy, self.tokenizer)
+        self.policy = next((s.pii for s in home.sources() if s.name == source), PiiPolicy())
+        self.scrubber: PiiScrubber = scrubber(self.policy, self.tokenizer)
         self.context = _encode(context).decode()
         self.surface, self.platform = surface, platform
         self.id_columns = id_columns
@@ -81,7 +80,7 @@ class LogSink:
         """Append one batch of :data:`~headwater.sources.mapping.MAPPED_COLUMNS` rows: good rows
         as events, the rest as bad rows, in one log transaction. Returns its counts."""
         appends, counts = self.prepare(mapped)
-        self.log.append(appends)
+        self._append(appends)
         return counts
 
     def write_all(self, batches) -> Counts:
@@ -96,7 +95,7 @@ class LogSink:
                 appends, counts = self.prepare(batch)
                 if pending is not None:
                     pending.result()
-                pending = pool.submit(self.log.append, appends)
+                pending = pool.submit(self._append, appends)
                 total.add(counts)
             if pending is not None:
                 pending.result()
@@ -114,65 +113,37 @@ class LogSink:
         appends = event_appends(events, self.partitions, EVENTS_TOPIC)
         counts = Counts(rows=mapped.num_rows, accepted=events.num_rows)
         if bad.num_rows:
+            # Payloads: identifier columns tokenised here, the source's PII policy by bad_rows_append.
             rows = [
-                bad_row(received_us, self.source, t, reason, self._payload(p), protocol=self.protocol)
+                BadRow(t, reason, self.source, received_us, redact(p, self.tokenizer, self.id_columns) if p is not None else None, self.protocol)
                 for t, reason, p in zip(*(bad.column(c).to_pylist() for c in ("_error_type", "_error", "_payload")))
             ]
-            counts.rejected.update(r["error_type"] for r in rows)
-            appends.append(Append(BAD_ROWS_TOPIC, 0, len(rows), encode(bad_rows_table(rows))))
+            counts.rejected.update(r.error_type for r in rows)
+            appends.append(bad_rows_append(rows, self.policy, self.tokenizer))
         return appends, counts
 
+    def _append(self, appends: list[Append]) -> None:
+        """One batch's appends: one log transaction, or one per topic, events first (module doc)."""
+        for group in self.log.atomic_groups(appends):
+            self.log.append(group)
+
     def events(self, good: pa.Table, received_us: int) -> pa.Table:
-        """``EVENT_SCHEMA`` table of mapped rows that passed every rule."""
+        """``EVENT_SCHEMA`` table of mapped rows that passed every rule (event time as mapped:
+        no client clock to correct), ``properties`` scrubbed with the source's PII policy."""
         n = good.num_rows
-        ts = good.column("event_ts").cast(TS)
-        events = pa.Table.from_arrays(
-            [
-                good.column("event_id"),
-                good.column("event_type"),
-                good.column("event_name"),
-                self.tokenizer.column(good.column("anon_raw")),
-                self.tokenizer.column(good.column("user_raw")),
-                ts,
-                pa.repeat(pa.scalar(received_us, TS), n),
-                pa.repeat(pa.scalar(self.source), n),
-                pa.repeat(pa.scalar(self.surface), n),
-                pc.fill_null(good.column("platform"), self.platform),
-                good.column("properties"),
-                pa.repeat(pa.scalar(self.context), n),
-                pa.nulls(n, pa.string()),
-                pc.cast(ts, pa.date32()),
-            ],
-            schema=EVENT_SCHEMA,
+        columns = EventColumns(
+            event_ids=good.column("event_id"),
+            event_types=good.column("event_type"),
+            event_names=good.column("event_name"),
+            anonymous_ids=self.tokenizer.column(good.column("anon_raw")),
+            user_ids=self.tokenizer.column(good.column("user_raw")),
+            timestamps=good.column("event_ts"),
+            original_timestamps=pa.nulls(n, TS),
+            sent_ats=pa.nulls(n, TS),
+            surfaces=pa.repeat(pa.scalar(self.surface), n),
+            platforms=pc.fill_null(good.column("platform"), self.platform),
+            properties=good.column("properties"),
+            contexts=pa.repeat(pa.scalar(self.context), n),
         )
+        events = build_events(columns, source=self.source, received_at_us=received_us)
         return self.scrubber.apply(events, ("properties",))
-
-    def _payload(self, text: str | None) -> str | None:
-        """The input row for a bad row: identifier columns tokenised, PII policy applied."""
-        if text is None:
-            return None
-        try:
-            obj = _decode(text)
-        except msgspec.DecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            for c in self.id_columns:
-                v = obj.get(c)
-                if v is not None and v != "" and not isinstance(v, (dict, list)):
-                    obj[c] = self.tokenizer(str(v))
-            return self.scrubber.scrub_json(_encode(obj).decode())[:MAX_PAYLOAD_CHARS]
-        # Not a JSON object (a key=value line, a malformed line): tokenise `id=value` and
-        # `"id": "value"` pairs of the identifier columns textually, then the policy's text rules.
-        for c in self.id_columns:
-            for pattern in _id_patterns(c):
-                text = pattern.sub(lambda m: m[1] + self.tokenizer(m[2]) + m[3], text)
-        return self.scrubber.scrub_text(text)[:MAX_PAYLOAD_CHARS]
-
-
-@functools.lru_cache(maxsize=64)
-def _id_patterns(key: str) -> tuple[re.Pattern, ...]:
-    k = re.escape(key)
-    return (
-        re.compile(r"((?:^|[|\s])" + k + r"\s*=\s*)([^|\s]+)()"),
-        re.compile(r'("' + k + r'"\s*:\s*")((?:[^"\\]|\\.)*)(")'),
-    )

@@ -34,6 +34,7 @@ import duckdb
 import pyarrow as pa
 
 from headwater.config import Home
+from headwater.errors import InvalidInputError, NotFoundError
 from headwater.log.base import EventLog
 from headwater.sources.canonical import Counts, LogSink
 from headwater.sources.lines import LINES_SCHEMA, object_sql, read_lines
@@ -45,13 +46,13 @@ _SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".n
 
 def detect_format(path: Path) -> str:
     """``csv`` / ``jsonl`` / ``parquet`` from the file name (a ``.gz`` suffix is looked
-    through); ``ValueError`` naming the option to use when the name does not tell."""
+    through); :class:`InvalidInputError` naming the option to use when the name does not tell."""
     suffixes = [s.lower() for s in Path(path).suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes.pop()
     fmt = _SUFFIXES.get(suffixes[-1]) if suffixes else None
     if fmt is None:
-        raise ValueError(f"format: cannot tell the format of {Path(path).name!r} from its name: give one of {', '.join(FILE_FORMATS)}")
+        raise InvalidInputError(f"format: cannot tell the format of {Path(path).name!r} from its name: give one of {', '.join(FILE_FORMATS)}", field="format")
     return fmt
 
 
@@ -76,20 +77,21 @@ def import_file(
     """Import ``path`` into the event log as events of ``source``; returns the counts.
 
     ``fmt``: ``csv``, ``jsonl`` or ``parquet`` (default: from the file name). Raises
-    ``FileNotFoundError``, ``ValueError`` for an unknown format or a mapped column the file
-    lacks (nothing is imported then), ``duckdb.Error`` for a file DuckDB cannot open at all."""
+    :class:`NotFoundError` for a missing file, :class:`InvalidInputError` for an unknown
+    format, a mapped column the file lacks or a file that cannot be read in its format at all
+    (nothing is imported then)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise NotFoundError(f"{path}: no such file", field="path")
     fmt = fmt or detect_format(path)
     if fmt not in FILE_FORMATS:
-        raise ValueError(f"format: must be one of {', '.join(FILE_FORMATS)}, got {fmt!r}")
+        raise InvalidInputError(f"format: must be one of {', '.join(FILE_FORMATS)}, got {fmt!r}", field="format")
     con = connect()
     try:
-        if fmt == "jsonl":
-            query = _jsonl_query(con, path, mapping)
-        else:
-            query = _table_query(con, path, mapping, fmt)
+        try:
+            query = _jsonl_query(con, path, mapping) if fmt == "jsonl" else _table_query(con, path, mapping, fmt)
+        except duckdb.Error as e:
+            raise InvalidInputError(f"{path.name}: cannot be read as {fmt}: {e}", field="path") from e
         sink = LogSink(home, source, protocol="import", context={"library": {"name": "headwater-import"}, "import": {"file": path.name}},
                        id_columns=mapping.id_columns(), log=log)
         counts = sink.write_all(con.sql(query, params={"source": source}).to_arrow_reader(batch_rows))

@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from headwater.errors import InvalidInputError
+
 
 LINES_SCHEMA = pa.schema(
     [
@@ -114,7 +116,7 @@ def object_sql(fmt: str, loc: str = "line") -> tuple[str, str]:
         )
         return obj, err
     if fmt != "kv":
-        raise ValueError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise InvalidInputError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}", field="format")
     fields = "list_transform(string_split(line, '|'), lambda p: trim(p))"
     keys = f"list_transform({fields}, lambda p: trim(split_part(p, '=', 1)))"
     malformed = f"list_filter({fields}, lambda p: strpos(p, '=') = 0 OR trim(split_part(p, '=', 1)) = '')"

@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from headwater.errors import InvalidInputError
 from headwater.events import DECODE_FAILURE, ENVELOPE_VIOLATION, EVENT_TYPES
 
 TIMESTAMP_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
@@ -50,7 +51,7 @@ class Mapping:
     ``event_type`` (a column) defaults to ``track`` for every row; ``properties`` is a column
     holding a JSON object — when None, every unmapped column becomes a property;
     ``platform`` (a column, lowercased) fills the canonical ``platform`` (else the source's default).
-    Raises ``ValueError`` naming the option for an impossible mapping."""
+    Raises :class:`~headwater.errors.InvalidInputError` naming the option for an impossible mapping."""
 
     timestamp: str
     user_id: str | None = None
@@ -65,13 +66,13 @@ class Mapping:
 
     def __post_init__(self):
         if not (self.user_id or self.anonymous_id):
-            raise ValueError("mapping: name the user id column, the anonymous id column, or both")
+            raise InvalidInputError("mapping: name the user id column, the anonymous id column, or both", field="mapping")
         if not (self.event or self.event_type):
-            raise ValueError("event: name the event name column (without an event type column every row is a track event, which needs a name)")
+            raise InvalidInputError("event: name the event name column (without an event type column every row is a track event, which needs a name)", field="event")
         if self.timestamp_unit is not None and self.timestamp_unit not in TIMESTAMP_UNITS:
-            raise ValueError(f"timestamp_unit: must be one of {', '.join(TIMESTAMP_UNITS)}, got {self.timestamp_unit!r}")
+            raise InvalidInputError(f"timestamp_unit: must be one of {', '.join(TIMESTAMP_UNITS)}, got {self.timestamp_unit!r}", field="timestamp_unit")
         if self.timestamp_unit and self.timestamp_format:
-            raise ValueError("timestamp_format, timestamp_unit: give one or the other, not both")
+            raise InvalidInputError("timestamp_format, timestamp_unit: give one or the other, not both", field="timestamp_format")
 
     def roles(self) -> dict[str, str]:
         """``{role: column}`` of the mapped roles, e.g. ``{"user id": "uid", "timestamp": "ts"}``."""
@@ -98,15 +99,16 @@ def ident(name: str) -> str:
 
 
 def check_columns(mapping: Mapping, columns: dict[str, str], what: str) -> None:
-    """``ValueError`` naming the role and the columns of ``what`` if a mapped column is absent,
+    """:class:`~headwater.errors.InvalidInputError` naming the role and the columns of ``what`` if a mapped column is absent,
     or if a numeric timestamp column has no ``timestamp_unit``. ``columns``: name → DuckDB type."""
     for role, col in mapping.roles().items():
         if col not in columns:
-            raise ValueError(f"mapping: column {col!r} ({role}) is not in {what}; its columns are {', '.join(map(repr, columns))}")
+            raise InvalidInputError(f"mapping: column {col!r} ({role}) is not in {what}; its columns are {', '.join(map(repr, columns))}", field="mapping")
     ts_type = columns[mapping.timestamp].upper()
     if ts_type in _NUMERIC and not mapping.timestamp_unit:
-        raise ValueError(
-            f"timestamp_unit: column {mapping.timestamp!r} holds numbers ({ts_type}): give the epoch unit (s, ms or us)"
+        raise InvalidInputError(
+            f"timestamp_unit: column {mapping.timestamp!r} holds numbers ({ts_type}): give the epoch unit (s, ms or us)",
+            field="timestamp_unit",
         )
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headwater.config import Home
+from headwater.errors import InvalidInputError
 from headwater.files import write_atomic
 from headwater.log.base import EventLog
 from headwater.sources.canonical import Counts, LogSink
@@ -52,16 +53,16 @@ class Position:
 class ServerLog:
     """One followed log file. ``name`` keys the stored position (default: the file name);
     ``fmt``: ``kv`` or ``jsonl``; events get ``source=source`` and ``platform="server"``.
-    Raises ``ValueError`` for an unknown format or a name that is not ``[A-Za-z0-9_.-]+``."""
+    Raises :class:`~headwater.errors.InvalidInputError` for an unknown format or a name that is not ``[A-Za-z0-9_.-]+``."""
 
     def __init__(self, home: Home, path: Path, mapping: Mapping, *, fmt: str = "kv", source: str = "serverlog",
                  name: str | None = None, log: EventLog | None = None, block_bytes: int = 8 << 20):
         if fmt not in FORMATS:
-            raise ValueError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
+            raise InvalidInputError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}", field="format")
         self.path = Path(path)
         self.name = name or self.path.name
         if not _NAME.match(self.name):
-            raise ValueError(f"name: {self.name!r} must match [A-Za-z0-9_.-]+")
+            raise InvalidInputError(f"name: {self.name!r} must match [A-Za-z0-9_.-]+", field="name")
         self.state_path = home.root / "sources" / "serverlog" / f"{self.name}.json"
         self.block_bytes = block_bytes
         self.sink = LogSink(home, source, protocol="serverlog", context={"library": {"name": "headwater-serverlog"}, "log": {"file": self.path.name}},

@@ -28,12 +28,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from headwater.errors import HeadwaterError
 from headwater.files import write_atomic
 
 RETAIN = 100  # batches of offsets/commits kept, as Spark's minBatchesToRetain
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(HeadwaterError):
     """The checkpoint directory is inconsistent (e.g. offsets missing for a commit)."""
 
 

@@ -43,7 +43,7 @@ Output of aggregate ``name``: Delta table ``realtime.<name>`` with columns ``win
 
 A pipeline loads from a dict or a TOML file (:func:`Pipeline.from_dict`,
 :func:`Pipeline.from_toml`); durations are numbers of seconds or strings such as ``"500ms"``,
-``"30s"``, ``"10m"``, ``"24h"``, ``"7d"``. Invalid definitions raise ``ValueError`` naming the
+``"30s"``, ``"10m"``, ``"24h"``, ``"7d"``. Invalid definitions raise :class:`headwater.errors.InvalidInputError` naming the
 field and the rule.
 """
 
@@ -55,6 +55,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from headwater.errors import InvalidInputError
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -69,7 +71,7 @@ def parse_duration(value: Any, field_name: str) -> dt.timedelta:
         return dt.timedelta(seconds=value)
     if isinstance(value, str) and (m := _DURATION.match(value)):
         return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-    raise ValueError(f"{field_name}: expected a duration such as 30s, 10m or 24h, got {value!r}")
+    raise InvalidInputError(f"{field_name}: expected a duration such as 30s, 10m or 24h, got {value!r}")
 
 
 def _format_duration(d: dt.timedelta) -> str:
@@ -82,13 +84,13 @@ def _format_duration(d: dt.timedelta) -> str:
 
 def _ident(value: str, field_name: str) -> str:
     if not isinstance(value, str) or not _IDENT.match(value):
-        raise ValueError(f"{field_name}: expected an identifier [A-Za-z_][A-Za-z0-9_]*, got {value!r}")
+        raise InvalidInputError(f"{field_name}: expected an identifier [A-Za-z_][A-Za-z0-9_]*, got {value!r}")
     return value
 
 
 def _positive(d: dt.timedelta, field_name: str) -> None:
     if d <= dt.timedelta(0):
-        raise ValueError(f"{field_name}: must be positive, got {d}")
+        raise InvalidInputError(f"{field_name}: must be positive, got {d}")
 
 
 def us(d: dt.timedelta) -> int:
@@ -128,7 +130,7 @@ class Watermark:
     def __post_init__(self):
         _ident(self.column, "watermark.column")
         if self.delay < dt.timedelta(0):
-            raise ValueError(f"watermark.delay: must be >= 0, got {self.delay}")
+            raise InvalidInputError(f"watermark.delay: must be >= 0, got {self.delay}")
         _positive(self.idle_timeout, "watermark.idle_timeout")
 
 
@@ -153,7 +155,7 @@ class Hopping:
         _positive(self.size, "window.size")
         _positive(self.slide, "window.slide")
         if us(self.size) % us(self.slide):
-            raise ValueError(f"window.size: must be a multiple of window.slide ({self.slide}), got {self.size}")
+            raise InvalidInputError(f"window.size: must be a multiple of window.slide ({self.slide}), got {self.size}")
 
 
 @dataclass(frozen=True)
@@ -182,13 +184,13 @@ class Measure:
     def __post_init__(self):
         _ident(self.name, "measure.name")
         if self.kind not in ("count", "sum", "distinct"):
-            raise ValueError(f"measure.kind: expected count, sum or distinct, got {self.kind!r}")
+            raise InvalidInputError(f"measure.kind: expected count, sum or distinct, got {self.kind!r}")
         if self.kind == "count" and self.column is not None:
-            raise ValueError(f"measure.column: a count takes no column, got {self.column!r}")
+            raise InvalidInputError(f"measure.column: a count takes no column, got {self.column!r}")
         if self.kind != "count":
             _ident(self.column, f"measure {self.name}: column")
         if not 4 <= self.lg_k <= 21:
-            raise ValueError(f"measure.lg_k: must be in 4..21 (DataSketches HLL), got {self.lg_k}")
+            raise InvalidInputError(f"measure.lg_k: must be in 4..21 (DataSketches HLL), got {self.lg_k}")
 
     @classmethod
     def count(cls, name: str = "events") -> "Measure":
@@ -219,17 +221,17 @@ class Aggregate:
         for g in self.group_by:
             _ident(g, f"aggregate {self.name}: group_by")
         if not self.measures:
-            raise ValueError(f"aggregate {self.name}: measures must not be empty")
+            raise InvalidInputError(f"aggregate {self.name}: measures must not be empty")
         names = [m.name for m in self.measures] + list(self.group_by) + ["window_start", "window_end"]
         names += [f"{m.name}_sketch" for m in self.measures if m.kind == "distinct"]
         if len(set(names)) != len(names):
-            raise ValueError(f"aggregate {self.name}: output column names must be unique, got {names}")
+            raise InvalidInputError(f"aggregate {self.name}: output column names must be unique, got {names}")
         if self.output_mode not in ("append", "update"):
-            raise ValueError(f"aggregate {self.name}: output_mode must be append or update, got {self.output_mode!r}")
+            raise InvalidInputError(f"aggregate {self.name}: output_mode must be append or update, got {self.output_mode!r}")
         if self.allowed_lateness < dt.timedelta(0):
-            raise ValueError(f"aggregate {self.name}: allowed_lateness must be >= 0, got {self.allowed_lateness}")
+            raise InvalidInputError(f"aggregate {self.name}: allowed_lateness must be >= 0, got {self.allowed_lateness}")
         if isinstance(self.window, Session) and not self.group_by:
-            raise ValueError(f"aggregate {self.name}: a session window needs a group_by key")
+            raise InvalidInputError(f"aggregate {self.name}: a session window needs a group_by key")
 
     @property
     def table(self) -> str:
@@ -250,7 +252,7 @@ class Pipeline:
         _ident(self.name, "pipeline.name")
         names = [a.name for a in self.aggregates]
         if len(set(names)) != len(names):
-            raise ValueError(f"pipeline.aggregates: names must be unique, got {names}")
+            raise InvalidInputError(f"pipeline.aggregates: names must be unique, got {names}")
         for c in self.columns:
             _ident(c.name, "columns.name")
 
@@ -295,7 +297,7 @@ class Pipeline:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Pipeline":
         """Build from the :meth:`to_dict` form; omitted sections take the defaults.
-        ``ValueError`` names the offending field."""
+        :class:`~headwater.errors.InvalidInputError` names the offending field."""
 
         def window(w: dict[str, Any], where: str) -> Window:
             kind = w.get("type")
@@ -305,7 +307,7 @@ class Pipeline:
                 return Hopping(parse_duration(w.get("size"), f"{where}.size"), parse_duration(w.get("slide"), f"{where}.slide"))
             if kind == "session":
                 return Session(parse_duration(w.get("gap", "30m"), f"{where}.gap"))
-            raise ValueError(f"{where}.type: expected tumbling, hopping or session, got {kind!r}")
+            raise InvalidInputError(f"{where}.type: expected tumbling, hopping or session, got {kind!r}")
 
         dd, wm = d.get("dedup", {}), d.get("watermark", {})
         aggs = []
@@ -342,9 +344,14 @@ class Pipeline:
     @classmethod
     def from_toml(cls, path: Path | str) -> "Pipeline":
         """Load a pipeline from a TOML file (same layout as :meth:`to_dict`, aggregates as
-        ``[[aggregates]]`` tables)."""
+        ``[[aggregates]]`` tables). :class:`~headwater.errors.InvalidInputError` names the file
+        (invalid TOML) or the offending field."""
         with open(path, "rb") as f:
-            return cls.from_dict(tomllib.load(f))
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise InvalidInputError(f"{path}: not valid TOML: {e}", field=str(path)) from None
+        return cls.from_dict(data)
 
 
 MINUTE, HOUR = dt.timedelta(minutes=1), dt.timedelta(hours=1)

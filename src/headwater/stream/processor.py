@@ -10,8 +10,8 @@ Per micro-batch N (recovery protocol in :mod:`headwater.stream.checkpoint`):
    ``max_records_per_partition`` events past the previous batch's end, and at most
    ``max_records_per_batch`` in all (backpressure: memory is bounded by the batch);
    ``offsets/N`` records the ranges and the batch timestamp (processing time);
-2. **read**: decode and validate each log record; bad ones go to ``bronze.dead_letter``
-   (:mod:`headwater.stream.records`);
+2. **read**: the planned events of each topic, conformed to its schema; what the log
+   cannot read as events goes to ``bronze.dead_letter`` (:mod:`headwater.stream.records`);
 3. **dedup** on the pipeline's key within the batch and against the TTL state (:mod:`dedup`);
 4. **lateness**: with the watermark as of the end of batch N−1, events too late for an
    aggregate are left out of it and written to ``bronze.late_events`` (:mod:`late`);
@@ -24,7 +24,7 @@ Per micro-batch N (recovery protocol in :mod:`headwater.stream.checkpoint`):
    replay a table already holding txn N is skipped;
 8. **state**: store the batch's dedup ids and the window-operator snapshot (version N), then
    write ``commits/N`` with the batch's metrics, then commit the consumer-group offsets
-   (informational, for lag; the checkpoint is the source of truth).
+   (informational, for lag and the log's retention; the checkpoint is the source of truth).
 
 Concurrency inside a batch (all of it joins before ``commits/N``): the sinks of step 7 commit
 on a small thread pool while the operators of step 6 run side by side, and the state of step 8
@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -56,13 +54,11 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 
 from headwater.config import Home, partitions_from_env
 from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC
-from headwater.lake import tables
-from headwater.log.base import EventLog
-from headwater.log.sqlite import SqliteLog
+from headwater.lake.store import Lake
+from headwater.log import EventLog, open_log
 from headwater.stream import late
 from headwater.stream.aggregate import WindowOperator
 from headwater.stream.checkpoint import RETAIN, Checkpoint
@@ -79,14 +75,8 @@ log = logging.getLogger("headwater.stream")
 EVENTS, BAD_ROWS = EVENTS_TOPIC, BAD_ROWS_TOPIC
 QUERY = "bronze"  # checkpoint name, consumer group and Delta txn app id
 
-# Test-only fault injection: the process SIGKILLs itself right after its N-th Delta sink
-# commit (counted from process start), to crash *between* the commits of one batch.
-KILL_AFTER_COMMIT_ENV = "HEADWATER_STREAM_KILL_AFTER_COMMIT"
-
 SINK_THREADS = 2  # Delta commits of one batch in flight at once (they are mostly I/O and Rust)
 WINDOW_THREADS = 2  # window operators updated at once (more only adds memory on a 2-core box)
-
-_EVENT_FRAME_SCHEMA = pa.schema([*EVENT_SCHEMA, pa.field("_partition", pa.int32()), pa.field("_offset", pa.int64())])
 
 
 @dataclass
@@ -101,15 +91,13 @@ class StreamConfig:
     bound of one micro-batch (backpressure); a total cap is shared among partitions in
     proportion to their backlog (Spark's ``maxOffsetsPerTrigger``);
     ``compact_every``: every this many batches, the ``ds`` partitions of ``bronze.events``
-    written since the last compaction are compacted and log retention is applied (0: never);
-    ``log_retention``: log records older than this, once consumed, are deleted;
+    written since the last compaction are compacted (0: never);
     ``retain_batches``: offset/commit log entries kept (Spark's ``minBatchesToRetain``)."""
 
     trigger_interval_s: float = 0.5
     max_records_per_partition: int = 50_000
     max_records_per_batch: int | None = None
     compact_every: int = 50
-    log_retention: dt.timedelta = dt.timedelta(days=7)
     retain_batches: int = RETAIN
 
 
@@ -136,6 +124,10 @@ class BronzeStream:
     :data:`~headwater.stream.pipeline.DEFAULT_PIPELINE`); ``clock`` returns processing time
     in ms since epoch (tests pass a fake one)."""
 
+    # Test hook: called with the number of Delta sink commits this query made so far, right
+    # after each one (crash tests SIGKILL the process from it, between the commits of a batch).
+    on_commit: Callable[[int], None] | None = None
+
     def __init__(
         self,
         home: Home,
@@ -148,21 +140,23 @@ class BronzeStream:
         self.config = config or StreamConfig()
         self.pipeline = pipeline
         self.clock = clock
-        self.log = event_log or SqliteLog(home.log_path)
+        # This query commits the consumer offsets, so its handle applies the log's retention.
+        self.log = event_log or open_log(home.settings.log_url, retention_ms=home.settings.log.retention_ms)
         self.log.ensure_topic(EVENTS, partitions_from_env())
         self.log.ensure_topic(BAD_ROWS, 1)
         self.checkpoint = Checkpoint(home.checkpoint_dir(QUERY), retain=self.config.retain_batches)
         self.dedup = DedupState(self.checkpoint.state_dir / "dedup", pipeline.dedup.ttl, pipeline.dedup.key)
         self.store = StateStore(self.checkpoint.state_dir / "windows")
-        self.paths = {
-            EVENTS: home.table_path("bronze", "events"),
-            BAD_ROWS: home.table_path("bronze", "bad_rows"),
-            "dead_letter": home.table_path("bronze", "dead_letter"),
-            "late_events": home.table_path("bronze", "late_events"),
-            **{a.table: home.table_path("realtime", a.name) for a in pipeline.aggregates},
+        self.lake = Lake.of(home)
+        # sink name -> table: the two topics, the side outputs and one table per aggregate
+        self.tables = {
+            EVENTS: "bronze.events",
+            BAD_ROWS: "bronze.bad_rows",
+            "dead_letter": "bronze.dead_letter",
+            "late_events": "bronze.late_events",
+            **{a.table: a.table for a in pipeline.aggregates},
         }
         self._sql = duckdb.connect(":memory:")
-        self._kill_after = int(os.environ.get(KILL_AFTER_COMMIT_ENV, "0"))
         self._commits = 0
         self._commit_lock = threading.Lock()
         self._sinks = ThreadPoolExecutor(max_workers=SINK_THREADS, thread_name_prefix="headwater-sink")
@@ -281,21 +275,21 @@ class BronzeStream:
         ``keys`` an upsert (update mode). Skipped when empty or already committed."""
         if data is None or data.num_rows == 0:
             return
-        path = self.paths[name]
-        committed = tables.committed_batch(path, QUERY) if replay else None
+        table = self.tables[name]
+        committed = self.lake.committed_batch(table, QUERY) if replay else None
         if committed is not None and committed >= batch_id:
             return  # this batch's commit already reached the table before the crash
         if keys is not None:
             since = ("window_start", pc.min(data.column("window_start")).as_py())
-            tables.upsert_once(path, data, keys, app_id=QUERY, batch_id=batch_id, since=since)
+            self.lake.upsert_once(table, data, keys, app_id=QUERY, batch_id=batch_id, since=since)
         elif name.startswith("realtime."):
-            tables.append_once(path, data.drop_columns(["_delete"]), app_id=QUERY, batch_id=batch_id, partition_by=())
+            self.lake.append_once(table, data.drop_columns(["_delete"]), app_id=QUERY, batch_id=batch_id)
         else:
-            tables.append_once(path, data, app_id=QUERY, batch_id=batch_id)
+            self.lake.append_once(table, data, app_id=QUERY, batch_id=batch_id)
         with self._commit_lock:
             self._commits += 1
-            if self._commits == self._kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+            if self.on_commit is not None:
+                self.on_commit(self._commits)
 
     def _sink_bronze(self, events: pa.Table, rows: pa.Array, batch_id: int, replay: bool) -> None:
         """``bronze.events``: the ``rows`` (indices) of ``events`` that passed dedup."""
@@ -323,13 +317,12 @@ class BronzeStream:
             df = pl.concat([df, pl.from_arrow(self._sql.from_arrow(events).project(exprs).to_arrow_table())], how="horizontal")
         return df.with_row_index("_row").with_columns(_ts=pl.col(p.watermark.column).dt.epoch("us"))
 
-    def _read(self, plan: dict[str, dict[int, tuple[int, int]]]) -> tuple[pa.Table, list, pa.Table | None, list]:
+    def _read(self, plan: dict[str, dict[int, tuple[int, int]]]) -> tuple[pa.Table, list, pa.Table, list]:
         """Events (one chunk per column: the log's many small records would make every
-        take/convert slow), their bad records, bad rows and theirs, of ``plan``."""
+        take/convert slow), their dead letters, bad rows and theirs, of ``plan``."""
         events, dead_ev = read_topic(self.log, EVENTS, plan[EVENTS], EVENT_SCHEMA)
         bad, dead_bad = read_topic(self.log, BAD_ROWS, plan[BAD_ROWS], BAD_ROW_SCHEMA)
-        events = events.combine_chunks() if events is not None else _EVENT_FRAME_SCHEMA.empty_table()
-        return events, dead_ev, bad, dead_bad
+        return events.combine_chunks(), dead_ev, bad, dead_bad
 
     def _run(self, batch_id: int, plan: dict[str, dict[int, tuple[int, int]]], now_ms: int, replay: bool) -> BatchResult:
         started = time.time()
@@ -362,10 +355,10 @@ class BronzeStream:
         # all of them finish (or the batch raises) before the state and commits/N are written.
         pending = [self._sinks.submit(self._sink_bronze, events, fresh.get_column("_row").to_arrow(), batch_id, replay)]
         try:
-            if bad is not None:
+            if bad.num_rows:
                 result.bad_rows = bad.num_rows
                 pending.append(self._sinks.submit(self._sink, BAD_ROWS, bad.select(BAD_ROW_SCHEMA.names), batch_id, replay))
-            dead = [(EVENTS, d) for d in dead_ev] + [(BAD_ROWS, d) for d in dead_bad]
+            dead = dead_ev + dead_bad
             result.dead_letters = len(dead)
             pending.append(self._sinks.submit(self._sink, "dead_letter", dead_letter_table(dead), batch_id, replay))
             pending.append(self._sinks.submit(self._sink, "late_events", late_rows, batch_id, replay))
@@ -416,7 +409,6 @@ class BronzeStream:
             self._touched.update(fresh.get_column("ds").unique().to_list())
         if self.config.compact_every and (batch_id + 1) % self.config.compact_every == 0:
             self.compact()
-            self.log.enforce_retention(int(self.config.log_retention.total_seconds() * 1000))
         return result
 
     def _metrics(self, plan, started: float, now_ms: int, result: BatchResult) -> dict[str, Any]:
@@ -453,10 +445,7 @@ class BronzeStream:
 
         Only the stream writes these tables, so the compaction never conflicts with a writer."""
         for agg in self.pipeline.aggregates:
-            if tables.exists(self.paths[agg.table]):
-                DeltaTable(str(self.paths[agg.table])).optimize.compact()
-        if not self._touched or not tables.exists(self.paths[EVENTS]):
-            return
-        days = sorted(d.isoformat() for d in self._touched)
-        DeltaTable(str(self.paths[EVENTS])).optimize.compact(partition_filters=[("ds", "in", days)])
-        self._touched.clear()
+            self.lake.compact(agg.table)
+        if self._touched:
+            self.lake.compact(self.tables[EVENTS], days=sorted(self._touched))
+            self._touched.clear()

@@ -1,6 +1,8 @@
 -- gold.active_users
--- Grain: one row per calendar day ds (partition) in [$start, $end] (inclusive), days without events
--- included (with zero counts).
+-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.
+--
+-- Every calendar day ds in [$start, $end] (inclusive) has a row, days without events included
+-- (with zero counts).
 --
 -- Active users over trailing windows ending at ds, inclusive, as Mozilla's telemetry defines
 -- them (docs.telemetry.mozilla.org/cookbooks/active_dau: MAU = distinct clients active on
@@ -15,8 +17,7 @@
 -- A user is a person: person_id of silver.events (identity-resolved; events without one are
 -- not counted). stickiness = dau / mau (the share of the month's users active on the day;
 -- Mixpanel / Amplitude "stickiness"), null when mau = 0.
--- Reads silver.events for ds in [$start - 27, $end]: lookback_days = 27 in models/run.py.
--- Columns: headwater.lake.schemas.ACTIVE_USERS_SCHEMA (ds, dau, wau, mau, stickiness).
+-- Reads silver.events for ds in [$start - 27, $end]: lookback_days = 27 in models/dag.py.
 WITH days AS (
     SELECT CAST(day AS DATE) AS ds
     FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)

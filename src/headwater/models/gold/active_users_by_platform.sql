@@ -1,13 +1,14 @@
 -- gold.active_users_by_platform
--- Grain: one row per (ds, platform) for ds in [$start, $end] (partition ds) and every platform
--- with an active person in the 28 days to ds (a platform silent for 28 days has no row).
+-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.
+--
+-- A row for every ds in [$start, $end] and every platform with an active person in the 28
+-- days to ds (a platform silent for 28 days has no row).
 --
 -- The same trailing windows as gold.active_users (see there: DAU [ds], WAU [ds-6, ds], MAU
 -- [ds-27, ds], exact distinct person_id; stickiness = dau / mau), counted per platform of
 -- silver.events: a person active on two platforms counts once on each, so the platforms'
 -- counts add up to more than the total.
 -- Reads silver.events for ds in [$start - 27, $end]: lookback_days = 27.
--- Columns: headwater.lake.schemas.ACTIVE_USERS_BY_PLATFORM_SCHEMA.
 WITH days AS (
     SELECT CAST(day AS DATE) AS ds
     FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)

@@ -1,6 +1,8 @@
 -- gold.experiments
--- Grain: one row per (ds, experiment_id, variant): the experiment's results as of the end of
--- ds (cumulative from its first exposure), partitioned by ds.
+-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.
+--
+-- A row holds the experiment's results as of the end of ds (cumulative from its first
+-- exposure).
 --
 -- Experiments come from the models config ([[experiments]]: variants with expected weights,
 -- control, conversion_event, exposure_event), rendered in as the tables experiments and
@@ -29,7 +31,6 @@
 -- Null where undefined (the control's lifts, an empty variant, p_c = 0).
 --
 -- Reads silver.events for every ds up to $end (history = true).
--- Columns: headwater.lake.schemas.EXPERIMENTS_SCHEMA.
 WITH experiments AS (
     SELECT * FROM {{experiments}} AS x
 ),

@@ -1,5 +1,7 @@
 -- gold.funnels
--- Grain: one row per (ds, funnel, platform, step), ds = UTC day of the entry (partition).
+-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.
+--
+-- ds is the UTC day of the entry.
 --
 -- Funnels come from the models config ([[funnels]]: ordered steps = event names, a
 -- conversion window), rendered in as the table funnel_steps. An entry is a step-1 event of a
@@ -14,7 +16,7 @@
 -- One CTE per step (the repeat block is rendered for k = 2 .. the longest funnel): an
 -- equi-join on (funnel, person_id, step) with a range condition, then min() per entry.
 -- Reads silver.events for ds in [$start, $end + 7] (lookahead_days = 7, the longest window
--- the config allows). Columns: headwater.lake.schemas.FUNNELS_SCHEMA.
+-- the config allows).
 WITH steps AS (
     SELECT * FROM {{funnel_steps}} AS s
 ),

@@ -1,7 +1,9 @@
 -- gold.retention
--- Grain: one row per (cohort, period), partitioned by ds = the cohort's last day: cohort_grain
--- 'day' (period n = 0..30 days; ds = cohort_start) or 'week' (period k = 0..12 ISO weeks;
--- cohort_start = the Monday, ds = the Sunday closing that week).
+-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.
+--
+-- ds is the cohort's last day: cohort_grain 'day' (period n = 0..30 days; ds = cohort_start)
+-- or 'week' (period k = 0..12 ISO weeks; cohort_start = the Monday, ds = the Sunday closing
+-- that week).
 --
 -- A person's cohort is their first-active day (the first ds with an event in silver.events,
 -- over all history) and that day's ISO week (Monday to Sunday). A cohort member is retained
@@ -16,7 +18,6 @@
 -- (a first week starting before the first day of data still has a partition of its own).
 -- Reads silver.events for every ds up to $end + 90 (history = true, lookahead_days = 90:
 -- a week cohort's ds is its Sunday; week 12 ends 12 * 7 + 6 days after its Monday).
--- Columns: headwater.lake.schemas.RETENTION_SCHEMA.
 WITH person_days AS (
     SELECT DISTINCT person_id, ds
     FROM silver.events

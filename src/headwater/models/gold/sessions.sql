@@ -1,5 +1,7 @@
 -- gold.sessions
--- Grain: one row per session, partitioned by ds = UTC day of the session's start.
+-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.
+--
+-- ds is the UTC day of the session's start.
 --
 -- A session is a person's run of events (silver.events, event time) with no gap longer than
 -- 30 minutes between consecutive events: an event more than 30 minutes after the person's
@@ -14,7 +16,6 @@
 -- the day before tells whether the first events of $start continue an earlier session, the
 -- day after lets a session started on $end run past midnight. A session running over more
 -- than a whole day of continuous activity is cut at the end of $end + 1.
--- Columns: headwater.lake.schemas.SESSIONS_SCHEMA.
 WITH ev AS (
     SELECT
         person_id,

@@ -1,6 +1,8 @@
 -- silver.dim_user
--- Grain: one row per (person_id, version): a slowly changing dimension of type 2 (Kimball)
--- over the traits sent with identify events. Not partitioned: rebuilt whole on every run.
+-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.
+--
+-- A slowly changing dimension of type 2 (Kimball) over the traits sent with identify events,
+-- rebuilt whole on every run.
 --
 -- The state of a person after an identify is, for every tracked trait (models config
 -- dim_user.tracked_traits), the last non-null value sent up to then (Segment semantics:
@@ -17,7 +19,7 @@
 -- only on the events, so re-running any day creates no extra version, and a late identify
 -- lands in the right place of the history instead of being appended after it.
 -- traits: JSON object of the tracked traits in effect, keys sorted, values as strings.
--- Parameters: none (the range is not used). Columns: headwater.lake.schemas.DIM_USER_SCHEMA.
+-- Parameters: none (the range is not used).
 WITH identifies AS (
     SELECT event_id, event_ts, user_id, properties
     FROM bronze.events

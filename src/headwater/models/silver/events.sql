@@ -1,5 +1,5 @@
 -- silver.events
--- Grain: one row per event_id (exact deduplication of bronze.events), partitioned by ds.
+-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.
 --
 -- bronze.events holds every accepted event once per *delivery*: client retries and SDK
 -- re-sends carry the same event_id, and the stream only removes them within its TTL. Here
@@ -19,8 +19,7 @@
 --
 -- Parameters: $start, $end (DATE, inclusive). Only winners whose ds is in [$start, $end] are
 -- returned; the event_ids seen in that range bound the work (a semi-join), so a one-day
--- rebuild does not rank the whole table. Columns: EVENT_SCHEMA (headwater.events) + person_id
--- (headwater.lake.schemas.SILVER_EVENTS_SCHEMA).
+-- rebuild does not rank the whole table. The columns are the canonical event's plus person_id.
 -- Cost: a re-send is rare (well under 1 % of deliveries), so only the event_ids delivered
 -- more than once are ranked; every other row passes through a hash anti-join instead of a
 -- sort of the full-width rows (the sort was most of the model's time at 10M events a day).

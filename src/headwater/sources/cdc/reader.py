@@ -29,7 +29,7 @@ change's WAL position), ``commit_lsn`` (end LSN of its transaction), ``seq`` (po
 transaction), ``xid``, ``commit_ts`` (UTC), ``relation`` (``schema.table``), ``before`` /
 ``after`` (JSON objects of the row images; ``before`` needs ``REPLICA IDENTITY FULL``, which
 :meth:`CdcReader.setup` sets), ``ds`` (UTC date of ``commit_ts``). Columns listed in
-``tokenize`` hold HMAC tokens (:mod:`headwater.collector.tokens`), never the raw values.
+``tokenize`` hold HMAC tokens (:mod:`headwater.ingest.tokens`), never the raw values.
 
 Initial snapshot: :meth:`CdcReader.setup` creates the slot and reads the table in the
 slot's exported snapshot, so bronze starts with the table as of the slot's consistent point
@@ -47,14 +47,13 @@ from dataclasses import dataclass
 import msgspec
 import psycopg
 import pyarrow as pa
-from deltalake import DeltaTable
 
 from headwater.lake.schemas import CDC_SCHEMA
-from headwater.collector.pii import normalize_key
-from headwater.collector.tokens import Tokenizer
+from headwater.ingest.pii import normalize_key
+from headwater.ingest.tokens import Tokenizer
 from headwater.config import DEFAULT_TOKENIZE_KEYS, Home
 from headwater.events import TS
-from headwater.lake import tables
+from headwater.lake.store import Lake
 from headwater.sources.cdc import pgoutput, scd2
 from headwater.sources.files import connect
 
@@ -118,7 +117,8 @@ class CdcReader:
     def __init__(self, home: Home, config: CdcConfig):
         self.home, self.config = home, config
         self.app_id = f"cdc:{config.slot_name}"
-        self.bronze = home.table_path("bronze", f"cdc_{config.name}")
+        self.lake = Lake.of(home)
+        self.bronze = f"bronze.cdc_{config.name}"
         self.conn = psycopg.connect(config.dsn, autocommit=True)
         self.tokenizer = Tokenizer(home.hmac_key())
         self.tokenize: set[str] = set(config.tokenize or ())
@@ -142,7 +142,7 @@ class CdcReader:
         if not rows:
             raise ValueError(f"table: {c.table!r} does not exist in the database")
         self.columns = [(name, oid) for name, oid, _ in rows]
-        if c.tokenize is None:  # the default PII policy's identifier keys (headwater.collector.pii)
+        if c.tokenize is None:  # the default PII policy's identifier keys (headwater.ingest.pii)
             self.tokenize = {name for name, _, _ in rows if normalize_key(name) in DEFAULT_TOKENIZE_KEYS}
         types = {name: ("VARCHAR" if name in self.tokenize else scd2.PG_TYPES.get(oid, "VARCHAR")) for name, oid, _ in rows}
         key = c.key or tuple(name for name, _, pk in rows if pk)
@@ -154,7 +154,7 @@ class CdcReader:
             if missing:
                 raise ValueError(f"{what}: column {missing[0]!r} is not in {c.table!r}; its columns are {', '.join(types)}")
         return scd2.DimSpec(
-            self.home.table_path("silver", c.dim),
+            f"silver.{c.dim}",
             tuple((k, types[k]) for k in key),
             tuple((t, types[t]) for t in tracked),
             self.bronze,
@@ -176,7 +176,7 @@ class CdcReader:
         if not self.conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (c.publication_name,)).fetchone():
             self.conn.execute(f'CREATE PUBLICATION "{c.publication_name}" FOR TABLE {table}')
         exists = self.conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (c.slot_name,)).fetchone()
-        if exists and snapshot and tables.committed_batch(self.bronze, self.app_id) is None:
+        if exists and snapshot and self.lake.committed_batch(self.bronze, self.app_id) is None:
             self.conn.execute("SELECT pg_drop_replication_slot(%s)", (c.slot_name,))
             exists = None
         if exists:
@@ -223,9 +223,9 @@ class CdcReader:
             after = {n: None if v is None else pgoutput.text_value(v.decode(), oid) for (n, oid), v in zip(self.columns, row)}
             txn.changes.append(pgoutput.Change("snapshot", rel, lsn, i, after=after))
         data = self._records([txn])
-        tables.append_once(self.bronze, data, app_id=self.app_id, batch_id=lsn)
+        self.lake.append_once(self.bronze, data, app_id=self.app_id, batch_id=lsn)
         if data.num_rows:
-            scd2.apply(self.dim, self.con, data, version=lsn)
+            scd2.apply(self.dim, self.lake, self.con, data, version=lsn)
         log.info("snapshot of %s at LSN %s: %d rows", c.table, pgoutput.format_lsn(lsn), data.num_rows)
         return data.num_rows
 
@@ -237,16 +237,16 @@ class CdcReader:
     # -- the loop ---------------------------------------------------------------------
     def recover(self) -> None:
         """Bring the dimension up to bronze's version (a crash between steps 3 and 4)."""
-        version = tables.committed_batch(self.bronze, self.app_id)
+        version = self.lake.committed_batch(self.bronze, self.app_id)
         if version is None:
             return
-        done = tables.committed_batch(self.dim.path, self.app_id)
+        done = self.lake.committed_batch(self.dim.table, self.app_id)
         if done is not None and done >= version:
             return
-        self.con.register("hw_bronze_all", tables.dataset(self.bronze))
+        self.con.register("hw_bronze_all", self.lake.dataset(self.bronze))
         pending = self.con.sql(f"SELECT * FROM hw_bronze_all WHERE commit_lsn > {done or 0} ORDER BY commit_lsn, seq").to_arrow_table()
-        log.info("recovering %s: %d changes past LSN %s", self.dim.path.name, pending.num_rows, pgoutput.format_lsn(done or 0))
-        scd2.apply(self.dim, self.con, pending.cast(CDC_SCHEMA), version=version)
+        log.info("recovering %s: %d changes past LSN %s", self.dim.table, pending.num_rows, pgoutput.format_lsn(done or 0))
+        scd2.apply(self.dim, self.lake, self.con, pending.cast(CDC_SCHEMA), version=version)
 
     def poll(self) -> int:
         """One batch (steps 1–5); returns the number of changes written (0: nothing new).
@@ -269,7 +269,7 @@ class CdcReader:
             if pgoutput.parse_lsn(flush) > (self.confirmed_lsn() or 0):
                 self.confirm(pgoutput.parse_lsn(flush))
             return 0
-        written = tables.committed_batch(self.bronze, self.app_id) or 0
+        written = self.lake.committed_batch(self.bronze, self.app_id) or 0
         new = [t for t in txns if t.end_lsn > written]
         changes = 0
         if new:
@@ -277,8 +277,8 @@ class CdcReader:
             changes = data.num_rows
             version = new[-1].end_lsn
             if changes:
-                tables.append_once(self.bronze, data, app_id=self.app_id, batch_id=version)
-                scd2.apply(self.dim, self.con, data, version=version)
+                self.lake.append_once(self.bronze, data, app_id=self.app_id, batch_id=version)
+                scd2.apply(self.dim, self.lake, self.con, data, version=version)
         self.confirm(txns[-1].end_lsn)  # only now: everything up to it is committed in both tables
         return changes
 
@@ -330,9 +330,8 @@ class CdcReader:
     def compact(self) -> None:
         """Rewrite the small files of ``bronze.cdc_<table>`` and the dimension into larger ones.
         Only this reader writes them, so OPTIMIZE never conflicts with a writer."""
-        for path in (self.bronze, self.dim.path):
-            if tables.exists(path):
-                DeltaTable(str(path)).optimize.compact()
+        for table in (self.bronze, self.dim.table):
+            self.lake.compact(table)
 
     def _records(self, txns: list[pgoutput.Transaction]) -> pa.Table:
         cols: dict[str, list] = {f.name: [] for f in CDC_SCHEMA}
@@ -364,7 +363,7 @@ class CdcReader:
 
     def rebuild_dim(self) -> int:
         """Recompute ``silver.<dim>`` from all of bronze (backfill); returns its rows."""
-        return scd2.rebuild(self.dim, self.con)
+        return scd2.rebuild(self.dim, self.lake, self.con)
 
     def close(self) -> None:
         self.conn.close()

@@ -1,9 +1,10 @@
-"""``silver.dim_account`` (SCD type 2) from the change records of ``bronze.cdc_<table>``.
+"""SCD type 2 dimensions (``silver.dim_<name>``) from the change records of ``bronze.cdc_<table>``.
 
 Grain: one row per version of a row of the source table — ``key`` columns, ``tracked``
 columns, ``valid_from`` / ``valid_to`` (commit times, UTC; ``valid_to`` NULL while current),
 ``is_current``, ``deleted`` (the version was ended by a DELETE), ``lsn_from`` / ``lsn_to``
-(end LSN of the transactions that started / ended it; ``(key, lsn_from)`` is unique).
+(end LSN of the transactions that started / ended it; ``(key, lsn_from)`` is unique). The
+schema is derived from the captured table's columns (:func:`table_spec`).
 
 Rules (Kimball SCD type 2, at commit granularity — what other transactions could see):
 
@@ -18,71 +19,97 @@ Rules (Kimball SCD type 2, at commit granularity — what other transactions cou
   DELETE closes nothing.
 
 One query does it (:func:`scd2_sql`): the open versions of the keys a batch touches, then the
-batch's changes in commit order, marked with window functions. :func:`apply` merges its rows
-into the table (Delta MERGE on ``(key, lsn_from)``: open versions updated, new ones
-inserted); :func:`rebuild` runs it over all of bronze with no open versions and overwrites
-the table — the same definition, so a rebuild equals the incrementally maintained table.
-Both commit with the Delta txn ``(app_id, version)``, ``version`` = the bronze batch's LSN.
+batch's changes in commit order, marked with window functions. :func:`apply` (the CDC
+reader, incrementally) merges its rows into the table (Delta MERGE on ``(key, lsn_from)``:
+open versions updated, new ones inserted); :func:`rebuilt` runs it over all of bronze with
+no open versions — the batch layer's model of the dimension
+(:func:`headwater.models.dag.dim_models`), which replaces the table whole, and
+:func:`rebuild`. The same definition, so a rebuild equals the incrementally maintained
+table. Both commit with the Delta txn ``(app_id, version)``, ``version`` = the bronze
+batch's LSN.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from headwater.config import Home
-from headwater.files import write_atomic
+from headwater.errors import ConflictError, InvalidInputError
 from headwater.events import TS
-from headwater.lake import tables
+from headwater.files import write_atomic
+from headwater.lake import catalog
+from headwater.lake.catalog import TableSpec
+from headwater.lake.store import Lake
 from headwater.sources.mapping import ident, lit
 
 # Postgres type OID → DuckDB type of the dimension column (pg_type.dat); others VARCHAR.
 PG_TYPES = {16: "BOOLEAN", 20: "BIGINT", 21: "SMALLINT", 23: "INTEGER", 700: "FLOAT", 701: "DOUBLE",
             1082: "DATE", 1114: "TIMESTAMP", 1184: "TIMESTAMPTZ"}
+# DuckDB type of a dimension column (the values of PG_TYPES, or VARCHAR) -> Arrow type written.
+ARROW_TYPES = {"BOOLEAN": pa.bool_(), "BIGINT": pa.int64(), "SMALLINT": pa.int16(), "INTEGER": pa.int32(),
+               "FLOAT": pa.float32(), "DOUBLE": pa.float64(), "DATE": pa.date32(), "TIMESTAMP": pa.timestamp("us"),
+               "TIMESTAMPTZ": TS, "VARCHAR": pa.string()}
 
 
 @dataclass(frozen=True)
 class DimSpec:
-    """``key`` / ``tracked``: ``((column, DuckDB type), ...)``; ``path``: the dimension table;
-    ``bronze``: its change records; ``app_id``: the Delta txn app id of both."""
+    """``table``: the dimension (``silver.dim_<name>``); ``key`` / ``tracked``: ``((column,
+    DuckDB type), ...)``; ``bronze``: its change records (``bronze.cdc_<table>``); ``app_id``:
+    the Delta txn app id of both."""
 
-    path: Path
+    table: str
     key: tuple[tuple[str, str], ...]
     tracked: tuple[tuple[str, str], ...]
-    bronze: Path
+    bronze: str
     app_id: str
 
     def save(self, home: Home) -> None:
-        """Record the spec under ``<home>/cdc/`` so :func:`build` can rebuild without Postgres."""
-        path = home.root / "cdc" / f"{self.path.name}.json"
-        rel = lambda p: str(Path(p).relative_to(home.root))  # noqa: E731 - the home may move
-        doc = {"path": rel(self.path), "key": self.key, "tracked": self.tracked, "bronze": rel(self.bronze), "app_id": self.app_id}
-        write_atomic(path, json.dumps(doc, indent=2).encode())
+        """Record the spec under ``<home>/cdc/`` so the batch layer can rebuild without Postgres."""
+        doc = {"table": self.table, "key": self.key, "tracked": self.tracked, "bronze": self.bronze, "app_id": self.app_id}
+        write_atomic(home.root / "cdc" / f"{self.table.partition('.')[2]}.json", json.dumps(doc, indent=2).encode())
 
 
 def specs(home: Home) -> list[DimSpec]:
-    """The dimensions CDC readers of ``home`` maintain (saved by :meth:`DimSpec.save`)."""
+    """The dimensions CDC readers of ``home`` maintain (saved by :meth:`DimSpec.save`).
+
+    A spec saved before tables were named (``"path": "lake/silver/dim_x"``) is read as the
+    table its last two path parts name. :class:`InvalidInputError` naming the file if one
+    is not a spec."""
     out = []
     for f in sorted((home.root / "cdc").glob("*.json")):
-        d = json.loads(f.read_text())
-        out.append(DimSpec(home.root / d["path"], tuple(map(tuple, d["key"])), tuple(map(tuple, d["tracked"])), home.root / d["bronze"], d["app_id"]))
+        try:
+            d = json.loads(f.read_text())
+            table, bronze = _name(d.get("table") or d["path"]), _name(d["bronze"])
+            out.append(DimSpec(table, tuple(map(tuple, d["key"])), tuple(map(tuple, d["tracked"])), bronze, d["app_id"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise InvalidInputError(f"{f}: not a CDC dimension spec ({e})", field=str(f)) from e
     return out
 
 
-def build(home: Home) -> dict[str, int]:
-    """Rebuild every CDC dimension of ``home`` from its bronze change records (the batch
-    layer's backfill: same result as the incremental merges). Returns ``{"silver.<dim>": rows}``."""
-    con = duckdb.connect(":memory:")
-    con.execute("SET TimeZone = 'UTC'")
-    try:
-        return {f"silver.{s.path.name}": rebuild(s, con) for s in specs(home)}
-    finally:
-        con.close()
+def _name(saved: str) -> str:
+    return ".".join(Path(saved).parts[-2:]) if "/" in saved else saved  # "lake/silver/dim_x" -> "silver.dim_x"
+
+
+def table_spec(spec: DimSpec) -> TableSpec:
+    """The declaration of ``spec``'s dimension: the ``silver.dim_*`` family's (unpartitioned,
+    one row per key and version) with the schema derived from the key and tracked columns."""
+    family = catalog.spec(spec.table)
+    if not family.is_family:
+        raise ConflictError(f"dim: {spec.table} is a table of its own; name the CDC dimension otherwise", field="dim")
+    columns = [pa.field(c, ARROW_TYPES[t]) for c, t in spec.key + spec.tracked]
+    schema = pa.schema(columns + [
+        pa.field("valid_from", TS), pa.field("valid_to", TS),
+        pa.field("is_current", pa.bool_(), nullable=False), pa.field("deleted", pa.bool_(), nullable=False),
+        pa.field("lsn_from", pa.int64(), nullable=False), pa.field("lsn_to", pa.int64()),
+    ])
+    return dataclasses.replace(family, name=spec.table, schema=schema,
+                               description=f"SCD type 2 dimension of the CDC source {spec.bronze}.")
 
 
 def scd2_sql(spec: DimSpec, changes: str, open_rows: str | None) -> str:
@@ -159,30 +186,18 @@ def _json_str(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _conform(result: pa.Table) -> pa.Table:
-    """Timestamps as ``timestamp[us, UTC]``; ``is_current`` / ``deleted`` not null."""
-    fields = []
-    for f in result.schema:
-        if pa.types.is_timestamp(f.type) and f.type.tz is not None:
-            f = pa.field(f.name, TS)
-        if f.name in ("is_current", "deleted", "lsn_from"):
-            f = f.with_nullable(False)
-        fields.append(f)
-    return result.cast(pa.schema(fields))
-
-
-def apply(spec: DimSpec, con: duckdb.DuckDBPyConnection, changes: pa.Table, *, version: int) -> int:
+def apply(spec: DimSpec, lake: Lake, con: duckdb.DuckDBPyConnection, changes: pa.Table, *, version: int) -> int:
     """Merge the versions implied by ``changes`` (bronze.cdc rows) into the dimension, in one
     commit with txn ``(spec.app_id, version)``. Skipped (returns 0) if that txn is already
     there. Returns the number of version rows written (new or updated)."""
     app_id = spec.app_id
-    committed = tables.committed_batch(spec.path, app_id)
+    committed = lake.committed_batch(spec.table, app_id)
     if committed is not None and committed >= version:
         return 0
     con.register("hw_changes", changes)
     open_rows = None
-    if tables.exists(spec.path):
-        con.register("hw_dim", tables.dataset(spec.path))
+    if lake.exists(spec.table):
+        con.register("hw_dim", lake.dataset(spec.table))
         touched = ", ".join(
             f"CAST(json_extract_string(coalesce(after, before), {lit('$.' + _json_str(c))}) AS {t}) AS {ident(c)}" for c, t in spec.key
         )
@@ -190,32 +205,37 @@ def apply(spec: DimSpec, con: duckdb.DuckDBPyConnection, changes: pa.Table, *, v
         open_rows = f"SELECT d.* FROM hw_dim d SEMI JOIN (SELECT DISTINCT {touched} FROM hw_changes) k ON {match} WHERE d.is_current"
         if "truncate" in changes.column("op").to_pylist():  # rare: every open version is touched
             open_rows = "SELECT * FROM hw_dim WHERE is_current"
-    rows = _conform(con.sql(scd2_sql(spec, "hw_changes", open_rows)).to_arrow_table())
-    props = CommitProperties(app_transactions=[Transaction(app_id, version)])
-    if not tables.exists(spec.path):
-        write_deltalake(str(spec.path), rows, mode="append", commit_properties=props)
+    rows = con.sql(scd2_sql(spec, "hw_changes", open_rows)).to_arrow_table().cast(table_spec(spec).schema)
+    if not lake.exists(spec.table):
+        lake.append_once(spec.table, rows, app_id=app_id, batch_id=version)
         return rows.num_rows
     on = " AND ".join(f"t.{ident(c)} = s.{ident(c)}" for c, _ in spec.key) + " AND t.lsn_from = s.lsn_from"
     values = {ident(c): f"s.{ident(c)}" for c in rows.column_names}
-    (
-        DeltaTable(str(spec.path))
-        .merge(rows, on, source_alias="s", target_alias="t", commit_properties=props)
-        .when_matched_update(values)
-        .when_not_matched_insert(values)
-        .execute()
-    )
+    lake.merge(spec.table, rows, on, app_id=app_id, batch_id=version, update=values, insert=values)
     return rows.num_rows
 
 
-def rebuild(spec: DimSpec, con: duckdb.DuckDBPyConnection) -> int:
-    """Recompute the whole dimension from every change in ``spec.bronze`` and overwrite it (a
-    backfill); committed with txn ``(app_id, <bronze's version>)``. Returns its row count
-    (0, nothing written, when bronze has no change records yet)."""
-    version = tables.committed_batch(spec.bronze, spec.app_id)
+def rebuilt(spec: DimSpec, lake: Lake, con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int] | None:
+    """The whole dimension recomputed from bronze's change records, and the bronze version
+    (the LSN of its last batch, its txn) it covers; ``None`` when bronze has no change
+    records yet. Changes committed to bronze after that version was read are left out (they
+    carry larger LSNs), so the version is exactly what the rows hold: the reader's recovery
+    resumes after it."""
+    version = lake.committed_batch(spec.bronze, spec.app_id)
     if version is None:
+        return None
+    con.register("hw_bronze", lake.dataset(spec.bronze))  # a snapshot at least as new as version
+    changes = f"(SELECT * FROM hw_bronze WHERE commit_lsn <= {int(version)})"
+    return con.sql(scd2_sql(spec, changes, None)).to_arrow_table().cast(table_spec(spec).schema), version
+
+
+def rebuild(spec: DimSpec, lake: Lake, con: duckdb.DuckDBPyConnection) -> int:
+    """Replace the dimension with :func:`rebuilt` (a backfill outside the batch DAG, e.g.
+    ``headwater sources cdc rebuild``), committed with its txn; returns its row count (0,
+    nothing written, when bronze has no change records yet)."""
+    result = rebuilt(spec, lake, con)
+    if result is None:
         return 0
-    con.register("hw_bronze", tables.dataset(spec.bronze))
-    rows = _conform(con.sql(scd2_sql(spec, "hw_bronze", None)).to_arrow_table())
-    write_deltalake(str(spec.path), rows, mode="overwrite", schema_mode="overwrite",
-                    commit_properties=CommitProperties(app_transactions=[Transaction(spec.app_id, version)]))
+    rows, version = result
+    lake.replace_table(spec.table, rows, app_id=spec.app_id, batch_id=version)
     return rows.num_rows

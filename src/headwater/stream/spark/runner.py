@@ -52,6 +52,7 @@ from pathlib import Path
 
 from headwater.config import Home
 from headwater.events import EVENTS_TOPIC
+from headwater.lake.store import Lake
 from headwater.stream.pipeline import Aggregate, Hopping, Pipeline, Session, Tumbling
 from headwater.stream.spark import sink
 from headwater.stream.spark.source import NAME, register
@@ -90,13 +91,13 @@ def for_spark(pipeline: Pipeline) -> Pipeline:
 
 class SparkPipeline:
     """The Spark Structured Streaming queries of ``pipeline`` over ``home``'s event log
-    (or the log at ``log_path``), writing ``home``'s tables and checkpoints.
+    (or the log at ``log_url``), writing ``home``'s tables and checkpoints.
 
     ``ValueError`` for what Spark cannot run: ``allowed_lateness`` > 0, a session window in
     update mode."""
 
     def __init__(
-        self, spark, home: Home, pipeline: Pipeline, config: SparkConfig | None = None, topic: str = EVENTS_TOPIC, log_path: Path | None = None
+        self, spark, home: Home, pipeline: Pipeline, config: SparkConfig | None = None, topic: str = EVENTS_TOPIC, log_url: str | None = None
     ):
         for a in pipeline.aggregates:
             if a.allowed_lateness:
@@ -104,7 +105,8 @@ class SparkPipeline:
             if isinstance(a.window, Session) and a.output_mode != "append":
                 raise ValueError(f"aggregate {a.name}: Spark supports session windows only in append output mode, got {a.output_mode!r}")
         self.spark, self.home, self.pipeline, self.topic = spark, home, pipeline, topic
-        self.log_path = Path(log_path) if log_path is not None else home.log_path
+        self.lake = Lake.of(home)
+        self.log_url = log_url or home.settings.log_url
         self.config = config or SparkConfig()
         register(spark)
 
@@ -114,7 +116,7 @@ class SparkPipeline:
 
     def source(self):
         """The log as a streaming DataFrame (schema :data:`headwater.stream.spark.source.SCHEMA`)."""
-        reader = self.spark.readStream.format(NAME).option("path", str(self.log_path)).option("topic", self.topic)
+        reader = self.spark.readStream.format(NAME).option("url", self.log_url).option("topic", self.topic)
         if self.config.replay_offsets is not None:
             reader = reader.option("replayOffsets", str(self.config.replay_offsets))
         elif self.config.max_records_per_partition:
@@ -193,14 +195,12 @@ class SparkPipeline:
         bronze (unless ``bronze=False``), then one per aggregate."""
         out = []
         if bronze:
-            fn = sink.bronze_sink(
-                self.home.table_path("bronze", "events"), self.home.table_path("bronze", "dead_letter"), self.app_id("bronze"), self.topic
-            )
+            fn = sink.bronze_sink(self.lake, self.app_id("bronze"), self.topic)
             out.append(("bronze", self.bronze_frame(), fn, "append"))
         for agg in self.pipeline.aggregates:
             keys = ("window_start", *agg.group_by)
             distinct = [m.name for m in agg.measures if m.kind == "distinct"]
-            fn = sink.window_sink(self.home.table_path("realtime", agg.name), self.app_id(agg.name), agg.output_mode, keys, distinct)
+            fn = sink.window_sink(self.lake, agg.table, self.app_id(agg.name), agg.output_mode, keys, distinct)
             out.append((agg.name, self.aggregate_frame(agg), fn, agg.output_mode))
         return out
 

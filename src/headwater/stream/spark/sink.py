@@ -8,15 +8,14 @@ Identifiers"; the pattern Spark's docs give for idempotent ``foreachBatch`` writ
 writing, the sink reads ``transaction_version(app_id)`` and skips an epoch the table
 already holds. Together: every epoch lands once.
 
-Output modes: ``append`` → one appended file set per epoch (:func:`headwater.lake.tables.append_once`);
-``update`` → a MERGE on the window key (:func:`headwater.lake.tables.upsert_once`).
+Output modes: ``append`` → one appended file set per epoch (:meth:`headwater.lake.store.Lake.append_once`);
+``update`` → a MERGE on the window key (:meth:`headwater.lake.store.Lake.upsert_once`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -24,15 +23,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.events import EVENT_SCHEMA, EVENTS_TOPIC
-from headwater.lake import tables
+from headwater.lake.store import Lake
 from headwater.stream import sketches
 from headwater.stream.records import DEAD_LETTER_SCHEMA
 
 BatchFn = Callable[[object, int], None]
 
 
-def _done(path: Path, app_id: str, epoch_id: int) -> bool:
-    committed = tables.committed_batch(path, app_id)
+def _done(lake: Lake, table: str, app_id: str, epoch_id: int) -> bool:
+    committed = lake.committed_batch(table, app_id)
     return committed is not None and committed >= epoch_id
 
 
@@ -42,29 +41,29 @@ def arrow(df) -> pa.Table:
     return df.toArrow()
 
 
-def window_sink(path: Path, app_id: str, output_mode: str, keys: Sequence[str], distinct: Sequence[str] = ()) -> BatchFn:
-    """``foreachBatch`` function writing an aggregate's epoch output to the Delta table at
-    ``path``: appended (``append``) or merged on ``keys`` (``update``); empty epochs write
+def window_sink(lake: Lake, table: str, app_id: str, output_mode: str, keys: Sequence[str], distinct: Sequence[str] = ()) -> BatchFn:
+    """``foreachBatch`` function writing an aggregate's epoch output to ``table``
+    (``realtime.<name>``): appended (``append``) or merged on ``keys`` (``update``); empty epochs write
     nothing. Each ``distinct`` measure's column (float64) is set to the estimate of its
     ``<name>_sketch`` (serialized DataSketches HLL)."""
 
     def write(df, epoch_id: int) -> None:
         data = arrow(df)
-        if data.num_rows == 0 or _done(path, app_id, epoch_id):
+        if data.num_rows == 0 or _done(lake, table, app_id, epoch_id):
             return
         for name in distinct:
             est = sketches.estimates(pl.Series(data[f"{name}_sketch"])).to_arrow()
             data = data.set_column(data.schema.get_field_index(name), pa.field(name, pa.float64()), est)
         if output_mode == "append":
-            tables.append_once(path, data, app_id=app_id, batch_id=epoch_id, partition_by=())
+            lake.append_once(table, data, app_id=app_id, batch_id=epoch_id)
         else:
             data = data.append_column("_delete", pa.array(np.zeros(data.num_rows, dtype=bool)))
-            tables.upsert_once(path, data, tuple(keys), app_id=app_id, batch_id=epoch_id)
+            lake.upsert_once(table, data, tuple(keys), app_id=app_id, batch_id=epoch_id)
 
     return write
 
 
-def bronze_sink(events_path: Path, dead_letter_path: Path, app_id: str, topic: str = EVENTS_TOPIC) -> BatchFn:
+def bronze_sink(lake: Lake, app_id: str, topic: str = EVENTS_TOPIC) -> BatchFn:
     """``foreachBatch`` function of the bronze query: rows of
     :data:`headwater.stream.spark.source.SCHEMA` (already deduplicated) whose ``_error`` is
     null go to ``bronze.events`` (:data:`EVENT_SCHEMA`, partitioned by ``ds``); the others are
@@ -75,10 +74,10 @@ def bronze_sink(events_path: Path, dead_letter_path: Path, app_id: str, topic: s
         bad = pc.is_valid(data["_error"])
         events = data.filter(pc.invert(bad))
         dead = data.filter(bad)
-        if events.num_rows and not _done(events_path, app_id, epoch_id):
-            tables.append_once(events_path, events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA), app_id=app_id, batch_id=epoch_id)
-        if dead.num_rows and not _done(dead_letter_path, app_id, epoch_id):
-            tables.append_once(dead_letter_path, dead_letters(dead, topic), app_id=app_id, batch_id=epoch_id)
+        if events.num_rows and not _done(lake, "bronze.events", app_id, epoch_id):
+            lake.append_once("bronze.events", events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA), app_id=app_id, batch_id=epoch_id)
+        if dead.num_rows and not _done(lake, "bronze.dead_letter", app_id, epoch_id):
+            lake.append_once("bronze.dead_letter", dead_letters(dead, topic), app_id=app_id, batch_id=epoch_id)
 
     return write
 

@@ -1,8 +1,9 @@
 """The event log as a Spark Structured Streaming source (a Python ``DataSourceStreamReader``).
 
 Spark's Kafka source is a Maven JAR this machine cannot fetch, and on a cluster it is
-configuration; here the embedded :class:`~headwater.log.sqlite.SqliteLog` is read through
-Spark's Python data source API (``pyspark.sql.datasource``, Spark ≥ 4.0):
+configuration; here the event log at a ``log.url`` (:func:`headwater.log.open_log`, any
+backend) is read through Spark's Python data source API (``pyspark.sql.datasource``,
+Spark ≥ 4.0):
 
 - **offset** = ``{"<partition>": next offset}`` per log partition (offsets count events,
   like Kafka's), serialised by Spark into its own ``offsets/N`` checkpoint files;
@@ -15,18 +16,19 @@ Spark's Python data source API (``pyspark.sql.datasource``, Spark ≥ 4.0):
   * neither: everything in the log (one batch per trigger);
 - ``Trigger.AvailableNow`` (``SupportsTriggerAvailableNow``): the log end at query start is
   the target; no batch reads past it;
-- ``read`` decodes the Arrow IPC payloads (:func:`headwater.log.codec.decode`) into Arrow
-  record batches: no per-event Python. A record that does not decode becomes ONE row with
-  ``_error`` set, the raw ``_payload`` and null event columns, so the sink can dead-letter
-  it (design.md: bad input never blocks and is never lost).
+- ``read`` runs on the executors: each opens the log and reads its range as Arrow
+  (:meth:`headwater.log.base.EventLog.read`): no per-event Python. Each dead letter the log
+  reports becomes ONE row with ``_error`` set, the raw ``_payload`` and null event columns,
+  so the sink can dead-letter it (design.md: bad input never blocks and is never lost).
 
 Schema (:data:`SCHEMA`): the canonical event columns (:data:`headwater.events.EVENT_SCHEMA`)
 plus ``_partition`` (int), ``_offset`` (bigint: the event's log offset; for a dead letter the
-record's first offset), ``_appended_ms`` (bigint: log append time, ms since epoch UTC),
-``_count`` (int: events in the source record), ``_error`` (string) and ``_payload`` (binary).
+first offset of the unit), ``_appended_ms`` (bigint: log append time, ms since epoch UTC),
+``_count`` (int: offsets the dead unit covers; null for an event), ``_error`` (string) and
+``_payload`` (binary).
 
 Register with :func:`register` and read with
-``spark.readStream.format("headwater_log").option("path", str(home.log_path)).load()``.
+``spark.readStream.format("headwater_log").option("url", home.settings.log_url).load()``.
 """
 
 from __future__ import annotations
@@ -35,14 +37,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import SupportsTriggerAvailableNow
 
 from headwater.events import EVENT_SCHEMA, EVENTS_TOPIC
-from headwater.log.codec import decode
-from headwater.log.sqlite import SqliteLog
+from headwater.errors import InvalidInputError
+from headwater.log import EventLog, open_log
 
 NAME = "headwater_log"
 
@@ -90,9 +91,11 @@ def _key(offset: dict[str, int]) -> str:
 
 
 class LogDataSource(DataSource):
-    """``spark.readStream.format("headwater_log")``; options: ``path`` (the SQLite log file,
-    required), ``topic`` (default ``events``), ``maxRecordsPerPartition`` (int),
-    ``replayOffsets`` (directory of a headwater checkpoint's offsets files)."""
+    """``spark.readStream.format("headwater_log")``; options: ``url`` (the event log's URL,
+    ``home.settings.log_url``; required), ``topic`` (default ``events``; it must exist),
+    ``maxRecordsPerPartition`` (int), ``replayOffsets`` (directory of a headwater checkpoint's
+    offsets files). Raises :class:`InvalidInputError` naming a bad option,
+    :class:`~headwater.errors.NotFoundError` for a missing topic."""
 
     @classmethod
     def name(cls) -> str:
@@ -102,41 +105,45 @@ class LogDataSource(DataSource):
         return DDL
 
     def streamReader(self, schema) -> "LogStreamReader":
-        if "path" not in self.options:
-            raise ValueError("option `path`: the event log file (home.log_path) is required")
-        if not Path(self.options["path"]).is_file():
-            raise FileNotFoundError(f"option `path`: no event log at {self.options['path']}")
+        if "url" not in self.options:
+            raise InvalidInputError("option `url`: the event log URL (home.settings.log_url) is required", field="url")
         cap = self.options.get("maxRecordsPerPartition")
         if cap is not None and not (str(cap).isdigit() and int(cap) > 0):
-            raise ValueError(f"option `maxRecordsPerPartition`: must be a positive integer, got {cap!r}")
+            raise InvalidInputError(f"option `maxRecordsPerPartition`: must be a positive integer, got {cap!r}", field="maxRecordsPerPartition")
+        topic = self.options.get("topic", EVENTS_TOPIC)
+        log = open_log(self.options["url"])
+        try:
+            log.partitions(topic)  # NotFoundError for a wrong URL, before Spark plans anything
+        finally:
+            log.close()
         replay = self.options.get("replayOffsets")
         return LogStreamReader(
-            path=self.options["path"],
-            topic=self.options.get("topic", EVENTS_TOPIC),
+            url=self.options["url"],
+            topic=topic,
             max_records_per_partition=int(cap) if cap is not None else None,
-            plan=replay_plan(Path(replay), self.options.get("topic", EVENTS_TOPIC)) if replay else None,
+            plan=replay_plan(Path(replay), topic) if replay else None,
         )
 
 
 class _Range(InputPartition):
-    def __init__(self, path: str, topic: str, partition: int, start: int, end: int):
+    def __init__(self, url: str, topic: str, partition: int, start: int, end: int):
         super().__init__((partition, start, end))
-        self.path, self.topic, self.partition, self.start, self.end = path, topic, partition, start, end
+        self.url, self.topic, self.partition, self.start, self.end = url, topic, partition, start, end
 
 
 class LogStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     """Offsets and reads of one topic of the log (see the module docstring)."""
 
-    def __init__(self, path: str, topic: str, max_records_per_partition: int | None, plan: dict[str, dict[str, int]] | None):
-        self.path, self.topic = path, topic
+    def __init__(self, url: str, topic: str, max_records_per_partition: int | None, plan: dict[str, dict[str, int]] | None):
+        self.url, self.topic = url, topic
         self.cap = max_records_per_partition
         self.plan = plan
         self.target: dict[str, int] | None = None
-        self._log: SqliteLog | None = None  # opened on first use, in the planner worker
+        self._log: EventLog | None = None  # opened on first use, in the planner worker
 
     def _ends(self) -> dict[str, int]:
         if self._log is None:
-            self._log = SqliteLog(Path(self.path))
+            self._log = open_log(self.url)
         return {str(p): e for p, e in self._log.end_offsets(self.topic).items()}
 
     def stop(self) -> None:
@@ -164,46 +171,35 @@ class LogStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def partitions(self, start: dict, end: dict) -> list[InputPartition]:
         return [
-            _Range(self.path, self.topic, int(p), int(start.get(p, 0)), int(e))
+            _Range(self.url, self.topic, int(p), int(start.get(p, 0)), int(e))
             for p, e in sorted(end.items(), key=lambda kv: int(kv[0]))
             if int(e) > int(start.get(p, 0))
         ]
 
     def read(self, partition: _Range) -> Iterator[pa.RecordBatch]:
-        yield from read_range(Path(partition.path), partition.topic, partition.partition, partition.start, partition.end)
+        yield from read_range(partition.url, partition.topic, partition.partition, partition.start, partition.end)
 
 
-def read_range(path: Path, topic: str, partition: int, start: int, end: int) -> Iterator[pa.RecordBatch]:
-    """Events ``[start, end)`` of one log partition as record batches of :data:`SCHEMA`."""
-    log = SqliteLog(path)
+def read_range(url: str, topic: str, partition: int, start: int, end: int) -> Iterator[pa.RecordBatch]:
+    """Events ``[start, end)`` of one log partition as record batches of :data:`SCHEMA`, then
+    one row per dead letter the log reports for the range."""
+    log = open_log(url)
     try:
-        records = log.read(topic, partition, start, end)
+        events, dead = log.read(topic, partition, start, end, EVENT_SCHEMA)
     finally:
         log.close()
-    # One decode per record keeps _appended_ms per record (it is per-record in the log).
-    for rec in records:
-        table, bad = decode([rec], start, end)
-        if table is not None:
-            n = table.num_rows
-            cols = [table[f.name].cast(f.type) for f in SCHEMA if f.name in EVENT_SCHEMA.names]
-            cols += [
-                table["_partition"],
-                table["_offset"],
-                pa.array(np.full(n, rec.appended_ms, np.int64)),
-                pa.array(np.full(n, rec.count, np.int32)),
-                pa.nulls(n, pa.string()),
-                pa.nulls(n, pa.binary()),
-            ]
-            yield from pa.Table.from_arrays(cols, schema=SCHEMA).to_batches()
-        # A record spanning two batches is read by both: dead-letter it in the batch that
-        # holds its first offset only.
-        for b in (b for b in bad if b.record.offset >= start):
-            row = {f.name: None for f in SCHEMA}
-            row.update(
-                _partition=partition, _offset=b.record.offset, _appended_ms=b.record.appended_ms,
-                _count=b.record.count, _error=b.error, _payload=b.record.payload,
-            )
-            yield pa.RecordBatch.from_pylist([row], schema=SCHEMA)
+    if events.num_rows:
+        n = events.num_rows
+        cols = [events[f.name] for f in SCHEMA if f.name in EVENT_SCHEMA.names]
+        cols += [events["_partition"], events["_offset"], events["_appended_ms"], pa.nulls(n, pa.int32()), pa.nulls(n, pa.string()), pa.nulls(n, pa.binary())]
+        yield from pa.Table.from_arrays(cols, schema=SCHEMA).to_batches()
+    if dead:
+        rows = [
+            {f.name: None for f in SCHEMA}
+            | {"_partition": d.partition, "_offset": d.offset, "_appended_ms": d.appended_ms, "_count": d.count, "_error": d.error, "_payload": d.payload}
+            for d in dead
+        ]
+        yield pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
 
 
 def register(spark) -> None:

@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from headwater.errors import InvalidInputError
+from headwater.events import EVENTS_TOPIC
 from headwater.log.base import Append
-from headwater.log.codec import encode
 
 # ASCII code → hex nibble value (only 0-9a-f occur in tokens).
 _HEX = np.zeros(256, dtype=np.uint32)
@@ -39,7 +40,7 @@ def partition_of(keys: pa.Array | pa.ChunkedArray, partitions: int) -> np.ndarra
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     if keys.null_count:
-        raise ValueError("keys: identity keys must not be null")
+        raise InvalidInputError("identity keys must not be null (an event needs user_id or anonymous_id)", field="user_id")
     _, offsets_buf, data_buf = keys.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int32)[keys.offset : keys.offset + n]
     data = np.frombuffer(data_buf, dtype=np.uint8)
@@ -72,6 +73,6 @@ def split_by_partition(events: pa.Table, partitions: int) -> list[tuple[int, pa.
     return out
 
 
-def event_appends(events: pa.Table, partitions: int, topic: str = "events") -> list[Append]:
-    """One :class:`Append` per non-empty partition, payload = Arrow IPC (``codec.encode``)."""
-    return [Append(topic, p, t.num_rows, encode(t)) for p, t in split_by_partition(events, partitions)]
+def event_appends(events: pa.Table, partitions: int, topic: str = EVENTS_TOPIC) -> list[Append]:
+    """One :class:`Append` per non-empty partition."""
+    return [Append(topic, p, t) for p, t in split_by_partition(events, partitions)]

@@ -18,7 +18,21 @@ import hmac
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from headwater.errors import InvalidInputError
+
 TOKEN_CHARS = 32  # hex characters kept from the 64-char HMAC-SHA256 digest
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_token(value: object) -> bool:
+    """Whether ``value`` already is an identifier token (32 lowercase hex characters).
+
+    PII scrubbing skips tokens, so it is idempotent: a bad-row payload (already scrubbed) can
+    be replayed through normalisation without its tokens being tokenised again. (A raw email /
+    phone / IP is never 32 hex characters, so no raw value escapes this way.)"""
+    return isinstance(value, str) and len(value) == TOKEN_CHARS and _HEX.issuperset(value)
 
 
 class Tokenizer:
@@ -26,11 +40,15 @@ class Tokenizer:
 
     ``Tokenizer(key)(raw_id) -> str``: 32 lowercase hex characters. ``key`` is bytes
     (typically ``Home.hmac_key()``); ``raw_id`` is a ``str`` (callers stringify numbers
-    first, as the Segment SDKs do). Thread-safe (``functools.lru_cache`` is)."""
+    first, as the Segment SDKs do). Thread-safe (``functools.lru_cache`` is).
 
-    def __init__(self, key: bytes, cache_size: int = 1 << 17):
+    ``keep_tokens=True`` returns values that already are tokens (:func:`is_token`) as they
+    are: bad-row payloads hold tokens where the client sent raw ids, and a replay must not
+    hash them again. Raises :class:`~headwater.errors.InvalidInputError` for an empty key."""
+
+    def __init__(self, key: bytes, cache_size: int = 1 << 17, *, keep_tokens: bool = False):
         if not key:
-            raise ValueError("key: the HMAC key must not be empty")
+            raise InvalidInputError("the HMAC key must not be empty", field="collector.hmac_key")
         self._key = bytes(key)
 
         @functools.lru_cache(maxsize=cache_size)
@@ -39,7 +57,8 @@ class Tokenizer:
             return hmac.digest(self._key, raw_id.encode("utf-8"), "sha256").hex()[:TOKEN_CHARS]
 
         #: ``token(raw_id) -> str``: the memoised function itself (hot loops bind it once).
-        self.token = _token
+        self.token = (lambda raw: raw if is_token(raw) else _token(raw)) if keep_tokens else _token
+        self._cached = _token
 
     def __call__(self, raw_id: str) -> str:
         return self.token(raw_id)
@@ -57,4 +76,4 @@ class Tokenizer:
 
     def cache_info(self):
         """``functools`` cache statistics (hits, misses, maxsize, currsize)."""
-        return self.token.cache_info()
+        return self._cached.cache_info()

@@ -38,8 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.collector.tokens import TOKEN_CHARS, Tokenizer
 from headwater.config import PiiPolicy
+from headwater.ingest.tokens import Tokenizer, is_token
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -186,8 +186,17 @@ class PiiScrubber:
         return self._tok(found)
 
     def scrub_text(self, text: str) -> str:
+        """``text`` that is not JSON (truncated, malformed, a ``key=value`` log line) with the
+        policy applied textually: ``"key": value`` and ``key=value`` pairs of drop keys lose
+        their value, those of tokenize keys get the token of the value; a policy key's string
+        value cut off by truncation at the end of the text is removed (no closing quote, so no
+        pair to match); then value detection."""
         if self._drop | self._tokenize:
             text = _PAIR.sub(self._replace_pair, text)
+            text = _KV_PAIR.sub(self._replace_kv, text)
+            tail = _CUT_TAIL.search(text)
+            if tail is not None and self._norm(tail["key"]) in self._drop | self._tokenize:
+                text = text[: tail.start()]
         return self.scrub_string(text) if self.policy.detect_values else text
 
     def _replace_pair(self, m: re.Match) -> str:
@@ -195,10 +204,29 @@ class PiiScrubber:
         if nk in self._drop:
             return f'"{m["key"]}"{m["sep"]}null'
         if nk in self._tokenize:
-            raw = m["value"]
-            raw = raw[1:-1] if raw.startswith('"') else raw
-            return f'"{m["key"]}"{m["sep"]}"{raw if is_token(raw) else self._tok(raw)}"'
+            return f'"{m["key"]}"{m["sep"]}"{self._token_of(_unquote(m["value"]))}"'
         return m.group()
+
+    def _replace_kv(self, m: re.Match) -> str:
+        nk = self._norm(m["key"])
+        if nk in self._drop:
+            return f'{m["pre"]}{m["key"]}{m["sep"]}'
+        if nk in self._tokenize:
+            return f'{m["pre"]}{m["key"]}{m["sep"]}{self._token_of(m["value"])}'
+        return m.group()
+
+    def _token_of(self, raw: str) -> str:
+        return raw if is_token(raw) else self._tok(raw)
+
+
+def _unquote(value: str) -> str:
+    """The text of a JSON string literal (escapes decoded), or ``value`` itself (a number)."""
+    if not value.startswith('"'):
+        return value
+    try:
+        return msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        return value[1:-1]
 
 
 def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
@@ -211,19 +239,12 @@ def _text_bytes(arr: pa.Array) -> int:
     return int(offsets[arr.offset + len(arr)] - offsets[arr.offset])
 
 
+# `"key": "value"` / `"key": 123` in JSON-like text; `key=value` in log lines and query
+# strings (a value ends at whitespace, `|`, `&`, `;`, `,` or a quote); a quoted string value
+# left open at the end of the text.
 _PAIR = re.compile(r'"(?P<key>[^"\\]{1,64})"(?P<sep>\s*:\s*)(?P<value>"(?:[^"\\]|\\.)*"|-?\d[\d.eE+\-]*)')
-
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def is_token(value: object) -> bool:
-    """Whether ``value`` already is an identifier token (32 lowercase hex characters).
-
-    Scrubbing skips tokens, so it is idempotent: a bad-row payload (already scrubbed) can be
-    replayed through the collector's normalisation without its tokens being tokenised again.
-    (A raw email / phone / IP is never 32 hex characters, so no raw value escapes this way.)"""
-    return isinstance(value, str) and len(value) == TOKEN_CHARS and _HEX.issuperset(value)
+_KV_PAIR = re.compile(r'(?P<pre>^|[\s|&?;,])(?P<key>[A-Za-z_$][\w$.\-]{0,63})(?P<sep>\s*=\s*)(?P<value>[^\s|&;,"]+)')
+_CUT_TAIL = re.compile(r'"(?P<key>[^"\\]{1,64})"\s*:\s*"(?:[^"\\]|\\.)*\\?$')
 
 
 def _maybe_value(s: str) -> bool:

@@ -1,0 +1,242 @@
+"""The batch layer's one DAG: every table the batch layer writes is a :class:`Model` here.
+
+Four kinds of model, discovered by :func:`dag` in dependency order:
+
+* the SQL models, ``models/<layer>/<name>.sql`` (silver and gold, :data:`MODELS`);
+* the Python identity models (``silver.identity_map``, ``silver.identity_refused``,
+  :mod:`headwater.models.identity`);
+* one typed model per event name registered in the contract registry, ``silver.evt_<name>``
+  (:mod:`headwater.registry.typed_tables`), discovered when the DAG is built;
+* one SCD2 model per Postgres CDC dimension, ``silver.dim_<name>`` rebuilt from
+  ``bronze.cdc_<table>`` (:mod:`headwater.sources.cdc.scd2`), discovered from the
+  dimension specs the CDC readers saved.
+
+A model holds only DAG facts: its ``inputs``, how far around its range it reads them
+(``lookback_days`` / ``lookahead_days`` / ``history``) and how it computes (its SQL file, or
+``compute``). Its grain, schema and partitioning are its table's declaration in
+:mod:`headwater.lake.catalog` — or, for a family member, the declaration its family derives
+(contract → typed schema, captured table → dimension schema), held in ``derived``.
+
+``headwater batch`` (:func:`headwater.models.run.build`), ``headwater backfill``, the Dagster
+assets and the late-data sensor (:mod:`headwater.orchestrate`) all walk :func:`dag` and plan
+ranges with :func:`plan`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import partial
+from importlib import resources
+from typing import Callable
+
+import duckdb
+import pyarrow as pa
+
+from headwater.config import Home
+from headwater.errors import InvalidInputError
+from headwater.lake import catalog
+from headwater.lake.catalog import TableSpec
+from headwater.lake.store import Lake
+from headwater.models import config as model_config
+from headwater.models import identity
+from headwater.registry import typed_tables
+from headwater.registry.registry import Registry
+from headwater.sources.cdc import scd2
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a Python model's ``compute`` gets: ``con``, a SQL catalog connection
+    (:mod:`headwater.lake.sql`) holding the model's inputs; the models ``config``; the
+    ``lake``; the ``ds`` range ``[start, end]`` (dates, inclusive; ignored by an
+    unpartitioned model)."""
+
+    home: Home
+    lake: Lake
+    con: duckdb.DuckDBPyConnection
+    config: model_config.ModelConfig
+    start: dt.date
+    end: dt.date
+
+
+@dataclass(frozen=True)
+class Output:
+    """A Python model's result: ``data`` to write (``None``: nothing to write, the table is
+    left as it is), and the Delta app transaction ``(app_id, version)`` the write carries, if
+    any (a CDC dimension records the bronze version it was rebuilt from)."""
+
+    data: pa.Table | pa.RecordBatchReader | None
+    txn: tuple[str, int] | None = None
+
+
+Compute = Callable[[Run], Output]
+
+
+@dataclass(frozen=True)
+class Model:
+    """One batch model writing ``table`` (``"<layer>.<name>"``).
+
+    ``inputs``: the lake tables it reads. For output partitions ``[start, end]`` it reads
+    input days ``start - lookback_days .. end + lookahead_days``, or every day up to ``end +
+    lookahead_days`` if ``history``. ``compute`` makes it a Python model (it runs on DuckDB
+    whatever the engine); without it the model is the SQL file :attr:`sql_file`. ``derived``:
+    a family member's table declaration (``None`` for a table the catalog declares itself).
+    """
+
+    table: str
+    inputs: tuple[str, ...]
+    lookback_days: int = 0
+    lookahead_days: int = 0
+    history: bool = False
+    compute: Compute | None = None
+    derived: TableSpec | None = None
+
+    @property
+    def spec(self) -> TableSpec:
+        """The table's declaration: ``derived``, else the catalog's entry."""
+        return self.derived or catalog.spec(self.table)
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The exact Arrow schema written (results are cast to it, columns selected by name)."""
+        return self.spec.schema
+
+    @property
+    def partitioned(self) -> bool:
+        """Partitioned by ``ds`` (runs overwrite ``[start, end]``), else replaced whole."""
+        return bool(self.spec.partition_by)
+
+    @property
+    def sql_file(self) -> str | None:
+        """``<layer>/<name>.sql`` in the ``headwater.models`` package; ``None`` for a Python model."""
+        return None if self.compute else self.table.replace(".", "/") + ".sql"
+
+    def sql(self, home: Home | None = None) -> str:
+        """The model's SQL text with ``home``'s models configuration rendered in (the default
+        configuration without ``home``). :class:`InvalidInputError` for a Python model and
+        :class:`headwater.models.config.ConfigError` for an invalid configuration."""
+        if self.sql_file is None:
+            raise InvalidInputError(f"{self.table} is a Python model (compute), it has no SQL", field="model")
+        text = resources.files("headwater.models").joinpath(self.sql_file).read_text()
+        return model_config.render(text, model_config.load(home))
+
+    @property
+    def affected_days(self) -> tuple[int | None, int | None]:
+        """``(lo, hi)``: a change of an input on day ``d`` may change this model's partitions
+        ``d + lo .. d + hi`` (``None``: unbounded). A partition ``p`` reads ``p - lookback ..
+        p + lookahead`` (all days before ``p`` with ``history``), so ``lo = -lookahead`` and
+        ``hi = lookback`` (``None`` with ``history``). ``(None, None)`` if not partitioned."""
+        if not self.partitioned:
+            return (None, None)
+        return (-self.lookahead_days, None if self.history else self.lookback_days)
+
+
+# The two identity tables come from one resolution, run once per table: the link graph is
+# small next to the events, and each model stays a plain function of its inputs.
+def _identity_map(run: Run) -> Output:
+    return Output(identity.resolve(run.con, run.config.merge_identified_users)[0])
+
+
+def _identity_refused(run: Run) -> Output:
+    return Output(identity.resolve(run.con, run.config.merge_identified_users)[1])
+
+
+SILVER = ("silver.events",)
+MODELS: tuple[Model, ...] = (
+    Model("silver.identity_map", ("bronze.events",), compute=_identity_map),
+    Model("silver.identity_refused", ("bronze.events",), compute=_identity_refused),
+    Model("silver.events", ("bronze.events", "silver.identity_map")),
+    Model("silver.dim_user", ("bronze.events", "silver.identity_map")),
+    Model("gold.events_hourly", SILVER),
+    Model("gold.sessions", SILVER, lookback_days=1, lookahead_days=1),
+    Model("gold.active_users", SILVER, lookback_days=27),
+    Model("gold.active_users_by_platform", SILVER, lookback_days=27),
+    Model("gold.retention", SILVER, lookahead_days=90, history=True),
+    Model("gold.funnels", SILVER, lookahead_days=model_config.MAX_FUNNEL_WINDOW_HOURS // 24),
+    Model("gold.experiments", SILVER, history=True),
+)
+"""The fixed models (every table the catalog declares with writer ``batch``), in dependency
+order (every model after the models it reads)."""
+
+
+def _typed(subject: str, columns: tuple[typed_tables.Column, ...], run: Run) -> Output:
+    return Output(typed_tables.extract(run.con, subject, columns, run.start, run.end))
+
+
+def typed_models(home: Home) -> tuple[Model, ...]:
+    """One model per subject of ``home``'s contract registry: ``silver.evt_<name>`` from
+    ``silver.events``, its schema derived from the subject's versions. Sorted by table."""
+    registry = Registry.from_home(home)
+    try:
+        subjects = {s: [v.schema for v in registry.versions(s)] for s in registry.subjects()}
+    finally:
+        registry.close()
+    models = []
+    for subject, schemas in subjects.items():
+        columns = tuple(typed_tables.property_columns(schemas))
+        spec = typed_tables.table_spec(subject, columns)
+        models.append(Model(spec.name, SILVER, compute=partial(_typed, subject, columns), derived=spec))
+    return tuple(sorted(models, key=lambda m: m.table))
+
+
+def _dim(spec: scd2.DimSpec, run: Run) -> Output:
+    rebuilt = scd2.rebuilt(spec, run.lake, run.con)
+    if rebuilt is None:
+        return Output(None)
+    rows, version = rebuilt
+    return Output(rows, (spec.app_id, version))
+
+
+def dim_models(home: Home) -> tuple[Model, ...]:
+    """One model per CDC dimension of ``home`` whose change records exist (the specs its CDC
+    readers saved): the SCD2 ``silver.dim_<name>`` rebuilt whole from ``bronze.cdc_<table>``.
+    Sorted by table."""
+    lake = Lake.of(home)
+    return tuple(
+        Model(s.table, (s.bronze,), compute=partial(_dim, s), derived=scd2.table_spec(s))
+        for s in sorted(scd2.specs(home), key=lambda s: s.table)
+        if lake.exists(s.bronze)
+    )
+
+
+def dag(home: Home) -> tuple[Model, ...]:
+    """Every model of ``home`` in dependency order: :data:`MODELS`, the typed models, the
+    CDC dimensions. Reads the contract registry and ``<home>/cdc/`` (the families' members
+    are those that exist now)."""
+    return MODELS + typed_models(home) + dim_models(home)
+
+
+def plan(
+    start: dt.date,
+    end: dt.date,
+    models: tuple[Model, ...] = MODELS,
+    floor: dt.date | None = None,
+    ceiling: dt.date | None = None,
+) -> list[tuple[Model, dt.date, dt.date]]:
+    """The ``(model, start, end)`` runs that make every model correct on ``[start, end]``.
+
+    Every model runs on ``[start, end]``; a partitioned model read by others is also run on
+    the days its readers read: ``start - lookback_days`` (from ``floor`` for a reader with
+    ``history``) to ``end + lookahead_days``, clipped to ``[floor, ceiling]`` (the days with
+    source data: other partitions would be empty) but never narrower than ``[start, end]``.
+    Unpartitioned models keep ``[start, end]`` (ignored when run). Dependency order is kept.
+    :class:`InvalidInputError` if ``start > end``."""
+    if start > end:
+        raise InvalidInputError(f"start: {start} is after end {end}", field="start")
+    partitioned = {m.table for m in models if m.partitioned}
+    ranges = {m.table: (start, end) for m in models}
+    for model in reversed(models):  # readers first, so widening reaches transitive inputs
+        s, e = ranges[model.table]
+        for table in model.inputs:
+            if table not in partitioned:
+                continue
+            lo = s - dt.timedelta(days=model.lookback_days)
+            if model.history and floor is not None:
+                lo = floor
+            hi = e + dt.timedelta(days=model.lookahead_days)
+            lo = max(lo, floor) if floor is not None else lo
+            hi = min(hi, ceiling) if ceiling is not None else hi
+            s0, e0 = ranges[table]
+            ranges[table] = (min(s0, lo), max(e0, hi))
+    return [(m, *ranges[m.table]) for m in models]

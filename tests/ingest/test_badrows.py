@@ -1,0 +1,57 @@
+"""The typed bad row: its stored table, payload redaction, and the bad-rows append."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from headwater.config import PiiPolicy
+from headwater.events import BAD_ROW_SCHEMA, BAD_ROW_TYPES, BAD_ROWS_TOPIC
+from headwater.ingest.badrows import BadRow, bad_rows_append, bad_rows_table, redact
+
+from .conftest import RECEIVED_US
+
+SECRET = "alice@example.com"
+IDS = ("userId", "anonymousId", "previousId")
+
+
+def test_taxonomy():
+    assert BAD_ROW_TYPES == ("size_violation", "decode_failure", "envelope_violation", "schema_violation", "auth_failure")
+
+
+def test_table_has_the_stored_schema_and_utc_dates():
+    rows = [BadRow("auth_failure", "Authorization header: unknown write key", None, RECEIVED_US, field="Authorization", rule="known_write_key"),
+            BadRow("decode_failure", "Malformed JSON", "web", RECEIVED_US + 43_200_000_000, "{oops", "segment")]
+    t = bad_rows_table(rows)
+    assert t.schema == BAD_ROW_SCHEMA
+    got = t.to_pylist()
+    assert got[0]["received_at"] == dt.datetime(2024, 3, 1, 12, tzinfo=dt.timezone.utc) and got[0]["source"] is None
+    assert [r["ds"] for r in got] == [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
+    assert got[1]["payload"] == "{oops" and got[1]["protocol"] == "segment"
+    assert bad_rows_table([]).schema == BAD_ROW_SCHEMA
+
+
+def test_redact_tokenises_identifiers_at_any_depth(tokenizer):
+    raw = json.dumps({"userId": SECRET, "anonymousId": 42, "context": {"traits": {"userId": SECRET}}, "event": "x"}).encode()
+    assert json.loads(redact(raw, tokenizer, IDS)) == {
+        "userId": tokenizer(SECRET), "anonymousId": tokenizer("42"), "context": {"traits": {"userId": tokenizer(SECRET)}}, "event": "x"}
+    assert redact(b'{"api_key": "k", "distinct_id": "d"}', tokenizer, ("distinct_id",), drop=("api_key",)) == f'{{"distinct_id":"{tokenizer("d")}"}}'
+
+
+def test_redact_text_that_is_not_json(tokenizer):
+    text = redact(b'{"userId": "' + SECRET.encode() + b'", "x": \xff', tokenizer, IDS)  # invalid UTF-8, truncated
+    assert SECRET not in text and tokenizer(SECRET) in text
+    assert redact(b"[" * 10_000, tokenizer, IDS).startswith("[[[")  # too deep to decode: text
+    cut = redact(b'{"event": "x", "userId": "' + SECRET.encode(), tokenizer, IDS)  # id cut off by truncation
+    assert cut == '{"event": "x", '
+    assert redact("ts=1 | user_id=u3 | event=E", tokenizer, ("user_id",)) == f"ts=1 | user_id={tokenizer('u3')} | event=E"
+    assert len(redact(b"x" * 100, tokenizer, IDS, limit=10)) == 10
+
+
+def test_append_scrubs_payloads_with_the_policy_and_drops_write_keys(tokenizer):
+    payload = json.dumps({"writeKey": "wk-secret", "properties": {"email": SECRET, "ip": "10.1.2.3"}})
+    append = bad_rows_append([BadRow("schema_violation", "r", "web", RECEIVED_US, payload, "segment"),
+                              BadRow("decode_failure", "r", "web", RECEIVED_US, None, "segment")], PiiPolicy(), tokenizer)
+    assert (append.topic, append.partition) == (BAD_ROWS_TOPIC, 0)
+    stored = append.events.column("payload").to_pylist()
+    assert json.loads(stored[0]) == {"properties": {"email": tokenizer(SECRET)}} and stored[1] is None

@@ -1,0 +1,30 @@
+"""Identifier tokens: keyed, stable, columnar, and kept as they are when asked to."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from headwater.errors import InvalidInputError
+from headwater.ingest.tokens import Tokenizer, is_token
+
+from .conftest import HMAC_KEY
+
+
+def test_tokens_are_keyed_and_stable(tokenizer):
+    assert tokenizer("u1") == Tokenizer(HMAC_KEY)("u1") != tokenizer("u2")
+    assert Tokenizer(b"another key")("u1") != tokenizer("u1")
+    assert is_token(tokenizer("u1")) and not is_token("ann@example.com")
+    with pytest.raises(InvalidInputError):
+        Tokenizer(b"")
+
+
+def test_column_tokenises_each_value_and_keeps_nulls(tokenizer):
+    got = tokenizer.column(pa.chunked_array([pa.array(["a", None, "b", "a"])]))
+    assert got.to_pylist() == [tokenizer("a"), None, tokenizer("b"), tokenizer("a")]
+
+
+def test_keep_tokens_leaves_tokens_and_tokenises_raw_ids(tokenizer):
+    replay = Tokenizer(HMAC_KEY, keep_tokens=True)
+    assert replay(tokenizer("ann@example.com")) == tokenizer("ann@example.com")  # already a token: kept
+    assert replay.token("ann@example.com") == tokenizer("ann@example.com")  # raw: tokenised as usual

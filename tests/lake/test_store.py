@@ -1,0 +1,159 @@
+"""headwater.lake.store.Lake: tables by name, idempotent writes, snapshots, error wrapping."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from headwater.config import Home
+from headwater.errors import ConflictError, InvalidInputError, NotFoundError, TransientError
+from headwater.lake import store
+from headwater.lake.store import Lake
+
+D1, D2, D3 = dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 3)
+T0 = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
+
+
+def hourly(ds: list[dt.date], events: list[int]) -> pa.Table:
+    return pa.table({"events": pa.array(events, pa.int64()), "ds": pa.array(ds, pa.date32())})
+
+
+@pytest.fixture
+def lake(tmp_path) -> Lake:
+    return Lake(tmp_path / "lake")
+
+
+def test_tables_are_addressed_by_declared_name(lake, tmp_path):
+    assert lake.uri("bronze.events") == str(tmp_path / "lake" / "bronze" / "events")
+    assert lake.uri("silver.evt_order_completed") == str(tmp_path / "lake" / "silver" / "evt_order_completed")
+    assert Lake("s3://bucket/lake/").uri("gold.sessions") == "s3://bucket/lake/gold/sessions"
+    assert Lake.of(Home(tmp_path / "h")).uri("gold.sessions") == str(tmp_path / "h" / "lake" / "gold" / "sessions")
+    with pytest.raises(NotFoundError, match="not declared"):
+        lake.uri("gold.nope")
+    with pytest.raises(InvalidInputError, match="layer"):
+        lake.uri("events")
+    assert not lake.exists("bronze.events")
+
+
+def test_tables_lists_fixed_tables_and_family_members(lake, tmp_path):
+    lake.append("gold.events_hourly", hourly([D1], [1]))
+    lake.append("realtime.per_minute", pa.table({"n": [1]}))
+    lake.overwrite_partitions("silver.evt_signed_up", hourly([D1], [1]), D1, D1)
+    (tmp_path / "lake" / "silver" / "evt_empty_dir").mkdir()  # no Delta log: not a table
+    (tmp_path / "lake" / "attic" / "old").mkdir(parents=True)  # undeclared layer: ignored
+    assert lake.tables() == ["gold.events_hourly", "realtime.per_minute", "silver.evt_signed_up"]
+
+
+def test_append_once_records_the_batch_and_partitions_as_declared(lake):
+    assert lake.committed_batch("gold.events_hourly", "app") is None
+    lake.append_once("gold.events_hourly", hourly([D1, D2], [1, 2]), app_id="app", batch_id=7)
+    assert lake.committed_batch("gold.events_hourly", "app") == 7
+    assert lake.committed_batch("gold.events_hourly", "other") is None
+    assert DeltaTable(lake.uri("gold.events_hourly")).metadata().partition_columns == ["ds"]
+    assert (lake.version("gold.events_hourly"), lake.row_count("gold.events_hourly")) == (0, 2)
+    assert lake.ds_range("gold.events_hourly") == (D1, D2)
+    assert lake.ds_range("gold.sessions") is None
+
+
+def test_overwrite_partitions_replaces_the_range_only(lake):
+    lake.overwrite_partitions("gold.events_hourly", hourly([D1, D2, D3], [1, 2, 3]), D1, D3)
+    lake.overwrite_partitions("gold.events_hourly", hourly([D2], [20]), D2, D2)
+    rows = sorted(lake.dataset("gold.events_hourly").to_table().to_pylist(), key=lambda r: r["ds"])
+    assert [r["events"] for r in rows] == [1, 20, 3]
+    with pytest.raises(InvalidInputError, match="gold.events_hourly"):  # a row outside the range
+        lake.overwrite_partitions("gold.events_hourly", hourly([D3], [9]), D1, D2)
+
+
+def test_upsert_and_merge_carry_the_txn(lake):
+    t = "realtime.counts"
+    rows = pa.table({"k": ["a", "b"], "n": [1, 2], "_delete": [False, False]})
+    lake.upsert_once(t, rows, ("k",), app_id="s", batch_id=0)
+    lake.upsert_once(t, pa.table({"k": ["a", "b", "c"], "n": [10, 0, 3], "_delete": [False, True, False]}), ("k",), app_id="s", batch_id=1)
+    assert sorted(lake.dataset(t).to_table().to_pylist(), key=lambda r: r["k"]) == [{"k": "a", "n": 10}, {"k": "c", "n": 3}]
+    assert lake.committed_batch(t, "s") == 1
+    lake.merge(t, pa.table({"k": ["c"], "n": [30]}), "t.k = s.k", app_id="m", batch_id=5, update={"n": "s.n"})
+    assert sorted(r["n"] for r in lake.dataset(t).to_table().to_pylist()) == [10, 30]
+    assert lake.committed_batch(t, "m") == 5
+    with pytest.raises(NotFoundError):
+        lake.merge("realtime.absent", rows, "t.k = s.k", app_id="m", batch_id=0, insert={"k": "s.k"})
+
+
+def test_replace_table_replaces_the_schema_and_compact_keeps_rows(lake):
+    t = "silver.identity_map"
+    lake.replace_table(t, pa.table({"a": [1]}))
+    lake.replace_table(t, pa.table({"b": ["x", "y"]}), app_id="build", batch_id=3)
+    assert lake.schema(t).names == ["b"] and lake.committed_batch(t, "build") == 3
+    for i in range(3):
+        lake.append("gold.events_hourly", hourly([D1], [i]))
+    lake.compact("gold.events_hourly", days=[D1])
+    assert len(lake.add_actions("gold.events_hourly")) == 1 and lake.row_count("gold.events_hourly") == 3
+    lake.compact("gold.sessions")  # absent: nothing to do
+
+
+def test_dataset_is_reused_until_the_version_changes(lake):
+    lake.append("gold.events_hourly", hourly([D1], [1]))
+    first = lake.dataset("gold.events_hourly")
+    assert lake.dataset("gold.events_hourly") is first
+    Lake(lake.root).append("gold.events_hourly", hourly([D2], [2]))  # another writer
+    second = lake.dataset("gold.events_hourly")
+    assert second is not first and second.count_rows() == 2 and first.count_rows() == 1
+    assert lake.dataset("gold.events_hourly") is second
+
+
+def test_errors_are_headwater_errors(lake):
+    with pytest.raises(NotFoundError, match="does not exist"):
+        lake.dataset("bronze.events")
+    with pytest.raises(NotFoundError):
+        lake.version("bronze.events")
+    lake.append("gold.events_hourly", hourly([D1], [1]))
+    with pytest.raises(InvalidInputError, match="events: string") as e:
+        lake.append("gold.events_hourly", pa.table({"events": ["x"], "ds": [D1]}))
+    assert e.value.field == "events"
+    with pytest.raises(InvalidInputError, match="extra: not a column") as e:
+        lake.append("gold.events_hourly", hourly([D1], [1]).append_column("extra", pa.array([1])))
+    assert e.value.field == "extra"
+    with pytest.raises(InvalidInputError, match="events: missing") as e:
+        lake.append("gold.events_hourly", pa.table({"ds": [D1]}))
+    with pytest.raises(NotFoundError) as e:
+        lake.add_actions("gold.events_hourly", version=9)
+    assert e.value.field == "version"
+
+
+def test_commit_conflicts_are_transient(lake, monkeypatch):
+    """Two writers replacing the same table at once: the loser gets TransientError (retry)."""
+    from deltalake.exceptions import CommitFailedError, DeltaProtocolError
+
+    def fail(exc):
+        def write(*a, **kw):
+            raise exc("conflict")
+        return write
+
+    monkeypatch.setattr(store, "write_deltalake", fail(CommitFailedError))
+    with pytest.raises(TransientError) as e:
+        lake.append("gold.events_hourly", hourly([D1], [1]))
+    assert e.value.retry_after_s is not None
+    monkeypatch.setattr(store, "write_deltalake", fail(DeltaProtocolError))
+    with pytest.raises(ConflictError):
+        lake.append("gold.events_hourly", hourly([D1], [1]))
+
+
+def test_dataset_cache_is_thread_safe(lake):
+    lake.append("gold.events_hourly", hourly([D1], [1]))
+    got, errors = [], []
+
+    def read():
+        try:
+            got.append(lake.dataset("gold.events_hourly").count_rows())
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and got == [1] * 8
