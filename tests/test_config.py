@@ -27,7 +27,7 @@ def test_sources_keep_their_write_keys(tmp_path):
     home = Home(tmp_path)
     web = home.add_source("web")
     assert home.add_source("web") == web
-    server = home.add_source("server", "k-server")
+    home.add_source("server", "k-server")
     assert {s.name: s.write_key for s in Home(tmp_path).sources()} == {"web": web.write_key, "server": "k-server"}
     assert stat.S_IMODE(home.sources_path.stat().st_mode) == 0o600
     with pytest.raises(ConflictError, match="write_key: already used by source 'server'"):

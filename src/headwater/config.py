@@ -125,10 +125,6 @@ class Home:
         return self._settings
 
     @property
-    def log_path(self) -> Path:
-        return self.root / "log" / "log.db"
-
-    @property
     def sources_path(self) -> Path:
         return self.root / "sources.json"
 
@@ -190,8 +186,3 @@ class Home:
     def _write_sources(self, sources: list[Source]) -> None:
         _write_private(self.sources_path, json.dumps(msgspec.to_builtins(sources), indent=2).encode())
 
-
-def partitions_from_env() -> int:
-    """Partition count for a new ``events`` topic: ``HEADWATER_PARTITIONS`` or the default
-    (an existing topic keeps its own)."""
-    return int(os.environ.get("HEADWATER_PARTITIONS", 4))

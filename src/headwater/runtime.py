@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from headwater.config import Home
 from headwater.errors import TransientError
-from headwater.serve.status import log_offsets
+from headwater.serve.progress import log_offsets
 
 
 def free_port() -> int:

@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     dagster: DagsterSettings = DagsterSettings()
     cdc: CdcSettings = CdcSettings()
 
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, home: Path) -> Path:
+        # Derived locations (log_url, lake_root) and child processes need an absolute home.
+        return home.expanduser().resolve()
+
     @property
     def log_url(self) -> str:
         """``log.url``, or ``sqlite:///<home>/log/log.db`` when it is empty."""
@@ -255,9 +261,8 @@ def load(**overrides: Any) -> Settings:
         settings = Settings(**nested)
     except ValidationError as e:
         raise _invalid(e, _home_from(nested), overrides) from None
-    home = settings.home.expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return settings.model_copy(update={"home": home})
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings
 
 
 def _invalid(e: ValidationError, home: Path, overrides: dict[str, Any]) -> InvalidInputError:

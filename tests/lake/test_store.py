@@ -157,3 +157,21 @@ def test_dataset_cache_is_thread_safe(lake):
     for t in threads:
         t.join()
     assert not errors and got == [1] * 8
+
+
+def test_dataset_reads_what_delta_rs_reads(lake, monkeypatch):
+    """The Hive-layout fast path gives the rows delta-rs' own dataset gives: null partition
+    values, a column added by a later write (null in older files), ``ds`` pruning."""
+    t = "gold.events_hourly"
+    lake.append(t, pa.table({"events": pa.array([1, 2], pa.int64()), "ds": pa.array([D1, None], pa.date32())}))
+    lake.overwrite_partitions(t, pa.table({"events": pa.array([3], pa.int64()), "note": ["new"], "ds": pa.array([D2], pa.date32())}), D2, D2)
+    fast = lake.dataset(t)
+    monkeypatch.setattr(store, "_hive_layout", lambda adds, columns: False)
+    exact = Lake(lake.root).dataset(t)
+    assert fast.schema.equals(exact.schema)
+    rows = lambda d, **kw: sorted(d.to_table(**kw).to_pylist(), key=repr)  # noqa: E731
+    assert rows(fast) == rows(exact) == sorted([{"events": 1, "note": None, "ds": D1}, {"events": 2, "note": None, "ds": None},
+                                                {"events": 3, "note": "new", "ds": D2}], key=repr)
+    import pyarrow.dataset as pads
+
+    assert rows(fast, filter=pads.field("ds") == pa.scalar(D2)) == [{"events": 3, "note": "new", "ds": D2}]

@@ -231,4 +231,4 @@ def test_cli_batch_refuses_unknown_engine(tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "'flink' is not one of 'duckdb', 'spark'" in bad.output
     monkeypatch.setenv("HEADWATER_ENGINE", "flink")
     bad = runner.invoke(cli, ["batch"])
-    assert bad.exit_code == 2 and "batch.engine: Input should be 'duckdb' or 'spark' (got 'flink')" in bad.output
+    assert bad.exit_code == 2 and "batch.engine: Input should be 'duckdb' or 'spark' (got 'flink', from env HEADWATER_ENGINE)" in bad.output

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from headwater.cli.main import cli
 from headwater.config import Home
-from headwater.serve.metrics import RATE_WINDOW_S, query_metrics
+from headwater.serve.progress import RATE_WINDOW_S, query_metrics
 from headwater.stream.checkpoint import Checkpoint
 from headwater.stream.pipeline import DEFAULT_PIPELINE
 from headwater.stream.processor import QUERY, BronzeStream

@@ -157,7 +157,7 @@ def test_mapping_errors_name_the_option_and_import_nothing(home, tmp_path):
         Mapping(timestamp="ts", user_id="u", event="e", timestamp_unit="s", timestamp_format="%s")
     with pytest.raises(ValueError, match="cannot tell the format of 'x.xlsx'"):
         detect_format(tmp_path / "x.xlsx")
-    assert not home.log_path.exists() or not _events_in_log(home)
+    assert not (home.root / "log" / "log.db").exists() or not _events_in_log(home)
 
 
 def _events_in_log(home) -> int:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -271,12 +272,12 @@ class Lake:
         table does not exist.
 
         DuckDB and Polars push projections and ``ds`` filters down into it: each file carries
-        its partition values and min/max statistics as an expression, so a filtered scan opens
-        only the files that can match. Files are read through Arrow's native local
-        filesystem, not delta-rs' Python storage handler: with the latter a process that
-        scanned a dataset aborts at interpreter exit about half the time ("terminate called
-        without an active exception", exit code 134; deltalake 1.6.6, observed here), and the
-        native one is no slower.
+        its partition values as an expression, so a filtered scan opens only the files of the
+        matching partitions (and reads only the row groups whose Parquet statistics can match).
+        Files are read through Arrow's native local filesystem, not delta-rs' Python storage
+        handler: with the latter a process that scanned a dataset aborts at interpreter exit
+        about half the time ("terminate called without an active exception", exit code 134;
+        deltalake 1.6.6, observed here), and the native one is no slower.
 
         The dataset is cached per table and reused while the version is unchanged: checking
         costs one incremental log listing (``update_incremental``), not a reload."""
@@ -294,9 +295,33 @@ class Lake:
                 version = handle.version()
                 if cached is not None and cached[0] is handle and cached[1] == version:
                     return cached[2]
-                data = handle.to_pyarrow_dataset(filesystem=self._filesystem(table))
+                data = self._snapshot(handle, table)
             self._snapshots[table] = (handle, version, data)
             return data
+
+    def _snapshot(self, handle: DeltaTable, table: str) -> pads.Dataset:
+        """The files of ``handle``'s snapshot as a dataset.
+
+        delta-rs' ``to_pyarrow_dataset`` builds one partition-and-statistics expression per
+        file in Python: 9 s for a table of 15,000 files (the stream's micro-batches make that
+        many within days). When every file lies in the Hive directory of its partition values
+        as recorded in the log (what delta-rs and Spark write) and the protocol asks for no
+        reader feature, the same files are listed for Arrow to read with Hive partitioning
+        instead: 0.09 s for those 15,000. Otherwise delta-rs builds it."""
+        import pyarrow.dataset as pads
+
+        filesystem = self._filesystem(table)
+        adds = pa.table(handle.get_add_actions(flatten=True))
+        columns = handle.metadata().partition_columns
+        if filesystem is None or handle.protocol().reader_features or not _hive_layout(adds, columns):
+            return handle.to_pyarrow_dataset(filesystem=filesystem)
+        schema = pa.schema(handle.schema().to_arrow())
+        partitioning = None
+        if columns:
+            partitioning = pads.HivePartitioning(pa.schema([schema.field(c) for c in columns]), null_fallback=_HIVE_NULL)
+        paths = [urllib.parse.unquote(p) for p in adds.column("path").to_pylist()]
+        fmt = pads.ParquetFileFormat(default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=True))
+        return pads.dataset(paths, schema=schema, format=fmt, filesystem=filesystem, partitioning=partitioning)
 
     def _filesystem(self, table: str) -> pafs.FileSystem | None:
         if not self._local:
@@ -305,6 +330,24 @@ class Lake:
 
     def _partition_by(self, table: str) -> list[str] | None:
         return list(catalog.spec(table).partition_by) or None
+
+
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def _hive_layout(adds: pa.Table, columns: list[str]) -> bool:
+    """Whether the directory of every file (``add.path``) is ``c1=v1/c2=v2…`` of its partition
+    values in the log (vectorised: one string comparison per file)."""
+    if not columns or adds.num_rows == 0:
+        return True  # unpartitioned: a file's path is all there is
+    parts = [
+        pc.binary_join_element_wise(f"{c}=", pc.fill_null(pc.cast(adds.column(f"partition.{c}"), pa.string()), _HIVE_NULL), "")
+        for c in columns
+    ]
+    expected = pc.binary_join_element_wise(*parts, "/") if len(parts) > 1 else parts[0]
+    paths = pc.cast(adds.column("path"), pa.string())
+    directory = pc.replace_substring_regex(paths, r"/[^/]*$", "")
+    return bool(pc.all(pc.equal(directory, expected)).as_py())
 
 
 def _q(ident: str) -> str:
@@ -341,6 +384,11 @@ def _same_kind(a: pa.DataType, b: pa.DataType) -> bool:
     return pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and (a.tz is None) == (b.tz is None)
 
 
+# delta-rs raises plain DeltaError for data that breaks the table's rules; what remains
+# unrecognised is storage trouble (object-store I/O, a lock), worth a retry.
+_INVALID_DATA = ("Invalid data found", "partitioning", "non-nullable", "C Data interface")
+
+
 @contextmanager
 def _errors(table: str, schema: Callable[[], pa.Schema | None] | None = None, data: Any = None,
             version: int | None = None) -> Iterator[None]:
@@ -363,7 +411,7 @@ def _errors(table: str, schema: Callable[[], pa.Schema | None] | None = None, da
         bad = _mismatch(schema(), data) if schema is not None else None
         if bad is not None:
             raise InvalidInputError(f"{table}: the data does not fit the table: {bad}", field=bad.partition(":")[0]) from e
-        if isinstance(e, (SchemaMismatchError, pa.ArrowInvalid, pa.ArrowTypeError)) or "Invalid data found" in text or "partitioning" in text:
+        if isinstance(e, (SchemaMismatchError, pa.ArrowInvalid, pa.ArrowTypeError)) or any(m in text for m in _INVALID_DATA):
             raise InvalidInputError(f"{table}: {text.splitlines()[0]}", field="table") from e
         raise TransientError(f"{table}: {text.splitlines()[0] if text else type(e).__name__}", field="table") from e
     except OSError as e:

@@ -47,12 +47,10 @@ from headwater.sources.cdc import scd2
 
 @dataclass(frozen=True)
 class Run:
-    """What a Python model's ``compute`` gets: ``con``, a SQL catalog connection
-    (:mod:`headwater.lake.sql`) holding the model's inputs; the models ``config``; the
-    ``lake``; the ``ds`` range ``[start, end]`` (dates, inclusive; ignored by an
-    unpartitioned model)."""
+    """What a Python model's ``compute`` gets: the ``lake``; ``con``, a SQL catalog connection
+    (:mod:`headwater.lake.sql`) holding the model's inputs; the models ``config``; the ``ds``
+    range ``[start, end]`` (dates, inclusive; ignored by an unpartitioned model)."""
 
-    home: Home
     lake: Lake
     con: duckdb.DuckDBPyConnection
     config: model_config.ModelConfig

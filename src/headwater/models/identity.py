@@ -46,7 +46,6 @@ import duckdb
 import pyarrow as pa
 
 from headwater.lake.schemas import IDENTITY_MAP_SCHEMA, IDENTITY_REFUSED_SCHEMA
-from headwater.events import TS
 
 
 _LINKS = """

@@ -175,7 +175,7 @@ def run_model(
             else:
                 _registered(con, lake, model.inputs, model.table)
                 if model.compute is not None:
-                    output = model.compute(Run(home, lake, con, model_config.load(home), start, end))
+                    output = model.compute(Run(lake, con, model_config.load(home), start, end))
                 else:
                     text = model.sql(home)
                     params = {k: v for k, v in (("start", start), ("end", end)) if f"${k}" in text}  # unused ones are refused

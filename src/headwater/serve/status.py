@@ -6,7 +6,7 @@ Shape of :func:`status` (all offsets count events; times are ISO 8601 UTC)::
      "log": {topic: {"partitions": {p: {"end_offset", "committed_offset", "lag"}}, "lag": int}},
      "lag": int,                      # total over topics
      "stream": {"last_batch_id", "last_batch_time", "totals": {...}} | null,
-     "metrics": {query: {...}},        # the /metrics figures per stream query (serve.metrics.query_metrics)
+     "metrics": {query: {...}},        # the /metrics figures per stream query (serve.progress.query_metrics)
      "tables": {"bronze.events": rows, ...}}
 """
 
@@ -16,35 +16,14 @@ import datetime as dt
 from typing import Any
 
 from headwater.config import Home
-from headwater.errors import NotFoundError
 from headwater.lake.store import Lake
-from headwater.log import open_log
 from headwater.stream.checkpoint import Checkpoint
-from headwater.stream.processor import BAD_ROWS, EVENTS, QUERY
-
-
-def log_offsets(home: Home) -> dict[str, Any]:
-    """Per topic: ``{"partitions": {p: {"end_offset", "committed_offset", "lag"}}, "lag"}``,
-    committed offsets being the bronze query's consumer group; topics not yet created are absent."""
-    log = open_log(home.settings.log_url)
-    out: dict[str, Any] = {}
-    try:
-        for topic in (EVENTS, BAD_ROWS):
-            try:
-                ends, done = log.end_offsets(topic), log.committed(QUERY, topic)
-            except NotFoundError:
-                continue
-            parts = {p: {"end_offset": e, "committed_offset": done[p], "lag": e - done[p]} for p, e in ends.items()}
-            out[topic] = {"partitions": parts, "lag": sum(v["lag"] for v in parts.values())}
-    finally:
-        log.close()
-    return out
+from headwater.serve.progress import log_offsets, query_metrics
+from headwater.stream.processor import QUERY
 
 
 def status(home: Home) -> dict[str, Any]:
     """The status document described in the module docstring."""
-    from headwater.serve.metrics import query_metrics  # imports log_offsets from here
-
     offsets = log_offsets(home)
     out: dict[str, Any] = {
         "home": str(home.root),

@@ -55,7 +55,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.config import Home, partitions_from_env
+from headwater.config import Home
 from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC
 from headwater.lake.store import Lake
 from headwater.log import EventLog, open_log
@@ -142,7 +142,7 @@ class BronzeStream:
         self.clock = clock
         # This query commits the consumer offsets, so its handle applies the log's retention.
         self.log = event_log or open_log(home.settings.log_url, retention_ms=home.settings.log.retention_ms)
-        self.log.ensure_topic(EVENTS, partitions_from_env())
+        self.log.ensure_topic(EVENTS, home.settings.log.partitions)
         self.log.ensure_topic(BAD_ROWS, 1)
         self.checkpoint = Checkpoint(home.checkpoint_dir(QUERY), retain=self.config.retain_batches)
         self.dedup = DedupState(self.checkpoint.state_dir / "dedup", pipeline.dedup.ttl, pipeline.dedup.key)

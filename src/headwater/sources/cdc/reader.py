@@ -52,7 +52,6 @@ from headwater.lake.schemas import CDC_SCHEMA
 from headwater.ingest.pii import normalize_key
 from headwater.ingest.tokens import Tokenizer
 from headwater.config import DEFAULT_TOKENIZE_KEYS, Home
-from headwater.events import TS
 from headwater.lake.store import Lake
 from headwater.sources.cdc import pgoutput, scd2
 from headwater.sources.files import connect
