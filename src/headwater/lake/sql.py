@@ -14,14 +14,14 @@ introspection (``SHOW TABLES``, ``information_schema``, ``duckdb_tables()``…) 
 existing table, as it has to.
 
 How a table is read. DuckDB's ``delta`` extension cannot be downloaded here, so each table's
-snapshot is opened with delta-rs (:meth:`headwater.lake.store.Lake.dataset`) and registered
-with the connection as the Arrow scan ``__headwater_<layer>__<name>`` behind the view. That
-dataset carries, per data file, a partition expression built from the Delta log
-(``ds == 2024-03-01`` plus min/max statistics of every column). DuckDB pushes projections and
-filters of a query into the Arrow scan (``EXPLAIN`` shows ``Filters: ds>=...`` on the
-``ARROW_SCAN``), and pyarrow drops every file whose expression contradicts the filter
-before opening it: a ``WHERE ds ...`` query reads only the files of the matching partitions
-(partition pruning), with prepared parameters too.
+snapshot is opened as a pyarrow dataset of exactly the files of its current Delta version
+(:meth:`headwater.lake.store.Lake.dataset`) and registered with the connection as the Arrow
+scan ``__headwater_<layer>__<name>`` behind the view. Each file carries its partition values
+(``ds == 2024-03-01``) as an expression. DuckDB pushes projections and filters of a query
+into the Arrow scan (``EXPLAIN`` shows ``Filters: ds>=...`` on the ``ARROW_SCAN``), and
+pyarrow drops every file whose partition contradicts the filter before opening it: a
+``WHERE ds ...`` query reads only the files of the matching partitions (partition pruning),
+with prepared parameters too; inside a file, Parquet row-group statistics skip the rest.
 
 Snapshots. A connection sees each table at its snapshot as of its :func:`register` (done
 by :func:`query` / :func:`register_referenced` for the tables a statement names, once per

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -157,6 +158,9 @@ class BronzeStream:
             **{a.table: a.table for a in pipeline.aggregates},
         }
         self._sql = duckdb.connect(":memory:")
+        # pyarrow imports pandas on its first conversion from numpy (~0.9 s here): pay it at
+        # start-up, not inside the first micro-batch, whose events would wait for it.
+        pa.array(np.zeros(1, np.int64))
         self._commits = 0
         self._commit_lock = threading.Lock()
         self._sinks = ThreadPoolExecutor(max_workers=SINK_THREADS, thread_name_prefix="headwater-sink")
