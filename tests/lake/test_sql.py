@@ -101,13 +101,13 @@ def test_query_returns_arrow_with_utc_timestamps_and_binds_parameters(lake):
 
 
 def test_missing_table_is_a_clear_error(lake):
-    with pytest.raises(duckdb.CatalogException, match="active_users does not exist"):
+    with pytest.raises(NotFoundError, match="active_users does not exist"):
         sql.query(lake, "SELECT * FROM gold.active_users")
-    with pytest.raises(duckdb.CatalogException, match="not_a_table"):
+    with pytest.raises(NotFoundError, match="not_a_table"):
         sql.query(lake, "SELECT * FROM gold.not_a_table")
-    with pytest.raises(duckdb.CatalogException, match="nowhere"):
+    with pytest.raises(NotFoundError, match="nowhere"):
         sql.query(lake, "SELECT * FROM nowhere.events")
-    with pytest.raises(duckdb.ParserException):
+    with pytest.raises(InvalidInputError):
         sql.query(lake, "SELEC * FROM bronze.events")
 
 

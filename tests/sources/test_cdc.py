@@ -20,6 +20,7 @@ import uuid
 import psycopg
 import pytest
 
+from headwater.errors import NotFoundError
 from headwater.lake.store import Lake
 from headwater.sources.cdc import scd2
 from headwater.sources.cdc.pgoutput import parse_lsn
@@ -250,7 +251,7 @@ def test_bronze_records_and_rebuild_equals_incremental(home, dsn, token):
 
 
 def test_configuration_errors_name_the_option(home, dsn, postgres):
-    with pytest.raises(ValueError, match="table: 'nope' does not exist"):
+    with pytest.raises(NotFoundError, match="table: 'nope' does not exist"):
         CdcReader(home, CdcConfig(dsn, "nope"))
     with pytest.raises(ValueError, match="tracked: column 'tier' is not in 'accounts'; its columns are id, email"):
         CdcReader(home, CdcConfig(dsn, "accounts", tracked=("tier",)))
@@ -264,7 +265,7 @@ def test_configuration_errors_name_the_option(home, dsn, postgres):
     env = {**os.environ, "HEADWATER_HOME": str(home.root)}
     bad_dsn = f"host=127.0.0.1 port={postgres.port} user=postgres dbname=missing_db connect_timeout=5"
     out = subprocess.run([sys.executable, "-m", "headwater", "cdc", "run", "--dsn", bad_dsn, "--table", "accounts"], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and 'database "missing_db" does not exist' in out.stderr
+    assert out.returncode == 75 and 'database "missing_db" does not exist' in out.stderr  # TransientError
 
 
 def test_initial_snapshot_then_changes_and_a_crash_during_setup(home, dsn, token, monkeypatch):

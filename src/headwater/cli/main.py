@@ -18,7 +18,6 @@ from headwater.cli.errors import DEBUG, HeadwaterGroup
 from headwater.cli.options import check_range, date_range, engine_option, open_home, setting_option
 from headwater.cli.output import emit, format_option, human_duration, print_rows
 from headwater.config import Home
-from headwater.errors import InvalidInputError
 
 
 @click.group(cls=HeadwaterGroup)
@@ -131,16 +130,10 @@ def batch(start: dt.date | None, end: dt.date | None, fmt: str) -> None:
 @format_option
 def query(sql: str, fmt: str) -> None:
     """Run SQL (DuckDB) over the tables, named bronze.events, silver.events, gold.active_users, ..."""
-    import duckdb
-
     from headwater.lake import sql as catalog
     from headwater.lake.store import Lake
 
-    try:
-        result = catalog.query(Lake.of(open_home()), sql)
-    except duckdb.Error as e:
-        raise InvalidInputError(str(e), field="sql") from e
-    emit(result, fmt)
+    emit(catalog.query(Lake.of(open_home()), sql), fmt)
 
 
 def _status_text(info: dict) -> None:

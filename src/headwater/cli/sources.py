@@ -44,10 +44,7 @@ def _mapping(**kw):
 
     if not kw.get("timestamp"):
         raise click.UsageError("--timestamp: name the column holding the event time")
-    try:
-        return Mapping(**kw)
-    except ValueError as e:  # until sources.mapping raises InvalidInputError itself
-        raise click.UsageError(str(e)) from None
+    return Mapping(**kw)
 
 
 _MAPPING_KEYS = ("user_id", "anonymous_id", "event", "timestamp", "timestamp_format", "timestamp_unit", "event_type", "event_id", "properties", "platform")
@@ -69,10 +66,7 @@ def import_cmd(path: Path, input_format: str | None, source: str, fmt: str, **ma
     from headwater.sources.files import import_file
 
     m = _mapping(**{k: mapping[k] for k in _MAPPING_KEYS})
-    try:
-        counts = import_file(open_home(), path, m, fmt=input_format, source=source)
-    except ValueError as e:  # until sources.files raises InvalidInputError itself
-        raise InvalidInputError(str(e)) from e
+    counts = import_file(open_home(), path, m, fmt=input_format, source=source)
     emit({"file": str(path), **counts.as_dict()}, fmt)
 
 
@@ -96,10 +90,7 @@ def logs_cmd(path: Path, input_format: str, source: str, name: str | None, follo
     m = _mapping(**{k: mapping[k] for k in _MAPPING_KEYS})
     if not follow and not path.is_file():
         raise NotFoundError(f"{path}: no such file", field="PATH")
-    try:
-        reader = ServerLog(open_home(), path, m, fmt=input_format, source=source, name=name)
-    except ValueError as e:  # until sources.serverlog raises InvalidInputError itself
-        raise InvalidInputError(str(e)) from e
+    reader = ServerLog(open_home(), path, m, fmt=input_format, source=source, name=name)
     try:
         if follow:
             stop = threading.Event()
@@ -136,8 +127,6 @@ def _cdc_options(f):
 
 
 def _reader(table, key, track, tokenize, dim, slot, max_changes):
-    import psycopg
-
     from headwater.sources.cdc.reader import CdcConfig, CdcReader
 
     home = open_home()
@@ -145,11 +134,8 @@ def _reader(table, key, track, tokenize, dim, slot, max_changes):
         raise InvalidInputError("--dsn: name the source database (or set setting cdc.dsn, HEADWATER_CDC_DSN)", field="cdc.dsn")
     dsn = home.settings.cdc.dsn.get_secret_value()
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
-    try:
-        config = CdcConfig(dsn, table, split(key), split(track), None if tokenize is None else split(tokenize), dim, slot, max_changes=max_changes)
-        return CdcReader(home, config)
-    except (ValueError, psycopg.Error) as e:  # until sources.cdc raises headwater errors itself
-        raise click.ClickException(str(e).strip()) from None
+    config = CdcConfig(dsn, table, split(key), split(track), None if tokenize is None else split(tokenize), dim, slot, max_changes=max_changes)
+    return CdcReader(home, config)
 
 
 _NO_SNAPSHOT = click.option("--no-snapshot", is_flag=True, help="Capture changes from now on only, without the table's current rows.")

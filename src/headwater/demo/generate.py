@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.config import Home
+from headwater.errors import InvalidInputError
 from headwater.events import EVENT_SCHEMA
 from headwater.lake.store import Lake
 
@@ -91,7 +92,7 @@ def chunks(
     """The events of ``day`` as ``EVENT_SCHEMA`` tables of about ``chunk_rows`` rows each
     (``n`` events in all, plus the re-sends). Raises ``ValueError`` if ``n < 1``."""
     if n < 1:
-        raise ValueError(f"n: expected at least 1 event, got {n}")
+        raise InvalidInputError(f"n: expected at least 1 event, got {n}")
     users = users or max(n // 10, 1)
     rng = np.random.default_rng([seed, day.toordinal()])
     # per-user attributes, shared by all chunks of the day

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from headwater.errors import NotFoundError
+from headwater.errors import InvalidInputError, NotFoundError, TransientError
 from headwater.lake import catalog
 
 if TYPE_CHECKING:
@@ -150,13 +150,22 @@ def query(lake: Lake, sql: str, params: dict[str, Any] | list[Any] | None = None
 
     ``params`` are bound as DuckDB prepared parameters (``$name`` for a dict, ``?``/``$1`` for
     a list). A statement without a result (``SET``, ``CREATE``) gives an empty table. The
-    connection is closed afterwards: views or settings created here do not persist. Raises
-    ``duckdb.CatalogException`` for a table that does not exist,
-    ``duckdb.ParserException`` / ``duckdb.BinderException`` for invalid SQL."""
+    connection is closed afterwards: views or settings created here do not persist.
+
+    Raises :class:`~headwater.errors.NotFoundError` for a table, column or function that does
+    not exist, :class:`~headwater.errors.InvalidInputError` for invalid SQL or a value DuckDB
+    cannot convert, :class:`~headwater.errors.TransientError` for an I/O failure (each with
+    DuckDB's message, naming the object and position; the DuckDB error is the ``__cause__``)."""
     con = connect(lake)
     try:
         register_referenced(con, lake, sql)
         rel = con.sql(sql, params=params)
         return rel.to_arrow_table() if rel is not None else pa.table({})
+    except duckdb.CatalogException as e:
+        raise NotFoundError(str(e), field="sql") from e
+    except duckdb.IOException as e:
+        raise TransientError(str(e), field="sql") from e
+    except duckdb.Error as e:  # parser, binder, conversion, invalid input, ...
+        raise InvalidInputError(str(e), field="sql") from e
     finally:
         con.close()

@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 import sqlglot
 from sqlglot import exp
 
+from headwater.errors import InvalidInputError
+
 Fixup = Callable[[exp.Expression], exp.Expression]
 
 
@@ -41,7 +43,7 @@ def literal(value: object) -> exp.Expression:
     Raises ``TypeError`` for any other type and ``ValueError`` for a naive ``datetime``."""
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            raise ValueError(f"parameter value {value!r}: a datetime must be timezone-aware (UTC)")
+            raise InvalidInputError(f"parameter value {value!r}: a datetime must be timezone-aware (UTC)")
         text = value.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
         return exp.cast(exp.Literal.string(text), exp.DataType.build("TIMESTAMP"))
     if isinstance(value, dt.date):
@@ -61,7 +63,7 @@ def bind(tree: exp.Expression, params: Mapping[str, object]) -> exp.Expression:
         if isinstance(node, exp.Placeholder):
             name = node.name
             if not name or name not in params:
-                raise ValueError(f"parameter ${name or '?'}: no value given (have {sorted(params)})")
+                raise InvalidInputError(f"parameter ${name or '?'}: no value given (have {sorted(params)})")
             return literal(params[name])
         return node
 
@@ -213,7 +215,7 @@ def to_spark(
     unsupported parameter type."""
     statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
     if len(statements) != 1:
-        raise ValueError(f"sql: expected exactly one statement, got {len(statements)}")
+        raise InvalidInputError(f"sql: expected exactly one statement, got {len(statements)}")
     tree = bind(statements[0], params or {})
     for fixup in FIXUPS:
         tree = fixup(tree)

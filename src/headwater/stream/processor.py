@@ -57,6 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.config import Home
+from headwater.errors import InvalidInputError
 from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC
 from headwater.lake.store import Lake
 from headwater.log import EventLog, open_log
@@ -232,7 +233,7 @@ class BronzeStream:
             for topic, parts in plan.items():
                 for p, (start, _) in parts.items():
                     if self._next[topic][p] != start:
-                        raise ValueError(f"plan: {topic}/{p} starts at {start}, this query is at {self._next[topic][p]}")
+                        raise InvalidInputError(f"plan: {topic}/{p} starts at {start}, this query is at {self._next[topic][p]}")
         batch_id = self._next_batch
         now = self.clock() if batch_timestamp_ms is None else batch_timestamp_ms
         self.checkpoint.write_offsets(batch_id, plan, {"batch_timestamp_ms": now})

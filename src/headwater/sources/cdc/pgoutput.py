@@ -20,6 +20,8 @@ import datetime as dt
 import struct
 from dataclasses import dataclass, field
 
+from headwater.errors import InvalidInputError
+
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 _PG_EPOCH_US = 946_684_800_000_000  # PG_EPOCH in µs since the Unix epoch
 
@@ -126,13 +128,13 @@ class Decoder:
                 rel = self._relation(r.int32())
                 self._txn.changes.append(Change("truncate", rel, lsn, len(self._txn.changes)))
         elif tag not in (b"O", b"Y", b"M"):
-            raise ValueError(f"pgoutput: unknown message tag {tag!r} at LSN {format_lsn(lsn)}")
+            raise InvalidInputError(f"pgoutput: unknown message tag {tag!r} at LSN {format_lsn(lsn)}")
         return None
 
     def _relation(self, oid: int) -> Relation:
         rel = self.relations.get(oid)
         if rel is None:
-            raise ValueError(f"pgoutput: change of relation {oid} before its Relation message")
+            raise InvalidInputError(f"pgoutput: change of relation {oid} before its Relation message")
         return rel
 
 
@@ -185,7 +187,7 @@ class _Reader:
                 out[col.name] = text_value(self.data[self.pos : self.pos + n].decode(), col.type_oid)
                 self.pos += n
             else:
-                raise ValueError(f"pgoutput: unexpected tuple value kind {kind!r} (binary mode is not requested)")
+                raise InvalidInputError(f"pgoutput: unexpected tuple value kind {kind!r} (binary mode is not requested)")
         return out
 
 

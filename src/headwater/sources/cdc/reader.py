@@ -52,6 +52,7 @@ from headwater.lake.schemas import CDC_SCHEMA
 from headwater.ingest.pii import normalize_key
 from headwater.ingest.tokens import Tokenizer
 from headwater.config import DEFAULT_TOKENIZE_KEYS, Home
+from headwater.errors import InvalidInputError, NotFoundError, TransientError
 from headwater.lake.store import Lake
 from headwater.sources.cdc import pgoutput, scd2
 from headwater.sources.files import connect
@@ -84,10 +85,10 @@ class CdcConfig:
     def __post_init__(self):
         for part in self.table.split("."):
             if not _NAME.match(part):
-                raise ValueError(f"table: {self.table!r} must be name or schema.name in lowercase letters, digits and _")
+                raise InvalidInputError(f"table: {self.table!r} must be name or schema.name in lowercase letters, digits and _")
         for what, v in (("slot", self.slot), ("publication", self.publication), ("dim", self.dim)):
             if v is not None and not _NAME.match(v):
-                raise ValueError(f"{what}: {v!r} must be lowercase letters, digits and _")
+                raise InvalidInputError(f"{what}: {v!r} must be lowercase letters, digits and _")
 
     @property
     def schema_name(self) -> str:
@@ -109,16 +110,24 @@ class CdcConfig:
 class CdcReader:
     """Reads one table's changes into ``bronze.cdc_<table>`` and ``silver.<dim>``.
 
-    Construction connects and reads the table's columns; raises ``psycopg.OperationalError``
-    if Postgres is unreachable and ``ValueError`` naming the option if the table or a
-    configured column does not exist."""
+    Construction connects and reads the table's columns; raises
+    :class:`~headwater.errors.TransientError` if Postgres is unreachable,
+    :class:`~headwater.errors.NotFoundError` if the table does not exist and
+    :class:`~headwater.errors.InvalidInputError` naming the option for a bad name or column."""
 
     def __init__(self, home: Home, config: CdcConfig):
         self.home, self.config = home, config
         self.app_id = f"cdc:{config.slot_name}"
         self.lake = Lake.of(home)
         self.bronze = f"bronze.cdc_{config.name}"
-        self.conn = psycopg.connect(config.dsn, autocommit=True)
+        try:
+            self.conn = psycopg.connect(config.dsn, autocommit=True)
+        except psycopg.OperationalError as e:
+            # libpq gives no SQLSTATE for a failed connection: refused, timed out, no such
+            # database and a bad password look alike, so all count as worth a retry.
+            raise TransientError(f"cdc.dsn: cannot connect to the source database: {str(e).strip()}", field="cdc.dsn") from e
+        except psycopg.ProgrammingError as e:  # a malformed connection string
+            raise InvalidInputError(f"cdc.dsn: {str(e).strip()}", field="cdc.dsn") from e
         self.tokenizer = Tokenizer(home.hmac_key())
         self.tokenize: set[str] = set(config.tokenize or ())
         self.dim = self._dim_spec()
@@ -139,19 +148,19 @@ class CdcReader:
             (c.table,),
         ).fetchall()
         if not rows:
-            raise ValueError(f"table: {c.table!r} does not exist in the database")
+            raise NotFoundError(f"table: {c.table!r} does not exist in the database", field="table")
         self.columns = [(name, oid) for name, oid, _ in rows]
         if c.tokenize is None:  # the default PII policy's identifier keys (headwater.ingest.pii)
             self.tokenize = {name for name, _, _ in rows if normalize_key(name) in DEFAULT_TOKENIZE_KEYS}
         types = {name: ("VARCHAR" if name in self.tokenize else scd2.PG_TYPES.get(oid, "VARCHAR")) for name, oid, _ in rows}
         key = c.key or tuple(name for name, _, pk in rows if pk)
         if not key:
-            raise ValueError(f"key: {c.table!r} has no primary key: name the key columns")
+            raise InvalidInputError(f"key: {c.table!r} has no primary key: name the key columns")
         tracked = c.tracked or tuple(n for n in types if n not in key)
         for what, cols in (("key", key), ("tracked", tracked), ("tokenize", c.tokenize or ())):
             missing = [col for col in cols if col not in types]
             if missing:
-                raise ValueError(f"{what}: column {missing[0]!r} is not in {c.table!r}; its columns are {', '.join(types)}")
+                raise InvalidInputError(f"{what}: column {missing[0]!r} is not in {c.table!r}; its columns are {', '.join(types)}")
         return scd2.DimSpec(
             f"silver.{c.dim}",
             tuple((k, types[k]) for k in key),

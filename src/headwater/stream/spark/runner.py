@@ -51,6 +51,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from headwater.config import Home
+from headwater.errors import InvalidInputError
 from headwater.events import EVENTS_TOPIC
 from headwater.lake.store import Lake
 from headwater.stream.pipeline import Aggregate, Hopping, Pipeline, Session, Tumbling
@@ -101,9 +102,9 @@ class SparkPipeline:
     ):
         for a in pipeline.aggregates:
             if a.allowed_lateness:
-                raise ValueError(f"aggregate {a.name}: allowed_lateness has no Spark Structured Streaming equivalent, got {a.allowed_lateness}")
+                raise InvalidInputError(f"aggregate {a.name}: allowed_lateness has no Spark Structured Streaming equivalent, got {a.allowed_lateness}")
             if isinstance(a.window, Session) and a.output_mode != "append":
-                raise ValueError(f"aggregate {a.name}: Spark supports session windows only in append output mode, got {a.output_mode!r}")
+                raise InvalidInputError(f"aggregate {a.name}: Spark supports session windows only in append output mode, got {a.output_mode!r}")
         self.spark, self.home, self.pipeline, self.topic = spark, home, pipeline, topic
         self.lake = Lake.of(home)
         self.log_url = log_url or home.settings.log_url
@@ -239,7 +240,7 @@ class SparkPipeline:
         from pyspark.errors import StreamingQueryException
 
         if not self.config.available_now:
-            raise ValueError("run_available_now: the SparkConfig has available_now=False")
+            raise InvalidInputError("run_available_now: the SparkConfig has available_now=False")
         done = []
         for output in self.outputs(bronze):
             for attempt in range(restarts + 1):
