@@ -73,8 +73,10 @@ def test_query_formats(running):
 def test_query_errors_name_the_problem(running):
     env, _, _ = running
     bad = hw(env, "query", "SELECT * FROM gold.nope", check=False)
-    assert bad.returncode in (2, 3)  # invalid input, or not found once the catalog says so
+    assert bad.returncode == 3  # NotFoundError
     assert "nope" in bad.stderr and bad.stderr.startswith("Error: ") and "Traceback" not in bad.stderr
+    syntax = hw(env, "query", "SELEC 1", check=False)
+    assert syntax.returncode == 2 and "syntax error" in syntax.stderr.lower()  # InvalidInputError
 
 
 def test_batch_rejects_a_malformed_date(running):
