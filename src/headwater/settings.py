@@ -307,12 +307,15 @@ def _plain(value: Any) -> Any:
 
 def describe(settings: Settings, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per setting: ``key``, ``value`` (JSON-native, secrets as ``**********``,
-    ``None`` when unset), ``origin`` (see :func:`origin`) and ``env`` (its variables)."""
+    ``None`` when unset), ``origin`` (see :func:`origin`) and ``env`` (its variables).
+    An empty ``log.url`` / ``lake.root`` shows the location it resolves to."""
+    derived = {"log.url": settings.log_url, "lake.root": settings.lake_root}
     rows = []
     for key, _ in _fields():
         value: Any = settings
         for part in key.split("."):
             value = getattr(value, part)
+        value = value or derived.get(key, value)
         where = "env HEADWATER_HOME" if key == "home" and os.environ.get("HEADWATER_HOME") else origin(key, settings.home, overrides)
         rows.append({"key": key, "value": _plain(value), "origin": where, "env": ", ".join(env_names(key))})
     return rows
