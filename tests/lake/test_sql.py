@@ -91,6 +91,14 @@ def test_introspection_sees_every_existing_table(lake):
     assert got["t"].to_pylist() == ["bronze.bad_rows", "bronze.dead_letter", "bronze.events", "bronze.late_events", "silver.events"]
 
 
+def test_views_carry_the_catalog_description(lake):
+    got = sql.query(lake, "SELECT comment FROM duckdb_views() WHERE schema_name = 'bronze' AND view_name = 'events'")
+    assert got["comment"].to_pylist() == [
+        "Every accepted event, exactly once, in canonical form. Grain: one row per accepted event "
+        "(duplicates within the dedup TTL removed)."
+    ]
+
+
 def test_query_returns_arrow_with_utc_timestamps_and_binds_parameters(lake):
     result = sql.query(lake, "SELECT event_id, event_ts, ds FROM bronze.events WHERE ds = $d ORDER BY event_id", {"d": DAYS[2]})
     assert result.num_rows == 10

@@ -3,7 +3,8 @@
 Each table declared in :mod:`headwater.lake.catalog` is exposed as the view
 ``<layer>.<name>`` of an in-memory DuckDB database, e.g. ``bronze.events``,
 ``silver.evt_order_completed``, ``gold.active_users``, ``realtime.events_per_minute``. The
-schemas ``bronze``, ``silver``, ``gold`` and ``realtime`` always exist.
+schemas ``bronze``, ``silver``, ``gold`` and ``realtime`` always exist. Each view carries its
+catalog description and grain as its comment (``duckdb_views().comment``).
 
 Lazy. Opening the catalog costs nothing per table: :func:`query` registers only the tables
 its SQL names (found with sqlglot, DuckDB dialect: every table reference with a schema
@@ -90,7 +91,12 @@ def register(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> bool:
     source = f"__headwater_{layer}__{name}"
     con.register(source, data)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(layer)}")
-    con.execute(f"CREATE OR REPLACE VIEW {_quote(layer)}.{_quote(name)} AS SELECT * FROM {_quote(source)}")
+    view = f"{_quote(layer)}.{_quote(name)}"
+    con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {_quote(source)}")
+    # The catalog's description travels with the view (duckdb_views().comment), so SQL
+    # users see what a table is where they query it.
+    comment = f"{spec.description} Grain: {spec.grain}.".replace("'", "''")  # COMMENT takes no parameters
+    con.execute(f"COMMENT ON VIEW {view} IS '{comment}'")
     return True
 
 
