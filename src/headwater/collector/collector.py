@@ -13,6 +13,9 @@ Steps of one request (:meth:`Collector.handle`), each a method:
 5. :meth:`~Collector.record` — the request's events (grouped by partition) and bad rows go
    to the log in **one** :class:`GroupCommitWriter` submission; the response is sent only
    after it committed — a 200 means the events survive a crash; 503 if the append fails.
+   On a log without ``atomic_multi_topic_append`` the writer appends each topic on its own:
+   a 503 may then follow stored bad rows (a retry repeats them) but never lost events, and
+   re-sent events are deduplicated by ``event_id``.
 
 Dependencies: write-key lookup (:class:`~.auth.WriteKeys`), tokenizer, contract validator,
 the event log (written through a group-commit writer started by :meth:`~Collector.start`) and
