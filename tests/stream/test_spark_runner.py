@@ -89,6 +89,17 @@ def test_read_range_decodes_slices_and_dead_letters_bad_records(home, log):
     assert all(ms > 0 for ms in sliced.column("_appended_ms").to_pylist())
 
 
+def test_read_range_in_slices_reads_every_event_and_dead_letter_once(home, log, monkeypatch):
+    from headwater.stream.spark import source
+
+    fill(log)
+    whole = pa.Table.from_batches(list(read_range(home.settings.log_url, "events", 1, 0, 6)), schema=SCHEMA)
+    monkeypatch.setattr(source, "READ_SLICE", 2)  # the dead unit (offsets 1-3) straddles slices
+    sliced = pa.Table.from_batches(list(read_range(home.settings.log_url, "events", 1, 0, 6)), schema=SCHEMA)
+    key = lambda t: sorted(zip(t.column("_offset").to_pylist(), t.column("event_id").to_pylist(), t.column("_error").to_pylist()))  # noqa: E731
+    assert key(sliced) == key(whole) and sliced.num_rows == 4
+
+
 def test_source_options_are_validated(home):
     with pytest.raises(InvalidInputError, match="option `url`"):
         LogDataSource({}).streamReader(None)

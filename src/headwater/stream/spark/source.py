@@ -180,14 +180,27 @@ class LogStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         yield from read_range(partition.url, partition.topic, partition.partition, partition.start, partition.end)
 
 
+# Offsets read per log call: an executor holds one such slice at a time, however large the
+# micro-batch planned for its partition (the log reports a dead unit in the slice holding
+# its first offset, so slicing never repeats or drops one).
+READ_SLICE = 50_000
+
+
 def read_range(url: str, topic: str, partition: int, start: int, end: int) -> Iterator[pa.RecordBatch]:
-    """Events ``[start, end)`` of one log partition as record batches of :data:`SCHEMA`, then
-    one row per dead letter the log reports for the range."""
+    """Events ``[start, end)`` of one log partition as record batches of :data:`SCHEMA`, each
+    slice of :data:`READ_SLICE` offsets followed by one row per dead letter the log reports
+    for it."""
     log = open_log(url)
     try:
-        events, dead = log.read(topic, partition, start, end, EVENT_SCHEMA)
+        for lo in range(start, end, READ_SLICE):
+            yield from _slice(*log.read(topic, partition, lo, min(lo + READ_SLICE, end), EVENT_SCHEMA))
     finally:
         log.close()
+
+
+def _slice(events: pa.Table, dead: list) -> Iterator[pa.RecordBatch]:
+    """One :meth:`EventLog.read` result as batches of :data:`SCHEMA`: its events, then its
+    dead letters (event columns null)."""
     if events.num_rows:
         n = events.num_rows
         cols = [events[f.name] for f in SCHEMA if f.name in EVENT_SCHEMA.names]
