@@ -79,8 +79,8 @@ class Lake:
     def uri(self, table: str) -> str:
         """Location of ``table`` (``<root>/<layer>/<name>``). :class:`NotFoundError` if the
         catalog does not declare it, :class:`InvalidInputError` for a malformed name."""
-        catalog.spec(table)
-        layer, name = catalog.check_name(table)
+        catalog.spec(table)  # validates the name, then that it is declared
+        layer, _, name = table.partition(".")
         if self._local:
             return str(Path(self.root.removeprefix("file://")) / layer / name)
         return f"{self.root.rstrip('/')}/{layer}/{name}"
