@@ -34,7 +34,7 @@ import time
 import uuid
 from pathlib import Path
 
-WRITE_KEY = "bench-write-key"
+WRITE_KEY = "bench-write-key-0001"
 BATCH = 100
 
 _BARE = """

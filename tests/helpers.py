@@ -2,7 +2,7 @@
 
     from tests.helpers import start_collector, LogTail
 
-    with start_collector(home_dir, write_key="wk") as c:   # uvicorn on 127.0.0.1:<free port>
+    with start_collector(home_dir, write_key="wk-helpers-example") as c:   # uvicorn on 127.0.0.1:<free port>
         httpx.post(c.url + "/v1/batch", ...)
 """
 
@@ -66,7 +66,7 @@ class CollectorProcess:
 def start_collector(
     home_dir: Path,
     *,
-    write_key: str | None = "test-write-key",
+    write_key: str | None = "test-write-key-0001",
     source: str = "test",
     port: int | None = None,
     env: dict[str, str] | None = None,

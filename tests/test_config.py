@@ -2,6 +2,7 @@ import stat
 
 import pytest
 
+from headwater import credentials
 from headwater.config import Home
 from headwater.errors import ConflictError, NotFoundError
 
@@ -23,15 +24,19 @@ def test_hmac_key_from_environment(tmp_path, monkeypatch):
     assert not (tmp_path / "secrets").exists()
 
 
-def test_sources_keep_their_write_keys(tmp_path):
+def test_sources_keep_only_digests_of_their_write_keys(tmp_path):
     home = Home(tmp_path)
     web = home.add_source("web")
-    assert home.add_source("web") == web
-    home.add_source("server", "k-server")
-    assert {s.name: s.write_key for s in Home(tmp_path).sources()} == {"web": web.write_key, "server": "k-server"}
+    assert home.add_source("web", web) == web  # idempotent with its own key
+    home.add_source("server", "k-server-0123456789")
+    assert web not in home.sources_path.read_text() and "k-server-0123456789" not in home.sources_path.read_text()
+    digests = {s.name: s.key_digest for s in Home(tmp_path).sources()}
+    assert credentials.verify(web, digests["web"]) and credentials.verify("k-server-0123456789", digests["server"])
     assert stat.S_IMODE(home.sources_path.stat().st_mode) == 0o600
     with pytest.raises(ConflictError, match="write_key: already used by source 'server'"):
-        home.add_source("mobile", "k-server")
+        home.add_source("mobile", "k-server-0123456789")
+    with pytest.raises(ConflictError, match="source 'web' exists; its write key was shown when it was created"):
+        home.add_source("web")
     with pytest.raises(NotFoundError, match="source 'mobile': no such source"):
         home.update_source("mobile", unregistered_events="reject")
 

@@ -1,7 +1,10 @@
 """The platform as real processes on 127.0.0.1: the real Segment SDK sends while the stream
 processor is killed with SIGKILL again and again."""
 
+import logging
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -10,16 +13,16 @@ from segment.analytics import Client
 
 from headwater.config import Home
 from headwater.lake.store import Lake
-from headwater.runtime import Platform, free_port
+from headwater.runtime import Backoff, Platform, free_port
 from headwater.serve.status import status
 
 
 def test_sigkill_of_the_processor_mid_stream_loses_and_duplicates_nothing(tmp_path):
     home = Home(tmp_path / "home")
-    source = home.add_source("web")
+    write_key = home.add_source("web")
     platform = Platform(home, free_port()).start()
     try:
-        client = Client(source.write_key, host=platform.url, gzip=True, upload_size=100, max_queue_size=100_000, thread=2)
+        client = Client(write_key, host=platform.url, gzip=True, upload_size=100, max_queue_size=100_000, thread=2)
         n = 20_000
 
         def send():
@@ -57,12 +60,12 @@ def test_sigkill_of_the_collector_loses_no_acknowledged_event(tmp_path):
     """The SDK retries what was not acknowledged; a retry of a batch that did commit before
     the kill is a duplicate, which the stream drops: bronze ends up with every event once."""
     home = Home(tmp_path / "home")
-    source = home.add_source("server")
+    write_key = home.add_source("server")
     platform = Platform(home, free_port()).start()
     failed = []
     try:
         client = Client(
-            source.write_key, host=platform.url, upload_size=100, max_queue_size=100_000, max_retries=20,
+            write_key, host=platform.url, upload_size=100, max_queue_size=100_000, max_retries=20,
             on_error=lambda e, batch: failed.extend(batch),
         )
         n = 6_000
@@ -97,3 +100,36 @@ def test_sigkill_of_the_collector_loses_no_acknowledged_event(tmp_path):
     got = DeltaTable(Lake.of(home).uri("bronze.events")).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()
     assert len(got) == len(set(got))
     assert set(got) == set(ids)
+
+
+def test_restart_backoff_doubles_up_to_the_cap_and_resets_after_a_healthy_run():
+    backoff = Backoff(max_s=10)
+    assert [backoff.delay(ran_s=0.5) for _ in range(6)] == [1, 2, 4, 8, 10, 10]
+    assert backoff.delay(ran_s=10) == 1  # it ran as long as the longest wait: healthy
+    assert backoff.delay(ran_s=0.1) == 2
+
+
+def test_supervise_restarts_a_crashing_child_with_backoff_and_logs_its_exit_code(tmp_path, caplog):
+    home = Home(tmp_path / "home")
+    platform = Platform(home, free_port())
+    starts = []
+
+    def start_component(name):  # a component that fails at once, as on a full disk
+        starts.append(time.monotonic())
+        platform.procs[name] = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(75)"])
+
+    platform.start_component = start_component
+    platform._start("stream")
+    stop = threading.Event()
+    supervisor = threading.Thread(target=platform.supervise, args=(stop,))
+    with caplog.at_level(logging.WARNING, logger="headwater.runtime"):
+        supervisor.start()
+        time.sleep(2.6)  # exits at ~0 s and ~1 s: restarts after 1 s, then waits 2 s
+        stop.set()
+        supervisor.join()
+    platform.procs["stream"].wait()
+    assert len(starts) == 2  # without backoff: a restart every poll
+    assert starts[1] - starts[0] >= 1.0
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("stream exited with code 75; restarting in 1 s")
+    assert messages[1].startswith("stream exited with code 75; restarting in 2 s")

@@ -3,7 +3,7 @@
 Layout (all paths relative to the home directory, default ``./.headwater``)::
 
     secrets/hmac.key          32 random bytes, mode 0600: key of the identifier HMAC
-    sources.json              sources: write keys and per-source policies (PII, unregistered events)
+    sources.json              sources: write-key digests (never the keys) and per-source policies
     log/log.db                the embedded event log (SQLite, WAL mode)
     checkpoints/<query>/      stream checkpoints (offset log, commit log, state)
     lake/<layer>/<table>/     Delta tables, e.g. lake/bronze/events (the default lake.root; headwater.lake.store)
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import msgspec
 
+from headwater import credentials
 from headwater.errors import ConflictError, InvalidInputError, NotFoundError
 from headwater.settings import Settings
 from headwater.settings import load as load_settings
@@ -81,21 +82,29 @@ class PiiPolicy:
 
 @dataclass(frozen=True)
 class Source:
-    """A client source: events sent with ``write_key`` are stamped ``source=name``.
+    """A client source: events sent with its write key are stamped ``source=name``.
 
-    Per-source policies (all optional in ``sources.json``): ``pii`` (:class:`PiiPolicy`);
-    ``unregistered_events``: what the collector does with an event whose name has no
-    registered schema — ``"accept"`` (store it, unvalidated) or ``"reject"`` (bad row
-    ``schema_violation``)."""
+    ``key_digest``: the write key's digest (:func:`headwater.credentials.digest`); the key
+    itself is never stored (it is shown once, when created). Per-source policies (all
+    optional in ``sources.json``): ``pii`` (:class:`PiiPolicy`); ``unregistered_events``: what
+    the collector does with an event whose name has no registered schema — ``"accept"``
+    (store it, unvalidated) or ``"reject"`` (bad row ``schema_violation``)."""
 
     name: str
-    write_key: str
+    key_digest: str
     pii: PiiPolicy = PiiPolicy()
     unregistered_events: str = "accept"
 
     def __post_init__(self):
         if self.unregistered_events not in UNREGISTERED_POLICIES:
             raise InvalidInputError(f"unregistered_events: must be one of {', '.join(UNREGISTERED_POLICIES)}, got {self.unregistered_events!r}")
+        if not credentials.is_digest(self.key_digest):
+            raise InvalidInputError("key_digest: expected 'sha256:' and 64 hex digits", field="key_digest")
+
+    @property
+    def key_fingerprint(self) -> str:
+        """The write key's public short name (:func:`headwater.credentials.fingerprint`)."""
+        return credentials.fingerprint(self.key_digest)
 
 
 @dataclass(frozen=True)
@@ -147,28 +156,51 @@ class Home:
     def sources(self) -> list[Source]:
         """All sources; ``[]`` before the first one is added. Raises
         :class:`~headwater.errors.InvalidInputError` naming the file and field if
-        ``sources.json`` does not hold a list of sources."""
+        ``sources.json`` does not hold a list of sources.
+
+        A file written before keys were hashed (entries with a plain ``write_key``) is
+        migrated on first read: each key is replaced by its digest and the file rewritten,
+        so the keys already deployed keep working and no longer sit in plain text."""
         if not self.sources_path.exists():
             return []
         try:
-            return msgspec.json.decode(self.sources_path.read_bytes(), type=list[Source])
-        except msgspec.ValidationError as e:
+            raw = msgspec.json.decode(self.sources_path.read_bytes())
+            plain = isinstance(raw, list) and any(isinstance(s, dict) and "write_key" in s for s in raw)
+            if plain:
+                raw = [_hash_key(s) for s in raw]
+            sources = msgspec.convert(raw, type=list[Source])
+        except (msgspec.ValidationError, msgspec.DecodeError) as e:
             raise InvalidInputError(f"{self.sources_path}: {e}", field=str(self.sources_path)) from None
+        if plain:
+            self._write_sources(sources)
+        return sources
 
-    def add_source(self, name: str, write_key: str | None = None) -> Source:
-        """Add (or return the existing) source ``name``; a write key is generated unless given.
+    def add_source(self, name: str, write_key: str | None = None) -> str:
+        """Add source ``name`` and return its write key — the only time it is available:
+        ``sources.json`` keeps its digest. The key is generated (``hw_wk_`` + 192 random
+        bits) unless given; a given key must pass :func:`headwater.credentials.check_strength`
+        (:class:`~headwater.errors.InvalidInputError`). Adding an existing source with its
+        own key again returns that key (idempotent).
 
-        Raises :class:`~headwater.errors.ConflictError` if ``write_key`` already belongs to
-        another source."""
+        Raises :class:`~headwater.errors.ConflictError` if ``write_key`` belongs to another
+        source, or if ``name`` exists and ``write_key`` is not its key (see :meth:`rotate_key`)."""
         existing = self.sources()
-        for s in existing:
-            if s.name == name and (write_key is None or s.write_key == write_key):
-                return s
-            if write_key is not None and s.write_key == write_key:
-                raise ConflictError(f"write_key: already used by source {s.name!r}", field="write_key")
-        source = Source(name, write_key or secrets.token_urlsafe(24))
-        self._write_sources([s for s in existing if s.name != name] + [source])
-        return source
+        key, owner = _claim_key(name, write_key, existing)
+        if owner is None and any(s.name == name for s in existing):
+            raise ConflictError(f"source {name!r} exists; its write key was shown when it was created "
+                                f"(`headwater source rotate {name}` issues a new one)", field="name")
+        if owner is None:
+            self._write_sources(existing + [Source(name, credentials.digest(key))])
+        return key
+
+    def rotate_key(self, name: str, write_key: str | None = None) -> str:
+        """Give source ``name`` a new write key (generated unless given, as in
+        :meth:`add_source`) and return it; the old key stops working within a second.
+        :class:`~headwater.errors.NotFoundError` if there is no such source,
+        :class:`~headwater.errors.ConflictError` if ``write_key`` belongs to another source."""
+        key, _ = _claim_key(name, write_key, self.sources())
+        self.update_source(name, key_digest=credentials.digest(key))
+        return key
 
     def update_source(self, name: str, **changes) -> Source:
         """Replace fields of source ``name`` (e.g. ``pii=PiiPolicy(...)``,
@@ -186,3 +218,23 @@ class Home:
     def _write_sources(self, sources: list[Source]) -> None:
         _write_private(self.sources_path, json.dumps(msgspec.to_builtins(sources), indent=2).encode())
 
+
+def _hash_key(entry: dict) -> dict:
+    """A ``sources.json`` entry with its plain ``write_key`` replaced by ``key_digest``."""
+    if not isinstance(entry, dict) or "write_key" not in entry:
+        return entry
+    entry = dict(entry)
+    entry["key_digest"] = credentials.digest(str(entry.pop("write_key")))
+    return entry
+
+
+def _claim_key(name: str, write_key: str | None, existing: list[Source]) -> tuple[str, Source | None]:
+    """The write key for source ``name`` (``write_key`` checked for strength, else a generated
+    one) and the source among ``existing`` that already holds it (None if none).
+    :class:`~headwater.errors.ConflictError` if that is another source."""
+    key = credentials.check_strength(write_key, "write_key") if write_key is not None else credentials.generate(credentials.WRITE_KEY_PREFIX)
+    digest = credentials.digest(key)
+    owner = next((s for s in existing if s.key_digest == digest), None)
+    if owner is not None and owner.name != name:
+        raise ConflictError(f"write_key: already used by source {owner.name!r}", field="write_key")
+    return key, owner

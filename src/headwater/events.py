@@ -36,6 +36,8 @@ EVENT_TYPES = ("track", "identify", "alias", "page", "screen", "group")
 # key), BAD_ROWS_TOPIC records hold BAD_ROW_SCHEMA rows (one partition).
 EVENTS_TOPIC = "events"
 BAD_ROWS_TOPIC = "bad_rows"
+# The stream's bronze query: its consumer group of both topics (the collector reads its lag).
+STREAM_GROUP = "bronze"
 
 # Bad rows: the failed-event taxonomy, modelled on Snowplow's failed events
 # (https://docs.snowplow.io/docs/fundamentals/failed-events/). One bad row per rejected

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+
+from headwater.errors import TransientError
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -12,13 +15,21 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync the directory (the rename is durable only then; see rename(2) and fsync(2)).
 
     The temporary name carries the pid, so two processes writing the same path never share
-    one. Creates the parent directory. Raises ``OSError`` from the file system."""
+    one. Creates the parent directory. Raises :class:`TransientError` when the disk is full
+    (ENOSPC / EDQUOT: the old file is intact, retry once space returns), else ``OSError``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # a partial temporary file would hold the space that is short
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise TransientError(f"{path}: disk full ({errno.errorcode[e.errno]}), the previous file is intact; free space and retry",
+                                 field=str(path), retry_after_s=30) from e
+        raise
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -3,15 +3,24 @@
 ``headwater up`` and ``headwater demo`` start both with :class:`Platform`; each is a plain
 ``python -m headwater <component>`` process sharing ``HEADWATER_HOME``, so either can be
 killed (even with SIGKILL) and restarted on its own: the log and the checkpoint make that safe.
+
+:meth:`Platform.supervise` restarts a child that exits with exponential backoff
+(:class:`Backoff`: 1 s, 2 s, 4 s … up to setting ``stream.restart_backoff_max_s``, back to 1 s
+once the child has run that long), logging its exit code: a processor that fails at once
+(a full disk, a quarantined batch: exit 4, a second processor: exit 4) is retried calmly,
+not every second.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +29,10 @@ from dataclasses import dataclass, field
 from headwater.config import Home
 from headwater.errors import TransientError
 from headwater.serve.progress import log_offsets
+
+log = logging.getLogger("headwater.runtime")
+
+POLL_S = 0.2  # how often the supervisor looks at its children
 
 
 def free_port() -> int:
@@ -34,8 +47,14 @@ def spawn(home: Home, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "headwater", *args], env=env)
 
 
-def wait_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``url`` until it answers 200; ``RuntimeError`` on timeout or if ``proc`` exits
+_LOOPBACK_TLS = ssl.create_default_context()
+_LOOPBACK_TLS.check_hostname = False
+_LOOPBACK_TLS.verify_mode = ssl.CERT_NONE
+
+
+def wait_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen | None = None,
+              statuses: tuple[int, ...] = (200,)) -> None:
+    """Poll ``url`` until it answers with one of ``statuses``; ``RuntimeError`` on timeout or if ``proc`` exits
     (with the process's output when it was piped)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -44,9 +63,13 @@ def wait_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen | None =
             out = out.decode(errors="replace") if isinstance(out, bytes) else out
             raise RuntimeError(f"process exited with code {proc.returncode} before {url} answered\n{out}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
+            # The probe is on loopback: a self-signed production certificate must not fail it.
+            with urllib.request.urlopen(url, timeout=1, context=_LOOPBACK_TLS) as r:
+                if r.status in statuses:
                     return
+        except urllib.error.HTTPError as e:
+            if e.code in statuses:
+                return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.1)
@@ -59,6 +82,25 @@ def lag(home: Home) -> int:
 
 
 @dataclass
+class Backoff:
+    """Restart delays of one child: ``base_s`` doubling per exit up to ``max_s``; a child that
+    ran ``healthy_s`` or longer (default ``max_s``) before it exited starts over at ``base_s``."""
+
+    max_s: float
+    base_s: float = 1.0
+    healthy_s: float | None = None
+    failures: int = 0  # exits in a row, each after a short run
+
+    def delay(self, ran_s: float) -> float:
+        """Seconds to wait before restarting a child that exited after running ``ran_s`` s."""
+        if ran_s >= (self.max_s if self.healthy_s is None else self.healthy_s):
+            self.failures = 0
+        delay = min(self.max_s, self.base_s * 2 ** min(self.failures, 62))
+        self.failures += 1
+        return delay
+
+
+@dataclass
 class Platform:
     """Collector (HTTP on 127.0.0.1:``port``) + stream processor, as supervised children; with
     ``dagster_port`` also the Dagster UI + daemon (:mod:`headwater.orchestrate.server`)."""
@@ -67,6 +109,7 @@ class Platform:
     port: int
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     dagster_port: int | None = None
+    started: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic() of its start
 
     @property
     def dagster_url(self) -> str | None:
@@ -74,7 +117,9 @@ class Platform:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The collector's base URL: ``https://`` when ``collector.tls_certfile`` is set."""
+        scheme = "https" if self.home.settings.collector.tls_certfile else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> "Platform":
         """Start both children and wait for the collector; :class:`TransientError` (children
@@ -90,15 +135,17 @@ class Platform:
                     s.bind(("127.0.0.1", self.dagster_port))
                 except OSError as e:
                     raise TransientError(f"Dagster UI cannot listen on {self.dagster_url}: {e.strerror}", field="dagster.port") from None
-        self.start_component("collector")
-        self.start_component("stream")
+        self._start("collector")
+        self._start("stream")
         try:
-            wait_http(self.url + "/health", proc=self.procs["collector"])
+            # Serving is enough: a 503 (say, a disk over collector.max_disk_used) is the
+            # collector's to report, and must not stop the rest of the platform starting.
+            wait_http(self.url + "/health", proc=self.procs["collector"], statuses=(200, 503))
         except RuntimeError as e:
             self.stop()
             raise TransientError(f"collector did not start on {self.url}: {e}") from None
         if self.dagster_port:  # after the collector: its start is what clients wait for
-            self.start_component("dagster")
+            self._start("dagster")
         return self
 
     def start_component(self, name: str) -> None:
@@ -110,15 +157,31 @@ class Platform:
         args = ["collector", "--port", str(self.port)] if name == "collector" else ["stream"]
         self.procs[name] = spawn(self.home, *args)
 
-    def supervise(self) -> None:
-        """Restart a child that exited unexpectedly; returns on KeyboardInterrupt."""
+    def _start(self, name: str) -> None:
+        self.start_component(name)
+        self.started[name] = time.monotonic()
+
+    def supervise(self, stop: threading.Event | None = None) -> None:
+        """Restart a child that exited, after its :class:`Backoff` delay (logged with its exit
+        code, at WARNING); returns when ``stop`` is set or on KeyboardInterrupt."""
+        stop = stop or threading.Event()
+        max_s = self.home.settings.stream.restart_backoff_max_s
+        backoffs = {name: Backoff(max_s) for name in self.procs}
+        due: dict[str, float] = {}  # name -> monotonic time of its restart
         try:
-            while True:
+            while not stop.is_set():
+                now = time.monotonic()
                 for name, proc in list(self.procs.items()):
-                    if proc.poll() is not None:
-                        print(f"{name} exited with code {proc.returncode}; restarting", file=sys.stderr)
-                        self.start_component(name)
-                time.sleep(1)
+                    if name in due:
+                        if now >= due[name]:
+                            del due[name]
+                            self._start(name)
+                    elif proc.poll() is not None:
+                        delay = backoffs[name].delay(now - self.started.get(name, now))
+                        due[name] = now + delay
+                        log.warning("%s exited with code %s; restarting in %.0f s (%d exits in a row)",
+                                    name, proc.returncode, delay, backoffs[name].failures)
+                stop.wait(POLL_S)
         except KeyboardInterrupt:
             pass
 

@@ -67,7 +67,7 @@ class LogSettings(_Section):
 class LakeSettings(_Section):
     root: str = Field("", description="Lake root URI (a path or an object-store URI); empty: `$HEADWATER_HOME/lake`.")
     vacuum_retention_h: float = Field(168.0, ge=0, description="Delta files superseded longer ago than this are vacuumed; time travel works within it (hours).")
-    vacuum_every_h: float = Field(24.0, gt=0, description="How often the stream vacuums the tables it writes (hours).")
+    vacuum_every_h: float = Field(24.0, gt=0, description="How often Dagster's `maintain` schedule vacuums every table (hours; `headwater maintain` runs it by hand).")
 
 
 class CollectorSettings(_Section):
@@ -80,9 +80,11 @@ class CollectorSettings(_Section):
     append_timeout_s: float = Field(10.0, gt=0, description="Deadline of a durable log append (s); past it the request is answered 503 with `Retry-After`.")
     max_lag_events: int = Field(5_000_000, ge=0, description="Log records the stream has not yet consumed before ingestion is answered 429 (0: no limit).")
     max_disk_used: float = Field(0.95, gt=0, le=1, description="Share of the home's filesystem in use above which ingestion is answered 503.")
+    stream_stall_s: float = Field(120.0, gt=0, description="`/health` reports the stream down when it has lag and its consumer group committed nothing for this long (s).")
     max_events_per_request: int = Field(10_000, ge=1, description="Messages in one batch request; more → 413 naming the limit.")
     max_depth: int = Field(64, ge=2, description="JSON nesting depth of a message; deeper → that message is a bad row.")
-    rate_limit_per_key: float = Field(2000.0, ge=0, description="Requests per second allowed per write key (token bucket, burst 2×); over → 429 (0: no limit).")
+    rate_limit_per_key: float = Field(2000.0, ge=0, description="Requests per second allowed per write key (moving window of 2 s: bursts up to 2×); over → 429 with `Retry-After` (0: no limit).")
+    auth_failures_per_minute: int = Field(30, ge=0, description="Failed authentications (401) allowed per client address a minute; past it every request of that address → 429 (0: no limit).")
     tls_certfile: Path | None = Field(None, description="PEM certificate: serve HTTPS (production); empty: plain HTTP on 127.0.0.1.")
     tls_keyfile: Path | None = Field(None, description="PEM private key of `tls_certfile`.")
 
@@ -104,7 +106,7 @@ class StreamSettings(_Section):
     compact_every: int = Field(50, ge=0, description="Compact the bronze partitions written every this many batches (0: never).")
     max_batch_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Micro-batch bound in bytes of log records read (with `max_records_per_partition`).")
     watermark_tolerance_s: float = Field(60.0, ge=0, description="The watermark never runs ahead of processing time plus this (s).")
-    quarantine_after: int = Field(3, ge=1, description="A micro-batch that fails this many times in a row is quarantined (skipped only by `headwater stream skip`).")
+    quarantine_after: int = Field(3, ge=1, description="A micro-batch that fails this many times in a row is quarantined (skipped only by `headwater quarantine skip`).")
     restart_backoff_max_s: float = Field(60.0, gt=0, description="Longest wait of the supervisor's exponential restart backoff (s).")
 
 

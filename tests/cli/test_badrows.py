@@ -21,7 +21,7 @@ from headwater.ingest.tokens import Tokenizer
 from headwater.config import Home
 from tests.helpers import query, run_stream, start_collector
 
-WRITE_KEY, SOURCE = "wk-badrows", "web"
+WRITE_KEY, SOURCE = "wk-badrows-test-key", "web"
 HMAC = bytes(range(32))
 UID, EMAIL = "dora@example.com", "dora.private@example.org"
 SCHEMA = {"type": "object", "properties": {"price": {"type": "number"}}, "required": ["price"]}
@@ -134,7 +134,7 @@ def test_replay_after_a_fix_lands_once_and_marks_rows(world):
 
 def test_source_policy_command(tmp_path):
     home = Home(tmp_path)
-    home.add_source("app", "wk-app")
+    home.add_source("app", "wk-app-test-key-01")
     out = json.loads(cli(home, "source", "policy", "app", "--tokenize", "email, ssn", "--keep", "ip", "--unregistered", "reject", "--format", "json").stdout)
     assert out["pii"]["tokenize"] == ["email", "ssn"] and out["pii"]["keep"] == ["ip"] and out["unregistered_events"] == "reject"
     assert "write_key" not in out

@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from headwater import credentials
 from headwater.runtime import free_port, wait_http
 
 
@@ -23,7 +24,7 @@ def hw(env, *args, check=True):
 def running(tmp_path_factory):
     home = tmp_path_factory.mktemp("cli")
     port = free_port()
-    env = {**os.environ, "HEADWATER_HOME": str(home), "HEADWATER_PORT": str(port), "HEADWATER_WRITE_KEY": "test-key-1"}
+    env = {**os.environ, "HEADWATER_HOME": str(home), "HEADWATER_PORT": str(port), "HEADWATER_WRITE_KEY": "test-write-key-cli-1"}
     proc = subprocess.Popen([sys.executable, "-m", "headwater", "up"], env=env, stdout=subprocess.PIPE, text=True)
     wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
     yield env, port, proc
@@ -47,7 +48,7 @@ def test_up_honours_port_and_write_key_and_status_reports_progress(running):
         {"type": "track", "event": "Signed Up", "userId": f"u{i}", "messageId": f"m{i}", "timestamp": "2024-05-01T10:00:00Z"}
         for i in range(20)
     ]
-    assert post_batch(port, "test-key-1", events)["accepted"] == 20
+    assert post_batch(port, "test-write-key-cli-1", events)["accepted"] == 20
     deadline = time.monotonic() + 60
     while True:
         info = json.loads(hw(env, "status", "--format", "json").stdout)
@@ -88,12 +89,13 @@ def test_batch_rejects_a_malformed_date(running):
 
 def test_source_add_refuses_a_write_key_of_another_source(running):
     env, _, _ = running
-    bad = hw(env, "source", "add", "mobile", "--write-key", "test-key-1", check=False)
+    bad = hw(env, "source", "add", "mobile", "--write-key", "test-write-key-cli-1", check=False)
     assert bad.returncode == 4  # ConflictError
     assert "write_key: already used by source" in bad.stderr
     key = hw(env, "source", "add", "mobile").stdout.strip()
     listed = json.loads(hw(env, "source", "list", "--format", "json").stdout)
-    assert {"name": "mobile", "write_key": key, "unregistered_events": "accept"} in listed
+    assert {"name": "mobile", "key_fingerprint": credentials.fingerprint(credentials.digest(key)), "unregistered_events": "accept"} in listed
+    assert key not in json.dumps(listed) and key.startswith("hw_wk_") and len(key) == 38
 
 
 def test_up_on_a_taken_port_fails_clearly(running, tmp_path):

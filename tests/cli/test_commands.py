@@ -18,7 +18,7 @@ from headwater.errors import NotFoundError
 # meant for people or for $(...) capture.
 NO_DATA = {
     "up", "collector", "stream", "demo",  # services / the demo job
-    "source add",  # prints the write key alone: KEY=$(headwater source add web)
+    "source add", "source rotate",  # print the write key alone: KEY=$(headwater source add web)
     "schema register", "schema check", "schema mode",  # one status line
     "config docs",  # Markdown for README.md
 }
@@ -81,7 +81,7 @@ def test_human_durations_state_their_unit(seconds, text):
 
 
 def test_documents_in_every_format(tmp_path):
-    assert run(tmp_path, "source", "add", "web", "--write-key", "wk-1").exit_code == 0
+    assert run(tmp_path, "source", "add", "web", "--write-key", "wk-cli-test-key-1").exit_code == 0
     doc = json.loads(run(tmp_path, "source", "policy", "web", "--format", "json").stdout)
     assert doc["name"] == "web" and "write_key" not in doc and doc["unregistered_events"] == "accept"
     csv = run(tmp_path, "source", "policy", "web", "--unregistered", "reject", "--format", "csv").stdout.splitlines()

@@ -33,7 +33,7 @@ def ids(rows) -> list[str]:
 
 def test_health(http):
     r = http.get("/health")
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.status_code == 200 and r.json()["status"] == "ok"  # components: tests/collector/test_health.py
 
 
 def test_batch_lands_in_the_log_partitioned_by_identity(http, collector, events, bad_rows, tokenizer):
@@ -87,8 +87,8 @@ def test_missing_or_unknown_write_key_is_401_and_an_auth_failure_row(http, event
 
 
 def test_source_added_while_running_is_seen(http, home, events):
-    src = home.add_source("late-source", "wk-late")
-    r = post_batch(http, [ev("late-1")], headers=basic(src.write_key))
+    key = home.add_source("late-source")
+    r = post_batch(http, [ev("late-1")], headers=basic(key))
     assert r.status_code == 200, r.text
     assert [r["source"] for r in events.rows()] == ["late-source"]
 
@@ -169,7 +169,8 @@ def test_event_over_32kb_in_a_batch_is_one_bad_row(http, events, bad_rows):
     assert ids(events.rows()) == ["s-0", "s-2"]
     [bad] = bad_rows.rows()
     assert bad["error_type"] == "size_violation" and bad["reason"] == err["message"]
-    assert len(bad["payload"]) == 32 * 1024 and UID not in bad["payload"]
+    # cut at 32 KB; the word at the cut loses up to its last 256 characters (half a value is never kept)
+    assert 32 * 1024 - 256 <= len(bad["payload"]) < 32 * 1024 and UID not in bad["payload"]
 
 
 def test_mixed_batch_counts_errors_and_bad_rows(http, events, bad_rows):

@@ -15,7 +15,7 @@ from .conftest import basic
 
 def test_events_and_bad_rows_are_separate_appends_and_a_failed_one_answers_503(tmp_path):
     home = Home(tmp_path / "home")
-    home.add_source("web", "wk")
+    home.add_source("web", "wk-log-capability-test")
     log = PerTopicLog.from_url(home.settings.log_url)
     collector = Collector.from_home(home, log)
 
@@ -24,7 +24,7 @@ def test_events_and_bad_rows_are_separate_appends_and_a_failed_one_answers_503(t
 
     async def requests() -> tuple[httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=create_app(collector))
-        async with httpx.AsyncClient(transport=transport, base_url="http://collector", headers=basic("wk")) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://collector", headers=basic("wk-log-capability-test")) as client:
             ok = await client.post("/v1/batch", json=batch("ok-1"))
             log.fail_topic = "bad_rows"
             return ok, await client.post("/v1/batch", json=batch("ok-2"))

@@ -59,7 +59,7 @@ def scan(root: Path, values: list[str] = RAW) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def home_after_ingest(tmp_path_factory):
     home_dir = tmp_path_factory.mktemp("pii")
-    wk = "wk-pii"
+    wk = "wk-pii-collector-test"
     auth = {"Authorization": "Basic " + base64.b64encode(f"{wk}:".encode()).decode()}
     ann, bob, carl = EMAILS
     with start_collector(home_dir, write_key=wk, source="web", env={"HEADWATER_HMAC_KEY": HMAC_KEY.hex()}) as c, \

@@ -18,7 +18,7 @@ from tests.helpers import query, run_stream, start_collector
 from .conftest import HMAC_KEY
 
 USER = "sdk-user@example.com"  # the same person logs in on every client
-KEYS = {"segment": "wk-segment", "rudder": "wk-rudder", "posthog": "phc_sdk_test"}
+KEYS = {"segment": "wk-segment-sdk-test", "rudder": "wk-rudder-sdk-test", "posthog": "phc_sdk_test_posthog"}
 
 
 def send_segment_api(client_cls, key: str, prefix: str, revenue: int, url: str) -> None:

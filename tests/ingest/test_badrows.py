@@ -7,7 +7,7 @@ import json
 
 from headwater.config import PiiPolicy
 from headwater.events import BAD_ROW_SCHEMA, BAD_ROW_TYPES, BAD_ROWS_TOPIC
-from headwater.ingest.badrows import BadRow, bad_rows_append, bad_rows_table, redact
+from headwater.ingest.badrows import MAX_BAD_PAYLOAD_CHARS, MAX_REASON_CHARS, BadRow, bad_rows_append, bad_rows_table, redact
 
 from .conftest import RECEIVED_US
 
@@ -45,7 +45,10 @@ def test_redact_text_that_is_not_json(tokenizer):
     cut = redact(b'{"event": "x", "userId": "' + SECRET.encode(), tokenizer, IDS)  # id cut off by truncation
     assert cut == '{"event": "x", '
     assert redact("ts=1 | user_id=u3 | event=E", tokenizer, ("user_id",)) == f"ts=1 | user_id={tokenizer('u3')} | event=E"
-    assert len(redact(b"x" * 100, tokenizer, IDS, limit=10)) == 10
+    # a cut input keeps whole words only: the word at the cut may be half a value
+    assert redact(b"ab " * 10, tokenizer, IDS, limit=10) == "ab ab ab "
+    assert redact(b"x" * 100, tokenizer, IDS, limit=10) == ""
+    assert redact(b"x" * 1000, tokenizer, IDS, limit=900) == "x" * (900 - 256)  # of a long word, its last 256 characters
 
 
 def test_append_scrubs_payloads_with_the_policy_and_drops_write_keys(tokenizer):
@@ -55,3 +58,24 @@ def test_append_scrubs_payloads_with_the_policy_and_drops_write_keys(tokenizer):
     assert (append.topic, append.partition) == (BAD_ROWS_TOPIC, 0)
     stored = append.events.column("payload").to_pylist()
     assert json.loads(stored[0]) == {"properties": {"email": tokenizer(SECRET)}} and stored[1] is None
+
+
+def test_append_scrubs_reasons_and_every_prefix_after_the_cut(tokenizer):
+    phone, ip = "+1 415 555 0100", "203.0.113.9"
+    rows = [BadRow("schema_violation", f"Field `x`: {SECRET!r} from {ip} is not of type 'integer'", "web", RECEIVED_US),
+            BadRow("decode_failure", "r", "web", RECEIVED_US, '{"note": "' + " " * (MAX_BAD_PAYLOAD_CHARS - 20) + SECRET + '"}', "segment"),
+            BadRow("decode_failure", "x" * MAX_REASON_CHARS + " call " + phone, "web", RECEIVED_US)]
+    t = bad_rows_append(rows, PiiPolicy(detect_values=False), tokenizer).events  # bad rows always detect values
+    reasons, payloads = t.column("reason").to_pylist(), t.column("payload").to_pylist()
+    assert reasons[0] == f"Field `x`: '{tokenizer(SECRET)}' from {tokenizer(ip)} is not of type 'integer'"
+    assert len(payloads[1]) <= MAX_BAD_PAYLOAD_CHARS and "alice" not in payloads[1]
+    assert len(reasons[2]) <= MAX_REASON_CHARS and "+1 415" not in reasons[2]
+    deep = "[" * 100_000 + json.dumps(SECRET) + "]" * 100_000  # too deep to decode: scrubbed as text, no RecursionError
+    stored = bad_rows_append([BadRow("decode_failure", "r", "web", RECEIVED_US, deep, "segment")], PiiPolicy(), tokenizer).events
+    assert SECRET not in stored.column("payload")[0].as_py()
+    # A 1 KB prefix cut before it reaches here (an oversize body): the value at the cut is dropped.
+    for cut in range(1, len(SECRET)):
+        raw = (b'{"batch": [{"note": "' + b" " * (1024 - 21 - cut) + SECRET.encode() + b'"}]}')[:1024]  # cut after `cut` chars
+        stored = bad_rows_append([BadRow("size_violation", "r", "web", RECEIVED_US, redact(raw, tokenizer, IDS, limit=1024), "segment")],
+                                 PiiPolicy(), tokenizer).events.column("payload")[0].as_py()
+        assert SECRET[: max(cut, 5)] not in stored and stored.startswith('{"batch": [{"note": "'), (cut, stored)

@@ -34,7 +34,7 @@ def row(event_id="e1", ts=None, ots=None, sent=None):
 def test_columns_from_rows_and_the_empty_request():
     cols = EventColumns.from_rows([row("e1"), row("e2")])
     assert cols.event_ids == ("e1", "e2") and cols.properties == (b'{"a":1}', b'{"a":1}')
-    empty = build_events(EventColumns.from_rows([]), source="s", received_at_us=RECEIVED_US)
+    empty = build_events(EventColumns.from_rows([]), source="s", received_at_us=RECEIVED_US).events
     assert empty.schema == EVENT_SCHEMA and empty.num_rows == 0
 
 
@@ -46,7 +46,7 @@ def test_event_time_is_skew_corrected_by_sent_at():
         row("original", ots=t.replace(tzinfo=None)),  # naive is UTC; originalTimestamp when no timestamp
         row("no-time"),  # received_at
     ]
-    events = build_events(EventColumns.from_rows(rows), source="web-app", received_at_us=RECEIVED_US, sent_at=t)
+    events = build_events(EventColumns.from_rows(rows), source="web-app", received_at_us=RECEIVED_US, sent_at=t).events
     got = dict(zip(events.column("event_id").to_pylist(), events.column("event_ts").to_pylist()))
     assert got == {
         "own-sent": t + (RECEIVED - (t - dt.timedelta(minutes=5))),
@@ -61,7 +61,7 @@ def test_event_time_is_skew_corrected_by_sent_at():
 
 def test_without_sent_at_event_time_is_as_sent():
     t = dt.datetime(2024, 2, 29, 23, 59, tzinfo=UTC)
-    events = build_events(EventColumns.from_rows([row(ts=t)]), source="s", received_at_us=RECEIVED_US)
+    events = build_events(EventColumns.from_rows([row(ts=t)]), source="s", received_at_us=RECEIVED_US).events
     assert events.column("event_ts").to_pylist() == [t] and events.column("ds").to_pylist() == [dt.date(2024, 2, 29)]
 
 
@@ -76,7 +76,7 @@ def test_arrow_columns_are_taken_as_they_are():
         surfaces=pa.repeat(pa.scalar("server"), n), platforms=pa.array(["server", "ios"]),
         properties=pa.array(["{}", "{}"]), contexts=pa.repeat(pa.scalar("{}"), n),
     )
-    events = build_events(cols, source="import", received_at_us=RECEIVED_US)
+    events = build_events(cols, source="import", received_at_us=RECEIVED_US).events
     assert events.schema == EVENT_SCHEMA
     assert events.column("event_ts").to_pylist() == [dt.datetime(2024, 1, 1, tzinfo=UTC), dt.datetime(2024, 1, 2, tzinfo=UTC)]
 

@@ -20,7 +20,7 @@ from .conftest import RECEIVED_US
 def events(tokenizer, n=200):
     rows = [(f"m{i}", "track", "x", tokenizer(f"anon-{i}"), tokenizer(f"user-{i % 13}") if i % 3 else None,
              None, None, None, "server", "server", "{}", "{}") for i in range(n)]
-    return build_events(EventColumns.from_rows(rows), source="s", received_at_us=RECEIVED_US)
+    return build_events(EventColumns.from_rows(rows), source="s", received_at_us=RECEIVED_US).events
 
 
 def test_partition_is_stable_hash_of_identity_token(tokenizer):

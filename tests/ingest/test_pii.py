@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 
 from headwater.config import PiiPolicy
-from headwater.ingest.pii import PiiScrubber, normalize_key
+from headwater.ingest.pii import MAX_DEPTH, TOO_DEEP, PiiScrubber, drop_cut_tail, normalize_key
 from headwater.ingest.tokens import Tokenizer, is_token
 
 from .conftest import HMAC_KEY
@@ -68,4 +68,68 @@ def test_key_value_pairs_and_cut_values_in_text():
     assert s.scrub_text("ts=x | email=a@x.io | ip=10.1.2.3 | n=1") == f"ts=x | email={T('a@x.io')} | ip= | n=1"
     # a policy key's value cut off by truncation is removed, not stored half raw
     assert s.scrub_text('{"a": 1, "email": "ann@exam') == '{"a": 1, '
-    assert s.scrub_text('{"a": 1, "x": "ann@exam') == '{"a": 1, "x": "ann@exam'
+    # any local@domain fragment in text is tokenised, complete or not, plain or escaped
+    assert s.scrub_text('{"a": 1, "x": "ann@exam') == f'{{"a": 1, "x": "{T("ann@exam")}'
+    escaped = "bob\\u0040y"
+    assert s.scrub_text(f"GET /?e=ann%40x.io&n={escaped}") == f"GET /?e={T('ann%40x.io')}&n={T(escaped)}"
+
+
+def test_deep_nesting_never_raises():
+    s = PiiScrubber(PiiPolicy(), T)
+    for depth in (300, 900, 100_000):
+        deep = "a@x.io"
+        for i in range(depth):
+            deep = [deep] if i % 2 else {"k": deep}
+        out = s.scrub(deep)  # containers past MAX_DEPTH become the marker
+        text = json.dumps(out) if depth < 900 else None
+        assert text is None or ("a@x.io" not in text and TOO_DEEP in text)
+        tokenised = s.scrub({"email": deep})  # a tokenised key walks its value with the same bound
+        assert "a@x.io" not in repr(tokenised)[:10_000] and tokenised["email"] is not None
+        raw = "[" * depth + '"a@x.io"' + "]" * depth
+        assert "a@x.io" not in s.scrub_json(raw)  # too deep to decode: scrubbed as text
+        table = pa.table({"properties": [raw], "context": ["{}"]})
+        assert "a@x.io" not in s.apply(table).column("properties")[0].as_py()
+    assert MAX_DEPTH >= 64  # deeper than the collector's default message depth
+
+
+def test_keys_and_plain_text_columns_are_scrubbed():
+    s = PiiScrubber(PiiPolicy(), T)
+    assert s.scrub({"a@x.io": {"+1 415 555 0100": 1}}) == {T("a@x.io"): {T("+1 415 555 0100"): 1}}
+    t = pa.table({"event_id": ["m/a@x.io", "plain"], "event_name": ["Signed Up", "Mail a@x.io"], "platform": [None, "203.0.113.9"],
+                  "properties": ["{}", "{}"], "context": ["{}", "{}"]})
+    out = s.apply(t).to_pylist()
+    assert [r["event_id"] for r in out] == [f"m/{T('a@x.io')}", "plain"]  # deterministic: dedup still works
+    assert [r["event_name"] for r in out] == ["Signed Up", f"Mail {T('a@x.io')}"]
+    assert [r["platform"] for r in out] == [None, T("203.0.113.9")]
+
+
+def test_a_phone_does_not_swallow_the_address_after_it():
+    s = PiiScrubber(PiiPolicy(), T)
+    assert s.scrub_string("+1 415 555 0100 203.0.113.9") == f"{T('+1 415 555 0100')} {T('203.0.113.9')}"
+    assert s.scrub_string("+14155550100 2001:db8::1.") == f"{T('+14155550100')} {T('2001:db8::1')}."
+
+
+def test_a_value_cut_in_two_by_a_prefix_is_never_stored():
+    s = PiiScrubber(PiiPolicy(), T)
+    for value, piece in (("ann.lee@example.org", "ann"), ("+1 415 555 0100", "415"), ("203.0.113.97", "113"),
+                         ("2001:db8:cafe::17", "cafe"), ("ann%40example.org", "ann"), ("ann\\u0040example.org", "ann")):
+        text = '{"note": "see ' + value + ' now", "n": 1}'
+        start = text.index(value)
+        for cut in range(start + 1, start + len(value) + 1):
+            out = s.scrub_prefix(text[:cut], 10_000, cut=True)
+            assert piece not in out and value not in out, (value, cut, out)
+            out = s.scrub_prefix(text, cut)  # cut here, after scrubbing
+            assert piece not in out, (value, cut, out)
+    assert s.scrub_prefix('{"a": 1}', 100) == '{"a":1}'  # not cut: nothing dropped
+    assert drop_cut_tail("ok, call +1 (415) 55") == "ok, call " and drop_cut_tail("a b") == "a "
+
+
+def test_text_scrubbing_stays_linear():
+    import time
+
+    s = PiiScrubber(PiiPolicy(), T)
+    start = time.perf_counter()
+    for text in ("a" * 32_000 + " @", "1" * 32_000 + " @", "+1" * 16_000, "a@" * 16_000, "%40a" * 8_000):
+        s.scrub_text(text)
+        s.scrub_prefix(text, 1024, cut=True)
+    assert time.perf_counter() - start < 1.0  # quadratic patterns took ~1 s per 32 KB string

@@ -25,7 +25,7 @@ from headwater.models.run import build
 from headwater.registry.registry import Registry
 from tests.helpers import run_stream, start_collector
 
-WRITE_KEY, SOURCE = "wk-catalog", "web"
+WRITE_KEY, SOURCE = "wk-catalog-test-key", "web"
 DAY = dt.date(2024, 3, 1)
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 

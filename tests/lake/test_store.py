@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -175,3 +176,59 @@ def test_dataset_reads_what_delta_rs_reads(lake, monkeypatch):
     import pyarrow.dataset as pads
 
     assert rows(fast, filter=pads.field("ds") == pa.scalar(D2)) == [{"events": 3, "note": "new", "ds": D2}]
+
+
+def _age_removes(lake: Lake, table: str, version: int, hours: float) -> None:
+    """Backdate the ``remove`` actions of commit ``version`` by ``hours`` (as if it had been
+    made that long ago): the Delta log is JSON lines; vacuum reads deletionTimestamp."""
+    import json
+    import time
+    from pathlib import Path
+
+    path = Path(lake.uri(table)) / "_delta_log" / f"{version:020d}.json"
+    actions = [json.loads(line) for line in path.read_text().splitlines()]
+    for a in actions:
+        if "remove" in a:
+            a["remove"]["deletionTimestamp"] = int((time.time() - hours * 3600) * 1000)
+    path.write_text("".join(json.dumps(a) + "\n" for a in actions))
+
+
+def test_vacuum_removes_files_superseded_before_the_retention_and_time_travel_within_it_works(lake):
+    name = "gold.events_hourly"
+    days = [D1, D2]
+    for n in (1, 2, 3):  # versions 0, 1, 2: each replaces the last
+        lake.overwrite_partitions(name, hourly(days, [n, n]), D1, D2)
+    old_files = set(lake.add_actions(name, 0).column("path").to_pylist())
+    v1_files = set(lake.add_actions(name, 1).column("path").to_pylist())
+    _age_removes(lake, name, 1, hours=10)  # version 0's files were superseded 10 h ago, version 1's just now
+    assert lake.vacuum(name, 5) == sorted(old_files)
+    assert lake.vacuum(name, 5) == []  # nothing more to do
+    for path in v1_files | set(lake.add_actions(name).column("path").to_pylist()):
+        assert (Path(lake.uri(name)) / path).exists()
+    # time travel within the retention: version 1 reads in full
+    assert DeltaTable(lake.uri(name), version=1).to_pyarrow_table().column("events").to_pylist() == [2, 2]
+    assert lake.dataset(name).to_table().column("events").to_pylist() == [3, 3]
+    with pytest.raises(Exception):  # beyond it: version 0's files are gone
+        DeltaTable(lake.uri(name), version=0).to_pyarrow_table()
+    assert lake.vacuum_all(5) == {name: []}
+    assert lake.vacuum("gold.sessions", 5) == []  # a table not written yet
+    with pytest.raises(InvalidInputError, match="retention_h"):
+        lake.vacuum(name, -1)
+
+
+def test_vacuum_removes_files_no_commit_references(lake):
+    """What a failed write or compaction leaves (data files never committed) goes once older
+    than the retention; younger ones stay (a write in progress may still commit them)."""
+    import os
+    import time
+
+    name = "gold.events_hourly"
+    lake.overwrite_partitions(name, hourly([D1], [1]), D1, D1)
+    root = Path(lake.uri(name))
+    orphan, fresh = root / "ds=2024-03-01" / "part-orphan.parquet", root / "ds=2024-03-01" / "part-fresh.parquet"
+    orphan.write_bytes(b"half a file")
+    fresh.write_bytes(b"being written")
+    old = time.time() - 10 * 3600
+    os.utime(orphan, (old, old))
+    assert lake.vacuum(name, 5) == ["ds=2024-03-01/part-orphan.parquet"]
+    assert fresh.exists() and lake.dataset(name).to_table().num_rows == 1

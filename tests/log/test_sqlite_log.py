@@ -296,3 +296,74 @@ def test_sqlite_errors_become_headwater_errors(tmp_path):
     holder.execute("ROLLBACK")
     log.append([Append("t", 0, rows(0, 1))])
     assert log.end_offsets("t") == {0: 1}
+
+
+def test_background_checkpoint_thread_survives_errors_and_reports_them(tmp_path, monkeypatch):
+    """Any error of a checkpoint round (here: a full disk, then a file that is no database)
+    is logged and shown in ``problems`` / ``healthy()``; the thread goes on and recovers."""
+    import headwater.log.sqlite as module
+
+    connect = sqlite3.connect
+    failure: list[Exception] = []
+
+    def flaky_connect(*args, **kwargs):
+        if threading.current_thread().name == "log-checkpoint" and failure:
+            raise failure[0]
+        return connect(*args, **kwargs)
+
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
+    failure.append(full)
+    monkeypatch.setattr(module.sqlite3, "connect", flaky_connect)
+    log = open_log(f"sqlite:///{tmp_path / 'log.db'}", background_checkpoint_s=0.05)
+    log.ensure_topic("t", 1)
+
+    def wait_for(condition):
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    wait_for(lambda: not log.healthy())
+    assert "disk full (ENOSPC)" in log.problems[0]
+    failure[0] = sqlite3.DatabaseError("file is not a database")  # not an OperationalError: it used to kill the thread
+    wait_for(lambda: "file is not a database" in " ".join(log.problems))
+    log.append([Append("t", 0, rows(0, 3))])  # appends never depended on the checkpoint
+    failure.clear()
+    wait_for(log.healthy)
+    assert log._checkpoint_thread.is_alive() and log.problems == []
+    assert log.end_offsets("t") == {0: 3}
+
+
+class _FailingConnection:
+    """A connection whose statements in ``fail`` raise a disk I/O error (the others run)."""
+
+    def __init__(self, conn: sqlite3.Connection, fail: set[str]):
+        self.conn, self.fail = conn, fail
+
+    def execute(self, sql, *args):
+        if sql in self.fail:
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+@pytest.mark.parametrize("fail", [{"COMMIT"}, {"COMMIT", "ROLLBACK"}], ids=["commit", "commit-and-rollback"])
+def test_commit_rolls_back_on_failure_and_the_retry_works(log, tmp_path, fail):
+    """A failing consumer-offset commit changes no offset, never leaves the write lock held
+    (even when the ROLLBACK fails too: the connection is then replaced), and retrying works."""
+    log.commit("g", "t", {0: 1, 1: 1})
+    log._local.conn = _FailingConnection(log._conn(), fail)
+    with pytest.raises(TransientError, match="disk I/O error"):
+        log.commit("g", "t", {0: 5, 1: 7})
+    assert log.committed("g", "t") == {0: 1, 1: 1}
+    other = sqlite3.connect(tmp_path / "log.db", timeout=0.5, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock is free
+    other.execute("ROLLBACK")
+    other.close()
+    if len(fail) == 1:
+        log._local.conn = log._local.conn.conn
+    log.commit("g", "t", {0: 5, 1: 7})
+    assert log.committed("g", "t") == {0: 5, 1: 7}

@@ -69,6 +69,26 @@ def test_earliest_delivery_wins_with_deterministic_ties(tmp_path):
     ]
 
 
+def test_dedup_is_keyed_on_source_and_event_id(tmp_path):
+    """The same messageId from two sources is two events (event_id is unique per source only);
+    re-sends within one source still collapse, in silver.events and in silver.dim_user."""
+    home = Home(tmp_path)
+    write(home, [
+        event("m-1", T0, source="web", context='{"from": "web"}'),
+        event("m-1", T0, source="ios", context='{"from": "ios"}'),
+        event("m-1", T0, source="web", received=T0 + dt.timedelta(seconds=3), context='{"from": "web-resend"}'),
+        event("id-1", T0, source="web", event_type="identify", event_name=None, properties='{"plan": "free"}'),
+        event("id-1", T0 + dt.timedelta(hours=1), source="ios", event_type="identify", event_name=None, properties='{"plan": "pro"}'),
+    ])
+    build(home, T0.date(), T0.date())
+    rows = query(home, "SELECT source, event_id, context FROM silver.events WHERE event_type = 'track' ORDER BY source").to_pylist()
+    assert rows == [{"source": "ios", "event_id": "m-1", "context": '{"from": "ios"}'},
+                    {"source": "web", "event_id": "m-1", "context": '{"from": "web"}'}]
+    assert query(home, "SELECT count(*) AS n FROM silver.events WHERE event_type = 'identify'").to_pylist() == [{"n": 2}]
+    versions = query(home, "SELECT version, traits FROM silver.dim_user ORDER BY version").to_pylist()
+    assert [v["version"] for v in versions] == [1, 2] and '"pro"' in versions[1]["traits"]
+
+
 def test_users_are_user_id_else_anonymous_id_and_empty_days_count_zero(tmp_path):
     home = Home(tmp_path)
     d = [T0 + dt.timedelta(days=k) for k in range(40)]

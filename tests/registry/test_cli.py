@@ -149,7 +149,7 @@ def test_corrupt_registry_file(tmp_path, env):
 def test_unregistered_policy_per_source(env):
     """One policy command: `headwater source policy` (not `schema policy`)."""
     home = Home(Path(env["HEADWATER_HOME"]))
-    home.add_source("web", "wk-web")
+    home.add_source("web", "wk-web-registry-test")
 
     def policy(*args):
         return hw(env, "policy", *args, "--format", "json", group="source")

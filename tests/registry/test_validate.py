@@ -89,3 +89,26 @@ def test_nothing_registered_costs_nothing(registry):
     env = parse_request(json.dumps({"batch": [order(1)]}).encode())
     norm = normalize(env, source="web", received_at_us=1, tokenizer=TOKENIZER)
     assert validate.apply(norm, v, messages=env.messages, at=str, reject_unregistered=False, redact=str, source="web", received_at_us=1) is norm
+
+
+def test_reasons_name_field_rule_and_type_never_the_value(registry):
+    email = "ann.lee@example.org"
+    registry.register("Signed Up", {"type": "object", "additionalProperties": False, "properties": {
+        "email": {"type": "integer"}, "plan": {"enum": ["free", "pro"]}, "code": {"type": "string", "pattern": "^[a-z]+$"},
+        "seats": {"type": "integer", "minimum": 1}}})
+    v = validate.ContractValidator(registry, interval=0)
+
+    def reason(properties: dict) -> str:
+        out = run(v, [{"type": "track", "userId": "u", "event": "Signed Up", "properties": properties}])
+        assert out.rejected == 1
+        return out.bad_rows[0].reason
+
+    assert reason({"email": email}).startswith("Field `properties.email`: expected integer, got string (rule `type`")
+    assert reason({"plan": email}).startswith("Field `properties.plan`: expected one of the 2 allowed values, got a string")
+    assert reason({"code": email}).startswith("Field `properties.code`: expected a string matching ^[a-z]+$, got a string of 19 characters")
+    assert reason({"seats": -3}).startswith("Field `properties.seats`: expected a number >= 1, got an integer outside it (rule `minimum`")
+    assert reason({"coupon": email}).startswith("Field `properties.coupon`: property not allowed by the schema (rule `additionalProperties`")
+    for properties in ({"email": email}, {"plan": email}, {"code": email}, {"coupon": email}):
+        assert "ann.lee" not in reason(properties)
+    rejected = run(v, [{"type": "track", "userId": "u", "event": email, "properties": {}}], reject_unregistered=True).bad_rows[0]
+    assert "ann.lee" not in rejected.reason and "(rule `registered`)" in rejected.reason

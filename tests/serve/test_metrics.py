@@ -21,7 +21,7 @@ from headwater.stream.pipeline import DEFAULT_PIPELINE
 from headwater.stream.processor import QUERY, BronzeStream
 from tests.helpers import read_topic, start_collector
 
-WRITE_KEY = "wk-metrics"
+WRITE_KEY = "wk-metrics-test-key"
 T0 = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 

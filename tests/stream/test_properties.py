@@ -3,7 +3,8 @@ micro-batches, against a reference computed directly from the input in plain Pyt
 
 The reference knows only the documented semantics (:mod:`headwater.stream.pipeline`): batch
 boundaries (per partition ``min(log end, next + cap)``), first-occurrence dedup, the
-per-partition watermark with idleness, lateness decided with the previous batch's watermark,
+per-partition watermark with idleness (event times capped at processing time + tolerance),
+lateness decided with the previous batch's watermark,
 windows as sets of events. Expected results:
 
 * append mode: exactly the windows (over all accepted events) whose end is
@@ -33,6 +34,8 @@ S = 1_000_000  # µs
 STEP_MS = 10_000  # processing time between steps
 IDLE = dt.timedelta(seconds=25)
 BASE_US = int(T0.timestamp()) * S
+BASE_MS = BASE_US // 1000  # processing time of step 0: events run up to 20 min ahead of it
+TOLERANCE_US = 60 * S  # stream.watermark_tolerance_s: the watermark never passes processing time + this
 
 event = st.tuples(
     st.integers(0, 30),  # id: collisions are duplicates (first occurrence wins)
@@ -99,7 +102,7 @@ def reference(steps, cap: int, pipe: Pipeline):
     accepted = defaultdict(list)  # aggregate name -> events
     delay = pipe.watermark.delay.total_seconds() * S
     for i, s in enumerate(steps):
-        now = i * STEP_MS
+        now = BASE_MS + i * STEP_MS
         if s[0] == "append":
             _, p, events = s
             start = len(logs[p])
@@ -129,7 +132,8 @@ def reference(steps, cap: int, pipe: Pipeline):
                 if b > a:
                     active[p] = now
             for p, ev in batch:
-                maxev[p] = max(maxev.get(p, ev["ts"]), ev["ts"])
+                t = min(ev["ts"], now * 1000 + TOLERANCE_US)  # event times capped at processing time + tolerance
+                maxev[p] = max(maxev.get(p, t), t)
                 if ev["id"] in seen:
                     continue
                 seen.add(ev["id"])
@@ -226,7 +230,7 @@ def test_stream_matches_reference(steps, cap, delay_s, lateness_s):
         clock = [0]
         stream = BronzeStream(home, StreamConfig(max_records_per_partition=cap, compact_every=0), event_log=log, pipeline=pipe, clock=lambda: clock[0])
         for i, s in enumerate(steps):
-            clock[0] = i * STEP_MS
+            clock[0] = BASE_MS + i * STEP_MS
             if s[0] == "append":
                 log.append([Append("events", s[1], event_rows(s[2]))])
             elif s[0] == "bad":
@@ -238,7 +242,7 @@ def test_stream_matches_reference(steps, cap, delay_s, lateness_s):
             else:
                 stream.run_once()
         while True:  # drain the log, one more step per batch
-            clock[0] = len(steps) * STEP_MS
+            clock[0] = BASE_MS + len(steps) * STEP_MS
             steps.append(("run",))
             if stream.run_once() is None:
                 break

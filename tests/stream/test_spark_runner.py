@@ -149,6 +149,19 @@ def test_bronze_lands_once_and_bad_records_are_dead_lettered(spark, home, log):
     assert len(table_rows(home, "bronze.dead_letter")) == 1
 
 
+def test_bronze_dedup_is_keyed_on_source_and_event_id(spark, home, log):
+    """One source's messageId must not drop another source's event; a re-send within one
+    source is still dropped."""
+    web, ios = canonical(["m1", "m2"]), canonical(["m1"])
+    ios = ios.set_column(ios.schema.get_field_index("source"), "source", pa.array(["ios"]))
+    log.append([Append("events", 0, web)])
+    log.append([Append("events", 1, ios)])
+    log.append([Append("events", 0, canonical(["m1"]))])  # web's re-send
+    SparkPipeline(spark, home, Pipeline(name="t"), SparkConfig()).run_available_now()
+    got = sorted((r["source"], r["event_id"]) for r in table_rows(home, "bronze.events"))
+    assert got == [("ios", "m1"), ("test", "m1"), ("test", "m2")]
+
+
 def test_window_sink_skips_an_epoch_the_table_already_holds(spark, home):
     """A replayed epoch (Spark re-runs an epoch whose commit it did not record) writes nothing."""
     rows = pa.table({"window_start": [T0], "window_end": [T0 + MINUTE], "events": [3]})

@@ -7,7 +7,8 @@ S = 1_000_000
 
 
 def tracker(delay_s=10, idle_s=30):
-    return WatermarkTracker(Watermark(delay=dt.timedelta(seconds=delay_s), idle_timeout=dt.timedelta(seconds=idle_s)))
+    # Event times here are small numbers, not tied to processing time: no cap (tests/stream/test_watermark_bound.py).
+    return WatermarkTracker(Watermark(delay=dt.timedelta(seconds=delay_s), idle_timeout=dt.timedelta(seconds=idle_s)), tolerance_us=10**6 * S)
 
 
 def test_global_watermark_is_the_min_over_partitions_of_max_event_time_minus_delay():
@@ -31,5 +32,5 @@ def test_partitions_without_events_are_ignored_and_state_round_trips():
     wm = tracker()
     assert wm.advance({"events/2"}, {}, now_ms=0) is None
     wm.advance({"events/0"}, {"events/0": 100 * S}, now_ms=5)
-    again = WatermarkTracker.from_dict(wm.spec, wm.to_dict())
+    again = WatermarkTracker.from_dict(wm.spec, wm.to_dict(), wm.tolerance_us)
     assert again == wm

@@ -14,6 +14,7 @@ import threading
 
 import click
 
+from headwater import credentials
 from headwater.cli.errors import DEBUG, HeadwaterGroup
 from headwater.cli.options import check_range, date_range, engine_option, open_home, setting_option
 from headwater.cli.output import emit, format_option, human_duration, print_rows
@@ -30,15 +31,24 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
 
 
-def default_source(home: Home):
-    """The source of setting ``collector.write_key`` if set (created if absent), else the
-    first source (one named ``default`` is created if there is none)."""
+def default_source(home: Home) -> tuple[str, str]:
+    """``(name, write key line)`` of the source ``up`` reports: the source of setting
+    ``collector.write_key`` if set (created if absent; the key must pass
+    :func:`headwater.credentials.check_strength`), else the first source (one named
+    ``default`` is created if there is none). The key itself is printed only when it was
+    just generated (shown once); otherwise only its fingerprint."""
     key = home.settings.collector.write_key
     sources = home.sources()
     if key is not None:
-        existing = [s for s in sources if s.write_key == key.get_secret_value()]
-        return existing[0] if existing else home.add_source("default" if not sources else f"source-{len(sources)}", key.get_secret_value())
-    return (sources or [home.add_source("default")])[0]
+        plain = credentials.check_strength(key.get_secret_value(), "collector.write_key")
+        existing = [s for s in sources if credentials.verify(plain, s.key_digest)]
+        name = existing[0].name if existing else "default" if not sources else f"source-{len(sources)}"
+        if not existing:
+            home.add_source(name, plain)
+        return name, f"fingerprint {credentials.fingerprint(credentials.digest(plain))} (setting collector.write_key)"
+    if sources:
+        return sources[0].name, f"fingerprint {sources[0].key_fingerprint} (shown once at creation; `headwater source rotate {sources[0].name}` issues a new one)"
+    return "default", f"{home.add_source('default')}  (shown once: keep it)"
 
 
 def _interrupt(*_) -> None:
@@ -57,13 +67,13 @@ def up(dagster: bool) -> None:
     from headwater.runtime import Platform, free_port
 
     home = open_home()
-    source = default_source(home)
+    name, key_line = default_source(home)
     dagster_port = (home.settings.dagster.port or free_port()) if dagster else None
     platform = Platform(home, home.settings.collector.port, dagster_port=dagster_port).start()
     click.echo(f"collector  {platform.url}  (Segment HTTP API: POST /v1/batch, /v1/track, ...)")
     if platform.dagster_url:
         click.echo(f"dagster    {platform.dagster_url}  (Dagster UI: assets, runs, backfills; daily schedule, late-data sensor)")
-    click.echo(f"write key  {source.write_key}  (source {source.name!r})")
+    click.echo(f"write key  {key_line}  (source {name!r})")
     click.echo(f"home       {home.root}")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -101,9 +111,14 @@ def stream(available_now: bool, pipeline_path: str | None) -> None:
     home = open_home()
     s = home.settings.stream
     config = StreamConfig(trigger_interval_s=s.trigger_interval_s, max_records_per_partition=s.max_records_per_partition,
-                          retain_batches=s.retain_batches, compact_every=s.compact_every)
+                          retain_batches=s.retain_batches, compact_every=s.compact_every,
+                          max_batch_bytes=s.max_batch_bytes, quarantine_after=s.quarantine_after)
     pipeline = Pipeline.from_toml(pipeline_path) if pipeline_path else DEFAULT_PIPELINE
-    BronzeStream(home, config, pipeline=pipeline).run(stop, available_now=available_now)
+    processor = BronzeStream(home, config, pipeline=pipeline)
+    try:
+        processor.run(stop, available_now=available_now)
+    finally:
+        processor.close()
 
 
 def _counts_table(counts: dict[str, int]) -> None:
@@ -170,19 +185,35 @@ def source() -> None:
     """Sources: their write keys and policies (PII, events without a contract)."""
 
 
+_WRITE_KEY_OPTION = click.option("--write-key", default=None, help="Use this write key, at least 16 characters (default: generate one).")
+
+
 @source.command("add")
 @click.argument("name")
-@click.option("--write-key", default=None, help="Use this write key (default: generate one).")
+@_WRITE_KEY_OPTION
 def source_add(name: str, write_key: str | None) -> None:
-    """Add source NAME; prints its write key alone (for scripts: KEY=$(headwater source add web))."""
-    click.echo(open_home().add_source(name, write_key).write_key)
+    """Add source NAME; prints its write key alone (for scripts: KEY=$(headwater source add web)).
+
+    This is the only time the key is shown: only its digest is stored."""
+    click.echo(open_home().add_source(name, write_key))
+
+
+@source.command("rotate")
+@click.argument("name")
+@_WRITE_KEY_OPTION
+def source_rotate(name: str, write_key: str | None) -> None:
+    """Give source NAME a new write key and print it alone (shown once); the old key stops
+    working within a second."""
+    click.echo(open_home().rotate_key(name, write_key))
 
 
 @source.command("list")
 @format_option
 def source_list(fmt: str) -> None:
-    """List the sources: name, write key, policy for events without a contract."""
-    rows = [{"name": s.name, "write_key": s.write_key, "unregistered_events": s.unregistered_events} for s in open_home().sources()]
+    """List the sources: name, write-key fingerprint (printf %s "$KEY" | sha256sum | cut -c1-12),
+    policy for events without a contract. Keys themselves are never stored."""
+    rows = [{"name": s.name, "key_fingerprint": s.key_fingerprint, "unregistered_events": s.unregistered_events}
+            for s in open_home().sources()]
     emit(rows, fmt)
 
 
@@ -237,5 +268,11 @@ cli.add_command(_backfill)
 from headwater.cli.tables import tables as _tables  # noqa: E402
 cli.add_command(_tables)
 
+from headwater.cli.maintain import maintain as _maintain  # noqa: E402
+cli.add_command(_maintain)
+
 from headwater.cli.policy import policy as _policy  # noqa: E402
 source.add_command(_policy)
+
+from headwater.cli.quarantine import quarantine as _quarantine  # noqa: E402
+cli.add_command(_quarantine)

@@ -43,5 +43,5 @@ def policy(name, tokenize, drop, keep, detect_values, unregistered, fmt) -> None
             fields["unregistered_events"] = unregistered
         source = home.update_source(name, **fields)
     out = msgspec.to_builtins(source)
-    out.pop("write_key")
+    out.pop("key_digest")
     emit(out, fmt)

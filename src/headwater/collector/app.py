@@ -9,9 +9,19 @@ Routes (Segment HTTP Tracking API, https://segment.com/docs/connections/sources/
 - PostHog capture (:mod:`.posthog`): ``POST /batch/``, ``/e/``, ``/capture/``, ``/i/v0/e/``,
   ``/track/``, ``/engage/`` (also without the trailing slash); the write key is the PostHog
   project token (``api_key`` / ``token`` in the body, the events or the query string).
-- ``GET /health`` — 200 ``{"status": "ok"}``
+- ``GET /health`` — 200 ``{"status": "ok", "writer", "stream", "disk", "log"}``, 503 with
+  ``"status": "down"`` when a component is down: the log writer thread stopped, the stream
+  has lag and committed nothing for ``collector.stream_stall_s`` (or its lag is unreadable),
+  the disk is over ``collector.max_disk_used``, or the log reports a background problem
+  (:meth:`~.collector.Collector.health`)
+- ``GET /ready`` — 200 ``{"status": "ready"}`` when an ingestion request would be taken now,
+  else 503 ``{"status": "not_ready", "reason", "limit"}`` (starting, or shedding load)
+- ``GET /openapi.json`` — the OpenAPI 3.1 document of these routes (:mod:`.openapi`)
 - ``GET /metrics`` — Prometheus text format, when the caller gives a renderer (the CLI
   passes :func:`headwater.serve.metrics.render`: log offsets, lag, stream progress)
+
+``/health`` and ``/ready`` take no credential (probes of load balancers and supervisors) and
+show no data, only component states and counts.
 
 Auth (:mod:`.auth`): HTTP Basic, username = write key (password ignored), else ``writeKey``
 in the body; the key maps to a source via ``sources.json`` (re-read when it changes:
@@ -26,15 +36,25 @@ against their contracts (:mod:`headwater.registry.validate`) before that, on the
 
 Bodies (:mod:`.body`): ``Content-Encoding: gzip`` or none (else 415). At most 500 KB after
 decompression → else 413; decompression is bounded. Malformed JSON → 400
-``decode_failure``; a body of the wrong shape → 400 ``envelope_violation``. These
-request-level failures are recorded as one bad row each when the request is authenticated
-(413: only the first 1 KB of the body).
+``decode_failure``; a body of the wrong shape → 400 ``envelope_violation``; more than
+``collector.max_events_per_request`` messages → 413. A message nested deeper than
+``collector.max_depth`` is a bad row, its neighbours are kept (:mod:`.wire`); an unexpected
+error while reading a body is a logged 400, never a 500. These request-level failures are
+recorded as one bad row each when the request is authenticated (413: only the first 1 KB of
+the body). A response lists at most 100 per-message errors (``errors_truncated``: the rest).
 
 Responses are JSON. Errors: ``{"code": <error type>, "message": <field and rule>}``
 (what the Segment SDKs read). Success: 200 ``{"success": true, "accepted": n,
 "rejected": m, "errors": [{"index", "code", "message"}, ...]}``; every event of the
 request invalid → 400 with the same fields plus ``code``/``message``. 503 when the log
 append fails (SDKs retry 5xx).
+
+Backpressure (:meth:`~.collector.Collector.admit`, checked before the body is read): too
+many requests in flight or waiting for the log, or the stream too far behind → 429; the disk
+too full or the log writer stopped → 503; an append not durable in time → 503. Each carries
+``Retry-After`` (seconds) and ``"limit"``, the setting that bounds it; the Segment and
+PostHog SDKs retry 429 and 5xx, so load shedding delays events but loses none. Plain overload
+is always a 429, never a 5xx (uvicorn's own ``limit_concurrency`` answers 503, so it is not used).
 
 Durability (:class:`~.collector.Collector`): a request's events (grouped by partition) and
 bad rows go to the log in **one** group-commit submission, and the response is sent only
@@ -57,9 +77,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from headwater.collector import posthog, segment
+from headwater.collector import openapi, posthog, segment
 from headwater.collector.collector import Collector, json_response
-from headwater.collector.wire import Wire
+from headwater.collector.wire import Limits, Wire
 from headwater.events import EVENT_TYPES
 
 
@@ -71,12 +91,15 @@ def create_app(collector: Collector, metrics: Callable[[], bytes] | None = None)
 
     def endpoint(wire: Wire):
         async def handler(request: Request) -> Response:
-            return await collector.handle(request, wire)
+            return await collector.answer(request, wire)
 
         return handler
 
     async def health(request: Request) -> Response:
-        return json_response(200, {"status": "ok"})
+        return json_response(*collector.health())
+
+    async def ready(request: Request) -> Response:
+        return json_response(*collector.ready())
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -86,12 +109,15 @@ def create_app(collector: Collector, metrics: Callable[[], bytes] | None = None)
         finally:
             collector.close()
 
-    routes = [Route("/health", health, methods=["GET"])]
+    routes = [Route("/health", health, methods=["GET"]), Route("/ready", ready, methods=["GET"])]
+    # The OpenAPI document of these routes (no credential: it shows no data).
+    spec = openapi.document(Limits.of(collector.settings.collector), metrics=metrics is not None)
+    routes.append(Route(openapi.OPENAPI_PATH, lambda request: json_response(200, spec), methods=["GET"]))
     if metrics is not None:
         routes.append(Route("/metrics", lambda request: Response(metrics(), media_type=CONTENT_TYPE_LATEST), methods=["GET"]))
     # /v1/import is Segment's historical-import alias of /v1/batch; analytics.js
     # (analytics-next) posts to the short paths /v1/b and /v1/<first letter of the type>.
-    routes += [Route(p, endpoint(segment.wire(None)), methods=["POST"]) for p in ("/v1/batch", "/v1/import", "/v1/b")]
+    routes += [Route(p, endpoint(segment.wire(None)), methods=["POST"]) for p in segment.BATCH_PATHS]
     routes += [Route(f"/v1/{t}", endpoint(segment.wire(t)), methods=["POST"]) for t in EVENT_TYPES]
     routes += [Route(f"/v1/{t[0]}", endpoint(segment.wire(t)), methods=["POST"]) for t in EVENT_TYPES]
     # PostHog capture (posthog-js, posthog-python, posthog-node), with and without the trailing slash.

@@ -1,26 +1,49 @@
-"""Who sent a request: write key → source, HTTP Basic auth, and the auth-failure rate limit.
+"""Who sent a request: write key → source, HTTP Basic auth, and the rate limits.
 
 Auth is HTTP Basic (username = write key, password ignored), else the write key in the body;
-the key maps to a source via ``sources.json`` (:class:`WriteKeys`, re-read when it
-changes). Missing / unknown keys are answered 401 and recorded as ``auth_failure`` bad
-rows, at most :data:`AUTH_FAILURE_ROWS_PER_MINUTE` a minute (:class:`AuthFailureLimiter`).
+the key's digest maps to a source via ``sources.json`` (:class:`WriteKeys`, re-read when it
+changes; only digests are stored, :mod:`headwater.credentials`). Missing / unknown keys are
+answered 401 and recorded as ``auth_failure`` bad rows, at most
+:data:`AUTH_FAILURE_ROWS_PER_MINUTE` a minute (:class:`AuthFailureLimiter`).
+
+Rate limits (:class:`RateLimits`, the ``limits`` library's moving window, in memory, per
+collector process), each answered 429 with ``Retry-After``:
+
+- per write key: setting ``collector.rate_limit_per_key`` requests/s on average, bursts of
+  up to 2× that (the limit counts over a window of 2 s); 0 turns it off;
+- per client IP, failed authentications: after ``collector.auth_failures_per_minute``
+  401s in a minute every request of that address is refused until the oldest failure is a
+  minute old — key guessing runs at that many guesses a minute, and the 401s stop coming.
+  The address is the TCP peer (uvicorn applies ``X-Forwarded-For`` only from the
+  trusted proxy 127.0.0.1), so clients behind one NAT share the budget.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import time
 
+from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from headwater import credentials
 from headwater.config import Home, Source
+from headwater.errors import TransientError
 
 AUTH_FAILURE_ROWS_PER_MINUTE = 60
 
 
 class WriteKeys:
     """Write key → source name, from ``home.sources()``, reloaded when ``sources.json``
-    changes (mtime/size/inode). Known keys cost a dict lookup: the file is stat-ed at most
+    changes (mtime/size/inode). A presented key is hashed (:func:`headwater.credentials.digest`,
+    about 1 µs) and its digest looked up in a dict. That lookup is not constant-time, but
+    what timing could reveal is how much of a *digest* matched, and SHA-256's preimage
+    resistance makes that worthless for building a key; so no per-source
+    ``compare_digest`` loop is needed. Known keys cost that: the file is stat-ed at most
     every ``interval`` seconds. An unknown key re-stats it at once (one ``stat``, the file
     is re-read only if it changed), so a source added by ``headwater up`` works on its
     first request; a revoked key stops working within ``interval``."""
@@ -29,7 +52,7 @@ class WriteKeys:
         self._home = home
         self._interval = interval
         self._stamp: tuple | None = None
-        self._keys: dict[str, str] = {}
+        self._keys: dict[str, str] = {}  # key digest -> source name
         self._configs: dict[str, Source] = {}
         self._checked = float("-inf")
         self._refresh(time.monotonic())
@@ -39,10 +62,11 @@ class WriteKeys:
         now = time.monotonic()
         if now - self._checked >= self._interval:
             self._refresh(now)
-        name = self._keys.get(write_key)
+        digest = credentials.digest(write_key)
+        name = self._keys.get(digest)
         if name is None and now != self._checked:  # a miss: re-stat now (a source may just have been added)
             self._refresh(now)
-            name = self._keys.get(write_key)
+            name = self._keys.get(digest)
         return name
 
     def config(self, name: str | None) -> Source | None:
@@ -63,7 +87,7 @@ class WriteKeys:
             sources = self._home.sources()
         except (OSError, ValueError, TypeError):  # unreadable: keep the keys we have
             return
-        self._keys = {s.write_key: s.name for s in sources}
+        self._keys = {s.key_digest: s.name for s in sources}
         self._configs = {s.name: s for s in sources}
         self._stamp = stamp
 
@@ -75,7 +99,7 @@ def basic_auth_user(header: str) -> str | None:
         return None
     try:
         text = base64.b64decode(cred.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, UnicodeDecodeError, ValueError):  # ValueError: a non-ASCII header value
         return None
     return text.partition(":")[0] or None
 
@@ -105,3 +129,48 @@ class AuthFailureLimiter:
         """The failures not recorded since the last call (and reset the count)."""
         n, self.suppressed = self.suppressed, 0
         return n
+
+
+class RateLimited(TransientError):
+    """Over a rate limit: answered 429; ``retry_after_s`` (whole seconds, ≥ 1) goes into
+    ``Retry-After``, ``message`` names the limit."""
+
+
+def _per_second(rate: float) -> RateLimitItem:
+    """``rate`` requests/s with bursts of 2 × ``rate``: ``2·rate`` requests per 2 s (for a
+    rate under 0.5/s: 1 request per ``1/rate`` s; the window is whole seconds)."""
+    amount = max(1, round(2 * rate))
+    return RateLimitItemPerSecond(amount, max(1, math.ceil(amount / rate)))
+
+
+class RateLimits:
+    """The collector's rate limits (see the module doc): ``per_key_per_s`` requests/s per
+    source (0: off), ``auth_failures_per_minute`` failed authentications per client address
+    (0: off). Checks cost a few µs (an in-memory moving window)."""
+
+    def __init__(self, per_key_per_s: float, auth_failures_per_minute: int):
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._per_key = _per_second(per_key_per_s) if per_key_per_s > 0 else None
+        self._failures = RateLimitItemPerMinute(auth_failures_per_minute) if auth_failures_per_minute > 0 else None
+        self._key_rule = f"{per_key_per_s:g} requests/s per write key (bursts up to {2 * per_key_per_s:g})"
+
+    def admit_key(self, source: str) -> None:
+        """Count one request of ``source``; :class:`RateLimited` if over its limit."""
+        if self._per_key is not None and not self._limiter.hit(self._per_key, "key", source):
+            raise RateLimited(f"Rate limit exceeded: {self._key_rule}; retry later",
+                              field="collector.rate_limit_per_key", retry_after_s=self._retry_after(self._per_key, "key", source))
+
+    def check_client(self, client: str | None) -> None:
+        """:class:`RateLimited` if ``client`` already failed authentication too often."""
+        if self._failures is not None and client is not None and not self._limiter.test(self._failures, "auth", client):
+            raise RateLimited(f"Too many failed authentications from this address (limit {self._failures.amount} a minute); retry later",
+                              field="collector.auth_failures_per_minute", retry_after_s=self._retry_after(self._failures, "auth", client))
+
+    def auth_failed(self, client: str | None) -> None:
+        """Count one failed authentication of ``client``."""
+        if self._failures is not None and client is not None:
+            self._limiter.hit(self._failures, "auth", client)
+
+    def _retry_after(self, item: RateLimitItem, *ids: str) -> int:
+        reset = self._limiter.get_window_stats(item, *ids).reset_time
+        return max(1, math.ceil(reset - time.time()))

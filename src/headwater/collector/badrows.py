@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from headwater.collector import posthog, segment
-from headwater.collector.wire import WireError
+from headwater.collector.wire import Limits, WireError
 from headwater.config import Home
 from headwater.events import TS
 from headwater.ingest.tokens import Tokenizer
@@ -132,7 +132,7 @@ def replay(home: Home, *, error_type: str | None = None, source: str | None = No
                 # A Segment bad row holds one message (per-event failures) or a whole body (request-level).
                 payload = b'{"batch":[' + payload + b"]}"
             try:
-                env = wire.parse(payload, {}, "")
+                env = wire.read(payload, {}, "", Limits.of(home.settings.collector))
             except WireError as e:
                 fail(e.message, e.code)
                 continue

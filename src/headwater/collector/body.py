@@ -39,7 +39,8 @@ async def read_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding in ("", "identity"):
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) <= limit:
+        # isascii(): isdigit() admits "²" (the header is latin-1), which int() refuses.
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) <= limit:
             return await request.body()
         chunks, total = [], 0
         async for chunk in request.stream():
@@ -49,7 +50,7 @@ async def read_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
                 raise Oversize(b"".join(chunks)[:OVERSIZE_PAYLOAD_BYTES], f"Request body exceeds {limit} bytes")
         return b"".join(chunks)
     if encoding not in ("gzip", "x-gzip"):
-        raise WireError(DECODE_FAILURE, f"Unsupported Content-Encoding {encoding!r}: send gzip or no encoding", 415)
+        raise WireError(DECODE_FAILURE, f"Unsupported Content-Encoding {encoding[:40]!r}: send gzip or no encoding", 415)
 
     # Incremental, bounded inflate: each decompress() call may emit at most the bytes
     # still allowed (+1 to detect overflow); leftover input waits in unconsumed_tail.

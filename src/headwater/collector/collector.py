@@ -2,17 +2,30 @@
 
 Steps of one request (:meth:`Collector.handle`), each a method:
 
+0. :meth:`~Collector.admit` (:meth:`~Collector.answer` runs it before :meth:`~Collector.handle`)
+   — load shedding before the body is read, on cached state only: more than
+   ``collector.max_in_flight`` requests in progress, or ``collector.max_queue`` appends
+   waiting for the group commit, or the stream more than ``collector.max_lag_events`` records
+   behind → 429; the home's disk over ``collector.max_disk_used`` or the log writer stopped →
+   503. Each with ``Retry-After`` (s) and ``{"code", "message", "limit"}`` naming the setting
+   (:mod:`.health` samples the lag and the disk);
 1. :meth:`~Collector.header_source` — HTTP Basic auth (formats that use it): the key's source;
-2. :func:`~.body.read_body` + ``wire.parse`` — the body, gunzipped and bounded, decoded into
+2. :func:`~.body.read_body` + ``wire.read`` — the body, gunzipped and bounded, decoded into
    an envelope; a request that cannot be read is refused (413 / 415 / 400) and, when its
    source is known, recorded as one bad row (:meth:`~Collector.refuse`);
 3. :meth:`~Collector.body_source` — the write key in the body when there was no header;
    missing / unknown keys → 401 (:meth:`~Collector.unauthorized`);
+   a source over its request rate, or a client address with too many 401s in the last
+   minute, → 429 with ``Retry-After`` (:class:`~.auth.RateLimits`);
 4. :meth:`~Collector.accept` — the wire adapter's normalisation, contract validation (on
    the values as sent) and the source's PII policy (the log only sees scrubbed values);
 5. :meth:`~Collector.record` — the request's events (grouped by partition) and bad rows go
    to the log in **one** :class:`GroupCommitWriter` submission; the response is sent only
-   after it committed — a 200 means the events survive a crash; 503 if the append fails.
+   after it committed — a 200 means the events survive a crash; 503 with ``Retry-After`` if
+   the append fails or is not durable within ``collector.append_timeout_s``, 429 if the
+   group-commit queue filled meanwhile. A timed-out append may still be committed later
+   (the writer had taken it): the client's retry then stores its events twice in the log,
+   and they are deduplicated by ``event_id`` downstream — nothing answered 200 is lost.
    On a log without ``atomic_multi_topic_append`` the writer appends each topic on its own:
    a 503 may then follow stored bad rows (a retry repeats them) but never lost events, and
    re-sent events are deduplicated by ``event_id``.
@@ -25,6 +38,7 @@ the settings (``log.partitions`` for a new ``events`` topic).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 
@@ -34,9 +48,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from headwater.collector import segment
-from headwater.collector.auth import AuthFailureLimiter, WriteKeys, basic_auth_user
+from headwater.collector.auth import AuthFailureLimiter, RateLimited, RateLimits, WriteKeys, basic_auth_user
 from headwater.collector.body import OVERSIZE_PAYLOAD_BYTES, Oversize, read_body
-from headwater.collector.wire import MAX_REQUEST_BYTES, Envelope, Wire, WireError
+from headwater.collector.health import LoadMonitor, Refusal
+from headwater.collector.wire import MAX_REQUEST_BYTES, MAX_RESPONSE_ERRORS, Envelope, Limits, Wire, WireError
 from headwater.config import Home, PiiPolicy
 from headwater.events import AUTH_FAILURE, BAD_ROWS_TOPIC, EVENTS_TOPIC, SIZE_VIOLATION
 from headwater.ingest.badrows import MAX_BAD_PAYLOAD_CHARS, BadRow, bad_rows_append
@@ -45,7 +60,7 @@ from headwater.ingest.partitioning import event_appends
 from headwater.ingest.pii import scrubber
 from headwater.ingest.tokens import Tokenizer
 from headwater.log.base import Append, EventLog
-from headwater.log.group_commit import GroupCommitWriter
+from headwater.log.group_commit import GroupCommitWriter, QueueFull
 from headwater.registry import validate as contracts
 from headwater.registry.registry import Registry
 from headwater.settings import Settings
@@ -55,6 +70,12 @@ _encode = msgspec.json.Encoder().encode
 
 def json_response(status: int, body: dict, headers: dict | None = None) -> Response:
     return Response(_encode(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def refusal_response(r: Refusal) -> Response:
+    """``r`` as ``{"success": false, "code", "message", "limit"}`` with ``Retry-After``."""
+    return json_response(r.status, {"success": False, "code": r.code, "message": r.message, "limit": r.limit},
+                         {"retry-after": str(r.retry_after_s)})
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> Response:
@@ -74,8 +95,11 @@ class Collector:
                  log: EventLog, settings: Settings):
         self.keys, self.tokenizer, self.validator, self.log, self.settings = keys, tokenizer, validator, log, settings
         self.auth_limiter = AuthFailureLimiter()
+        self.rate_limits = RateLimits(settings.collector.rate_limit_per_key, settings.collector.auth_failures_per_minute)
         self.partitions = 0  # of the events topic, known after start()
+        self.in_flight = 0  # requests inside handle(); one event loop, so a plain counter
         self._writer: GroupCommitWriter | None = None
+        self._monitor: LoadMonitor | None = None
 
     @classmethod
     def from_home(cls, home: Home, log: EventLog, tokenizer: Tokenizer | None = None) -> "Collector":
@@ -87,10 +111,12 @@ class Collector:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         """Ensure the ``events`` topic (``log.partitions`` partitions if new, else the log's
-        count) and the 1-partition ``bad_rows`` topic, start the group-commit writer and
-        run the request path once (warm-up)."""
+        count) and the 1-partition ``bad_rows`` topic, start the group-commit writer (queue
+        bounded by ``collector.max_queue``) and the load monitor, and run the request path
+        once (warm-up)."""
         self.open_topics()
-        self._writer = GroupCommitWriter(self.log)
+        self._writer = GroupCommitWriter(self.log, max_queue=self.settings.collector.max_queue)
+        self._monitor = LoadMonitor(self.log, self.settings.home, self.settings.collector).start()
         self._warm_up()
 
     def open_topics(self) -> None:
@@ -99,10 +125,13 @@ class Collector:
         self.log.ensure_topic(BAD_ROWS_TOPIC, 1)
 
     def close(self) -> None:
-        """Commit what was submitted and stop the writer."""
+        """Commit what was submitted and stop the writer and the load monitor."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._monitor is not None:
+            self._monitor.close()
+            self._monitor = None
 
     def _warm_up(self) -> None:
         """pyarrow imports pandas (if installed) lazily on its first datetime conversion —
@@ -122,7 +151,8 @@ class Collector:
         """The events of ``env`` to log and the :class:`Normalized` with every rejection:
         ``wire.normalize``, then contract validation (on the values as sent), then the
         source's PII policy on ``properties`` / ``context``."""
-        norm = wire.normalize(env, source=source, received_at_us=received_at_us, tokenizer=self.tokenizer)
+        norm = wire.normalize(env, source=source, received_at_us=received_at_us, tokenizer=self.tokenizer,
+                              future_tolerance_us=int(self.settings.collector.future_tolerance_h * 3_600_000_000))
         config = self.keys.config(source)
         norm = contracts.apply(
             norm, self.validator, messages=env.messages, at=env.path,
@@ -140,8 +170,11 @@ class Collector:
         return appends
 
     async def record(self, appends: list[Append]) -> None:
-        """Submit ``appends`` to the group-commit writer; returns once they are durable."""
-        await asyncio.wrap_future(self._writer.submit(appends))
+        """Submit ``appends`` to the group-commit writer; returns once they are durable.
+        Raises :class:`QueueFull` (``collector.max_queue`` appends waiting), ``TimeoutError``
+        (not durable within ``collector.append_timeout_s``: the submission is cancelled if
+        still queued, else committed anyway) or the log's error."""
+        await asyncio.wait_for(asyncio.wrap_future(self._writer.submit(appends)), self.settings.collector.append_timeout_s)
 
     async def record_quietly(self, row: BadRow) -> None:
         """Store a request-level bad row; a log failure must not turn a 4xx into a 5xx."""
@@ -205,39 +238,111 @@ class Collector:
             await self.record_quietly(BadRow(e.code, e.message, source, received_us, wire.redact(body, self.tokenizer, limit), wire.protocol))
         return error_response(e.status, e.code, e.message)
 
+    # -- load and health ------------------------------------------------------------------
+    def admit(self) -> Refusal | None:
+        """The 429 / 503 refusing a new request (module doc, step 0), or None to take it.
+        Reads counters and the monitor's last sample only: no I/O, no body."""
+        limits = self.settings.collector
+        if not self._writer.alive:  # first: a dead writer also fills the queue
+            return Refusal(503, "unavailable", "writer", "The event log writer has stopped; retry later", 30)
+        if self.in_flight >= limits.max_in_flight:
+            return Refusal(429, "overloaded", "collector.max_in_flight",
+                           f"{self.in_flight} requests in progress (limit {limits.max_in_flight}); retry later", 1)
+        if self._writer.waiting >= limits.max_queue:
+            return Refusal(429, "overloaded", "collector.max_queue",
+                           f"{self._writer.waiting} requests waiting for the event log (limit {limits.max_queue}); retry later", 1)
+        return self._monitor.refusal()
+
+    async def answer(self, request: Request, wire: Wire) -> Response:
+        """:meth:`admit`, then :meth:`handle` counted in :attr:`in_flight`."""
+        if (refused := self.admit()) is not None:
+            return refusal_response(refused)
+        self.in_flight += 1
+        try:
+            return await self.handle(request, wire)
+        finally:
+            self.in_flight -= 1
+
+    def health(self) -> tuple[int, dict]:
+        """``GET /health``: 200, or 503 when a component is ``down``; the body has
+        ``status`` and ``writer`` (thread alive, queue, requests in flight), ``stream`` (lag,
+        progressing), ``disk`` (share used) and ``log`` (the backend's background problems,
+        e.g. a failing SQLite checkpoint) sections, each with its own ``status``."""
+        limits, writer = self.settings.collector, self._writer
+        alive = writer is not None and writer.alive
+        # Backends with background work (SqliteLog) list its failures in ``problems``.
+        problems = list(getattr(self.log, "problems", ()))
+        body = {
+            "writer": {"status": "ok" if alive else "down", "alive": alive, "queued": writer.waiting if writer else 0,
+                       "max_queue": limits.max_queue, "in_flight": self.in_flight, "max_in_flight": limits.max_in_flight},
+            **(self._monitor.report() if self._monitor is not None else {}),
+            "log": {"status": "down" if problems else "ok", "problems": problems},
+        }
+        down = not alive or self._monitor is None or any(part["status"] == "down" for part in body.values())
+        return (503 if down else 200), {"status": "down" if down else "ok", **body}
+
+    def ready(self) -> tuple[int, dict]:
+        """``GET /ready``: 200 ``{"status": "ready"}`` when a request would be taken now
+        (writer running, topics open, nothing shed by :meth:`admit`), else 503 with
+        ``reason`` (the refusal's message) and ``limit``."""
+        if self._writer is None or not self.partitions:
+            return 503, {"status": "not_ready", "reason": "starting: the event log topics are not open yet", "limit": None}
+        refused = self.admit()
+        if refused is not None:
+            return 503, {"status": "not_ready", "reason": refused.message, "limit": refused.limit}
+        return 200, {"status": "ready"}
+
     # -- the request path -----------------------------------------------------------------
     async def handle(self, request: Request, wire: Wire) -> Response:
         """Answer one ingestion request in ``wire``'s format (see the module doc)."""
         received_us = time.time_ns() // 1000
         body = b""
         source = None
+        client = request.client.host if request.client else None
         try:
+            self.rate_limits.check_client(client)
             source = self.header_source(request, wire)
+            if source is not None:
+                self.rate_limits.admit_key(source)
             try:
                 body = await read_body(request)
-                env = wire.parse(body, request.query_params, request.headers.get("content-type", ""))
+                env = wire.read(body, request.query_params, request.headers.get("content-type", ""), Limits.of(self.settings.collector))
             except (Oversize, WireError) as e:
                 return await self.refuse(e, wire, request, body, source, received_us)
             if source is None:
                 source = self.body_source(env, wire, body)
+                self.rate_limits.admit_key(source)
         except Unauthorized as e:
+            self.rate_limits.auth_failed(client)
             return await self.unauthorized(e, wire, received_us)
+        except RateLimited as e:
+            return error_response(429, "rate_limited", e.message, {"retry-after": str(e.retry_after_s)})
 
         events, norm = self.accept(env, wire, source=source, received_at_us=received_us)
         appends = self.appends(events, norm.bad_rows, source)
         if appends:
             try:
                 await self.record(appends)
+            except QueueFull as e:
+                return refusal_response(Refusal(429, "overloaded", "collector.max_queue", f"Too many requests waiting for the event log ({e}); retry later", 1))
+            except TimeoutError:
+                limit = self.settings.collector.append_timeout_s
+                return refusal_response(Refusal(503, "unavailable", "collector.append_timeout_s", f"Event log append not durable within {limit:g} s; retry later", 1))
             except Exception as e:  # the transaction failed: nothing of this request is stored
-                return error_response(503, "unavailable", f"Event log append failed, retry later: {type(e).__name__}: {e}")
+                retry = math.ceil(getattr(e, "retry_after_s", None) or 1)
+                return error_response(503, "unavailable", f"Event log append failed, retry later: {type(e).__name__}: {e}", {"retry-after": str(retry)})
         return self.response(norm, env, wire)
 
     @staticmethod
     def response(norm: Normalized, env: Envelope, wire: Wire) -> Response:
         """200 ``{"success", "accepted", "rejected", "errors"}``; 400 with ``code`` /
-        ``message`` of the first error when every event of the request was rejected."""
+        ``message`` of the first error when every event of the request was rejected. At most
+        :data:`~.wire.MAX_RESPONSE_ERRORS` errors are listed, ``errors_truncated`` counts the
+        rest (the bad rows hold them all), so the response stays small whatever the batch."""
         result = {"success": norm.accepted > 0 or norm.rejected == 0, "accepted": norm.accepted, "rejected": norm.rejected,
-                  "errors": norm.errors, **wire.response}
+                  "errors": norm.errors[:MAX_RESPONSE_ERRORS], **wire.response}
+        if norm.rejected > MAX_RESPONSE_ERRORS:
+            result["errors_truncated"] = norm.rejected - MAX_RESPONSE_ERRORS
         if norm.accepted == 0 and norm.rejected:
             first = result["errors"][0]
             what = f"Event rejected: {first['message']}" if env.single else f"All {norm.rejected} events rejected; first (index {first['index']}): {first['message']}"

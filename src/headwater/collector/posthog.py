@@ -18,8 +18,9 @@ them (github.com/PostHog/posthog, ``rust/capture``: ``extract_payload_bytes``,
 - write key (PostHog's project token): ``api_key`` / ``token`` of a batch, else each event's
   ``token`` / ``$token`` / ``api_key`` / ``properties.token`` (must agree), else the query
   string's ``token`` / ``api_key``. It is removed from the stored properties.
-- ``sent_at``: the batch's ``sent_at``, else the query's ``_`` (ms since the epoch, used
-  only if after 2020, as PostHog does).
+- ``sent_at``: the batch's ``sent_at`` (ISO 8601, else 400 naming it), else the query's
+  ``_`` (ms since the epoch: 1–15 ASCII digits up to year 9999, else 400 naming it; used
+  only if after 2020, as PostHog does). ``ver`` and ``ip`` are not read.
 
 Mapping of an event to a row:
 
@@ -53,7 +54,10 @@ Mapping of an event to a row:
 Envelope rules (→ bad row ``envelope_violation``): an event is a JSON object with a
 non-empty ``event`` and a ``distinct_id``; ``$create_alias`` needs ``properties.alias``;
 ``properties`` / ``$set`` / ``$set_once`` are objects; ``timestamp`` is RFC 3339; ``offset``
-an integer. Limits as for Segment: 32 KB per event, 500 KB per request (decompressed).
+an integer; the event time lies in years 1970..9999 (rule ``event_time_range``, so a huge
+``offset`` is a bad row; one more than 23 h ahead is replaced by the receive time and flagged:
+:mod:`headwater.ingest.canonical`). Limits as for Segment: 32 KB per event, 500 KB per request (decompressed),
+``collector.max_depth`` nesting levels per event, ``collector.max_events_per_request`` events.
 Bad-row payloads have the identity fields tokenised (:data:`ID_FIELDS`, at any depth) and
 the write key removed.
 """
@@ -71,10 +75,23 @@ from typing import Any, Mapping
 
 import msgspec
 
-from headwater.collector.wire import MAX_EVENT_BYTES, MAX_REQUEST_BYTES, Wire, WireError
+from headwater.collector.wire import (
+    DEPTH_CUT,
+    MAX_EVENT_BYTES,
+    MAX_REQUEST_BYTES,
+    Limits,
+    Wire,
+    WireError,
+    contained,
+    cut_deep,
+    depth_reason,
+    reason_text,
+)
 from headwater.events import DECODE_FAILURE, ENVELOPE_VIOLATION, SIZE_VIOLATION
 from headwater.ingest.badrows import BadRow, redact
 from headwater.ingest.canonical import (
+    EVENT_TIME_RANGE,
+    FUTURE_TOLERANCE_US,
     EventColumns,
     Normalized,
     Rejection,
@@ -82,6 +99,7 @@ from headwater.ingest.canonical import (
     derive_event_id,
     event_id_prefix,
     surface_of,
+    time_violation_reason,
 )
 from headwater.ingest.tokens import Tokenizer
 
@@ -99,6 +117,9 @@ ID_FIELDS = ("distinct_id", "anon_distinct_id", "device_id", "user_id", "alias")
 DROP_FIELDS = _TOKEN_PROPERTIES
 _WEB_LIBS = {"web", "posthog-js", "posthog-js-lite"}
 _MIN_SENT_AT = dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc)
+_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z in ms since the epoch
+# Where each event-time input lives (TimeViolation.field → path below the event, or absolute).
+_TIME_PATHS = {"timestamp": ".timestamp", "offset": ".offset", "sent_at": "$.sent_at", "request_sent_at": "$.sent_at"}
 
 
 class _Event(msgspec.Struct, gc=False):
@@ -141,13 +162,15 @@ class Request:
     """A decoded capture request: each event's raw JSON and its decoded form (or the
     ``msgspec.ValidationError`` it raised), the write key, the request's ``sent_at``, and
     ``at``: the JSON path prefix of the events (``$`` one event, ``$[i]`` array,
-    ``$.batch[i]`` batch)."""
+    ``$.batch[i]`` batch); ``depth_limit``: the nesting limit when some event was nested
+    deeper (its values past the limit replaced by :data:`~.wire.DEPTH_CUT`), else None."""
 
     raws: list[msgspec.Raw]
     events: list[_Event | msgspec.ValidationError]
     write_key: str | None
     sent_at: datetime | None
     at: str
+    depth_limit: int | None = None
 
     @property
     def single(self) -> bool:
@@ -173,7 +196,8 @@ def payload_bytes(body: bytes, content_type: str = "", query: Mapping[str, str] 
         raise WireError(DECODE_FAILURE, "Unsupported compression `lz64` (query `compression`): send gzip-js, gzip or none")
     data = body
     if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded" or data.startswith(b"data="):
-        form = urllib.parse.parse_qs(data.decode("latin-1"), keep_blank_values=True)
+        # latin-1 both ways: every byte (raw or %-escaped) maps to one character and back.
+        form = urllib.parse.parse_qs(data.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
         if "data" not in form:
             raise WireError(DECODE_FAILURE, "Form body without a `data` field (posthog-js sends `data=<base64 JSON>`)")
         if (form.get("compression", [""])[0]).lower() == "lz64":
@@ -204,20 +228,26 @@ def _gunzip(data: bytes) -> bytes:
     return out
 
 
-def parse_request(payload: bytes, query: Mapping[str, str] | None = None) -> Request:
+def parse_request(payload: bytes, query: Mapping[str, str] | None = None, limits: Limits = Limits()) -> Request:
     """Decode a capture payload (:func:`payload_bytes`) into a :class:`Request`.
 
     Raises :class:`~.wire.WireError`: ``decode_failure`` for malformed JSON or invalid
     UTF-8, ``envelope_violation`` for a body of the wrong shape (not an array or object,
-    ``batch`` not an array, events with different write keys)."""
+    ``batch`` not an array, events with different write keys, ``sent_at`` not ISO 8601, a
+    query ``_`` that is not milliseconds since the epoch), 413 ``size_violation`` for more
+    than ``limits.max_events`` events."""
     query = query or {}
+    first = payload.lstrip()[:1]
+    # Events sit at level 1 of an array, level 2 of {"batch": [...]}, level 0 of one event
+    # (cut again at its own level once the object is known not to be a batch).
+    original, payload = payload, cut_deep(payload, limits.max_depth + (1 if first == b"[" else 2))
     try:
-        first = payload.lstrip()[:1]
         if first == b"[":
             raws, at, key, sent = _decode_array(payload), "$[{i}]", None, None
         elif first == b"{":
             obj = _decode_object(payload)
             if obj.batch is None:
+                payload = cut_deep(original, limits.max_depth)
                 raws, at, key, sent = [msgspec.Raw(payload.strip())], "$", None, None
             else:
                 raws, at, key, sent = obj.batch, "$.batch[{i}]", obj.api_key or obj.token, obj.sent_at
@@ -229,6 +259,7 @@ def parse_request(payload: bytes, query: Mapping[str, str] | None = None) -> Req
         raise WireError(DECODE_FAILURE, f"Malformed JSON: {str(e).removeprefix('JSON is malformed: ')}") from None
     except UnicodeDecodeError as e:
         raise WireError(DECODE_FAILURE, f"Invalid UTF-8 in JSON: {e.reason} (JSON text must be UTF-8)") from None
+    limits.check_count(len(raws))
 
     events: list = []
     for raw in raws:
@@ -244,22 +275,29 @@ def parse_request(payload: bytes, query: Mapping[str, str] | None = None) -> Req
             raise WireError(ENVELOPE_VIOLATION, f"Events of one request carry {len(keys)} different tokens (`token` / `api_key`): send one project per request")
         key = keys.pop() if keys else None
     key = key or query.get("token") or query.get("api_key") or None
-    return Request(raws, events, key, _sent_at(sent, query), at)
+    depth_limit = limits.max_depth if DEPTH_CUT in payload else None
+    return Request(raws, events, key, _sent_at(sent, query), at, depth_limit)
 
 
 def _sent_at(value: str | None, query: Mapping[str, str]) -> datetime | None:
+    """The request's ``sent_at``, else the query's ``_`` (ms since the epoch; a value
+    before 2021 is seconds from an old SDK, PostHog ignores it). Raises :class:`WireError`
+    (``envelope_violation``) naming the field when either cannot be read."""
     if value:
         try:
             t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
         except ValueError:
-            return None
+            raise WireError(ENVELOPE_VIOLATION, "Field `sent_at` is not an ISO 8601 date-time - at `$.sent_at`") from None
+        return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
     ms = query.get("_")
-    if ms and ms.isdigit():
-        t = dt.datetime.fromtimestamp(int(ms) / 1000, dt.timezone.utc)
-        if t >= _MIN_SENT_AT:  # PostHog: an older value is in seconds (old SDKs): ignore it
-            return t
-    return None
+    if not ms:
+        return None
+    # isdigit() alone admits "²" and other non-ASCII digits; the length check keeps int() off huge strings.
+    if not (ms.isascii() and ms.isdigit() and len(ms) <= 15 and int(ms) <= _MAX_MS):
+        raise WireError(ENVELOPE_VIOLATION, f"Query parameter `_` must be milliseconds since the epoch: ASCII digits, "
+                                            f"at most {_MAX_MS} (year 9999) - at `?_`")
+    t = dt.datetime.fromtimestamp(int(ms) / 1000, dt.timezone.utc)
+    return t if t >= _MIN_SENT_AT else None
 
 
 def write_key_of(payload: bytes) -> str | None:
@@ -267,105 +305,121 @@ def write_key_of(payload: bytes) -> str | None:
     request-level bad rows."""
     try:
         obj = _decode_object(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
     return obj.api_key or obj.token
 
 
 # -- normalisation ------------------------------------------------------------------------
-def normalize(req: Request, *, source: str, received_at_us: int, tokenizer: Tokenizer) -> Normalized:
-    """Canonical events and bad rows of ``req``'s events (see the module doc); never raises
+def normalize(req: Request, *, source: str, received_at_us: int, tokenizer: Tokenizer,
+              future_tolerance_us: int = FUTURE_TOLERANCE_US) -> Normalized:
+    """Canonical events and bad rows of ``req``'s events (see the module doc; event-time rules
+    with ``future_tolerance_us``: :func:`~headwater.ingest.canonical.event_time`); never raises
     for a bad event: each becomes a bad row and an ``errors`` entry."""
     tok = tokenizer.token
-    received = dt.datetime.fromtimestamp(received_at_us / 1e6, dt.timezone.utc)
     id_prefix = event_id_prefix(source)
     rows: list[tuple] = []  # one tuple per accepted event (EventColumns order), transposed once
+    rows_at: list[int] = []  # event index of each row
     rejections: list[Rejection] = []
 
     def reject(i: int, code: str, reason: str, raw: msgspec.Raw, field: str = "", rule: str | None = None) -> None:
         at = req.path(i)
-        reason = reason.replace("{at}", at)
+        reason = reason_text(reason.replace("{at}", at))
         payload = redact(bytes(raw), tokenizer, ID_FIELDS, drop=DROP_FIELDS)
         rejections.append(Rejection(i, BadRow(code, reason, source, received_at_us, payload, PROTOCOL, at + field, rule)))
 
     for i, (raw, ev) in enumerate(zip(req.raws, req.events)):
-        if len(raw) > MAX_EVENT_BYTES:
-            reject(i, SIZE_VIOLATION, f"Event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes (32 KB) per event - at `{{at}}`", raw, rule="max_bytes")
-            continue
-        if isinstance(ev, msgspec.ValidationError):
-            text = str(ev)
-            reject(i, ENVELOPE_VIOLATION, text.replace("`$", "`{at}", 1) if "`$" in text else f"{text} - at `{{at}}`", raw, rule="type")
-            continue
-        if not ev.event:
-            reject(i, ENVELOPE_VIOLATION, "Object missing required field `event` (a non-empty event name) - at `{at}`", raw, ".event", "required")
-            continue
-        props = dict(ev.properties) if ev.properties else {}
-        distinct = _distinct_id(ev, props)
-        if distinct is None:
-            reject(i, ENVELOPE_VIOLATION, "Object missing required field `distinct_id` (top level, `$distinct_id` or `properties.distinct_id`) - at `{at}`", raw, ".distinct_id", "required")
-            continue
-        for k in _TOKEN_PROPERTIES:
-            props.pop(k, None)
-        for key, extra in (("$set", ev.set), ("$set_once", ev.set_once)):
-            if extra:
-                props[key] = {**props[key], **extra} if isinstance(props.get(key), dict) else extra
-
-        name = ev.event
-        device = props.get("$device_id")
-        device = str(device) if device not in (None, "") and not isinstance(device, (dict, list)) else None
-        ename = None
-        if name == "$identify":
-            kind, user = "identify", distinct
-            anon = props.get("$anon_distinct_id") or device
-            anon = str(anon) if anon is not None else None
-        elif name == "$create_alias":
-            alias = props.get("alias")
-            if alias in (None, "") or isinstance(alias, (dict, list)):
-                reject(i, ENVELOPE_VIOLATION, "Object missing required field `properties.alias` ($create_alias links distinct_id to alias) - at `{at}`", raw, ".properties.alias", "required")
+        try:
+            if len(raw) > MAX_EVENT_BYTES:
+                reject(i, SIZE_VIOLATION, f"Event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes (32 KB) per event - at `{{at}}`", raw, rule="max_bytes")
                 continue
-            kind, user, anon = "alias", str(alias), None
-            props["previousId"] = distinct
-        elif name in ("$set", "$set_once"):
-            kind, user, anon = "identify", distinct, device
-        else:
-            kind, user, anon = "track", distinct, device
-            if name == "$pageview":
-                kind, ename = "page", props.get("$pathname") or props.get("$current_url")
-            elif name == "$screen":
-                kind, ename = "screen", props.get("$screen_name")
-            elif name == "$groupidentify" and props.get("$group_key") not in (None, ""):
-                kind = "group"
-                props["groupId"] = str(props["$group_key"])
-            else:
-                ename = name
-            ename = ename if isinstance(ename, str) else None
-        if anon == user:  # one id: an anonymous visitor (distinct_id is its device id), or nothing to link
-            if kind == "identify" or kind == "alias":
-                anon = None
-            else:
-                user = None
-        for k in (*_ID_PROPERTIES, "previousId"):
-            v = props.get(k)
-            if v not in (None, "") and not isinstance(v, (dict, list, bool)):
-                props[k] = tok(v if isinstance(v, str) else str(v))
+            if req.depth_limit is not None and DEPTH_CUT in bytes(raw):
+                reject(i, ENVELOPE_VIOLATION, depth_reason(req.depth_limit), raw, rule="max_depth")
+                continue
+            if isinstance(ev, msgspec.ValidationError):
+                text = str(ev)
+                reject(i, ENVELOPE_VIOLATION, text.replace("`$", "`{at}", 1) if "`$" in text else f"{text} - at `{{at}}`", raw, rule="type")
+                continue
+            if not ev.event:
+                reject(i, ENVELOPE_VIOLATION, "Object missing required field `event` (a non-empty event name) - at `{at}`", raw, ".event", "required")
+                continue
+            props = dict(ev.properties) if ev.properties else {}
+            distinct = _distinct_id(ev, props)
+            if distinct is None:
+                reject(i, ENVELOPE_VIOLATION, "Object missing required field `distinct_id` (top level, `$distinct_id` or `properties.distinct_id`) - at `{at}`", raw, ".distinct_id", "required")
+                continue
+            for k in _TOKEN_PROPERTIES:
+                props.pop(k, None)
+            for key, extra in (("$set", ev.set), ("$set_once", ev.set_once)):
+                if extra:
+                    props[key] = {**props[key], **extra} if isinstance(props.get(key), dict) else extra
 
-        ts, sent = ev.timestamp, req.sent_at
-        if ts is None and ev.offset is not None:
-            ts, sent = received - dt.timedelta(milliseconds=ev.offset), None
-        if props.get("$ignore_sent_at") is True:
-            sent = None
-        lib = props.get("$lib") if isinstance(props.get("$lib"), str) else None
-        surface = "web" if lib in _WEB_LIBS else surface_of(lib)
-        platform = next((v.lower() for v in (props.get("$device_type"), props.get("$os")) if isinstance(v, str) and v), surface)
-        ctx = _encode({"library": {"name": lib, "version": props.get("$lib_version")}}) if lib else b"{}"
-        eid = ev.uuid or derive_event_id(id_prefix, raw)
-        rows.append((
-            eid, kind, ename, tok(anon) if anon else None, tok(user) if user else None,
-            ts, None, sent, surface, platform, _encode(props), ctx,
-        ))
+            name = ev.event
+            device = props.get("$device_id")
+            device = str(device) if device not in (None, "") and not isinstance(device, (dict, list)) else None
+            ename = None
+            if name == "$identify":
+                kind, user = "identify", distinct
+                anon = props.get("$anon_distinct_id") or device
+                anon = str(anon) if anon is not None else None
+            elif name == "$create_alias":
+                alias = props.get("alias")
+                if alias in (None, "") or isinstance(alias, (dict, list)):
+                    reject(i, ENVELOPE_VIOLATION, "Object missing required field `properties.alias` ($create_alias links distinct_id to alias) - at `{at}`", raw, ".properties.alias", "required")
+                    continue
+                kind, user, anon = "alias", str(alias), None
+                props["previousId"] = distinct
+            elif name in ("$set", "$set_once"):
+                kind, user, anon = "identify", distinct, device
+            else:
+                kind, user, anon = "track", distinct, device
+                if name == "$pageview":
+                    kind, ename = "page", props.get("$pathname") or props.get("$current_url")
+                elif name == "$screen":
+                    kind, ename = "screen", props.get("$screen_name")
+                elif name == "$groupidentify" and props.get("$group_key") not in (None, ""):
+                    kind = "group"
+                    props["groupId"] = str(props["$group_key"])
+                else:
+                    ename = name
+                ename = ename if isinstance(ename, str) else None
+            if anon == user:  # one id: an anonymous visitor (distinct_id is its device id), or nothing to link
+                if kind == "identify" or kind == "alias":
+                    anon = None
+                else:
+                    user = None
+            for k in (*_ID_PROPERTIES, "previousId"):
+                v = props.get(k)
+                if v not in (None, "") and not isinstance(v, (dict, list, bool)):
+                    props[k] = tok(v if isinstance(v, str) else str(v))
 
-    events = build_events(EventColumns.from_rows(rows), source=source, received_at_us=received_at_us)
-    return Normalized(events, rejections)
+            # Without a timestamp, `offset` (ms before receipt) gives the event time, uncorrected
+            # (build_events computes it in Arrow: any integer, however large, is a range violation).
+            ts, sent = ev.timestamp, req.sent_at
+            if props.get("$ignore_sent_at") is True:
+                sent = None
+            lib = props.get("$lib") if isinstance(props.get("$lib"), str) else None
+            surface = "web" if lib in _WEB_LIBS else surface_of(lib)
+            platform = next((v.lower() for v in (props.get("$device_type"), props.get("$os")) if isinstance(v, str) and v), surface)
+            ctx = _encode({"library": {"name": lib, "version": props.get("$lib_version")}}) if lib else b"{}"
+            eid = ev.uuid or derive_event_id(id_prefix, raw)
+            rows.append((
+                eid, kind, ename, tok(anon) if anon else None, tok(user) if user else None,
+                ts, None, sent, surface, platform, _encode(props), ctx, ev.offset if ts is None else None,
+            ))
+            rows_at.append(i)
+        except Exception as e:  # a bug this event exposed: reject it, keep its neighbours
+            reject(i, DECODE_FAILURE, contained(i, e, PROTOCOL), raw, rule="internal")
+
+    built = build_events(EventColumns.from_rows(rows), source=source, received_at_us=received_at_us, future_tolerance_us=future_tolerance_us)
+    if built.violations:  # event time out of range: a bad row naming the field (absolute for the request's sent_at)
+        for v in built.violations:
+            path = _TIME_PATHS[v.field]
+            rel = path[0] != "$"
+            i = rows_at[v.row]
+            reject(i, ENVELOPE_VIOLATION, time_violation_reason("{at}" + path if rel else path), req.raws[i], path if rel else "", EVENT_TIME_RANGE)
+        rejections.sort(key=lambda r: r.index)
+    return Normalized(built.events, rejections)
 
 
 def _distinct_id(ev: _Event, props: dict) -> str | None:
@@ -385,7 +439,7 @@ def _write_key_of(body: bytes, query: Mapping[str, str]) -> str | None:
 #: PostHog capture as the collector speaks it on :data:`PATHS`.
 WIRE = Wire(
     PROTOCOL,
-    parse=lambda body, query, content_type: parse_request(payload_bytes(body, content_type, query), query),
+    parse=lambda body, query, content_type, limits: parse_request(payload_bytes(body, content_type, query), query, limits),
     normalize=normalize,
     write_key_of=_write_key_of,
     id_fields=ID_FIELDS,

@@ -41,8 +41,14 @@ Mapping of a message to a row (all timestamps ``timestamp[us, UTC]``):
 Envelope rules (violations → bad row ``envelope_violation``, reason names field and
 rule): valid ``type``; ``userId`` or ``anonymousId``; track needs a non-empty ``event``;
 alias needs ``previousId`` and ``userId``; group needs ``groupId``; ``properties`` /
-``traits`` / ``context`` are JSON objects; timestamps are RFC 3339. A message over
-32 KB is a ``size_violation``. Bad-row payloads have ``userId`` / ``anonymousId`` /
+``traits`` / ``context`` are JSON objects; timestamps are RFC 3339; the event time lies in
+years 1970..9999 (rule ``event_time_range``; one more than 23 h ahead of the receive time is
+replaced by it and flagged in ``context.headwater``: :mod:`headwater.ingest.canonical`). A message over
+32 KB is a ``size_violation``; one nested deeper than ``collector.max_depth`` levels an
+``envelope_violation`` with rule ``max_depth`` (:func:`~.wire.cut_deep`: its neighbours are
+kept); a request of more than ``collector.max_events_per_request`` messages is refused (413).
+An unexpected error while normalising one message rejects that message alone
+(``decode_failure``, rule ``internal``, logged). Bad-row payloads have ``userId`` / ``anonymousId`` /
 ``previousId`` tokenised (:data:`ID_FIELDS`).
 """
 
@@ -54,7 +60,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from headwater.collector.wire import MAX_EVENT_BYTES, Wire, WireError
+from headwater.collector.wire import DEPTH_CUT, MAX_EVENT_BYTES, Limits, Wire, WireError, contained, cut_deep, depth_reason, reason_text
 from headwater.events import (
     DECODE_FAILURE,
     ENVELOPE_VIOLATION,
@@ -63,6 +69,8 @@ from headwater.events import (
 )
 from headwater.ingest.badrows import BadRow, redact
 from headwater.ingest.canonical import (
+    EVENT_TIME_RANGE,
+    FUTURE_TOLERANCE_US,
     EventColumns,
     Normalized,
     Rejection,
@@ -70,12 +78,17 @@ from headwater.ingest.canonical import (
     derive_event_id,
     event_id_prefix,
     surface_of,
+    time_violation_reason,
 )
 from headwater.ingest.tokens import Tokenizer
 
 PROTOCOL = "segment"
+# Batch paths: /v1/import is Segment's historical-import alias of /v1/batch, /v1/b analytics.js's.
+BATCH_PATHS = ("/v1/batch", "/v1/import", "/v1/b")
 ID_FIELDS = ("userId", "anonymousId", "previousId")  # tokenised in bad-row payloads
 _TYPES_TEXT = ", ".join(EVENT_TYPES)
+# Where each event-time input lives (TimeViolation.field → path below the message, or absolute).
+_TIME_PATHS = {"timestamp": ".timestamp", "original_timestamp": ".originalTimestamp", "sent_at": ".sentAt", "request_sent_at": "$.sentAt"}
 
 
 # -- wire structs ------------------------------------------------------------------------
@@ -148,7 +161,8 @@ class Envelope:
     bodies (one message, ``path_type`` fills a missing ``type``); ``sent_at``: the
     batch-level ``sentAt`` (tz-aware or naive-as-UTC ``datetime``) or None; ``context``:
     batch-level context JSON bytes (``b""`` when absent); ``write_key``: ``writeKey`` of
-    the body or None."""
+    the body or None; ``depth_limit``: the nesting limit when some message was nested deeper
+    (its values past the limit replaced by :data:`~.wire.DEPTH_CUT`), else None."""
 
     messages: list[msgspec.Raw]
     single: bool = False
@@ -157,36 +171,46 @@ class Envelope:
     context: bytes = b""
     write_key: str | None = None
     utf8: bool = True
+    depth_limit: int | None = None
 
     def path(self, i: int) -> str:
         """JSON path of message ``i`` in the request body (``$`` or ``$.batch[i]``)."""
         return "$" if self.single else f"$.batch[{i}]"
 
 
-def parse_request(body: bytes, path_type: str | None = None) -> Envelope:
+def parse_request(body: bytes, path_type: str | None = None, limits: Limits = Limits()) -> Envelope:
     """Decode a Segment request body (already decompressed).
 
     ``path_type`` None means ``/v1/batch`` (``{"batch": [...], ...}``), else the type of a
     single-message endpoint (``"track"``, ...). Raises :class:`WireError` with code
     ``decode_failure`` for malformed JSON and ``envelope_violation`` for a body of the
-    wrong shape (not an object, ``batch`` missing or not an array, bad batch ``sentAt``)."""
+    wrong shape (not an object, ``batch`` missing or not an array, bad batch ``sentAt``, a
+    batch ``context`` nested deeper than ``limits.max_depth``), and 413 ``size_violation``
+    for more than ``limits.max_events`` messages."""
     # JSON is UTF-8 (RFC 8259 §8.1). msgspec checks the strings it decodes but not the
     # bytes it keeps as Raw, and Arrow rejects invalid UTF-8 for a whole column: so
     # check the body once (ASCII fast path) and, only if that fails, each message.
     utf8 = body.isascii() or _is_utf8(body)
+    # Messages sit at level 2 of a batch ({"batch": [...]}), at level 0 of a single body.
+    body = cut_deep(body, limits.max_depth + (2 if path_type is None else 0))
+    depth_limit = limits.max_depth if DEPTH_CUT in body else None
     try:
         if path_type is None:
             b = _decode_batch(body)
+            limits.check_count(len(b.batch))
             ctx = bytes(b.context)
             if ctx == b"null":
                 ctx = b""
             elif ctx and ctx[:1] != b"{":
                 raise WireError(ENVELOPE_VIOLATION, f"Expected `object`, got {_json_kind(ctx)} - at `$.context`")
+            if depth_limit is not None and DEPTH_CUT in ctx:
+                raise WireError(ENVELOPE_VIOLATION, depth_reason(limits.max_depth, "$.context"))
             if ctx and not _is_utf8(ctx):
                 raise WireError(DECODE_FAILURE, "Invalid UTF-8 in JSON - at `$.context`")
-            return Envelope(b.batch, sent_at=b.sentAt, context=ctx, write_key=b.writeKey, utf8=utf8)
+            return Envelope(b.batch, sent_at=b.sentAt, context=ctx, write_key=b.writeKey, utf8=utf8, depth_limit=depth_limit)
         s = _decode_single(body)
-        return Envelope([msgspec.Raw(body.strip())], single=True, path_type=path_type, write_key=s.writeKey, utf8=utf8)
+        return Envelope([msgspec.Raw(body.strip())], single=True, path_type=path_type, write_key=s.writeKey, utf8=utf8,
+                        depth_limit=depth_limit)
     except msgspec.ValidationError as e:
         raise WireError(ENVELOPE_VIOLATION, _with_path(str(e), "$")) from None
     except msgspec.DecodeError as e:
@@ -208,19 +232,22 @@ def write_key_of(body: bytes) -> str | None:
     requests whose body is otherwise unusable."""
     try:
         return _decode_single(body).writeKey
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
 
 
 # -- normalisation ------------------------------------------------------------------------
-def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tokenizer) -> Normalized:
+def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tokenizer,
+              future_tolerance_us: int = FUTURE_TOLERANCE_US) -> Normalized:
     """Canonical events and bad rows of ``env``'s messages, sent by ``source`` and received
-    at ``received_at_us`` (µs since the epoch, UTC). Never raises for bad messages: each
-    becomes a bad row and an ``errors`` entry with its index in the request."""
+    at ``received_at_us`` (µs since the epoch, UTC); event-time rules with
+    ``future_tolerance_us`` (:func:`~headwater.ingest.canonical.event_time`). Never raises for
+    bad messages: each becomes a bad row and an ``errors`` entry with its index in the request."""
     rows: list[tuple] = []  # one tuple per accepted message (EventColumns order), transposed once
+    rows_at: list[int] = []  # message index of each row
     rejections: list[Rejection] = []
 
-    single, path_type, batch_ctx, all_utf8 = env.single, env.path_type, env.context, env.utf8
+    single, path_type, batch_ctx, all_utf8, depth_limit = env.single, env.path_type, env.context, env.utf8, env.depth_limit
     tok = tokenizer.token  # the memoised function itself: no wrapper frame per call
     id_prefix = event_id_prefix(source)
     # Context → (surface, platform) memo: an SDK's batch often repeats the same context.
@@ -229,118 +256,133 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
     def reject(i: int, code: str, reason: str, raw: msgspec.Raw, field: str = "", rule: str | None = None) -> None:
         # `{at}` in reason → the message's JSON path; built only here, off the hot path.
         at = env.path(i)
-        reason = reason.replace("{at}", at)
+        reason = reason_text(reason.replace("{at}", at))
         payload = redact(bytes(raw), tokenizer, ID_FIELDS)
         rejections.append(Rejection(i, BadRow(code, reason, source, received_at_us, payload, PROTOCOL, at + field, rule)))
 
     for i, raw in enumerate(env.messages):
-        if len(raw) > MAX_EVENT_BYTES:
-            reject(i, SIZE_VIOLATION, f"Event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes (32 KB) per event - at `{{at}}`", raw, rule="max_bytes")
-            continue
-        if not all_utf8 and not _is_utf8(bytes(raw)):
-            reject(i, DECODE_FAILURE, "Invalid UTF-8 in JSON (JSON text must be UTF-8) - at `{at}`", raw, rule="utf8")
-            continue
         try:
-            m = _decode_message(raw)
-        except msgspec.ValidationError as e:
-            reason = _with_path(str(e), "{at}")
-            if reason.endswith(".type`"):
-                reason += f" (type must be one of {_TYPES_TEXT})"
-            reject(i, ENVELOPE_VIOLATION, reason, raw, _msgspec_path(str(e)), "type")
-            continue
-        except msgspec.DecodeError as e:  # cannot happen for a member of a decoded array
-            reject(i, DECODE_FAILURE, f"{_malformed(e)} - at `{{at}}`", raw, rule="json")
-            continue
-
-        t = m.type
-        if single:
-            if t is None:
-                t = path_type
-            elif t != path_type:
-                reject(i, ENVELOPE_VIOLATION, f"Field `type` is {t!r} but the endpoint is /v1/{path_type} - at `{{at}}.type`", raw, ".type", "endpoint")
+            if len(raw) > MAX_EVENT_BYTES:
+                reject(i, SIZE_VIOLATION, f"Event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes (32 KB) per event - at `{{at}}`", raw, rule="max_bytes")
                 continue
-        elif t is None:
-            reject(i, ENVELOPE_VIOLATION, f"Object missing required field `type` (one of {_TYPES_TEXT}) - at `{{at}}`", raw, ".type", "required")
-            continue
-
-        uid = m.userId
-        if uid is not None and uid.__class__ is not str:
-            uid = str(uid)
-        aid = m.anonymousId
-        if aid is not None and aid.__class__ is not str:
-            aid = str(aid)
-        if not uid and not aid:
-            reject(i, ENVELOPE_VIOLATION, "Object missing required field `userId` or `anonymousId` (at least one must be a non-empty string) - at `{at}`", raw, ".userId", "required")
-            continue
-
-        # properties for track/page/screen, traits for identify/group; both must be objects.
-        # bytes(): msgspec.Raw does not compare equal to bytes; b"" = absent or null.
-        is_traits = t == "identify" or t == "group"
-        body = bytes(m.traits if is_traits else m.properties)
-        if body and body[0] != 0x7B:  # not "{"
-            if body == b"null":
-                body = b""
-            else:
-                what = "traits" if is_traits else "properties"
-                reject(i, ENVELOPE_VIOLATION, _not_object(body, what), raw, f".{what}", "object")
+            if depth_limit is not None and DEPTH_CUT in bytes(raw):
+                reject(i, ENVELOPE_VIOLATION, depth_reason(depth_limit), raw, rule="max_depth")
                 continue
-        ctx = bytes(m.context)
-        if ctx and ctx[0] != 0x7B:
-            if ctx == b"null":
-                ctx = b""
-            else:
-                reject(i, ENVELOPE_VIOLATION, _not_object(ctx, "context"), raw, ".context", "object")
+            if not all_utf8 and not _is_utf8(bytes(raw)):
+                reject(i, DECODE_FAILURE, "Invalid UTF-8 in JSON (JSON text must be UTF-8) - at `{at}`", raw, rule="utf8")
+                continue
+            try:
+                m = _decode_message(raw)
+            except msgspec.ValidationError as e:
+                reason = _with_path(str(e), "{at}")
+                if reason.endswith(".type`"):
+                    reason += f" (type must be one of {_TYPES_TEXT})"
+                reject(i, ENVELOPE_VIOLATION, reason, raw, _msgspec_path(str(e)), "type")
+                continue
+            except msgspec.DecodeError as e:  # cannot happen for a member of a decoded array
+                reject(i, DECODE_FAILURE, f"{_malformed(e)} - at `{{at}}`", raw, rule="json")
                 continue
 
-        name = None
-        if t == "track":
-            name = m.event
-            if not name:
-                reject(i, ENVELOPE_VIOLATION, "Object missing required field `event` (track events need a non-empty event name) - at `{at}`", raw, ".event", "required")
+            t = m.type
+            if single:
+                if t is None:
+                    t = path_type
+                elif t != path_type:
+                    reject(i, ENVELOPE_VIOLATION, f"Field `type` is {t!r} but the endpoint is /v1/{path_type} - at `{{at}}.type`", raw, ".type", "endpoint")
+                    continue
+            elif t is None:
+                reject(i, ENVELOPE_VIOLATION, f"Object missing required field `type` (one of {_TYPES_TEXT}) - at `{{at}}`", raw, ".type", "required")
                 continue
-            prop = body or b"{}"
-        elif t == "page" or t == "screen":
-            name = m.name
-            prop = body or b"{}"
-        elif t == "identify":
-            prop = body or b"{}"
-        elif t == "alias":
-            prev = m.previousId
-            if prev is None or prev == "":
-                reject(i, ENVELOPE_VIOLATION, "Object missing required field `previousId` (alias events need previousId and userId) - at `{at}`", raw, ".previousId", "required")
+
+            uid = m.userId
+            if uid is not None and uid.__class__ is not str:
+                uid = str(uid)
+            aid = m.anonymousId
+            if aid is not None and aid.__class__ is not str:
+                aid = str(aid)
+            if not uid and not aid:
+                reject(i, ENVELOPE_VIOLATION, "Object missing required field `userId` or `anonymousId` (at least one must be a non-empty string) - at `{at}`", raw, ".userId", "required")
                 continue
-            if not uid:
-                reject(i, ENVELOPE_VIOLATION, "Object missing required field `userId` (alias events need previousId and userId) - at `{at}`", raw, ".userId", "required")
-                continue
-            prop = _encode({"previousId": tok(str(prev))})
-        else:  # group
-            gid = m.groupId
-            if gid is None or gid == "":
-                reject(i, ENVELOPE_VIOLATION, "Object missing required field `groupId` (group events need a groupId) - at `{at}`", raw, ".groupId", "required")
-                continue
-            traits = _decode_any(body) if body else {}
-            traits["groupId"] = gid if gid.__class__ is str else str(gid)
-            prop = _encode(traits)
 
-        if batch_ctx:
-            ctx = _merge_context(batch_ctx, ctx)
-        sp = ctx_memo.get(ctx)
-        if sp is None:
-            sp = ctx_memo[ctx] = _surface_platform(ctx)
+            # properties for track/page/screen, traits for identify/group; both must be objects.
+            # bytes(): msgspec.Raw does not compare equal to bytes; b"" = absent or null.
+            is_traits = t == "identify" or t == "group"
+            body = bytes(m.traits if is_traits else m.properties)
+            if body and body[0] != 0x7B:  # not "{"
+                if body == b"null":
+                    body = b""
+                else:
+                    what = "traits" if is_traits else "properties"
+                    reject(i, ENVELOPE_VIOLATION, _not_object(body, what), raw, f".{what}", "object")
+                    continue
+            ctx = bytes(m.context)
+            if ctx and ctx[0] != 0x7B:
+                if ctx == b"null":
+                    ctx = b""
+                else:
+                    reject(i, ENVELOPE_VIOLATION, _not_object(ctx, "context"), raw, ".context", "object")
+                    continue
 
-        mid = m.messageId
-        if mid is None or mid == "":
-            mid = derive_event_id(id_prefix, raw)
-        elif mid.__class__ is not str:
-            mid = str(mid)
+            name = None
+            if t == "track":
+                name = m.event
+                if not name:
+                    reject(i, ENVELOPE_VIOLATION, "Object missing required field `event` (track events need a non-empty event name) - at `{at}`", raw, ".event", "required")
+                    continue
+                prop = body or b"{}"
+            elif t == "page" or t == "screen":
+                name = m.name
+                prop = body or b"{}"
+            elif t == "identify":
+                prop = body or b"{}"
+            elif t == "alias":
+                prev = m.previousId
+                if prev is None or prev == "":
+                    reject(i, ENVELOPE_VIOLATION, "Object missing required field `previousId` (alias events need previousId and userId) - at `{at}`", raw, ".previousId", "required")
+                    continue
+                if not uid:
+                    reject(i, ENVELOPE_VIOLATION, "Object missing required field `userId` (alias events need previousId and userId) - at `{at}`", raw, ".userId", "required")
+                    continue
+                prop = _encode({"previousId": tok(str(prev))})
+            else:  # group
+                gid = m.groupId
+                if gid is None or gid == "":
+                    reject(i, ENVELOPE_VIOLATION, "Object missing required field `groupId` (group events need a groupId) - at `{at}`", raw, ".groupId", "required")
+                    continue
+                traits = _decode_any(body) if body else {}
+                traits["groupId"] = gid if gid.__class__ is str else str(gid)
+                prop = _encode(traits)
 
-        rows.append((
-            mid, t, name, tok(aid) if aid else None, tok(uid) if uid else None,
-            m.timestamp, m.originalTimestamp, m.sentAt, sp[0], sp[1], prop, ctx or b"{}",
-        ))
+            if batch_ctx:
+                ctx = _merge_context(batch_ctx, ctx)
+            sp = ctx_memo.get(ctx)
+            if sp is None:
+                sp = ctx_memo[ctx] = _surface_platform(ctx)
 
-    events = build_events(EventColumns.from_rows(rows), source=source, received_at_us=received_at_us, sent_at=env.sent_at)
-    return Normalized(events, rejections)
+            mid = m.messageId
+            if mid is None or mid == "":
+                mid = derive_event_id(id_prefix, raw)
+            elif mid.__class__ is not str:
+                mid = str(mid)
+
+            rows.append((
+                mid, t, name, tok(aid) if aid else None, tok(uid) if uid else None,
+                m.timestamp, m.originalTimestamp, m.sentAt, sp[0], sp[1], prop, ctx or b"{}",
+            ))
+            rows_at.append(i)
+        except Exception as e:  # a bug this message exposed: reject it, keep its neighbours
+            reject(i, DECODE_FAILURE, contained(i, e, PROTOCOL), raw, rule="internal")
+
+    built = build_events(EventColumns.from_rows(rows), source=source, received_at_us=received_at_us, sent_at=env.sent_at,
+                         future_tolerance_us=future_tolerance_us)
+    if built.violations:  # event time out of range: a bad row naming the field (absolute for the batch's sentAt)
+        for v in built.violations:
+            path = _TIME_PATHS[v.field]
+            rel = path[0] != "$"
+            i = rows_at[v.row]
+            reject(i, ENVELOPE_VIOLATION, time_violation_reason("{at}" + path if rel else path), env.messages[i], path if rel else "", EVENT_TIME_RANGE)
+        rejections.sort(key=lambda r: r.index)
+    return Normalized(built.events, rejections)
 
 
 def _surface_platform(ctx: bytes) -> tuple[str, str]:
@@ -407,7 +449,7 @@ def wire(path_type: str | None = None) -> Wire:
     ``/v1/<path_type>``."""
     return Wire(
         PROTOCOL,
-        parse=lambda body, _query, _content_type: parse_request(body, path_type),
+        parse=lambda body, _query, _content_type, limits: parse_request(body, path_type, limits),
         normalize=normalize,
         write_key_of=lambda body, _query: write_key_of(body),
         id_fields=ID_FIELDS,

@@ -54,7 +54,8 @@ def _checkout_funnel(home: Home) -> Table:
 
 def run_demo(home: Home, port: int | None = None) -> int:
     console = Console(stderr=True)
-    source = home.add_source("demo")
+    # A fresh key every run: only its digest is stored, so an earlier run's key is unknown here.
+    write_key = home.rotate_key("demo") if any(s.name == "demo" for s in home.sources()) else home.add_source("demo")
     # Setting collector.port only if set (env / headwater.toml): the default 8088 may be taken,
     # and the demo must run on a fresh clone whatever else listens.
     collector = home.settings.collector
@@ -70,7 +71,7 @@ def run_demo(home: Home, port: int | None = None) -> int:
         platform.start()
         try:
             send = progress.add_task("SDK → collector (events)", total=len(df))
-            result = replay(platform.url, source.write_key, df, on_sent=lambda n: progress.update(send, completed=n))
+            result = replay(platform.url, write_key, df, on_sent=lambda n: progress.update(send, completed=n))
             catch_up = progress.add_task("log → bronze (lag, events)", total=None)
             platform.wait_caught_up(on_lag=lambda n: progress.update(catch_up, description=f"log → bronze (lag {n})"))
             progress.update(catch_up, total=1, completed=1)

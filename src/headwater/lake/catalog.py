@@ -83,7 +83,7 @@ TABLES: tuple[TableSpec, ...] = (
               "batch", "Identifier -> person_id, from identify and alias links (union-find)."),
     TableSpec("silver.identity_refused", s.IDENTITY_REFUSED_SCHEMA, (), "one row per refused identity link",
               "batch", "identify / alias links refused because they would merge two identified users."),
-    TableSpec("silver.events", s.SILVER_EVENTS_SCHEMA, ("ds",), "one row per event_id (earliest received_at)",
+    TableSpec("silver.events", s.SILVER_EVENTS_SCHEMA, ("ds",), "one row per (source, event_id) (earliest received_at)",
               "batch", "Events deduplicated exactly, with the resolved person_id."),
     TableSpec("silver.dim_user", s.DIM_USER_SCHEMA, (), "one row per person_id and version (SCD2)",
               "batch", "User traits over time from identify calls (SCD type 2)."),

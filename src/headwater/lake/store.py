@@ -20,8 +20,15 @@ Two write paths carry the platform's guarantees:
 
 Errors: delta-rs errors become the :mod:`headwater.errors` classes — a missing table
 :class:`NotFoundError`, data that does not fit the table :class:`InvalidInputError` naming the
-column, a lost commit race :class:`TransientError`, a protocol the reader lacks
-:class:`ConflictError` — with the original as ``__cause__``.
+column, a lost commit race :class:`TransientError`, a full disk :class:`TransientError`
+saying "disk full (ENOSPC)", a protocol the reader lacks :class:`ConflictError` — with the
+original as ``__cause__``. A failed write or compaction never corrupts a table: a Delta
+commit is the atomic creation of one log file, so what a failure leaves behind are data
+files no commit references, which :meth:`Lake.vacuum` deletes.
+
+Retention: :meth:`Lake.vacuum` deletes the files that commits superseded (MERGE, OPTIMIZE,
+overwrites) once they have been unreferenced for longer than the retention; time travel to
+any version newer than that keeps working.
 
 Snapshots: :meth:`Lake.dataset` keeps, per table, the pyarrow dataset of the last version it
 opened, and reuses it while the table's version is unchanged (a long-lived reader pays for
@@ -32,6 +39,8 @@ process to share that cache; it is thread-safe.
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import math
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -219,6 +228,45 @@ class Lake:
         with _errors(table):
             self._open(table).optimize.compact(partition_filters=filters)
 
+    def vacuum(self, table: str, retention_h: float) -> list[str]:
+        """Delete the files of ``table`` that no version newer than ``retention_h`` hours
+        references (delta-rs VACUUM, ``full``: files never committed — left by a crashed or
+        failed write — go too once older than the retention), and return their paths
+        (relative to the table), sorted. Versions younger than the retention stay readable
+        (time travel); older ones may lose files. A table that does not exist: ``[]``.
+
+        The retention is the setting ``lake.vacuum_retention_h``, even below Delta's own
+        ``delta.deletedFileRetentionDuration`` (default a week): the setting is the policy.
+        It must exceed the longest write, or that write's not-yet-committed files could go.
+        delta-rs takes whole hours: a fraction is rounded up (keeping more, never less).
+        :class:`InvalidInputError` for a negative retention."""
+        if retention_h < 0:
+            raise InvalidInputError(f"retention_h: must be >= 0 hours, got {retention_h}", field="retention_h")
+        if not self.exists(table):
+            return []
+        options = {"retention_hours": math.ceil(retention_h), "enforce_retention_duration": False, "full": True}
+        uri = self.uri(table)
+        with _errors(table):
+            # delta-rs reports every expired tombstone, including files an earlier vacuum
+            # already deleted (tombstones outlive their files until a log checkpoint expires
+            # them), and in full mode as absolute paths: what is removed is what exists now.
+            candidates = {p.removeprefix(uri).lstrip("/") for p in self._open(table).vacuum(dry_run=True, **options)}
+            present = self._present(table, sorted(candidates))
+            self._open(table).vacuum(dry_run=False, **options)
+        return present
+
+    def _present(self, table: str, paths: list[str]) -> list[str]:
+        """Those of ``paths`` (relative to the table) that exist."""
+        if not paths:
+            return []
+        fs, base = pafs.FileSystem.from_uri(self.uri(table) if not self._local else str(Path(self.uri(table)).resolve()))
+        infos = fs.get_file_info([f"{base}/{p}" for p in paths])
+        return [p for p, i in zip(paths, infos) if i.type != pafs.FileType.NotFound]
+
+    def vacuum_all(self, retention_h: float) -> dict[str, list[str]]:
+        """:meth:`vacuum` every existing table (:meth:`tables`): ``{table: removed paths}``."""
+        return {table: self.vacuum(table, retention_h) for table in self.tables()}
+
     # -- reading ----------------------------------------------------------------------
     def version(self, table: str) -> int:
         """The table's current Delta version. :class:`NotFoundError` if it does not exist."""
@@ -257,15 +305,18 @@ class Lake:
     def ds_range(self, table: str) -> tuple[dt.date, dt.date] | None:
         """Min and max ``ds`` holding rows in ``table``, from the Delta log (no data read).
         ``None`` if the table does not exist or has no rows."""
+        days = self.ds_days(table)
+        return (days[0], days[-1]) if days else None
+
+    def ds_days(self, table: str) -> list[dt.date]:
+        """The ``ds`` values holding rows in ``table``, sorted, from the Delta log (no data
+        read); ``[]`` if the table does not exist or has no rows."""
         if not self.exists(table):
-            return None
+            return []
         adds = self.add_actions(table)
         counts = adds.column("num_records")  # null if a writer kept no statistics: assume rows
         adds = adds.filter(pc.or_kleene(pc.is_null(counts), pc.greater(counts, 0)))
-        if adds.num_rows == 0:
-            return None
-        ds = adds.column("partition.ds").cast(pa.date32())
-        return pc.min(ds).as_py(), pc.max(ds).as_py()
+        return pc.unique(adds.column("partition.ds").cast(pa.date32())).sort().to_pylist()
 
     def dataset(self, table: str) -> pads.Dataset:
         """The table's current snapshot as a pyarrow dataset. :class:`NotFoundError` if the
@@ -406,6 +457,8 @@ def _errors(table: str, schema: Callable[[], pa.Schema | None] | None = None, da
         raise ConflictError(f"{table}: {e}", field="table") from e
     except (DeltaError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
         text = str(e)
+        if _disk_full(e):
+            raise _full(table, e) from e
         if version is not None and "version" in text:
             raise NotFoundError(f"{table}: version {version} cannot be loaded ({text})", field="version") from e
         bad = _mismatch(schema(), data) if schema is not None else None
@@ -415,4 +468,21 @@ def _errors(table: str, schema: Callable[[], pa.Schema | None] | None = None, da
             raise InvalidInputError(f"{table}: {text.splitlines()[0]}", field="table") from e
         raise TransientError(f"{table}: {text.splitlines()[0] if text else type(e).__name__}", field="table") from e
     except OSError as e:
+        if _disk_full(e):
+            raise _full(table, e) from e
         raise TransientError(f"{table}: {e}", field="table") from e
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is the filesystem being full (delta-rs reports it in its message as
+    "No space left on device (os error 28)")."""
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC
+    return f"os error {errno.ENOSPC})" in str(e) or "No space left on device" in str(e)
+
+
+def _full(table: str, e: BaseException) -> TransientError:
+    return TransientError(
+        f"{table}: disk full (ENOSPC), nothing was committed; free space and retry ({str(e).splitlines()[0]})",
+        field="table", retry_after_s=5.0,
+    )

@@ -162,6 +162,13 @@ class EventLog(ABC):
         :data:`READ_COLUMNS` added, and the dead letters this read reports (module doc).
         :class:`NotFoundError` for an unknown topic or partition."""
 
+    def end_within_bytes(self, topic: str, partition: int, start: int, end: int, max_bytes: int) -> int:
+        """The largest ``e`` in ``(start, end]`` such that the stored units holding offsets
+        ``[start, e)`` take at most ``max_bytes`` (at least the first unit, so a reader always
+        progresses; ``start`` when ``start == end``). For bounding a read in bytes. The
+        default knows no sizes and returns ``end``."""
+        return end
+
     @abstractmethod
     def end_offsets(self, topic: str) -> dict[int, int]:
         """Per partition, the offset the next appended event will get."""

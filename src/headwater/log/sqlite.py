@@ -26,6 +26,7 @@ records appended more than ``retention_ms`` ago that every consumer group has co
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import sqlite3
@@ -83,19 +84,33 @@ _RETENTION_CHECK_MAX_MS = 60_000
 
 def _errors(method):
     """Raise ``sqlite3`` errors as :mod:`headwater.errors`: a failing store (locked, busy,
-    disk I/O, disk full, cannot open) is transient; a file that is not a log database is the
-    setting's fault."""
+    disk I/O, disk full, cannot open) is transient — a full disk says so, naming ENOSPC; a
+    file that is not a log database is the setting's fault."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.OperationalError as e:
+        except (sqlite3.OperationalError, OSError) as e:
+            if _disk_full(e):
+                raise TransientError(
+                    f"event log {self.path}: disk full (ENOSPC), nothing was stored; free space and retry ({e})",
+                    field="log.url", retry_after_s=5.0,
+                ) from e
             raise TransientError(f"event log {self.path}: {e}", field="log.url", retry_after_s=1.0) from e
         except sqlite3.DatabaseError as e:
             raise InvalidInputError(f"log.url: {self.path} is not a usable SQLite event log ({e})", field="log.url") from e
 
     return wrapper
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is the filesystem being full: SQLite's ``SQLITE_FULL`` ("database or
+    disk is full", what a WAL write meeting ENOSPC reports), or an OS error ``ENOSPC``."""
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC
+    code = getattr(e, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "disk is full" in str(e)
 
 
 class SqliteLog(EventLog):
@@ -106,7 +121,9 @@ class SqliteLog(EventLog):
     WAL back into the database (a checkpoint) inside whichever ``COMMIT`` crosses the
     auto-checkpoint size, stalling that append by tens of ms. With this set, the process's
     connections never auto-checkpoint and a daemon thread runs a ``PASSIVE`` checkpoint
-    (never blocks writers or readers) every that many seconds instead."""
+    (never blocks writers or readers) every that many seconds instead. The thread never
+    dies of an error: it logs it, keeps it in :attr:`problems` until a round succeeds, and
+    tries again (:meth:`healthy` is what the collector's ``/health`` reads)."""
 
     atomic_multi_topic_append = True
 
@@ -133,25 +150,55 @@ class SqliteLog(EventLog):
         self._retention_every_ms = min(retention_ms // 10, _RETENTION_CHECK_MAX_MS) if retention_ms is not None else None
         self._retention_checked_ms = 0
         self._local = threading.local()
+        self._checkpoint_error: str | None = None
+        self._checkpoint_thread: threading.Thread | None = None
         self._auto_checkpoint = background_checkpoint_s is None
         self._create()
         if background_checkpoint_s is not None:
-            threading.Thread(
+            self._checkpoint_thread = threading.Thread(
                 target=self._checkpoint_loop, args=(background_checkpoint_s,), name="log-checkpoint", daemon=True
-            ).start()
+            )
+            self._checkpoint_thread.start()
 
     @_errors
     def _create(self) -> None:
         self._conn().executescript(_SCHEMA)
 
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong with this handle's background work now, one sentence each (empty
+        when all is well): the checkpoint thread's last error until a round succeeds, or its
+        death (which the loop below never allows, but a health check must not assume)."""
+        found = []
+        if self._checkpoint_thread is not None and not self._checkpoint_thread.is_alive():
+            found.append(f"event log {self.path}: the background checkpoint thread has stopped")
+        if self._checkpoint_error is not None:
+            found.append(self._checkpoint_error)
+        return found
+
+    def healthy(self) -> bool:
+        """Whether :attr:`problems` is empty."""
+        return not self.problems
+
     def _checkpoint_loop(self, interval_s: float) -> None:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn = None
         while True:
             time.sleep(interval_s)
+            # Any error (disk full, I/O, a vanished file) is logged and kept in `problems`;
+            # the next round tries again on a fresh connection. Appends are unaffected: the
+            # WAL merely grows until a checkpoint succeeds.
             try:
+                conn = conn or sqlite3.connect(self.path, timeout=30, isolation_level=None)
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.OperationalError as e:  # the next round tries again; appends are unaffected
-                log.warning("event log %s: background checkpoint failed: %s", self.path, e)
+            except Exception as e:
+                full = " disk full (ENOSPC):" if _disk_full(e) else ""
+                self._checkpoint_error = f"event log {self.path}: background checkpoint failed:{full} {type(e).__name__}: {e}"
+                log.warning("%s", self._checkpoint_error)
+                with contextlib.suppress(Exception):
+                    conn.close()
+                conn = None
+            else:
+                self._checkpoint_error = None
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -168,15 +215,25 @@ class SqliteLog(EventLog):
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (``BEGIN IMMEDIATE``: the write lock at once), committed on
-        exit, rolled back if the block raises."""
+        exit, rolled back if the block or the ``COMMIT`` raises; the original error is
+        raised either way.
+
+        A connection left inside a transaction would hold the database's single write lock
+        for good, wedging every writer: if the ``ROLLBACK`` itself fails (SQLite may already
+        have rolled back after a full disk, or the file is gone), the connection is closed
+        (which rolls back) and the thread opens a fresh one next time."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except Exception as e:
+                log.warning("event log %s: rollback failed, reopening the connection: %s", self.path, e)
+                self.close()
             raise
 
     @_errors
@@ -245,6 +302,27 @@ class SqliteLog(EventLog):
         return _decode(topic, partition, [r for r in rows if r[0] + r[1] > start], start, end, schema)
 
     @_errors
+    def end_within_bytes(self, topic: str, partition: int, start: int, end: int, max_bytes: int) -> int:
+        if end <= start:
+            return start
+        # From the unit holding `start` (as read() does); length() of a BLOB reads no payload.
+        rows = self._conn().execute(
+            "SELECT base_offset + count, length(payload) FROM records WHERE topic = ?1 AND partition = ?2 "
+            "AND base_offset >= coalesce((SELECT max(base_offset) FROM records WHERE topic = ?1 AND partition = ?2 "
+            "AND base_offset <= ?3), ?3) AND base_offset < ?4 ORDER BY base_offset",
+            (topic, partition, start, end),
+        )
+        total, last = 0, start
+        for unit_end, size in rows:
+            if unit_end <= start:
+                continue
+            total += size
+            if total > max_bytes and last > start:
+                break
+            last = unit_end
+        return min(last, end) if last > start else end
+
+    @_errors
     def end_offsets(self, topic: str) -> dict[int, int]:
         self.partitions(topic)  # NotFoundError for an unknown topic
         return dict(self._conn().execute("SELECT partition, end_offset FROM partition_ends WHERE topic = ?", (topic,)))
@@ -300,8 +378,8 @@ class SqliteLog(EventLog):
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            conn.close()
             self._local.conn = None
+            conn.close()
 
 
 def _encode(table: pa.Table | pa.RecordBatch) -> bytes:

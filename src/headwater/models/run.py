@@ -198,7 +198,11 @@ def build(
     """Build every model of :func:`headwater.models.dag.dag` for ``ds`` in ``[start, end]``
     (inclusive): silver, gold, the typed tables and the CDC dimensions.
 
-    ``start`` / ``end`` default to the first / last ``ds`` with rows in ``bronze.events``.
+    Without ``start`` and ``end`` (or with one of them), the days built are bounded to those
+    holding data: the ``ds`` values of ``bronze.events`` (from its Delta log), grouped into
+    spans by :func:`data_spans` (days less than a lookback window apart form one span, so a
+    quiet day keeps its zero row and its trailing metrics), each span planned and built on its
+    own. An explicit ``[start, end]`` is built whole.
     Models run in dependency order over one catalog connection; each run is one atomic
     partition overwrite (or table replace), so re-running any range gives the same tables.
     Inputs are built for every day their readers read (see :func:`headwater.models.dag.plan`;
@@ -207,7 +211,7 @@ def build(
     since). ``progress`` receives one line per model run, e.g. ``"silver.events
     2024-01-04..2024-06-29: 31076 rows in 0.42 s"``. ``engine`` as for :func:`run_model`.
 
-    Returns ``{table: rows written}`` (a model run on a widened range counts all of it);
+    Returns ``{table: rows written}`` (a model run on a widened range, or on several spans, counts all of it);
     ``{}`` if bronze.events has no rows and no range was given. Raises
     :class:`NotFoundError` if ``bronze.events`` does not exist, :class:`InvalidInputError`
     if ``start > end``, and whatever :func:`run_model` raises (models already written stay
@@ -216,26 +220,49 @@ def build(
     if not lake.exists("bronze.events"):
         raise NotFoundError(f"bronze.events does not exist yet in {lake.root}: nothing to build (ingest events first)",
                             field="bronze.events")
-    bounds = lake.ds_range("bronze.events")
+    days = lake.ds_days("bronze.events")
+    bounds = (days[0], days[-1]) if days else None
     if bounds is None and (start is None or end is None):
         if progress:
             progress("bronze.events has no rows: nothing to build")
         return {}
-    start = start if start is not None else bounds[0]
-    end = end if end is not None else bounds[1]
-    runs = plan(start, end, dag(home), floor=bounds[0] if bounds else None, ceiling=bounds[1] if bounds else None)
+    models = dag(home)
+    if start is not None and end is not None:
+        spans = [(start, end)]  # an explicit range is built as asked, empty days included
+    else:
+        # Only where data is: an outlier day (a clock in 2100, a stray 1970) must not make
+        # the gold models generate a row per day over decades between it and the rest.
+        gap = max((m.lookback_days for m in models), default=0) + 1
+        spans = data_spans(days, start, end, gap) or [(start or bounds[0], end or bounds[1])]
+    runs = [r for s, e in spans for r in plan(s, e, models, floor=bounds[0] if bounds else None, ceiling=bounds[1] if bounds else None)]
     written: dict[str, int] = {}
     con = sql.connect(lake)
     try:
         for model, s, e in runs:
             t0 = time.perf_counter()
-            written[model.table] = rows = run_model(home, model, s, e, con, engine)
+            rows = run_model(home, model, s, e, con, engine)
+            written[model.table] = written.get(model.table, 0) + rows
             if progress:
                 span = f"{s}..{e}" if model.partitioned else "(whole table)"
                 progress(f"{model.table} {span}: {rows} rows in {time.perf_counter() - t0:.2f} s")
     finally:
         con.close()
     return written
+
+
+def data_spans(days: list[dt.date], start: dt.date | None, end: dt.date | None, gap: int) -> list[tuple[dt.date, dt.date]]:
+    """Inclusive ``(first, last)`` spans covering the sorted ``days`` within ``[start, end]``
+    (either open when None): consecutive days at most ``gap`` days apart share a span, so
+    no span has ``gap`` or more days in a row without data."""
+    spans: list[list[dt.date]] = []
+    for d in days:
+        if (start is not None and d < start) or (end is not None and d > end):
+            continue
+        if spans and (d - spans[-1][1]).days <= gap:
+            spans[-1][1] = d
+        else:
+            spans.append([d, d])
+    return [(a, b) for a, b in spans]
 
 
 def identity_stale_days(home: Home, con: duckdb.DuckDBPyConnection | None = None) -> list[dt.date]:

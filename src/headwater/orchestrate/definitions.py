@@ -5,7 +5,10 @@
 * asset checks for the invariants (:mod:`headwater.orchestrate.checks`);
 * job ``daily`` (every model, daily partitions) and its schedule ``daily_schedule``: at
   01:00 UTC it builds the day that just ended;
-* sensor ``late_data`` (:mod:`headwater.orchestrate.sensor`).
+* sensor ``late_data`` (:mod:`headwater.orchestrate.sensor`);
+* job ``maintain`` (what ``headwater maintain`` does: vacuum every written table with the
+  retention ``lake.vacuum_retention_h``) and its schedule ``maintain_schedule``, every
+  ``lake.vacuum_every_h`` hours.
 
 Backfills of any range work from the UI (asset page → Materialize → partition range: one run
 per range, ``BackfillPolicy.single_run``) and from ``headwater backfill``.
@@ -13,16 +16,24 @@ per range, ``BackfillPolicy.single_run``) and from ``headwater backfill``.
 
 from __future__ import annotations
 
+import math
+
 from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
     Definitions,
+    JobDefinition,
     RetryPolicy,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
     build_schedule_from_partitioned_job,
     define_asset_job,
+    job,
+    op,
 )
 
 from headwater.config import Home
+from headwater.lake.store import Lake
 from headwater.models import run as models_run
 from headwater.models.dag import Model, dag
 from headwater.orchestrate.assets import DEFAULT_RETRY, Runner, asset_key, daily_partitions, first_ds, model_assets
@@ -31,6 +42,7 @@ from headwater.orchestrate.sensor import late_data_sensor
 
 DAILY_JOB = "daily"
 SCHEDULE_HOUR_UTC = 1
+MAINTAIN_JOB = "maintain"
 
 
 def definitions(
@@ -59,10 +71,48 @@ def definitions(
         if any(m.partitioned for m in models)
         else []
     )
+    maintain = maintain_job(home)
     return Definitions(
         assets=[*external, *assets],
         asset_checks=invariant_checks(home, models),
-        jobs=[daily],
-        schedules=schedules,
+        jobs=[daily, maintain],
+        schedules=[*schedules, maintain_schedule(home, maintain)],
         sensors=[late_data_sensor(home, models, partitions)],
+    )
+
+
+def maintain_job(home: Home) -> JobDefinition:
+    """Job ``maintain``: vacuum every written table of ``home``'s lake
+    (:meth:`headwater.lake.store.Lake.vacuum_all`, retention ``lake.vacuum_retention_h``); the
+    removed paths go to the run's log."""
+
+    @op(name="vacuum_tables")
+    def vacuum_tables(context) -> None:  # unannotated: dagster checks the type at runtime
+        removed = Lake.of(home).vacuum_all(home.settings.lake.vacuum_retention_h)
+        for table, paths in removed.items():
+            if paths:
+                context.log.info(f"{table}: removed {len(paths)} files: {', '.join(paths)}")
+
+    @job(name=MAINTAIN_JOB, description="Vacuum every written table (lake.vacuum_retention_h); `headwater maintain`.")
+    def maintain() -> None:
+        vacuum_tables()
+
+    return maintain
+
+
+def maintain_schedule(home: Home, maintain: JobDefinition) -> ScheduleDefinition:
+    """Runs ``maintain`` every ``lake.vacuum_every_h`` hours (rounded up to whole hours).
+
+    Cron cannot say "every N hours" for an N that does not divide 24, so the schedule ticks
+    hourly and runs on the ticks whose hour since the epoch is a multiple of N: exactly every
+    N hours, with no state to keep."""
+    every = max(1, math.ceil(home.settings.lake.vacuum_every_h))
+
+    def due(context: ScheduleEvaluationContext) -> bool:
+        return int(context.scheduled_execution_time.timestamp() // 3600) % every == 0
+
+    return ScheduleDefinition(
+        name=f"{MAINTAIN_JOB}_schedule", job=maintain, cron_schedule="0 * * * *", execution_timezone="UTC",
+        should_execute=due, default_status=DefaultScheduleStatus.RUNNING,
+        description=f"Vacuum every {every} h (lake.vacuum_every_h).",
     )

@@ -16,17 +16,21 @@ Outcome per event (see :func:`apply`):
 * name registered, properties valid → kept, ``schema_version`` = the version (as text, ``"2"``);
 * name registered, properties invalid → a bad row ``schema_violation`` whose reason names the
   failing JSON path (``properties.items[0].price``), the rule (the JSON Schema keyword, e.g.
-  ``type``, ``required``, ``additionalProperties``) and the contract version; the request's
-  other events are kept;
+  ``type``, ``required``, ``additionalProperties``), what the rule expects and the JSON type
+  found (``expected integer, got string``), and the contract version; the request's other
+  events are kept. A reason never quotes the value sent (it may be personal data: an email
+  where an integer is expected), only the schema's side and the type and size of the value;
 * ``track`` event of an unregistered name → per source (``Source.unregistered_events``):
   ``"accept"``: kept with ``schema_version`` null (``headwater schema list`` counts them);
-  ``"reject"``: a ``schema_violation`` bad row (rule ``registered``). Other event types
+  ``"reject"``: a ``schema_violation`` bad row (rule ``registered``; the name sent is not
+  quoted: it is in the payload, scrubbed). Other event types
   (identify, alias, group, page, screen) have no contract unless their name is registered.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -131,7 +135,8 @@ class ContractValidator:
 def violation(validator: Draft202012Validator, properties: Any) -> tuple[str, str, str] | None:
     """``(path, rule, message)`` of the most relevant error of ``properties``, None if
     valid. ``path`` is dotted from ``properties`` (``properties.items[0].sku``); for
-    ``required`` it names the missing property."""
+    ``required`` it names the missing property, for ``additionalProperties`` the first
+    unexpected one. ``message`` (:func:`describe`) never quotes the instance's values."""
     if validator.is_valid(properties):
         return None
     error = best_match(validator.iter_errors(properties))
@@ -142,7 +147,70 @@ def violation(validator: Draft202012Validator, properties: Any) -> tuple[str, st
         missing = [p for p in error.validator_value if p not in error.instance]
         if missing:
             path += f".{missing[0]}"
-    return path, str(error.validator), error.message
+    elif error.validator == "additionalProperties" and isinstance(error.instance, dict) and isinstance(error.schema, dict):
+        extra = [k for k in error.instance if k not in error.schema.get("properties", {})
+                 and not any(re.search(p, k) for p in error.schema.get("patternProperties", {}))]
+        if extra:
+            path += f".{extra[0]}"
+    return path, str(error.validator), describe(str(error.validator), error.validator_value, error.instance)
+
+
+def json_type(value: Any) -> str:
+    """The JSON type name of a decoded value (``integer`` for a whole number)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def describe(rule: str, expected: Any, instance: Any) -> str:
+    """What ``rule`` (a JSON Schema keyword with its schema value ``expected``) asks and what
+    was found, by JSON type and size only: ``expected integer, got string``. The schema's
+    side (limits, patterns, formats) is quoted, shortened; the instance's value never is."""
+    found = json_type(instance)
+    a_found = ("an " if found[0] in "aeiou" else "a ") + found
+    size = len(instance) if isinstance(instance, (str, list, dict)) else None
+    want = _short(expected)
+    match rule:
+        case "type":
+            types = expected if isinstance(expected, list) else [expected]
+            return f"expected {' or '.join(map(str, types))}, got {found}"
+        case "required":
+            return "required property is missing"
+        case "additionalProperties" | "unevaluatedProperties":
+            return "property not allowed by the schema"
+        case "enum":
+            return f"expected one of the {len(expected)} allowed values, got {a_found} that is not one of them"
+        case "const":
+            return f"expected the schema's constant value, got {a_found} that differs"
+        case "minimum" | "exclusiveMinimum" | "maximum" | "exclusiveMaximum":
+            op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[rule]
+            return f"expected a number {op} {want}, got {a_found} outside it"
+        case "multipleOf":
+            return f"expected a multiple of {want}, got {a_found} that is not"
+        case "minLength" | "maxLength" | "minItems" | "maxItems" | "minProperties" | "maxProperties":
+            unit = {"Length": "characters", "Items": "items", "Properties": "properties"}[rule[3:]]
+            return f"expected {'at least' if rule.startswith('min') else 'at most'} {want} {unit}, got {size}"
+        case "pattern":
+            return f"expected a string matching {want}, got a string of {size} characters that does not"
+        case "format":
+            return f"expected a string in format {want}, got {a_found} that is not"
+        case "uniqueItems":
+            return "expected unique items, got an array with duplicates"
+    return f"got {a_found} that fails rule `{rule}`"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A schema value as short text (limits, patterns and formats can be long)."""
+    text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def apply(
@@ -195,7 +263,7 @@ def apply(
         try:
             found = violation(c.validator, _decode(text) if text else {})
         except Exception as e:  # e.g. RecursionError on absurdly deep data: refuse this event only
-            found = ("properties", "validation", f"could not be validated ({type(e).__name__}: {e})")
+            found = ("properties", "validation", f"could not be validated ({type(e).__name__})")  # the text may quote values
         if found is None:
             versions[row] = str(c.version)
         else:
@@ -203,8 +271,7 @@ def apply(
             rejected_rows[row] = (path, rule, f"Field `{path}`: {message} (rule `{rule}` of schema {name!r} version {c.version})")
     if unregistered_rejects is not None:
         for row in pc.indices_nonzero(unregistered_rejects).to_pylist():
-            name = names[row].as_py()
-            rejected_rows[row] = ("event", "registered", f"Field `event`: event name {name!r} has no registered schema and source {source!r} rejects unregistered events (rule `registered`)")
+            rejected_rows[row] = ("event", "registered", f"Field `event`: the event name has no registered schema and source {source!r} rejects unregistered events (rule `registered`)")
 
     # Message index of each event row: the request's indices minus the rejected ones.
     refused = {r.index for r in norm.rejections}

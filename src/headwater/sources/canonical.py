@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.config import Home, PiiPolicy
-from headwater.events import BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC, TS
+from headwater.events import BAD_ROWS_TOPIC, ENVELOPE_VIOLATION, EVENT_SCHEMA, EVENTS_TOPIC, TS
 from headwater.ingest.badrows import BadRow, bad_rows_append, redact
-from headwater.ingest.canonical import EventColumns, build_events
+from headwater.ingest.canonical import EVENT_TIME_RANGE, Built, EventColumns, build_events, time_violation_reason
 from headwater.ingest.partitioning import event_appends
 from headwater.ingest.pii import PiiScrubber, scrubber
 from headwater.ingest.tokens import Tokenizer
@@ -60,10 +60,12 @@ class LogSink:
     that name, else the default policy); ``surface`` / ``platform``: constant columns;
     ``context``: JSON object text stored in every event's ``context``; ``protocol``: the
     bad rows' ``protocol`` (``import``, ``serverlog``); ``id_columns``: input columns holding
-    identifiers, tokenised in bad-row payloads."""
+    identifiers, tokenised in bad-row payloads; ``where`` (``row`` / ``line``) and
+    ``timestamp_column`` name an event-time violation in its bad row's reason."""
 
     def __init__(self, home: Home, source: str, *, protocol: str, context: dict, id_columns: tuple[str, ...],
-                 surface: str = "server", platform: str = "server", log: EventLog | None = None):
+                 surface: str = "server", platform: str = "server", log: EventLog | None = None,
+                 where: str = "row", timestamp_column: str = "timestamp"):
         self.home, self.source, self.protocol = home, source, protocol
         self.log = log or open_log(home.settings.log_url)
         self.partitions = self.log.ensure_topic(EVENTS_TOPIC, home.settings.log.partitions)
@@ -75,6 +77,8 @@ class LogSink:
         self.context = _encode(context).decode()
         self.surface, self.platform = surface, platform
         self.id_columns = id_columns
+        self.where, self.timestamp_column = where, timestamp_column
+        self.future_tolerance_us = int(home.settings.collector.future_tolerance_h * 3_600_000_000)
 
     def write(self, mapped: pa.Table | pa.RecordBatch) -> Counts:
         """Append one batch of :data:`~headwater.sources.mapping.MAPPED_COLUMNS` rows: good rows
@@ -109,15 +113,16 @@ class LogSink:
         failed = pc.is_valid(mapped.column("_error"))
         bad = mapped.filter(failed)
         good = mapped.filter(pc.invert(failed))
-        events = self.events(good, received_us) if good.num_rows else EVENT_SCHEMA.empty_table()
+        built = self.events(good, received_us) if good.num_rows else Built(EVENT_SCHEMA.empty_table(), [])
+        events = built.events
         appends = event_appends(events, self.partitions, EVENTS_TOPIC)
         counts = Counts(rows=mapped.num_rows, accepted=events.num_rows)
-        if bad.num_rows:
-            # Payloads: identifier columns tokenised here, the source's PII policy by bad_rows_append.
-            rows = [
-                BadRow(t, reason, self.source, received_us, redact(p, self.tokenizer, self.id_columns) if p is not None else None, self.protocol)
-                for t, reason, p in zip(*(bad.column(c).to_pylist() for c in ("_error_type", "_error", "_payload")))
-            ]
+        # Payloads: identifier columns tokenised here, the source's PII policy by bad_rows_append.
+        rows = [
+            BadRow(t, reason, self.source, received_us, redact(p, self.tokenizer, self.id_columns) if p is not None else None, self.protocol)
+            for t, reason, p in zip(*(bad.column(c).to_pylist() for c in ("_error_type", "_error", "_payload")))
+        ] + self._time_bad_rows(good, built, received_us)
+        if rows:
             counts.rejected.update(r.error_type for r in rows)
             appends.append(bad_rows_append(rows, self.policy, self.tokenizer))
         return appends, counts
@@ -127,9 +132,29 @@ class LogSink:
         for group in self.log.atomic_groups(appends):
             self.log.append(group)
 
-    def events(self, good: pa.Table, received_us: int) -> pa.Table:
+    def _time_bad_rows(self, good: pa.Table, built: Built, received_us: int) -> list[BadRow]:
+        """Bad rows of the mapped rows whose event time broke the range rule; the payload is
+        the mapped row (ids as tokens, event time as text: it may not fit a ``datetime``)."""
+        out = []
+        for v in built.violations:
+            r = good.slice(v.row, 1)
+            get = lambda c: r.column(c)[0].as_py()  # noqa: E731
+            where = f"{self.where} {get('_row')}: column \"{self.timestamp_column}\" (timestamp)"
+            payload = {
+                "event_id": get("event_id"), "event_type": get("event_type"), "event_name": get("event_name"),
+                "user_id": self.tokenizer.token(u) if (u := get("user_raw")) else None,
+                "anonymous_id": self.tokenizer.token(a) if (a := get("anon_raw")) else None,
+                "event_ts": pc.cast(r.column("event_ts"), pa.string())[0].as_py(), "properties": get("properties"),
+            }
+            out.append(BadRow(ENVELOPE_VIOLATION, time_violation_reason(where), self.source, received_us,
+                              _encode(payload).decode(), self.protocol, self.timestamp_column, EVENT_TIME_RANGE))
+        return out
+
+    def events(self, good: pa.Table, received_us: int) -> Built:
         """``EVENT_SCHEMA`` table of mapped rows that passed every rule (event time as mapped:
-        no client clock to correct), ``properties`` scrubbed with the source's PII policy."""
+        no client clock to correct; the event-time range and future tolerance of
+        :func:`~headwater.ingest.canonical.event_time` applied), ``properties`` scrubbed with
+        the source's PII policy; plus the rows the range rule left out."""
         n = good.num_rows
         columns = EventColumns(
             event_ids=good.column("event_id"),
@@ -145,5 +170,5 @@ class LogSink:
             properties=good.column("properties"),
             contexts=pa.repeat(pa.scalar(self.context), n),
         )
-        events = build_events(columns, source=self.source, received_at_us=received_us)
-        return self.scrubber.apply(events, ("properties",))
+        built = build_events(columns, source=self.source, received_at_us=received_us, future_tolerance_us=self.future_tolerance_us)
+        return Built(self.scrubber.apply(built.events, ("properties",)), built.violations)

@@ -93,7 +93,7 @@ def import_file(
         except duckdb.Error as e:
             raise InvalidInputError(f"{path.name}: cannot be read as {fmt}: {e}", field="path") from e
         sink = LogSink(home, source, protocol="import", context={"library": {"name": "headwater-import"}, "import": {"file": path.name}},
-                       id_columns=mapping.id_columns(), log=log)
+                       id_columns=mapping.id_columns(), log=log, where="line" if fmt == "jsonl" else "row", timestamp_column=mapping.timestamp)
         counts = sink.write_all(con.sql(query, params={"source": source}).to_arrow_reader(batch_rows))
         if fmt == "csv":
             counts.add(_csv_cast_retry(con, path, mapping, sink, batch_rows))

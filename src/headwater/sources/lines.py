@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.errors import InvalidInputError
+from headwater.sources.mapping import quoted
 
 
 LINES_SCHEMA = pa.schema(
@@ -125,7 +126,7 @@ def object_sql(fmt: str, loc: str = "line") -> tuple[str, str]:
     obj = f"'{{' || array_to_string(list_transform({fields}, lambda p: to_json(trim(split_part(p, '=', 1))) || ':' || {json_value}), ',') || '}}'"
     err = (
         f"CASE {bad_utf8} "
-        f"WHEN len({malformed}) > 0 THEN {where} || 'field ' || to_json(left({malformed}[1], 64)) || ' is not key=value (fields are key=value separated by |)' "
+        f"WHEN len({malformed}) > 0 THEN {where} || 'field ' || {quoted(malformed + '[1]')} || ' is not key=value (fields are key=value separated by |)' "
         f"WHEN len(list_distinct({keys})) < len({keys}) THEN {where} || 'duplicate key (each key may appear once per line)' END"
     )
     return f"CASE WHEN ({err}) IS NULL THEN {obj} END", err

@@ -98,6 +98,13 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quoted(expr: str) -> str:
+    """SQL of a value quoted in a reason: the JSON string of a text of at most 64 characters,
+    else ``a value of N characters``. Never a cut-off piece: half an email or phone number is
+    not recognised by the PII scrubber that every bad row goes through, a whole one is."""
+    return f"CASE WHEN length({expr}) <= 64 THEN CAST(to_json({expr}) AS VARCHAR) ELSE 'a value of ' || length({expr}) || ' characters' END"
+
+
 def check_columns(mapping: Mapping, columns: dict[str, str], what: str) -> None:
     """:class:`~headwater.errors.InvalidInputError` naming the role and the columns of ``what`` if a mapped column is absent,
     or if a numeric timestamp column has no ``timestamp_unit``. ``columns``: name → DuckDB type."""
@@ -170,13 +177,13 @@ def mapped_query(
     if m.event_type:
         rules.append(
             f"WHEN _hw_type IS NULL OR _hw_type NOT IN ({types}) THEN {named('event type', m.event_type)} || "
-            f"coalesce(to_json(left(_hw_type, 64)), 'empty') || {lit(' is not one of ' + ', '.join(EVENT_TYPES))}"
+            f"coalesce({quoted('_hw_type')}, 'empty') || {lit(' is not one of ' + ', '.join(EVENT_TYPES))}"
         )
     name_rule = named("event name", m.event) if m.event else f"'{loc} ' || _row || ': event name: '"
     rules += [
         f"WHEN _hw_type = 'track' AND _hw_name IS NULL THEN {name_rule} || 'empty (track events need a non-empty event name)'",
         f"WHEN _hw_tsraw IS NULL THEN {named('timestamp', m.timestamp)} || 'empty (the event time is required)'",
-        f"WHEN _hw_ts IS NULL THEN {named('timestamp', m.timestamp)} || to_json(left(_hw_tsraw, 64)) || {lit(f' is not a timestamp (expected {expected})')}",
+        f"WHEN _hw_ts IS NULL THEN {named('timestamp', m.timestamp)} || {quoted('_hw_tsraw')} || {lit(f' is not a timestamp (expected {expected})')}",
         "WHEN NOT json_valid(_hw_props) OR json_type(_hw_props) <> 'OBJECT' THEN "
         + (named("properties", m.properties) if m.properties else f"'{loc} ' || _row || ': properties: '")
         + " || 'not a JSON object'",

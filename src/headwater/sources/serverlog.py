@@ -66,7 +66,7 @@ class ServerLog:
         self.state_path = home.root / "sources" / "serverlog" / f"{self.name}.json"
         self.block_bytes = block_bytes
         self.sink = LogSink(home, source, protocol="serverlog", context={"library": {"name": "headwater-serverlog"}, "log": {"file": self.path.name}},
-                            id_columns=mapping.id_columns(), log=log)
+                            id_columns=mapping.id_columns(), log=log, where="line", timestamp_column=mapping.timestamp)
         obj, err = object_sql(fmt)
         parts = json_object_parts(mapping, f"SELECT _row, _offset, line, {err} AS _decode_error, {obj} AS _obj FROM hw_lines")
         self.query = mapped_query(mapping, **parts, basis="CAST(_offset AS VARCHAR) || chr(31) || line", loc="line")

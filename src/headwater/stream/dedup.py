@@ -7,16 +7,28 @@ rewrites the same file, and recovery loads exactly "state after the last committ
 by ignoring files of later batches.
 
 Snapshots (Spark's ``N.snapshot``, every ``snapshot_every`` batches) keep the number of files
-bounded: ``N.snapshot.parquet`` holds every live id with its batch id and that batch's max
-``received_at``. Recovery to batch C loads the newest snapshot ``S <= C`` plus the deltas in
+bounded: ``N.snapshot.parquet`` holds every live key with its batch id and that batch's
+clock (below). Recovery to batch C loads the newest snapshot ``S <= C`` plus the deltas in
 ``(S, C]``. When snapshot N is written, batch N is not committed yet — a crash may still send
 recovery back to the previous snapshot P — so only deltas ``<= P`` and snapshots ``< P`` are
 deleted then: at most ``2 × snapshot_every`` deltas and two snapshots exist at any time.
 
-TTL: a batch's ids expire once the newest ``received_at`` (processing time stamped by the
-collector, so replays decide identically) is more than ``ttl`` past the newest
-``received_at`` of that batch. Ids are kept *at least* ``ttl``; memory is bounded by the
-events received in one TTL.
+TTL: a batch's keys expire once the dedup clock is more than ``ttl`` past that batch's clock.
+The clock follows ``received_at`` (the collector's receive time, the same on a replay), but a
+clock jump must not expire everything at once: one batch stamped ten years ahead would
+otherwise evict the whole state, and a retry of an old event would pass. So batch N's clock is
+
+    ``clock_N = clamp(max received_at of N, clock_prev, clock_prev + max(0, ts_N − ts_prev))``
+
+with ``ts`` the batch timestamps of the offset log (processing time, also the same on a
+replay) and ``prev`` the newest batch in the state: the clock never moves back, and moves
+forward by at most the processing time that elapsed between the batches (a downtime counts,
+so the clock catches up with a backlog). Keys are therefore kept *at least* ``ttl`` of elapsed
+processing time; memory is bounded by the events received in one TTL. (A jump of the
+processor's own clock together with the collector's — one host — is not caught here.)
+
+Keys are strings; the processor passes ``(source, event_id)`` encoded as one string, so one
+source's message id never drops another source's event.
 
 Membership is tested on 64-bit hashes first (Polars ``hash`` with a fixed seed, kept in memory
 only and recomputed on load, so a hash that changes between Polars versions does no harm):
@@ -48,7 +60,7 @@ def _write(path: Path, table: pa.Table) -> None:
 
 
 class DedupState:
-    """Recently seen values of ``key`` (default ``event_id``, strings) with a processing-time TTL."""
+    """Recently seen values of column ``key`` (strings) with a processing-time TTL."""
 
     def __init__(self, directory: Path, ttl: dt.timedelta, key: str = "event_id", snapshot_every: int = 100):
         self.key = key
@@ -56,8 +68,9 @@ class DedupState:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ttl_us = int(ttl.total_seconds() * 1_000_000)
         self.snapshot_every = snapshot_every
-        self._batches: dict[int, tuple[int, pl.Series]] = {}  # batch -> (max received_at µs, ids)
-        self._ids = pl.Series("event_id", [], pl.String)
+        self._batches: dict[int, tuple[int, pl.Series]] = {}  # batch -> (clock µs, keys)
+        self._ts: dict[int, int] = {}  # batch -> its batch timestamp (µs)
+        self._ids = pl.Series("key", [], pl.String)
         self._hashes: dict[int, pl.Series] = {}  # batch -> hashes of its ids (UInt64), in memory only
         self._all_hashes = pl.Series("h", [], pl.UInt64)
         self._expired: list[int] = []  # batches whose delta file goes once the current batch commits
@@ -76,6 +89,7 @@ class DedupState:
         """Load the state as of batch ``upto`` (``None``: empty); files of later batches,
         left by a batch that never committed, are deleted."""
         self._batches.clear()
+        self._ts.clear()
         self._hashes.clear()
         deltas, snapshots = self._files()
         for batch_id, path in [*deltas.items(), *snapshots.items()]:
@@ -84,12 +98,15 @@ class DedupState:
         base = max((s for s in snapshots if upto is not None and s <= upto), default=-1)
         if base >= 0:
             snap = pl.from_arrow(pq.read_table(snapshots[base]))
-            for (batch_id, max_received), part in snap.group_by("batch_id", "max_received_us"):
-                self._batches[batch_id] = (max_received, part.get_column("event_id"))
+            for (batch_id, clock, ts), part in snap.group_by("batch_id", "clock_us", "batch_ts_us"):
+                self._batches[batch_id] = (clock, part.get_column("key"))
+                self._ts[batch_id] = ts
         for batch_id, path in deltas.items():
             if base < batch_id <= (upto if upto is not None else -1):
                 t = pq.read_table(path)
-                self._batches[batch_id] = (int(t.schema.metadata[b"max_received_us"]), pl.Series("event_id", t["event_id"]))
+                meta = t.schema.metadata
+                self._batches[batch_id] = (int(meta[b"clock_us"]), pl.Series("key", t["key"]))
+                self._ts[batch_id] = int(meta[b"batch_ts_us"])
         self._evict()
         self._drop_expired()
 
@@ -112,15 +129,29 @@ class DedupState:
         seen = hit & events.get_column(self.key).is_in(suspects.implode())
         return events.filter(~seen)
 
-    def add(self, batch_id: int, event_ids: pl.Series, max_received_us: int) -> None:
-        """Record batch ``batch_id``'s new ids durably (one Parquet file), then expire old
-        batches; every ``snapshot_every`` batches also write a snapshot of the whole state."""
+    def _clock(self, max_received_us: int, batch_ts_us: int) -> int:
+        """The dedup clock of a new batch (µs; module doc) from its newest ``received_at``
+        and its batch timestamp, both µs since epoch."""
+        if not self._batches:
+            return max_received_us
+        prev = max(self._batches)
+        clock = self._batches[prev][0]
+        return min(max(max_received_us, clock), clock + max(0, batch_ts_us - self._ts[prev]))
+
+    def add(self, batch_id: int, keys: pl.Series, max_received_us: int, batch_ts_us: int) -> None:
+        """Record batch ``batch_id``'s new keys durably (one Parquet file), then expire old
+        batches; every ``snapshot_every`` batches also write a snapshot of the whole state.
+        ``max_received_us``: the batch's newest ``received_at``; ``batch_ts_us``: its batch
+        timestamp (both µs since epoch)."""
         self._drop_expired()  # add(N) runs after commits/N-1: what N-1 expired can go now
-        table = pa.table({"event_id": event_ids.to_arrow()}).replace_schema_metadata(
-            {"max_received_us": str(max_received_us)}
+        self._batches.pop(batch_id, None)  # a re-run of N in this process: N is not its own "prev"
+        clock = self._clock(max_received_us, batch_ts_us)
+        table = pa.table({"key": keys.to_arrow()}).replace_schema_metadata(
+            {"clock_us": str(clock), "batch_ts_us": str(batch_ts_us)}
         )
         _write(self.dir / f"{batch_id}.parquet", table)
-        self._batches[batch_id] = (max_received_us, event_ids.rename("event_id"))
+        self._batches[batch_id] = (clock, keys.rename("key"))
+        self._ts[batch_id] = batch_ts_us
         self._hashes.pop(batch_id, None)
         self._evict()
         if batch_id and batch_id % self.snapshot_every == 0:
@@ -128,7 +159,9 @@ class DedupState:
 
     def _snapshot(self, batch_id: int) -> None:
         parts = [
-            pl.DataFrame({"event_id": ids}).with_columns(batch_id=pl.lit(b, pl.Int64), max_received_us=pl.lit(m, pl.Int64))
+            pl.DataFrame({"key": ids}).with_columns(
+                batch_id=pl.lit(b, pl.Int64), clock_us=pl.lit(m, pl.Int64), batch_ts_us=pl.lit(self._ts[b], pl.Int64)
+            )
             for b, (m, ids) in sorted(self._batches.items())
         ]
         _write(self.dir / f"{batch_id}{SNAPSHOT}.parquet", pl.concat(parts).to_arrow())
@@ -149,6 +182,7 @@ class DedupState:
             horizon = max(m for m, _ in self._batches.values()) - self.ttl_us
             for batch_id in [b for b, (m, _) in self._batches.items() if m < horizon]:
                 del self._batches[batch_id]
+                self._ts.pop(batch_id, None)
                 self._expired.append(batch_id)
         for batch_id in self._hashes.keys() - self._batches.keys():
             del self._hashes[batch_id]
@@ -156,7 +190,7 @@ class DedupState:
             if batch_id not in self._hashes:
                 self._hashes[batch_id] = ids.hash(_SEED)
         order = sorted(self._batches)  # ids and hashes line up position by position
-        self._ids = pl.concat([self._batches[b][1] for b in order], rechunk=False) if order else pl.Series("event_id", [], pl.String)
+        self._ids = pl.concat([self._batches[b][1] for b in order], rechunk=False) if order else pl.Series("key", [], pl.String)
         self._all_hashes = pl.concat([self._hashes[b] for b in order], rechunk=False) if order else pl.Series("h", [], pl.UInt64)
 
     def _drop_expired(self) -> None:

@@ -15,7 +15,9 @@ Semantics (the vocabulary of Spark Structured Streaming / Flink; times are event
   distinct-user counts and sessions.
 * **Dedup** (:class:`Dedup`): an event whose ``key`` was seen within ``ttl`` is dropped
   everywhere (bronze and aggregates). The TTL runs in processing time (``received_at``).
-* **Watermark** (:class:`Watermark`): per log partition, ``max(event time seen) − delay``;
+* **Watermark** (:class:`Watermark`): per log partition, ``max(event time seen) − delay``,
+  each event time first capped at processing time + ``stream.watermark_tolerance_s``
+  (:mod:`headwater.stream.watermark`: one far-future event cannot freeze the windows);
   the global watermark is the minimum over partitions that have data and are not idle
   (no new record for ``idle_timeout`` of *processing* time), never decreasing. As in Spark,
   batch N decides lateness with the watermark computed at the end of batch N−1.

@@ -7,12 +7,14 @@ with Arrow / Polars / DuckDB: no per-event Python on the hot path.
 Per micro-batch N (recovery protocol in :mod:`headwater.stream.checkpoint`):
 
 1. **plan**: per partition of the ``events`` and ``bad_rows`` topics, up to
-   ``max_records_per_partition`` events past the previous batch's end, and at most
-   ``max_records_per_batch`` in all (backpressure: memory is bounded by the batch);
+   ``max_records_per_partition`` events past the previous batch's end, at most
+   ``max_records_per_batch`` in all and at most ``max_batch_bytes`` of stored log records
+   (backpressure: memory is bounded by the batch);
    ``offsets/N`` records the ranges and the batch timestamp (processing time);
 2. **read**: the planned events of each topic, conformed to its schema; what the log
    cannot read as events goes to ``bronze.dead_letter`` (:mod:`headwater.stream.records`);
-3. **dedup** on the pipeline's key within the batch and against the TTL state (:mod:`dedup`);
+3. **dedup** on ``(source, <pipeline's key>)`` within the batch and against the TTL state
+   (:mod:`dedup`): one source's message id never drops another source's event;
 4. **lateness**: with the watermark as of the end of batch N−1, events too late for an
    aggregate are left out of it and written to ``bronze.late_events`` (:mod:`late`);
 5. **watermark**: fold the batch's per-partition max event time in (:mod:`watermark`);
@@ -37,10 +39,19 @@ A kill -9 anywhere leaves at most batch N half done; its replay reads the same o
 same batch timestamp on top of the state of N−1, so it computes the same rows, and each
 table receives them once. Readers of the Delta tables never block the writer: each query
 reads the snapshot it opened.
+
+Faults (docs/faults.md): one process at a time runs the query (the checkpoint's writer lock,
+released by the kernel even on SIGKILL). A batch that raises is counted in the checkpoint;
+``quarantine_after`` failures in a row with the same error quarantine it, and the query then
+refuses to start before it (:class:`~headwater.stream.checkpoint.BatchQuarantinedError`)
+until an operator runs ``headwater quarantine retry N`` (the cause is fixed) or ``headwater
+quarantine skip N`` (:func:`skip_quarantined`). Batches are bounded in bytes of stored log
+records as well as in events.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -55,10 +66,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from headwater.config import Home
 from headwater.errors import InvalidInputError
-from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC
+from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC, STREAM_GROUP
 from headwater.lake.store import Lake
 from headwater.log import EventLog, open_log
 from headwater.stream import late
@@ -70,15 +82,23 @@ from headwater.stream.records import DEAD_LETTER_SCHEMA, dead_letter_table, read
 from headwater.stream.state import StateStore
 from headwater.stream.watermark import WatermarkTracker
 
-__all__ = ["BronzeStream", "StreamConfig", "BatchResult", "DEAD_LETTER_SCHEMA", "QUERY", "EVENTS", "BAD_ROWS"]
+__all__ = ["BronzeStream", "StreamConfig", "BatchResult", "DEAD_LETTER_SCHEMA", "QUERY", "EVENTS", "BAD_ROWS", "skip_quarantined"]
 
 log = logging.getLogger("headwater.stream")
 
 EVENTS, BAD_ROWS = EVENTS_TOPIC, BAD_ROWS_TOPIC
-QUERY = "bronze"  # checkpoint name, consumer group and Delta txn app id
+QUERY = STREAM_GROUP  # checkpoint name, consumer group and Delta txn app id
 
+DEDUP_KEY = "_dedup_key"  # (source, pipeline key) as one string: see _scoped
 SINK_THREADS = 2  # Delta commits of one batch in flight at once (they are mostly I/O and Rust)
 WINDOW_THREADS = 2  # window operators updated at once (more only adds memory on a 2-core box)
+
+
+def _scoped(key: str) -> pl.Expr:
+    """``(source, key)`` as one string, ``"<bytes of source>:<source>:<key>"``: the length
+    prefix makes it unambiguous whatever either part contains. Null key: null (as before)."""
+    source = pl.col("source").fill_null("")
+    return pl.concat_str([source.str.len_bytes().cast(pl.String), pl.lit(":"), source, pl.lit(":"), pl.col(key).cast(pl.String)])
 
 
 @dataclass
@@ -92,6 +112,10 @@ class StreamConfig:
     ``max_records_per_partition`` / ``max_records_per_batch`` (``None``: no total cap): the
     bound of one micro-batch (backpressure); a total cap is shared among partitions in
     proportion to their backlog (Spark's ``maxOffsetsPerTrigger``);
+    ``max_batch_bytes`` (``None``: no bound): the stored log records one batch reads, shared
+    equally among the partitions with a backlog; a partition always gets at least one stored
+    unit (an append), so a batch exceeds it only by units larger than a share;
+    ``quarantine_after``: failures in a row with the same error that quarantine a batch;
     ``compact_every``: every this many batches, the ``ds`` partitions of ``bronze.events``
     written since the last compaction are compacted (0: never);
     ``retain_batches``: offset/commit log entries kept (Spark's ``minBatchesToRetain``)."""
@@ -101,6 +125,8 @@ class StreamConfig:
     max_records_per_batch: int | None = None
     compact_every: int = 50
     retain_batches: int = RETAIN
+    max_batch_bytes: int | None = 64 * 1024 * 1024
+    quarantine_after: int = 3
 
 
 @dataclass
@@ -147,7 +173,9 @@ class BronzeStream:
         self.log.ensure_topic(EVENTS, home.settings.log.partitions)
         self.log.ensure_topic(BAD_ROWS, 1)
         self.checkpoint = Checkpoint(home.checkpoint_dir(QUERY), retain=self.config.retain_batches)
-        self.dedup = DedupState(self.checkpoint.state_dir / "dedup", pipeline.dedup.ttl, pipeline.dedup.key)
+        self._writer = contextlib.ExitStack()
+        self._writer.enter_context(self.checkpoint.lock())  # WriterLockedError: another process runs it
+        self.dedup = DedupState(self.checkpoint.state_dir / "dedup", pipeline.dedup.ttl, DEDUP_KEY)
         self.store = StateStore(self.checkpoint.state_dir / "windows")
         self.lake = Lake.of(home)
         # sink name -> table: the two topics, the side outputs and one table per aggregate
@@ -188,15 +216,21 @@ class BronzeStream:
                 for p, (_, end) in parts.items():
                     self._next[topic][p] = end
         if replay is not None:
+            self.checkpoint.check_quarantine(replay)
             log.info("recovering: re-running batch %d", replay)
             meta = self.checkpoint.read_metadata(replay)
-            self._run(replay, self.checkpoint.read_offsets(replay), meta.get("batch_timestamp_ms", self.clock()), replay=True)
+            self._attempt(replay, self.checkpoint.read_offsets(replay), meta.get("batch_timestamp_ms", self.clock()), replay=True)
         else:
             self._next_batch = 0 if committed is None else committed + 1
 
+    def close(self) -> None:
+        """Release the writer lock (the process's exit releases it too)."""
+        self._writer.close()
+
     def _load_state(self, version: int | None) -> None:
         snapshot, meta = self.store.load(version)
-        self.watermark = WatermarkTracker.from_dict(self.pipeline.watermark, meta.get("watermark"))
+        self.watermark = WatermarkTracker.from_dict(self.pipeline.watermark, meta.get("watermark"),
+                                                    int(self.home.settings.stream.watermark_tolerance_s * 1_000_000))
         self.operators = [WindowOperator(a, snapshot.get(a.name)) for a in self.pipeline.aggregates]
 
     # -- planning ---------------------------------------------------------------------
@@ -213,6 +247,13 @@ class BronzeStream:
             # Share the cap in proportion to each partition's backlog (at least 1 where there
             # is one, so no partition starves).
             avail = {t: {p: min(n, max(1 if n else 0, n * limit // total)) for p, n in parts.items()} for t, parts in avail.items()}
+        if self.config.max_batch_bytes is not None:
+            # An equal byte share per partition with a backlog: simple, and no partition starves.
+            share = self.config.max_batch_bytes // sum(1 for parts in avail.values() for n in parts.values() if n)
+            avail = {
+                t: {p: self.log.end_within_bytes(t, p, nxt[t][p], nxt[t][p] + n, share) - nxt[t][p] if n else 0 for p, n in parts.items()}
+                for t, parts in avail.items()
+            }
         return {t: {p: (nxt[t][p], nxt[t][p] + n) for p, n in parts.items()} for t, parts in avail.items()}
 
     def run_once(
@@ -237,7 +278,7 @@ class BronzeStream:
         batch_id = self._next_batch
         now = self.clock() if batch_timestamp_ms is None else batch_timestamp_ms
         self.checkpoint.write_offsets(batch_id, plan, {"batch_timestamp_ms": now})
-        return self._run(batch_id, plan, now, replay=False)
+        return self._attempt(batch_id, plan, now, replay=False)
 
     def run(self, stop: threading.Event | None = None, available_now: bool = False) -> None:
         """Run micro-batches until ``stop`` is set; with ``available_now`` stop once the
@@ -275,6 +316,21 @@ class BronzeStream:
                 stop.wait(max(0.0, started + self.config.trigger_interval_s - time.monotonic()))
 
     # -- one batch --------------------------------------------------------------------
+    def _attempt(self, batch_id: int, plan: dict[str, dict[int, tuple[int, int]]], now_ms: int, replay: bool) -> BatchResult:
+        """:meth:`_run`, counting its failures in the checkpoint (they survive restarts: the
+        supervisor restarting a crashed processor is what repeats them); the failure that
+        reaches ``quarantine_after`` raises :class:`BatchQuarantinedError` instead."""
+        try:
+            result = self._run(batch_id, plan, now_ms, replay)
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            rec = self.checkpoint.record_failure(batch_id, error, self.config.quarantine_after)
+            log.error("batch %d failed (%d in a row with this error): %s", batch_id, rec["count"], error)
+            self.checkpoint.check_quarantine(batch_id)
+            raise
+        self.checkpoint.clear_failure(batch_id)
+        return result
+
     def _sink(self, name: str, data: pa.Table | None, batch_id: int, replay: bool, keys: tuple[str, ...] | None = None) -> None:
         """Commit ``data`` to table ``name`` with txn ``(QUERY, batch_id)``: an append, or with
         ``keys`` an upsert (update mode). Skipped when empty or already committed."""
@@ -315,12 +371,12 @@ class BronzeStream:
         p = self.pipeline
         derived = {c.name for c in p.columns}
         used = {g for a in p.aggregates for g in a.group_by} | {m.column for a in p.aggregates for m in a.measures if m.column}
-        base = [p.dedup.key, p.watermark.column, "received_at", "_partition", "ds", *sorted(used - derived)]
+        base = [p.dedup.key, "source", p.watermark.column, "received_at", "_partition", "ds", *sorted(used - derived)]
         df = pl.from_arrow(events.select(list(dict.fromkeys(base))))
         if p.columns:
             exprs = ", ".join(f'{c.expr} AS "{c.name}"' for c in p.columns)
             df = pl.concat([df, pl.from_arrow(self._sql.from_arrow(events).project(exprs).to_arrow_table())], how="horizontal")
-        return df.with_row_index("_row").with_columns(_ts=pl.col(p.watermark.column).dt.epoch("us"))
+        return df.with_row_index("_row").with_columns(_ts=pl.col(p.watermark.column).dt.epoch("us"), **{DEDUP_KEY: _scoped(p.dedup.key)})
 
     def _read(self, plan: dict[str, dict[int, tuple[int, int]]]) -> tuple[pa.Table, list, pa.Table, list]:
         """Events (one chunk per column: the log's many small records would make every
@@ -386,7 +442,7 @@ class BronzeStream:
             # commits/N exists, so it is written while the sinks commit.
             if df.height:
                 received = int(df.get_column("received_at").dt.epoch("us").max())
-                self.dedup.add(batch_id, fresh.get_column(self.pipeline.dedup.key), received)
+                self.dedup.add(batch_id, fresh.get_column(DEDUP_KEY), received, now_ms * 1000)
             self.store.save(
                 batch_id, {op.spec.name: op.snapshot() for op in self.operators}, {"watermark": self.watermark.to_dict()}
             )
@@ -454,3 +510,46 @@ class BronzeStream:
         if self._touched:
             self.lake.compact(self.tables[EVENTS], days=sorted(self._touched))
             self._touched.clear()
+
+
+def skip_quarantined(home: Home, batch_id: int, pipeline: Pipeline = DEFAULT_PIPELINE) -> dict[str, Any]:
+    """Commit quarantined batch ``batch_id`` of the bronze query as skipped, for an operator
+    (``headwater quarantine skip``); returns its quarantine record.
+
+    Never silent: ``commits/N`` and ``quarantine/N.json`` record the skipped offsets, the error,
+    the tables that already hold the batch's commit (a batch may fail after some sinks
+    committed: those rows stay) and ``export``: a Parquet file per topic under
+    ``quarantine/`` holding the batch's events (the log keeps them too, until its retention).
+    The batch's partial state (dedup keys, window snapshot) is reset to that of batch N−1,
+    so the query resumes at N+1 as if N had held nothing. Holds the writer lock:
+    :class:`~headwater.stream.checkpoint.WriterLockedError` while a processor runs;
+    :class:`~headwater.errors.ConflictError` unless N is the quarantined batch the query stands at."""
+    checkpoint = Checkpoint(home.checkpoint_dir(QUERY))
+    with checkpoint.lock(timeout_s=10):
+        checkpoint.awaiting_decision(batch_id)  # before anything is changed
+        offsets = checkpoint.read_offsets(batch_id)
+        export: dict[str, Any] = {}
+        event_log = open_log(home.settings.log_url)
+        try:
+            for topic, schema in ((EVENTS, EVENT_SCHEMA), (BAD_ROWS, BAD_ROW_SCHEMA)):
+                path = checkpoint.quarantine_dir / f"{batch_id}.{topic}.parquet"
+                try:
+                    table, dead = read_topic(event_log, topic, offsets.get(topic, {}), schema)
+                    pq.write_table(table, path)
+                    export[topic] = {"path": str(path), "rows": table.num_rows, "dead_letters": len(dead)}
+                except Exception as e:  # an unreadable batch is still skipped: its offsets are recorded
+                    export[topic] = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            event_log.close()
+        lake = Lake.of(home)
+        tables = ["bronze.events", "bronze.bad_rows", "bronze.dead_letter", "bronze.late_events", *(a.table for a in pipeline.aggregates)]
+        committed = [t for t in tables if lake.exists(t) and (c := lake.committed_batch(t, QUERY)) is not None and c >= batch_id]
+        # State version N := version N-1 (load deletes the newer files the failed runs left).
+        previous = batch_id - 1 if batch_id else None
+        DedupState(checkpoint.state_dir / "dedup", pipeline.dedup.ttl, DEDUP_KEY).load(previous)
+        store = StateStore(checkpoint.state_dir / "windows")
+        snapshot, meta = store.load(previous)
+        store.save(batch_id, snapshot, meta)
+        rec = checkpoint.skip(batch_id, {"export": export, "tables_with_batch": committed})
+        log.warning("stream batch %d skipped by an operator: offsets %s, error %s", batch_id, rec["offsets"], rec["error"])
+        return rec

@@ -14,31 +14,32 @@
 -- exactly one row per person_id. The key is person_id (silver.identity_map), so the traits
 -- of every user id of one person (an alias chain) form one history.
 --
--- Rebuilt from all identify events of bronze.events (deduplicated on event_id like
+-- Rebuilt from all identify events of bronze.events (deduplicated on (source, event_id) like
 -- silver.events: earliest received_at wins), not merged incrementally: the result depends
 -- only on the events, so re-running any day creates no extra version, and a late identify
 -- lands in the right place of the history instead of being appended after it.
 -- traits: JSON object of the tracked traits in effect, keys sorted, values as strings.
 -- Parameters: none (the range is not used).
 WITH identifies AS (
-    SELECT event_id, event_ts, user_id, properties
+    SELECT source, event_id, event_ts, user_id, properties
     FROM bronze.events
     WHERE event_type = 'identify' AND user_id IS NOT NULL
-    QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY received_at, event_ts, properties) = 1
+    QUALIFY row_number() OVER (PARTITION BY source, event_id ORDER BY received_at, event_ts, properties) = 1
 ),
 keyed AS (
-    SELECT i.event_id, i.event_ts, i.user_id, i.properties, coalesce(m.person_id, i.user_id) AS person_id
+    SELECT i.source, i.event_id, i.event_ts, i.user_id, i.properties, coalesce(m.person_id, i.user_id) AS person_id
     FROM identifies AS i
     LEFT JOIN silver.identity_map AS m ON m.id = i.user_id
 ),
 trait_values AS (
     SELECT
         k.person_id,
+        k.source,
         k.event_id,
         t.trait,
         last_value(json_extract_string(k.properties, '$."' || t.trait || '"') IGNORE NULLS) OVER (
             PARTITION BY k.person_id, t.trait
-            ORDER BY k.event_ts, k.event_id
+            ORDER BY k.event_ts, k.event_id, k.source
             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
         ) AS value
     FROM keyed AS k
@@ -48,6 +49,7 @@ states AS (
     SELECT
         k.person_id,
         k.event_ts,
+        k.source,
         k.event_id,
         k.user_id,
         '{' || coalesce(string_agg(
@@ -55,15 +57,15 @@ states AS (
                 '"' || replace(replace(replace(replace(v.value, '\', '\\'), '"', '\"'), chr(10), '\n'), chr(13), '\r') || '"' END,
             ',' ORDER BY v.trait), '') || '}' AS traits
     FROM keyed AS k
-    LEFT JOIN trait_values AS v ON v.person_id = k.person_id AND v.event_id = k.event_id
-    GROUP BY k.person_id, k.event_ts, k.event_id, k.user_id
+    LEFT JOIN trait_values AS v ON v.person_id = k.person_id AND v.source = k.source AND v.event_id = k.event_id
+    GROUP BY k.person_id, k.event_ts, k.source, k.event_id, k.user_id
 ),
 changes AS (
-    SELECT *, lag(traits) OVER (PARTITION BY person_id ORDER BY event_ts, event_id) AS previous
+    SELECT *, lag(traits) OVER (PARTITION BY person_id ORDER BY event_ts, event_id, source) AS previous
     FROM states
 ),
 versions AS (
-    SELECT person_id, event_ts, event_id, user_id, traits
+    SELECT person_id, event_ts, source, event_id, user_id, traits
     FROM changes
     WHERE previous IS NULL OR previous <> traits
 )
@@ -76,4 +78,4 @@ SELECT
     user_id,
     traits
 FROM versions
-WINDOW w AS (PARTITION BY person_id ORDER BY event_ts, event_id)
+WINDOW w AS (PARTITION BY person_id ORDER BY event_ts, event_id, source)

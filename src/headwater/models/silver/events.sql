@@ -3,7 +3,9 @@
 --
 -- bronze.events holds every accepted event once per *delivery*: client retries and SDK
 -- re-sends carry the same event_id, and the stream only removes them within its TTL. Here
--- duplicates are removed exactly, over the whole of bronze: an event_id's copies can sit in
+-- duplicates are removed exactly, over the whole of bronze. An event's identity is
+-- (source, event_id): event_id is the client's messageId / uuid, unique only within what one
+-- source sends, so the same id from two sources is two events. An event's copies can sit in
 -- different ds partitions (a re-send's clock-skew correction can move event_ts across
 -- midnight). The winner is the copy received first (earliest received_at, processing time
 -- at the collector); ties are broken on every remaining column so the choice is
@@ -18,26 +20,26 @@
 -- their day is (re)built after the link (retroactive stitching).
 --
 -- Parameters: $start, $end (DATE, inclusive). Only winners whose ds is in [$start, $end] are
--- returned; the event_ids seen in that range bound the work (a semi-join), so a one-day
--- rebuild does not rank the whole table. The columns are the canonical event's plus person_id.
--- Cost: a re-send is rare (well under 1 % of deliveries), so only the event_ids delivered
+-- returned; the (source, event_id) keys seen in that range bound the work (a semi-join), so
+-- a one-day rebuild does not rank the whole table. The columns are the canonical event's plus
+-- person_id. Cost: a re-send is rare (well under 1 % of deliveries), so only the keys delivered
 -- more than once are ranked; every other row passes through a hash anti-join instead of a
 -- sort of the full-width rows (the sort was most of the model's time at 10M events a day).
 WITH candidates AS (
     SELECT *
     FROM bronze.events
-    WHERE event_id IN (
-        SELECT event_id FROM bronze.events WHERE ds BETWEEN $start AND $end
-    )
+    SEMI JOIN (
+        SELECT source, event_id FROM bronze.events WHERE ds BETWEEN $start AND $end
+    ) AS in_range USING (source, event_id)
 ),
 resent AS (
-    SELECT event_id FROM candidates GROUP BY event_id HAVING count(*) > 1
+    SELECT source, event_id FROM candidates GROUP BY source, event_id HAVING count(*) > 1
 ),
 ranked AS (
     SELECT
         *,
         row_number() OVER (
-            PARTITION BY event_id
+            PARTITION BY source, event_id
             ORDER BY
                 received_at ASC,
                 event_ts ASC,
@@ -45,7 +47,6 @@ ranked AS (
                 event_name ASC NULLS FIRST,
                 anonymous_id ASC NULLS FIRST,
                 user_id ASC NULLS FIRST,
-                source ASC,
                 surface ASC NULLS FIRST,
                 platform ASC NULLS FIRST,
                 properties ASC NULLS FIRST,
@@ -53,14 +54,14 @@ ranked AS (
                 schema_version ASC NULLS FIRST
         ) AS delivery_rank
     FROM candidates
-    WHERE event_id IN (SELECT event_id FROM resent)
+    SEMI JOIN resent USING (source, event_id)
 ),
 winners AS (
     SELECT
         event_id, event_type, event_name, anonymous_id, user_id, event_ts, received_at,
         source, surface, platform, properties, context, schema_version, ds
     FROM candidates
-    WHERE event_id NOT IN (SELECT event_id FROM resent)
+    ANTI JOIN resent USING (source, event_id)
     UNION ALL
     SELECT
         event_id, event_type, event_name, anonymous_id, user_id, event_ts, received_at,

@@ -8,12 +8,12 @@ Translation (one streaming query per output, each with its own Spark checkpoint 
 ``home.checkpoint_dir("spark-<pipeline>-<output>")``):
 
 - **bronze** (``bronze.events`` + ``bronze.dead_letter``): ``withWatermark(received_at,
-  dedup.ttl).dropDuplicatesWithinWatermark([dedup.key])`` — Spark's dedup with a state TTL
+  dedup.ttl).dropDuplicatesWithinWatermark(["source", dedup.key])`` — Spark's dedup with a state TTL
   measured on processing time (``received_at``), headwater's :class:`Dedup` semantics. Late
   events still reach bronze (no event-time watermark here).
 - **each aggregate** → ``realtime.<name>``: derived columns (``F.expr``),
   ``withWatermark(watermark.column, watermark.delay)``, ``dropDuplicatesWithinWatermark
-  ([dedup.key])``, ``groupBy(window, *group_by)``:
+  (["source", dedup.key])``, ``groupBy(window, *group_by)``:
   :class:`Tumbling` → ``window(ts, size)``; :class:`Hopping` → ``window(ts, size, slide)``;
   :class:`Session` → ``session_window(ts, gap)``. Measures: ``count`` → ``count(*)``,
   ``sum`` → ``sum(col)`` as double, ``distinct`` → ``hll_sketch_agg(col, lg_k)`` (Apache
@@ -135,8 +135,9 @@ class SparkPipeline:
 
     # -- the queries' DataFrames ---------------------------------------------------------
     def bronze_frame(self):
-        """Source rows deduplicated on ``dedup.key`` within ``dedup.ttl`` of ``received_at``.
-        Dead-letter rows (no event columns) are keyed by their log position and have no
+        """Source rows deduplicated on (``source``, ``dedup.key``) within ``dedup.ttl`` of
+        ``received_at`` (an id is unique per source only: one source's messageId must not drop
+        another source's event). Dead-letter rows (no event columns) are keyed by their log position and have no
         time (null): they move no watermark, are never late and pass the dedup once each
         (the source emits each undecodable record once)."""
         from pyspark.sql import functions as F
@@ -147,7 +148,7 @@ class SparkPipeline:
             .withColumn("_dedup_key", F.coalesce(F.col(key), F.format_string("dead-letter/%d/%d", "_partition", "_offset")))
             .withColumn("_dedup_ts", F.col("received_at"))
             .withWatermark("_dedup_ts", _interval(self.pipeline.dedup.ttl))
-            .dropDuplicatesWithinWatermark(["_dedup_key"])
+            .dropDuplicatesWithinWatermark(["source", "_dedup_key"])
         )
 
     def aggregate_frame(self, agg: Aggregate):
@@ -182,7 +183,7 @@ class SparkPipeline:
         grouped = (
             self.events()
             .withWatermark(wm.column, _interval(wm.delay))
-            .dropDuplicatesWithinWatermark([self.pipeline.dedup.key])
+            .dropDuplicatesWithinWatermark(["source", self.pipeline.dedup.key])
             .groupBy(window.alias("_window"), *agg.group_by)
             .agg(*measures)
         )
