@@ -76,6 +76,7 @@ class CollectorSettings(_Section):
     hmac_key: SecretStr | None = Field(None, description="Identifier HMAC key (hex); empty: `secrets/hmac.key`, generated on first use.")
     future_tolerance_h: float = Field(23.0, ge=0, description="An event time more than this ahead of the receive time is replaced by the receive time and flagged (hours; PostHog's rule).")
     max_in_flight: int = Field(256, ge=1, description="Ingestion requests handled at once; more are answered 429 with `Retry-After`.")
+    max_loop_delay_ms: float = Field(250.0, ge=0, description="Event-loop delay (ms) above which ingestion is answered 429 with `Retry-After` (0: no limit).")
     max_queue: int = Field(1024, ge=1, description="Requests waiting for the log's group commit; more are answered 429 with `Retry-After`.")
     append_timeout_s: float = Field(10.0, gt=0, description="Deadline of a durable log append (s); past it the request is answered 503 with `Retry-After`.")
     max_lag_events: int = Field(5_000_000, ge=0, description="Log records the stream has not yet consumed before ingestion is answered 429 (0: no limit).")

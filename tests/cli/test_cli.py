@@ -104,3 +104,21 @@ def test_up_on_a_taken_port_fails_clearly(running, tmp_path):
     bad = hw(env, "up", check=False)
     assert bad.returncode == 75  # TransientError: it may work once the port is free
     assert f"collector cannot listen on http://127.0.0.1:{port}: Address already in use" in bad.stderr
+
+
+def test_sigterm_to_up_at_any_moment_stops_its_children(tmp_path):
+    """The SIGTERM handler is in place before the first child starts: a stop right after the
+    collector answers (before the banner) leaves no orphaned collector or stream processor."""
+    import psutil
+
+    for attempt in range(3):
+        port = free_port()
+        env = {**os.environ, "HEADWATER_HOME": str(tmp_path / f"h{attempt}"), "HEADWATER_PORT": str(port)}
+        proc = subprocess.Popen([sys.executable, "-m", "headwater", "up", "--no-dagster"], env=env, stdout=subprocess.DEVNULL)
+        wait_http(f"http://127.0.0.1:{port}/health", proc=proc, timeout_s=60)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert alive == [], [c.cmdline() for c in alive]

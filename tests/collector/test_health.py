@@ -101,6 +101,7 @@ def test_health_and_ready_need_no_credential_and_report_every_component(tmp_path
         assert r.status_code == 200, r.text
         h = r.json()
         assert h["status"] == "ok"
+        assert 0 <= h["writer"].pop("loop_delay_ms") < 250
         assert h["writer"] == {"status": "ok", "alive": True, "queued": 0, "max_queue": 1024, "in_flight": 0, "max_in_flight": 256}
         assert h["stream"]["status"] == "ok" and h["stream"]["group"] == STREAM_GROUP and h["stream"]["progressing"] is True
         assert h["disk"]["status"] == "ok" and 0 < h["disk"]["used"] < 1 and h["disk"]["max_used"] == 0.95
@@ -202,3 +203,29 @@ def test_lag_is_end_minus_the_stream_groups_committed_offsets_over_both_topics(m
     assert m.refresh().lag == 11
     log.commit(STREAM_GROUP, EVENTS_TOPIC, {0: 6})
     assert m.refresh().lag == 5 and m.refusal() is None
+
+
+def test_a_blocked_event_loop_sheds_new_requests_with_429_until_it_catches_up():
+    """LoopDelay: a loop running late past collector.max_loop_delay_ms refuses new requests
+    (429, Retry-After growing with the delay); on time again, it takes them."""
+    import asyncio
+    import time as _time
+
+    from headwater.collector.health import LoopDelay
+    from headwater.settings import CollectorSettings
+
+    async def scenario():
+        probe = LoopDelay(CollectorSettings(max_loop_delay_ms=100)).start(asyncio.get_running_loop())
+        await asyncio.sleep(0.12)
+        assert probe.refusal() is None
+        _time.sleep(0.6)  # a request hogging the loop
+        await asyncio.sleep(0)  # the probe's timer fires, late
+        await asyncio.sleep(0.001)
+        refused = probe.refusal()
+        assert refused is not None and refused.status == 429 and refused.limit == "collector.max_loop_delay_ms"
+        assert refused.retry_after_s >= 1 and "ms behind" in refused.message
+        await asyncio.sleep(0.15)  # on time again
+        assert probe.refusal() is None
+        probe.close()
+
+    asyncio.run(scenario())

@@ -69,14 +69,16 @@ def up(dagster: bool) -> None:
     home = open_home()
     name, key_line = default_source(home)
     dagster_port = (home.settings.dagster.port or free_port()) if dagster else None
-    platform = Platform(home, home.settings.collector.port, dagster_port=dagster_port).start()
-    click.echo(f"collector  {platform.url}  (Segment HTTP API: POST /v1/batch, /v1/track, ...)")
-    if platform.dagster_url:
-        click.echo(f"dagster    {platform.dagster_url}  (Dagster UI: assets, runs, backfills; daily schedule, late-data sensor)")
-    click.echo(f"write key  {key_line}  (source {name!r})")
-    click.echo(f"home       {home.root}")
+    platform = Platform(home, home.settings.collector.port, dagster_port=dagster_port)
+    # Before the first child starts: a SIGTERM at any moment from here stops the children too.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        platform.start()
+        click.echo(f"collector  {platform.url}  (Segment HTTP API: POST /v1/batch, /v1/track, ...)")
+        if platform.dagster_url:
+            click.echo(f"dagster    {platform.dagster_url}  (Dagster UI: assets, runs, backfills; daily schedule, late-data sensor)")
+        click.echo(f"write key  {key_line}  (source {name!r})")
+        click.echo(f"home       {home.root}")
         platform.supervise()
     finally:
         platform.stop()

@@ -4,7 +4,8 @@ Steps of one request (:meth:`Collector.handle`), each a method:
 
 0. :meth:`~Collector.admit` (:meth:`~Collector.answer` runs it before :meth:`~Collector.handle`)
    — load shedding before the body is read, on cached state only: more than
-   ``collector.max_in_flight`` requests in progress, or ``collector.max_queue`` appends
+   ``collector.max_in_flight`` requests in progress, the event loop more than
+   ``collector.max_loop_delay_ms`` behind (:class:`~.health.LoopDelay`), or ``collector.max_queue`` appends
    waiting for the group commit, or the stream more than ``collector.max_lag_events`` records
    behind → 429; the home's disk over ``collector.max_disk_used`` or the log writer stopped →
    503. Each with ``Retry-After`` (s) and ``{"code", "message", "limit"}`` naming the setting
@@ -50,7 +51,7 @@ from starlette.responses import Response
 from headwater.collector import segment
 from headwater.collector.auth import AuthFailureLimiter, RateLimited, RateLimits, WriteKeys, basic_auth_user
 from headwater.collector.body import OVERSIZE_PAYLOAD_BYTES, Oversize, read_body
-from headwater.collector.health import LoadMonitor, Refusal
+from headwater.collector.health import LoadMonitor, LoopDelay, Refusal
 from headwater.collector.wire import MAX_REQUEST_BYTES, MAX_RESPONSE_ERRORS, Envelope, Limits, Wire, WireError
 from headwater.config import Home, PiiPolicy
 from headwater.events import AUTH_FAILURE, BAD_ROWS_TOPIC, EVENTS_TOPIC, SIZE_VIOLATION
@@ -100,6 +101,7 @@ class Collector:
         self.in_flight = 0  # requests inside handle(); one event loop, so a plain counter
         self._writer: GroupCommitWriter | None = None
         self._monitor: LoadMonitor | None = None
+        self._loop_delay: LoopDelay | None = None
 
     @classmethod
     def from_home(cls, home: Home, log: EventLog, tokenizer: Tokenizer | None = None) -> "Collector":
@@ -117,6 +119,10 @@ class Collector:
         self.open_topics()
         self._writer = GroupCommitWriter(self.log, max_queue=self.settings.collector.max_queue)
         self._monitor = LoadMonitor(self.log, self.settings.home, self.settings.collector).start()
+        try:  # under the ASGI lifespan: probe the serving loop
+            self._loop_delay = LoopDelay(self.settings.collector).start(asyncio.get_running_loop())
+        except RuntimeError:  # no running loop: nothing is served
+            self._loop_delay = None
         self._warm_up()
 
     def open_topics(self) -> None:
@@ -132,6 +138,9 @@ class Collector:
         if self._monitor is not None:
             self._monitor.close()
             self._monitor = None
+        if self._loop_delay is not None:
+            self._loop_delay.close()
+            self._loop_delay = None
 
     def _warm_up(self) -> None:
         """pyarrow imports pandas (if installed) lazily on its first datetime conversion —
@@ -251,6 +260,8 @@ class Collector:
         if self._writer.waiting >= limits.max_queue:
             return Refusal(429, "overloaded", "collector.max_queue",
                            f"{self._writer.waiting} requests waiting for the event log (limit {limits.max_queue}); retry later", 1)
+        if self._loop_delay is not None and (refused := self._loop_delay.refusal()) is not None:
+            return refused
         return self._monitor.refusal()
 
     async def answer(self, request: Request, wire: Wire) -> Response:
@@ -274,7 +285,8 @@ class Collector:
         problems = list(getattr(self.log, "problems", ()))
         body = {
             "writer": {"status": "ok" if alive else "down", "alive": alive, "queued": writer.waiting if writer else 0,
-                       "max_queue": limits.max_queue, "in_flight": self.in_flight, "max_in_flight": limits.max_in_flight},
+                       "max_queue": limits.max_queue, "in_flight": self.in_flight, "max_in_flight": limits.max_in_flight,
+                       "loop_delay_ms": round(self._loop_delay.delay_ms, 1) if self._loop_delay else None},
             **(self._monitor.report() if self._monitor is not None else {}),
             "log": {"status": "down" if problems else "ok", "problems": problems},
         }

@@ -23,7 +23,9 @@ the collector sheds load.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import shutil
 import threading
 import time
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 REFRESH_S = 0.5  # sampling period: the checks lag reality by at most this
 LAG_RETRY_S = 5  # Retry-After (s) while the stream is behind
 DISK_RETRY_S = 30  # Retry-After (s) while the disk is too full
+LOOP_TICK_S = 0.05  # period of the event-loop delay probe
 
 
 @dataclass(frozen=True)
@@ -152,3 +155,46 @@ class LoadMonitor:
             "disk": {"status": "down" if disk_down else "ok",
                      "used": None if s.disk_used is None else round(s.disk_used, 4), "max_used": limits.max_disk_used},
         }
+
+
+class LoopDelay:
+    """How late the collector's event loop runs (ms): a timer due every :data:`LOOP_TICK_S`
+    fires ``delay_ms`` late. Every request waits that long before any of its work, so it is the
+    queueing delay the in-flight bound cannot see (requests uvicorn has read but not yet handed
+    over, bodies arriving, the commit answers waiting). The measure is Node's
+    ``monitorEventLoopDelay`` and fastify ``under-pressure``'s ``maxEventLoopDelay``.
+
+    :meth:`refusal`: past ``collector.max_loop_delay_ms`` new requests are answered 429 at once,
+    costing almost no loop time, so the loop catches up instead of every request timing out;
+    ``Retry-After`` grows with the delay, spreading the clients' retries."""
+
+    def __init__(self, limits: CollectorSettings):
+        self.limits = limits
+        self.delay_ms = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> LoopDelay:
+        """Probe ``loop`` until :meth:`close` (call from the loop's thread)."""
+        self._schedule(loop)
+        return self
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        due = loop.time() + LOOP_TICK_S
+        self._handle = loop.call_at(due, self._tick, loop, due)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        self.delay_ms = max(0.0, loop.time() - due) * 1000
+        self._schedule(loop)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def refusal(self) -> Refusal | None:
+        limit = self.limits.max_loop_delay_ms
+        if limit and self.delay_ms > limit:
+            return Refusal(429, "overloaded", "collector.max_loop_delay_ms",
+                           f"The collector is {self.delay_ms:.0f} ms behind (limit {limit:g} ms); retry later",
+                           max(1, math.ceil(2 * self.delay_ms / 1000)))
+        return None
