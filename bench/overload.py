@@ -13,8 +13,12 @@
 3. **Overload**: an open-loop schedule at ``--factor`` (2) x capacity for ``--duration``
    (60 s; ``--quick`` 8 s): ``locust --headless`` with many users at a constant throughput
    each (``constant_throughput``, ``--user-rps``), every user sending at most its share of
-   the planned requests (the request count is bounded as well as the duration). Each
-   request is delivered in its own greenlet, so slow answers do not slow the schedule.
+   the planned requests (the request count is bounded as well as the duration).
+   ``--clients sdk`` (default): a user sends one request at a time over one connection and
+   the next waits for the answer, as the SDKs' consumer threads do (analytics-python,
+   posthog-python): the 2x demand is there, but a slow collector slows each client instead of
+   multiplying its connections. ``--clients open``: each request in its own greenlet and
+   connection, so slow answers do not slow the schedule.
    Clients behave like the SDKs: a 429, a 5xx or a connection error / timeout (30 s) is
    retried, after ``Retry-After`` seconds when the answer carries one (else exponential
    backoff), at most ``--max-retries`` times within ``--retry-budget-s``; then the request
@@ -73,6 +77,7 @@ from locust.exception import StopUser
 E = os.environ
 TEMPLATES = [t.encode() for t in json.load(open(E["HW_TEMPLATES"]))]
 PHASE, RATE, QUOTA, DURATION_S = E["HW_PHASE"], float(E["HW_RATE"]), int(E["HW_QUOTA"]), float(E["HW_DURATION_S"])
+OPEN = E["HW_CLIENTS"] == "open"  # each request in its own greenlet; else one at a time, as an SDK
 MAX_RETRIES, BUDGET_S = int(E["HW_MAX_RETRIES"]), float(E["HW_RETRY_BUDGET_S"])
 HEADERS = {"Authorization": "Basic " + base64.b64encode((E["HW_WRITE_KEY"] + ":").encode()).decode(),
            "Content-Type": "application/json"}
@@ -110,7 +115,7 @@ class SegmentClient(FastHttpUser):
     wait_time = constant_throughput(RATE) if RATE > 0 else constant(0)
     connection_timeout = 10.0
     network_timeout = 30.0
-    concurrency = 32  # connections of this user's pool (its deliveries in flight at once)
+    concurrency = 32 if OPEN else 1  # connections of this user's pool (its deliveries in flight at once)
 
     def on_start(self):
         self.n, self.seq, self.pending = next(_ids), 0, gevent.pool.Group()
@@ -129,7 +134,7 @@ class SegmentClient(FastHttpUser):
         key = f"{PHASE}{self.n:04d}u{self.seq:07d}"
         body = TEMPLATES[self.seq % len(TEMPLATES)].replace(b"@@KEY@@", key.encode())
         self.seq += 1
-        if RATE > 0:
+        if RATE > 0 and OPEN:
             self.pending.spawn(self.deliver, key, body)
         else:
             self.deliver(key, body)
@@ -254,7 +259,8 @@ def run_locust(tmp: Path, port: int, write_key: str, phase: str, users: int, rat
     locustfile.write_text(LOCUSTFILE)
     env = {**os.environ, "HW_TEMPLATES": str(tmp / "templates.json"), "HW_PHASE": phase, "HW_RATE": str(rate),
            "HW_QUOTA": str(quota), "HW_MAX_RETRIES": str(args.max_retries), "HW_RETRY_BUDGET_S": str(args.retry_budget_s),
-           "HW_WRITE_KEY": write_key, "HW_OUT": str(out), "HW_DURATION_S": str(run_s)}
+           "HW_WRITE_KEY": write_key, "HW_OUT": str(out), "HW_DURATION_S": str(run_s),
+           "HW_CLIENTS": args.clients}
     # The users end the schedule themselves (HW_DURATION_S, HW_QUOTA); --run-time is only the
     # outer bound, with room for the last requests' retries, and --stop-timeout lets a request
     # still running then finish, so no answer goes unrecorded.
@@ -324,6 +330,9 @@ def main() -> None:
     ap.add_argument("--capacity-users", type=int, default=8, help="closed-loop connections of the capacity run")
     ap.add_argument("--factor", type=float, default=2.0, help="offered load / measured capacity")
     ap.add_argument("--user-rps", type=float, default=0.25, help="requests per second per simulated client (low: the schedule holds while answers are slow, so the load stays open-loop)")
+    ap.add_argument("--clients", choices=("sdk", "open"), default="sdk",
+                    help="sdk: each client sends one request at a time and queues the rest, as the SDKs' consumer "
+                         "threads do; open: every request in its own greenlet and connection (no client-side queue)")
     ap.add_argument("--max-retries", type=int, default=8)
     ap.add_argument("--retry-budget-s", type=float, default=30.0, help="a request gives up when its next retry would start later than this")
     ap.add_argument("--drain-timeout-s", type=float, default=600.0)
@@ -402,6 +411,7 @@ def main() -> None:
         "capacity_eps": round(capacity_eps),
         "offered_eps": round(offered_rps * BATCH),
         "factor": args.factor,
+        "clients": args.clients,
         "duration_s": duration,
         "load_s": round(load_s, 1),
         "users": users,
