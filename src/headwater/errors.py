@@ -12,6 +12,10 @@ class                       meaning                                             
                             absent
 :class:`ConflictError`      the request contradicts the current state (a key    4
                             in use, an incompatible schema, a concurrent write)
+:class:`UnauthorizedError`  no valid credential: a read token unknown or        5
+                            revoked (HTTP 401)
+:class:`ForbiddenError`     the credential is valid but its role does not       6
+                            allow the request (HTTP 403)
 :class:`TransientError`     an outside resource failed (disk, lock, network,    75
                             broker); the same call may succeed later
 ==========================  ==================================================  =========
@@ -62,6 +66,20 @@ class ConflictError(HeadwaterError):
     incompatible schema change, a concurrent commit that won."""
 
     exit_code = 4
+
+
+class UnauthorizedError(HeadwaterError):
+    """No valid credential was presented: a read token that is missing, unknown or revoked
+    (HTTP 401). The message never contains the presented secret."""
+
+    exit_code = 5
+
+
+class ForbiddenError(HeadwaterError, PermissionError):
+    """A valid credential whose role does not allow the request: a ``viewer`` sending SQL, an
+    ``analyst`` naming a bronze table (HTTP 403). The message names the role and the rule."""
+
+    exit_code = 6
 
 
 class TransientError(HeadwaterError):

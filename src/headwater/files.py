@@ -9,10 +9,11 @@ from pathlib import Path
 from headwater.errors import TransientError
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o666) -> None:
     """Write ``data`` to ``path`` so that a crash (kill -9 or power loss) leaves the old file
     or the new one, never a mix: write a temporary file, fsync it, rename it over ``path``,
     fsync the directory (the rename is durable only then; see rename(2) and fsync(2)).
+    ``mode``: permissions of the new file, less the umask (``0o600`` for owner-only files).
 
     The temporary name carries the pid, so two processes writing the same path never share
     one. Creates the parent directory. Raises :class:`TransientError` when the disk is full
@@ -20,7 +21,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -136,6 +136,10 @@ class CdcSettings(_Section):
     dsn: SecretStr | None = Field(None, description="libpq connection string of the Postgres CDC source (`headwater cdc --dsn`).")
 
 
+class ServeSettings(_Section):
+    k_anonymity: int = Field(10, ge=1, description="Privacy floor: a breakdown cell of a metric endpoint or `viewer` result with fewer distinct persons than this is suppressed (1: off).")
+
+
 class Settings(BaseSettings):
     """The effective configuration of one installation (frozen: pass it down, never mutate).
 
@@ -161,6 +165,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     dagster: DagsterSettings = DagsterSettings()
     cdc: CdcSettings = CdcSettings()
+    serve: ServeSettings = ServeSettings()
 
     @field_validator("home")
     @classmethod

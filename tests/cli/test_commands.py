@@ -19,6 +19,7 @@ from headwater.errors import NotFoundError
 NO_DATA = {
     "up", "collector", "stream", "demo",  # services / the demo job
     "source add", "source rotate",  # print the write key alone: KEY=$(headwater source add web)
+    "token add",  # prints the read token alone: TOKEN=$(headwater token add --role viewer)
     "schema register", "schema check", "schema mode",  # one status line
     "config docs",  # Markdown for README.md
 }

@@ -146,11 +146,14 @@ def batch(start: dt.date | None, end: dt.date | None, fmt: str) -> None:
 @click.argument("sql")
 @format_option
 def query(sql: str, fmt: str) -> None:
-    """Run SQL (DuckDB) over the tables, named bronze.events, silver.events, gold.active_users, ..."""
+    """Run SQL (DuckDB) over the tables, named bronze.events, silver.events, gold.active_users, ...;
+    hw_token(raw_id) gives the stored token of an identifier (join with your own files)."""
+    from headwater.ingest.tokens import Tokenizer
     from headwater.lake import sql as catalog
     from headwater.lake.store import Lake
 
-    emit(catalog.query(Lake.of(open_home()), sql), fmt)
+    home = open_home()
+    emit(catalog.query(Lake.of(home), sql, hw_token=Tokenizer(home.hmac_key()).column), fmt)
 
 
 def _status_text(info: dict) -> None:
@@ -278,3 +281,7 @@ source.add_command(_policy)
 
 from headwater.cli.quarantine import quarantine as _quarantine  # noqa: E402
 cli.add_command(_quarantine)
+
+from headwater.cli.tokens import identity as _identity, token as _token  # noqa: E402
+cli.add_command(_token)
+cli.add_command(_identity)

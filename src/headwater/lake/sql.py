@@ -38,12 +38,13 @@ The session time zone is UTC, so ``timestamp[us, UTC]`` columns display and trun
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
 
-from headwater.errors import InvalidInputError, NotFoundError, TransientError
+from headwater.errors import ForbiddenError, InvalidInputError, NotFoundError, TransientError
 from headwater.lake import catalog
 
 if TYPE_CHECKING:
@@ -137,12 +138,16 @@ def registered(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {f"{s}.{v}" for s, v in rows}
 
 
-def register_referenced(con: duckdb.DuckDBPyConnection, lake: Lake, sql: str) -> set[str]:
+def register_referenced(con: duckdb.DuckDBPyConnection, lake: Lake, sql: str,
+                        allowed: Callable[[str], bool] | None = None) -> set[str]:
     """Register the tables ``sql`` names that ``con`` does not hold yet (at their current
-    snapshot); returns the names registered. Already registered tables keep their snapshot."""
+    snapshot); returns the names registered. Already registered tables keep their snapshot.
+    ``allowed``: only tables it accepts are registered (the others stay absent)."""
     wanted = referenced_tables(sql)
     if wanted is None:
         wanted = set(lake.tables()) | {t.name for t in catalog.TABLES if t.empty_until_written}
+    if allowed is not None:
+        wanted = {t for t in wanted if allowed(t)}
     done = set()
     for table in sorted(wanted - registered(con)):
         if register(con, lake, table):
@@ -150,7 +155,9 @@ def register_referenced(con: duckdb.DuckDBPyConnection, lake: Lake, sql: str) ->
     return done
 
 
-def query(lake: Lake, sql: str, params: dict[str, Any] | list[Any] | None = None) -> pa.Table:
+def query(lake: Lake, sql: str, params: dict[str, Any] | list[Any] | None = None, *,
+          tables: Callable[[str], bool] | None = None,
+          hw_token: Callable[[pa.Array], pa.Array] | None = None) -> pa.Table:
     """Run ``sql`` (DuckDB dialect) over a fresh :func:`connect` holding the tables it names,
     and return the result as Arrow.
 
@@ -158,19 +165,39 @@ def query(lake: Lake, sql: str, params: dict[str, Any] | list[Any] | None = None
     a list). A statement without a result (``SET``, ``CREATE``) gives an empty table. The
     connection is closed afterwards: views or settings created here do not persist.
 
+    ``tables`` makes a restricted session (a read token's role, :mod:`headwater.serve.access`):
+    only the tables it accepts are registered (introspection lists only them, any other reads
+    as absent), and before ``sql`` runs DuckDB's file system access is disabled and the
+    configuration locked, so no ``read_parquet('…/lake/…')``, ``ATTACH`` or ``COPY … TO``
+    reaches around the catalog (the registered Arrow scans read through pyarrow and keep
+    working). ``None`` (the CLI, the models): every table, no restriction.
+
+    ``hw_token``: a vectorised identifier tokenizer (string array → token array, e.g.
+    :meth:`headwater.ingest.tokens.Tokenizer.column`), registered as the SQL function
+    ``hw_token(VARCHAR) -> VARCHAR`` (NULL → NULL) so that an admin can join the lake's
+    tokens with raw ids; absent by default (``hw_token`` then does not exist).
+
     Raises :class:`~headwater.errors.NotFoundError` for a table, column or function that does
-    not exist, :class:`~headwater.errors.InvalidInputError` for invalid SQL or a value DuckDB
+    not exist, :class:`~headwater.errors.ForbiddenError` for file access in a restricted
+    session, :class:`~headwater.errors.InvalidInputError` for invalid SQL or a value DuckDB
     cannot convert, :class:`~headwater.errors.TransientError` for an I/O failure (each with
     DuckDB's message, naming the object and position; the DuckDB error is the ``__cause__``)."""
     con = connect(lake)
     try:
-        register_referenced(con, lake, sql)
+        register_referenced(con, lake, sql, tables)
+        if hw_token is not None:
+            con.create_function("hw_token", hw_token, ["VARCHAR"], "VARCHAR", type="arrow")
+        if tables is not None:
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
         rel = con.sql(sql, params=params)
         return rel.to_arrow_table() if rel is not None else pa.table({})
     except duckdb.CatalogException as e:
         raise NotFoundError(str(e), field="sql") from e
     except duckdb.IOException as e:
         raise TransientError(str(e), field="sql") from e
+    except duckdb.PermissionException as e:  # file access in a restricted session
+        raise ForbiddenError(str(e), field="sql") from e
     except duckdb.Error as e:  # parser, binder, conversion, invalid input, ...
         raise InvalidInputError(str(e), field="sql") from e
     finally:
