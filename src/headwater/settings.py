@@ -138,6 +138,25 @@ class CdcSettings(_Section):
 
 class ServeSettings(_Section):
     k_anonymity: int = Field(10, ge=1, description="Privacy floor: a breakdown cell of a metric endpoint or `viewer` result with fewer distinct persons than this is suppressed (1: off).")
+    sql_timeout_s: float = Field(30.0, gt=0, description="Statement timeout of `POST /api/sql`, in seconds: a statement still running is interrupted (504).")
+    sql_max_rows: int = Field(100_000, ge=1, description="Most rows `POST /api/sql` returns (a request's `limit` may only lower it).")
+
+
+class QualitySettings(_Section):
+    realtime_max_delay_s: float = Field(60.0, gt=0, description="Freshness SLA of `realtime.*`: the newest accepted event may wait at most this long for the table's next commit (s).")
+    gold_ready_by_utc: dt.time = Field(dt.time(6, 0), description="Freshness SLA of gold: yesterday's partitions are published by this time of day (UTC, HH:MM).")
+    bad_row_rate_max: float = Field(0.01, ge=0, le=1, description="A day whose bad rows / (events + bad rows) exceeds this fails `bad_row_rate`.")
+    anomaly_z: float = Field(3.0, gt=0, description="Volume and conversion anomalies: flag a day whose robust z-score (median / 1.4826·MAD over the same weekday of past weeks) reaches this in absolute value.")
+    volume_weeks: int = Field(4, ge=1, description="Same-weekday history of a volume check (weeks; a short one follows a growing product).")
+    conversion_weeks: int = Field(8, ge=1, description="Same-weekday history of a funnel-step conversion check (weeks; a long one keeps a multi-week incident out of the baseline).")
+    min_weeks: int = Field(4, ge=1, description="Fewest weeks of history before an anomaly check judges a day.")
+    volume_min_scale: float = Field(0.3, gt=0, description="Floor of a volume check's scale, in ln(1 + events) units (daily counts are clustered by session: 4 weeks of MAD understate their spread).")
+    conversion_min_scale: float = Field(0.15, gt=0, description="Floor of a conversion check's scale (absolute conversion rate).")
+    conversion_window_days: int = Field(7, ge=1, description="A conversion rate is taken over the trailing this many days (a day's few entries are too noisy to judge).")
+    volume_min_count: int = Field(10, ge=1, description="A volume series whose baseline median is below this is not judged (events).")
+    conversion_min_count: int = Field(10, ge=1, description="A conversion rate over fewer step entries than this is not judged nor used as history (events).")
+    webhook_url: str = Field("", description="`headwater check` POSTs a JSON summary of its warnings and failures here; empty: no webhook.")
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of the webhook POST (s); a failed POST is reported, never fatal.")
 
 
 class Settings(BaseSettings):
@@ -166,6 +185,7 @@ class Settings(BaseSettings):
     dagster: DagsterSettings = DagsterSettings()
     cdc: CdcSettings = CdcSettings()
     serve: ServeSettings = ServeSettings()
+    quality: QualitySettings = QualitySettings()
 
     @field_validator("home")
     @classmethod

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 import dataclasses
 
 import pytest
+import sqlglot
 
 from headwater.config import Home
 from headwater.errors import InvalidInputError, NotFoundError
@@ -45,8 +45,10 @@ def test_sql_models_point_at_the_catalog_and_read_their_inputs():
         assert "{{" not in text and "{k" not in text and "-- repeat" not in text  # fully rendered
         # the tables it reads are its declared inputs: the DAG's edges are the SQL's
         assert sql.referenced_tables(text) == set(model.inputs), model.table
-        # prepared parameters only, and a partitioned model is bounded by its range
-        assert set(re.findall(r"\$(\w+)", text)) == ({"start", "end"} if model.partitioned else set())
+        # prepared parameters only, and a partitioned model is bounded by its range (a '$' in a
+        # string, e.g. the JSON path of PostHog's "$os" property, is not a parameter)
+        placeholders = {p.name for p in sqlglot.parse_one(text, read="duckdb").find_all(sqlglot.exp.Placeholder)}
+        assert placeholders == ({"start", "end"} if model.partitioned else set()), model.table
 
 
 def test_earliest_delivery_wins_with_deterministic_ties(tmp_path):
@@ -131,7 +133,9 @@ def test_plan_widens_inputs_to_what_readers_read():
     assert list(runs) == [m.table for m in MODELS]  # dependency order kept
     # without bounds: lookback 27 (active users) and lookahead 90 (retention week cells)
     assert runs["silver.events"] == (d - days(days=27), d + days(days=2 + 90))
-    assert all(runs[t] == (d, d + days(days=2)) for t in runs if t != "silver.events")
+    read_the_day_before = ("gold.sessions", "silver.conversions", "silver.exposures")  # by gold.conversions
+    assert all(runs[t] == (d - days(days=1), d + days(days=2)) for t in read_the_day_before)
+    assert all(runs[t] == (d, d + days(days=2)) for t in runs if t not in ("silver.events", *read_the_day_before))
     # history readers (retention, experiments) take silver from the floor; the ceiling clips
     floor, ceiling = d - days(days=60), d + days(days=10)
     assert {m.table: (s, e) for m, s, e in plan(d, d, floor=floor, ceiling=ceiling)}["silver.events"] == (floor, ceiling)
@@ -148,6 +152,10 @@ def test_affected_days_mirror_what_each_model_reads():
         "silver.identity_refused": (None, None),
         "silver.events": (0, 0),
         "silver.dim_user": (None, None),
+        "silver.dim_device": (None, None),
+        "silver.exposures": (0, 0),
+        "silver.dim_experiment": (None, None),
+        "silver.conversions": (0, None),  # an exposure gives the variant of every later conversion
         "gold.events_hourly": (0, 0),
         "gold.sessions": (-1, 1),
         "gold.active_users": (0, 27),  # WAU for 6 days after, MAU for 27
@@ -155,6 +163,7 @@ def test_affected_days_mirror_what_each_model_reads():
         "gold.retention": (-90, None),  # cohorts whose cells contain d; later first-active days move
         "gold.funnels": (-7, 0),
         "gold.experiments": (0, None),  # cumulative results
+        "gold.conversions": (0, 1),  # its session may start the day before
     }
 
 

@@ -37,7 +37,7 @@ def silver_rows(home, day=DAY) -> pa.Table:
 def test_checks_pass_on_built_tables_and_dim_user_skips_until_built(bronze):
     home = bronze
     checks = checks_by_name(home)
-    assert set(checks) == {"event_id_unique", "subset_of_bronze", "one_current_row_per_user"}
+    assert set(checks) == {"event_id_unique", "subset_of_bronze", "complete_from_bronze", "one_current_row_per_user"}
     skipped = run_check(checks["one_current_row_per_user"])
     assert skipped.passed and "not built yet" in skipped.metadata["skipped"].value
     for model in MODELS:

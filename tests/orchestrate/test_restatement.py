@@ -36,7 +36,8 @@ def test_a_late_day_restates_trailing_windows_forward_and_cohorts_backward():
     lo, hi = BY_TABLE["gold.retention"].affected_days
     assert plan.days["gold.retention"] == days(D + dt.timedelta(days=lo), BUILT[1]) and hi is None
     # the unpartitioned models are rebuilt whole; identity's effect on silver is deferred
-    assert plan.whole == ["silver.identity_map", "silver.identity_refused", "silver.dim_user"]
+    assert plan.whole == ["silver.identity_map", "silver.identity_refused", "silver.dim_user", "silver.dim_device",
+                          "silver.dim_experiment"]
 
 
 def test_restatement_is_clipped_to_what_is_built():
@@ -58,7 +59,7 @@ def test_stale_seeds_restate_those_days_and_their_downstream():
     plan = restatement(MODELS, {}, built_all(), seeds={"silver.events": {D, dt.date(2025, 1, 1)}})
     assert plan.days["silver.events"] == {D}  # clipped to what is built
     assert plan.days["gold.active_users"] == days(D, D + dt.timedelta(days=27))
-    assert plan.whole == []
+    assert plan.whole == ["silver.dim_device", "silver.dim_experiment"]  # the dimensions read all of silver.events
 
 
 def test_runs_group_contiguous_days_and_keep_dependency_order():
@@ -112,6 +113,7 @@ def test_a_new_day_makes_the_readers_that_look_ahead_stale():
     # ...and they are restated in runs of their own, not with each other
     plan = restatement(MODELS, {}, built_all(), seeds=stale)
     by_first_table = {tables[0]: (start, end) for start, end, tables in runs(plan, MODELS)}
-    assert by_first_table["gold.sessions"] == (n - dt.timedelta(days=1), n - dt.timedelta(days=1))
+    # gold.conversions of n - 1 and n read the sessions of n - 1: restated with them
+    assert by_first_table["gold.sessions"] == (n - dt.timedelta(days=1), n)
     # a reader built after its input (a backfill: silver first, gold after) is not stale
     assert stale_readers(MODELS, {"silver.events": {n: 5}}, latest, built_all()) == {}

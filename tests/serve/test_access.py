@@ -109,7 +109,7 @@ def test_roles_parse_and_order():
 def test_allowed_tables_per_role():
     assert allowed_tables(Role.VIEWER) == ("gold.*", "realtime.*")
     assert allowed_tables(Role.ANALYST) == ("silver.*", "gold.*", "realtime.*")
-    assert allowed_tables(Role.ADMIN) == ("bronze.*", "silver.*", "gold.*", "realtime.*")
+    assert allowed_tables(Role.ADMIN) == ("bronze.*", "silver.*", "gold.*", "realtime.*", "quality.*")
     assert may_read(Role.ADMIN, "bronze.bad_rows") and not may_read(Role.ANALYST, "bronze.bad_rows")
 
 

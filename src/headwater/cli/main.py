@@ -75,6 +75,7 @@ def up(dagster: bool) -> None:
     try:
         platform.start()
         click.echo(f"collector  {platform.url}  (Segment HTTP API: POST /v1/batch, /v1/track, ...)")
+        click.echo(f"query API  {platform.url}/api  (docs: {platform.url}/api/docs; read tokens: headwater token add)")
         if platform.dagster_url:
             click.echo(f"dagster    {platform.dagster_url}  (Dagster UI: assets, runs, backfills; daily schedule, late-data sensor)")
         click.echo(f"write key  {key_line}  (source {name!r})")
@@ -87,12 +88,13 @@ def up(dagster: bool) -> None:
 @cli.command()
 @_port_option
 def collector() -> None:
-    """Run only the collector (HTTP: Segment tracking API, PostHog capture)."""
+    """Run only the collector (HTTP: Segment tracking API, PostHog capture) and the query API (/api)."""
     from headwater.collector.server import serve
+    from headwater.serve.app import mounts
     from headwater.serve.metrics import render
 
     home = open_home()
-    serve(home, host="127.0.0.1", port=home.settings.collector.port, metrics=lambda: render(home))
+    serve(home, host="127.0.0.1", port=home.settings.collector.port, metrics=lambda: render(home), mounts=mounts(home))
 
 
 @cli.command()
@@ -275,6 +277,9 @@ cli.add_command(_tables)
 
 from headwater.cli.maintain import maintain as _maintain  # noqa: E402
 cli.add_command(_maintain)
+
+from headwater.cli.check import check as _check  # noqa: E402
+cli.add_command(_check)
 
 from headwater.cli.policy import policy as _policy  # noqa: E402
 source.add_command(_policy)

@@ -66,7 +66,7 @@ rows twice but never an event twice in bronze (events are deduplicated by ``even
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -75,7 +75,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from headwater.collector import openapi, posthog, segment
 from headwater.collector.collector import Collector, json_response
@@ -83,11 +83,14 @@ from headwater.collector.wire import Limits, Wire
 from headwater.events import EVENT_TYPES
 
 
-def create_app(collector: Collector, metrics: Callable[[], bytes] | None = None) -> Starlette:
+def create_app(collector: Collector, metrics: Callable[[], bytes] | None = None,
+               mounts: Sequence[BaseRoute] = ()) -> Starlette:
     """The ASGI app serving ``collector`` (started and closed by the ASGI lifespan).
 
     ``metrics``: renders the Prometheus text exposition of ``GET /metrics`` (run in
-    Starlette's thread pool: it reads files and the log); no such route without it."""
+    Starlette's thread pool: it reads files and the log); no such route without it.
+    ``mounts``: more routes served beside the collector's (the query API's ``Mount("/api")``,
+    composed by :mod:`headwater.serve.app`: serving sits above the collector)."""
 
     def endpoint(wire: Wire):
         async def handler(request: Request) -> Response:
@@ -112,6 +115,7 @@ def create_app(collector: Collector, metrics: Callable[[], bytes] | None = None)
     routes = [Route("/health", health, methods=["GET"]), Route("/ready", ready, methods=["GET"])]
     # The OpenAPI document of these routes (no credential: it shows no data).
     spec = openapi.document(Limits.of(collector.settings.collector), metrics=metrics is not None)
+    routes += list(mounts)
     routes.append(Route(openapi.OPENAPI_PATH, lambda request: json_response(200, spec), methods=["GET"]))
     if metrics is not None:
         routes.append(Route("/metrics", lambda request: Response(metrics(), media_type=CONTENT_TYPE_LATEST), methods=["GET"]))

@@ -7,7 +7,9 @@ waits (fsync) happen on the group-commit thread and do not block the loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from starlette.routing import BaseRoute
 
 from headwater.collector.app import create_app
 from headwater.collector.collector import Collector
@@ -18,11 +20,11 @@ from headwater.settings import CollectorSettings
 
 
 def serve(home: Home, host: str = "127.0.0.1", port: int | None = None, log: EventLog | None = None,
-          metrics: Callable[[], bytes] | None = None) -> None:
+          metrics: Callable[[], bytes] | None = None, mounts: Sequence[BaseRoute] = ()) -> None:
     """Serve the collector on ``host:port`` until SIGINT/SIGTERM (blocks).
 
     ``port`` defaults to the setting ``collector.port`` (8088); ``metrics`` renders
-    ``GET /metrics`` (see :func:`~.app.create_app`); ``log`` defaults to the log at
+    ``GET /metrics`` and ``mounts`` are more routes (see :func:`~.app.create_app`); ``log`` defaults to the log at
     ``home.settings.log_url`` (sqlite: WAL checkpoints on a background thread, not in appends).
     Uvicorn runs with ``log_level="warning"`` and no access log (one line per request
     would cost more than decoding it). On shutdown the pending log appends are committed
@@ -39,7 +41,7 @@ def serve(home: Home, host: str = "127.0.0.1", port: int | None = None, log: Eve
 
         log = open_log(home.settings.log_url, background_checkpoint_s=1.0)
     tls = _tls(home.settings.collector)
-    app = create_app(Collector.from_home(home, log), metrics)
+    app = create_app(Collector.from_home(home, log), metrics, mounts)
     uvicorn.run(
         app,
         host=host,

@@ -25,8 +25,8 @@ from headwater.errors import InvalidInputError, NotFoundError
 from headwater.events import BAD_ROW_SCHEMA, EVENT_SCHEMA
 from headwater.lake import schemas as s
 
-LAYERS = ("bronze", "silver", "gold", "realtime")
-Writer = Literal["collector", "stream", "batch", "cdc", "badrows"]
+LAYERS = ("bronze", "silver", "gold", "realtime", "quality")
+Writer = Literal["collector", "stream", "batch", "cdc", "badrows", "quality"]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -87,6 +87,15 @@ TABLES: tuple[TableSpec, ...] = (
               "batch", "Events deduplicated exactly, with the resolved person_id."),
     TableSpec("silver.dim_user", s.DIM_USER_SCHEMA, (), "one row per person_id and version (SCD2)",
               "batch", "User traits over time from identify calls (SCD type 2)."),
+    TableSpec("silver.dim_device", s.DIM_DEVICE_SCHEMA, (), "one row per anonymous_id (device) (SCD1)",
+              "batch", "Device, OS and app version from the event context: SCD type 1, the latest value of each "
+              "attribute (each event keeps the values it was sent with, so history is on the facts)."),
+    TableSpec("silver.dim_experiment", s.DIM_EXPERIMENT_SCHEMA, (), "one row per experiment x variant",
+              "batch", "Configured experiments (variants, weights, control, conversion event) with exposures seen."),
+    TableSpec("silver.exposures", s.EXPOSURES_SCHEMA, ("ds",), "one row per exposure event (source, event_id)",
+              "batch", "Exposures of configured experiments to configured variants, with the resolved person_id."),
+    TableSpec("silver.conversions", s.SILVER_CONVERSIONS_SCHEMA, ("ds",), "one row per conversion event (source, event_id)",
+              "batch", "Conversion events with person, exact revenue and the experiment variants at that moment."),
     TableSpec("silver.evt_*", None, ("ds",), "one row per event of one registered name",
               "batch", "Typed table of one registered event name: one column per contract property."),
     TableSpec("silver.dim_*", None, (), "one row per key and version (SCD2)",
@@ -106,9 +115,14 @@ TABLES: tuple[TableSpec, ...] = (
               "batch", "Configured funnels: persons per step, strict order within the window."),
     TableSpec("gold.experiments", s.EXPERIMENTS_SCHEMA, ("ds",), "ds x experiment x variant (cumulative)",
               "batch", "Exposure, conversion, lift with 95 % CI, p-value and SRM per variant."),
+    TableSpec("gold.conversions", s.CONVERSIONS_SCHEMA, ("ds",), "one row per conversion event (source, event_id)",
+              "batch", "The conversions fact: silver.conversions with the session each conversion happened in."),
     # -- realtime: the stream's window aggregates -------------------------------------------
     TableSpec("realtime.*", None, (), "one row per window x group (see the pipeline)",
               "stream", "Seconds-fresh window aggregates of the stream pipeline."),
+    # -- quality: the data-quality checks' outcomes ------------------------------------------
+    TableSpec("quality.results", s.QUALITY_RESULTS_SCHEMA, (), "one row per check x subject x ds/hour per run",
+              "quality", "Outcomes of the data-quality checks (freshness, completeness, anomalies, bad rows, drift)."),
 )
 
 

@@ -192,3 +192,92 @@ EXPERIMENTS_SCHEMA = pa.schema(
         pa.field("srm", pa.bool_()),  # srm_p_value < 0.001: the split is not as configured
     ]
 )
+
+# -- the modeled layer: conversions fact, device and experiment dimensions ----------------
+REVENUE = pa.decimal128(38, 9)  # exact money: DECIMAL(38, 9) on DuckDB and Spark
+
+# silver.exposures: the exposures of configured experiments to configured variants
+EXPOSURES_SCHEMA = pa.schema(
+    [
+        pa.field("experiment_id", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),  # properties.variation_id, one of the configured variants
+        pa.field("person_id", pa.string(), nullable=False),  # identity-resolved (silver.events)
+        pa.field("source", pa.string(), nullable=False),  # the exposure event's key (source, event_id)
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("event_ts", TS, nullable=False),
+        pa.field("ds", pa.date32(), nullable=False),  # UTC day of event_ts
+    ]
+)
+
+# silver.conversions: the conversion events with person, revenue and variants (no session)
+SILVER_CONVERSIONS_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),  # the conversion event ((source, event_id) is its key)
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("event_name", pa.string(), nullable=False),  # one of the configured conversion events
+        pa.field("event_ts", TS, nullable=False),
+        pa.field("person_id", pa.string(), nullable=False),  # identity-resolved (silver.events)
+        pa.field("platform", pa.string(), nullable=False),
+        pa.field("revenue", REVENUE),  # the configured revenue property; null if absent or not a number
+        pa.field("experiment_variants", pa.string(), nullable=False),  # JSON {experiment_id: variant}, latest exposure at or before
+        pa.field("ds", pa.date32(), nullable=False),  # UTC day of event_ts
+    ]
+)
+
+# gold.conversions: the fact, silver.conversions with the session of each conversion
+CONVERSIONS_SCHEMA = SILVER_CONVERSIONS_SCHEMA.insert(
+    SILVER_CONVERSIONS_SCHEMA.get_field_index("person_id") + 1,
+    pa.field("session_id", pa.string()),  # the gold.sessions session holding the event
+)
+
+DIM_DEVICE_SCHEMA = pa.schema(
+    [
+        pa.field("anonymous_id", pa.string(), nullable=False),  # the device key (SDK install / browser storage id)
+        pa.field("person_id", pa.string(), nullable=False),  # person of the device's latest event
+        pa.field("platform", pa.string(), nullable=False),  # platform of the latest event
+        pa.field("device_type", pa.string()),  # latest non-null value of each attribute (SCD1)
+        pa.field("device_model", pa.string()),
+        pa.field("os_name", pa.string()),
+        pa.field("os_version", pa.string()),
+        pa.field("app_version", pa.string()),
+        pa.field("first_seen_at", TS, nullable=False),  # event time of the device's first event
+        pa.field("last_seen_at", TS, nullable=False),  # ... of its latest event
+    ]
+)
+
+DIM_EXPERIMENT_SCHEMA = pa.schema(
+    [
+        pa.field("experiment_id", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("is_control", pa.bool_(), nullable=False),
+        pa.field("weight", pa.float64(), nullable=False),  # configured traffic share (sums to 1 per experiment)
+        pa.field("control", pa.string(), nullable=False),
+        pa.field("conversion_event", pa.string(), nullable=False),
+        pa.field("exposure_event", pa.string(), nullable=False),
+        pa.field("exposed", pa.int64(), nullable=False),  # distinct persons with an exposure to this variant
+        pa.field("first_exposure_at", TS),  # event time of the variant's first / last exposure (null: none yet)
+        pa.field("last_exposure_at", TS),
+        pa.field("experiment_first_exposure_at", TS),  # ... of the experiment's, any variant
+        pa.field("experiment_last_exposure_at", TS),
+    ]
+)
+
+# quality.results: one row per check outcome, appended by every run of the checks
+# (headwater.quality). ``subject``: what was measured (an event name, a funnel step
+# "a -> b", a realtime table); ``observed`` / ``expected``: the figure and the rule it met
+# or broke; ``blocking``: a failure stops the day's gold partitions from being published.
+QUALITY_RESULTS_SCHEMA = pa.schema(
+    [
+        pa.field("check_name", pa.string(), nullable=False),  # freshness_realtime, completeness_bronze, volume, ...
+        pa.field("table", pa.string(), nullable=False),  # the table judged
+        pa.field("subject", pa.string()),
+        pa.field("ds", pa.date32()),  # the day judged (null: a check of "now", e.g. realtime freshness)
+        pa.field("hour", TS),  # the hour judged (completeness), else null
+        pa.field("status", pa.string(), nullable=False),  # pass | warn | fail
+        pa.field("blocking", pa.bool_(), nullable=False),
+        pa.field("observed", pa.float64()),
+        pa.field("expected", pa.string()),
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("checked_at", TS, nullable=False),  # when the run of the checks started
+    ]
+)

@@ -38,7 +38,8 @@ The session time zone is UTC, so ``timestamp[us, UTC]`` columns display and trun
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -182,16 +183,37 @@ def query(lake: Lake, sql: str, params: dict[str, Any] | list[Any] | None = None
     session, :class:`~headwater.errors.InvalidInputError` for invalid SQL or a value DuckDB
     cannot convert, :class:`~headwater.errors.TransientError` for an I/O failure (each with
     DuckDB's message, naming the object and position; the DuckDB error is the ``__cause__``)."""
-    con = connect(lake)
-    try:
-        register_referenced(con, lake, sql, tables)
-        if hw_token is not None:
-            con.create_function("hw_token", hw_token, ["VARCHAR"], "VARCHAR", type="arrow")
-        if tables is not None:
-            con.execute("SET enable_external_access = false")
-            con.execute("SET lock_configuration = true")
+    with session(lake, sql, tables=tables, hw_token=hw_token) as con, errors():
         rel = con.sql(sql, params=params)
         return rel.to_arrow_table() if rel is not None else pa.table({})
+
+
+@contextmanager
+def session(lake: Lake, sql: str, *, tables: Callable[[str], bool] | None = None,
+            hw_token: Callable[[pa.Array], pa.Array] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A :func:`connect` ready to run ``sql``: the tables it names registered, ``hw_token``
+    and the restrictions of ``tables`` applied as :func:`query` describes; closed on exit.
+    For callers that run ``sql`` themselves (streamed results, a statement timeout with
+    ``con.interrupt()``); wrap the execution in :func:`errors`."""
+    con = connect(lake)
+    try:
+        with errors():
+            register_referenced(con, lake, sql, tables)
+            if hw_token is not None:
+                con.create_function("hw_token", hw_token, ["VARCHAR"], "VARCHAR", type="arrow")
+            if tables is not None:
+                con.execute("SET enable_external_access = false")
+                con.execute("SET lock_configuration = true")
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """DuckDB errors raised inside as headwater errors, as :func:`query` documents."""
+    try:
+        yield
     except duckdb.CatalogException as e:
         raise NotFoundError(str(e), field="sql") from e
     except duckdb.IOException as e:
@@ -200,5 +222,3 @@ def query(lake: Lake, sql: str, params: dict[str, Any] | list[Any] | None = None
         raise ForbiddenError(str(e), field="sql") from e
     except duckdb.Error as e:  # parser, binder, conversion, invalid input, ...
         raise InvalidInputError(str(e), field="sql") from e
-    finally:
-        con.close()

@@ -1,4 +1,4 @@
-"""Configuration of the batch models: funnels, experiments, tracked traits, identity policy.
+"""Configuration of the batch models: funnels, experiments, conversions, tracked traits, identity policy.
 
 The default is ``headwater/models/config.toml`` (documented there); an installation replaces
 it whole with ``$HEADWATER_HOME/models.toml``. :func:`load` reads and validates it into a
@@ -29,6 +29,7 @@ from headwater.errors import InvalidInputError
 
 MAX_FUNNEL_WINDOW_HOURS = 168  # gold.funnels reads 7 days after its range (lookahead_days)
 DEFAULT_EXPOSURE_EVENT = "Experiment Viewed"  # Segment A/B testing spec
+DEFAULT_REVENUE_PROPERTY = "revenue"  # Segment's E-commerce spec (Order Completed.revenue)
 
 
 class ConfigError(InvalidInputError):
@@ -58,6 +59,9 @@ class ModelConfig:
     tracked_traits: tuple[str, ...] = ()
     funnels: tuple[Funnel, ...] = ()
     experiments: tuple[Experiment, ...] = ()
+    # gold.conversions: the event names that are conversions (sorted) and the property holding revenue
+    conversion_events: tuple[str, ...] = ()
+    revenue_property: str = DEFAULT_REVENUE_PROPERTY
 
 
 def path(home: Home | None) -> Path:
@@ -136,7 +140,19 @@ def load(home: Home | None = None) -> ModelConfig:
             )
         )
     _unique([x.id for x in experiments], file, "experiments[].id")
-    return ModelConfig(merge, traits, tuple(funnels), tuple(experiments))
+
+    # Conversions: the listed events, else every experiment's conversion_event and every
+    # funnel's last step (the events the configured metrics already call conversions).
+    conversions = need(doc.get("conversions", {}), dict, "conversions")
+    if "events" in conversions:
+        events = strings(conversions["events"], "conversions.events")
+    else:
+        events = tuple(x.conversion_event for x in experiments) + tuple(f.steps[-1] for f in funnels)
+    revenue = need(conversions.get("revenue_property", DEFAULT_REVENUE_PROPERTY), str, "conversions.revenue_property")
+    if not revenue or any(c in revenue for c in "\"'\\"):  # it becomes a quoted JSON path key on both engines
+        raise ConfigError(f"{file}: conversions.revenue_property: must be a non-empty property name "
+                          f"without quotes or backslashes, got {revenue!r}")
+    return ModelConfig(merge, traits, tuple(funnels), tuple(experiments), tuple(sorted(set(events))), revenue)
 
 
 def _unique(names: list[str], file: Path, field: str) -> None:
@@ -187,6 +203,14 @@ def _experiment_variants(c: ModelConfig) -> str:
     return _values("experiment_variants", (("experiment_id", "VARCHAR"), ("variant", "VARCHAR"), ("weight", "DOUBLE")), rows)
 
 
+def _conversion_events(c: ModelConfig) -> str:
+    return _values("conversion_events", (("event_name", "VARCHAR"),), [(e,) for e in c.conversion_events])
+
+
+def _revenue_property(c: ModelConfig) -> str:
+    return _values("revenue_property", (("property", "VARCHAR"),), [(c.revenue_property,)])
+
+
 def _tracked_traits(c: ModelConfig) -> str:
     return _values("tracked_traits", (("trait", "VARCHAR"),), [(t,) for t in c.tracked_traits])
 
@@ -196,6 +220,8 @@ TABLES: dict[str, Callable[[ModelConfig], str]] = {
     "experiments": _experiments,  # experiment_id, control, conversion_event, exposure_event
     "experiment_variants": _experiment_variants,  # experiment_id, variant, weight (sums to 1)
     "tracked_traits": _tracked_traits,  # trait
+    "conversion_events": _conversion_events,  # event_name
+    "revenue_property": _revenue_property,  # property (one row)
 }
 
 _REPEAT = re.compile(r"^[ \t]*-- repeat for k in 2\.\.max_funnel_steps\n(.*?)^[ \t]*-- end repeat\n", re.M | re.S)

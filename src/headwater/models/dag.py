@@ -146,6 +146,10 @@ MODELS: tuple[Model, ...] = (
     Model("silver.identity_refused", ("bronze.events",), compute=_identity_refused),
     Model("silver.events", ("bronze.events", "silver.identity_map")),
     Model("silver.dim_user", ("bronze.events", "silver.identity_map")),
+    Model("silver.dim_device", SILVER, history=True),
+    Model("silver.exposures", SILVER),
+    Model("silver.dim_experiment", ("silver.exposures",), history=True),
+    Model("silver.conversions", ("silver.events", "silver.exposures"), history=True),  # exposures of any earlier day
     Model("gold.events_hourly", SILVER),
     Model("gold.sessions", SILVER, lookback_days=1, lookahead_days=1),
     Model("gold.active_users", SILVER, lookback_days=27),
@@ -153,6 +157,9 @@ MODELS: tuple[Model, ...] = (
     Model("gold.retention", SILVER, lookahead_days=90, history=True),
     Model("gold.funnels", SILVER, lookahead_days=model_config.MAX_FUNNEL_WINDOW_HOURS // 24),
     Model("gold.experiments", SILVER, history=True),
+    # a conversion's session may have started the day before (history stays in
+    # silver.conversions, so gold.sessions is not rebuilt over all history for it)
+    Model("gold.conversions", ("silver.conversions", "gold.sessions"), lookback_days=1),
 )
 """The fixed models (every table the catalog declares with writer ``batch``), in dependency
 order (every model after the models it reads)."""

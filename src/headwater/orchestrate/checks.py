@@ -5,13 +5,16 @@
 * ``silver/events: subset_of_bronze`` — every silver row is one delivery of bronze: its
   ``(event_id, received_at)`` exists in ``bronze.events`` (nothing invented, nothing kept
   after bronze lost it);
+* ``silver/events: complete_from_bronze`` — the converse: every bronze event key whose first
+  copy lies in silver's built ``ds`` range is in silver (nothing lost;
+  :data:`headwater.quality.checks.MISSING_FROM_SILVER`);
 * ``silver/dim_user: one_current_row_per_user`` — SCD2: each user key has exactly one row
   with ``is_current``. Defined only when a model builds ``silver.dim_user``; passes with a
   note while that table does not exist yet.
 
-The first two are *blocking*: in a run that also builds gold, a failed check stops the gold
+The first three are *blocking*: in a run that also builds gold, a failed check stops the gold
 steps, so gold is never computed from a silver that breaks them. Each failure carries the
-count and up to :data:`SAMPLE` offending keys as metadata. All three are plain DuckDB
+count and up to :data:`SAMPLE` offending keys as metadata. All are plain DuckDB
 queries over the SQL catalog (:mod:`headwater.lake.sql`).
 """
 
@@ -24,6 +27,7 @@ from headwater.lake import sql as lake_sql
 from headwater.lake.store import Lake
 from headwater.models.dag import Model
 from headwater.orchestrate.assets import asset_key
+from headwater.quality.checks import MISSING_FROM_SILVER
 
 SAMPLE = 10
 
@@ -96,7 +100,16 @@ def invariant_checks(home: Home, models: tuple[Model, ...]) -> list[AssetChecksD
             needs = ("silver.events", "bronze.events")
             return check_result(violations(home, NOT_IN_BRONZE, needs), "silver rows not found in bronze.events", needs)
 
-        checks += [event_id_unique, subset_of_bronze]
+        @asset_check(
+            asset=asset_key("silver.events"),
+            blocking=True,
+            description="every bronze.events key whose first copy is in silver's ds range is in silver.events",
+        )
+        def complete_from_bronze() -> AssetCheckResult:
+            needs = ("silver.events", "bronze.events")
+            return check_result(violations(home, MISSING_FROM_SILVER, needs), "bronze events missing from silver.events", needs)
+
+        checks += [event_id_unique, subset_of_bronze, complete_from_bronze]
     if "silver.dim_user" in by_table:
         sql = CURRENT_ROWS.format(key=user_key_column(by_table["silver.dim_user"]))
 

@@ -28,9 +28,11 @@ import datetime as dt
 import enum
 import json
 import os
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import duckdb
 import filelock
 import pyarrow as pa
 
@@ -142,8 +144,19 @@ def run_sql(home: Home, principal: Principal, sql: str, params: dict | list | No
     session holding only the role's tables, without file access; an admin's session also has
     ``hw_token(VARCHAR)``. Errors as those two functions raise."""
     check_sql(principal, sql)
+    return lake_sql.query(Lake.of(home), sql, params, **_restrictions(home, principal))
+
+
+def sql_session(home: Home, principal: Principal, sql: str) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+    """:func:`check_sql`, then the restricted session of :func:`run_sql` ready to run ``sql``
+    (:func:`headwater.lake.sql.session`), for callers that stream its result or interrupt it."""
+    check_sql(principal, sql)
+    return lake_sql.session(Lake.of(home), sql, **_restrictions(home, principal))
+
+
+def _restrictions(home: Home, principal: Principal) -> dict:
     hw_token = Tokenizer(home.hmac_key()).column if principal.role >= Role.ADMIN else None
-    return lake_sql.query(Lake.of(home), sql, params, tables=lambda t: may_read(principal.role, t), hw_token=hw_token)
+    return {"tables": lambda t: may_read(principal.role, t), "hw_token": hw_token}
 
 
 class TokenStore:

@@ -1,0 +1,79 @@
+-- silver.dim_device
+-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.
+--
+-- The device dimension: one row per anonymous_id. The grain is the device, not the person:
+-- anonymous_id is what the SDKs keep per install / browser storage (Segment's anonymousId,
+-- PostHog's $device_id), so it is the one key whose device, OS and app describe one
+-- physical client; a person has several devices, and a shared device several persons.
+-- person_id: the person of the device's latest event (silver.events, identity-resolved).
+-- Events without an anonymous_id (server-side calls) describe no device: left out.
+--
+-- Attributes from the event context (Segment's context.device.type / .model, context.os.name
+-- / .version, context.app.version), else PostHog's properties ($device_type, $device_model,
+-- $os_name or $os, $os_version, $app_version). Each is the latest non-null value sent by the
+-- device (event time, then event_id, then source).
+--
+-- SCD type 1, rebuilt whole on every run: a device's attributes are overwritten with their
+-- latest values, no history kept. The history is already on the facts: every event keeps
+-- the context it was sent with (silver.events.context), so "conversions by the app version
+-- they happened on" reads the event, not this table; what a dimension adds is the device's
+-- current state ("which OS version are our devices on now"), and an SCD2 version per app or
+-- OS upgrade would grow with every release for no question the facts cannot answer. (Traits
+-- are different: they come only with identify calls, not on each event, so silver.dim_user
+-- keeps their history as SCD2.)
+-- Reads all of silver.events (history = true). Parameters: none.
+WITH device_events AS (
+    SELECT
+        anonymous_id,
+        person_id,
+        platform,
+        event_ts,
+        event_id,
+        source,
+        coalesce(json_extract_string(context, '$.device.type'),
+                 json_extract_string(properties, '$."$device_type"')) AS device_type,
+        coalesce(json_extract_string(context, '$.device.model'),
+                 json_extract_string(properties, '$."$device_model"')) AS device_model,
+        coalesce(json_extract_string(context, '$.os.name'),
+                 json_extract_string(properties, '$."$os_name"'),
+                 json_extract_string(properties, '$."$os"')) AS os_name,
+        coalesce(json_extract_string(context, '$.os.version'),
+                 json_extract_string(properties, '$."$os_version"')) AS os_version,
+        coalesce(json_extract_string(context, '$.app.version'),
+                 json_extract_string(properties, '$."$app_version"')) AS app_version
+    FROM silver.events
+    WHERE anonymous_id IS NOT NULL
+      AND person_id IS NOT NULL
+),
+latest AS (
+    SELECT
+        anonymous_id,
+        person_id,
+        platform,
+        last_value(device_type IGNORE NULLS) OVER w AS device_type,
+        last_value(device_model IGNORE NULLS) OVER w AS device_model,
+        last_value(os_name IGNORE NULLS) OVER w AS os_name,
+        last_value(os_version IGNORE NULLS) OVER w AS os_version,
+        last_value(app_version IGNORE NULLS) OVER w AS app_version,
+        min(event_ts) OVER (PARTITION BY anonymous_id) AS first_seen_at,
+        event_ts AS last_seen_at,
+        row_number() OVER (PARTITION BY anonymous_id ORDER BY event_ts DESC, event_id DESC, source DESC) AS n
+    FROM device_events
+    WINDOW w AS (
+        PARTITION BY anonymous_id ORDER BY event_ts, event_id, source
+        ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING
+    )
+)
+SELECT
+    anonymous_id,
+    person_id,
+    platform,
+    device_type,
+    device_model,
+    os_name,
+    os_version,
+    app_version,
+    first_seen_at,
+    last_seen_at
+FROM latest
+WHERE n = 1

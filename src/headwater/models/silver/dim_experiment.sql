@@ -1,0 +1,45 @@
+-- silver.dim_experiment
+-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.
+--
+-- The experiment dimension: one row per configured experiment and variant (models config
+-- [[experiments]], rendered in as experiments and experiment_variants): the variant's
+-- configured weight (normalised to sum to 1), the control, the conversion and exposure
+-- events, and what was seen of it in silver.exposures: distinct persons exposed to the
+-- variant and the first / last exposure (event time), per variant and per experiment (any
+-- variant; null while nothing was seen). An experiment removed from the config leaves the
+-- table.
+-- Rebuilt whole on every run (SCD type 1: the config's current state; the days results were
+-- computed with are in gold.experiments).
+-- Reads all of silver.exposures (history = true). Parameters: none.
+WITH experiments AS (
+    SELECT * FROM {{experiments}} AS x
+),
+variants AS (
+    SELECT * FROM {{experiment_variants}} AS v
+),
+seen AS (
+    SELECT
+        experiment_id,
+        variant,
+        count(DISTINCT person_id) AS exposed,
+        min(event_ts) AS first_exposure_at,
+        max(event_ts) AS last_exposure_at
+    FROM silver.exposures
+    GROUP BY experiment_id, variant
+)
+SELECT
+    v.experiment_id,
+    v.variant,
+    v.variant = x.control AS is_control,
+    v.weight,
+    x.control,
+    x.conversion_event,
+    x.exposure_event,
+    coalesce(s.exposed, 0) AS exposed,
+    s.first_exposure_at,
+    s.last_exposure_at,
+    min(s.first_exposure_at) OVER (PARTITION BY v.experiment_id) AS experiment_first_exposure_at,
+    max(s.last_exposure_at) OVER (PARTITION BY v.experiment_id) AS experiment_last_exposure_at
+FROM variants AS v
+JOIN experiments AS x ON x.experiment_id = v.experiment_id
+LEFT JOIN seen AS s ON s.experiment_id = v.experiment_id AND s.variant = v.variant
