@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from decimal import Decimal
 
 import datasketches
 import httpx
@@ -77,6 +78,13 @@ def write_lake(home: Home) -> None:
     _write(lake, "gold.events_hourly", s.EVENTS_HOURLY_SCHEMA, [
         {"hour": t0, "event_type": "track", "event_name": name, "platform": plat, "events": ev, "persons": n, "ds": D1}
         for name, plat, ev, n in (("Viewed", "web", 40, K), ("Viewed", "ios", 7, 1), ("Clicked", "web", 20, K), ("Rare", "web", 90, K - 1))])
+    _write(lake, "gold.revenue", s.REVENUE_SCHEMA, [
+        {"ds": ds, "platform": plat, "revenue": Decimal(rev), "conversions": 9, "paying_persons": n, "active_users": 10,
+         "revenue_per_active_user": float(Decimal(rev) / 10)}
+        for ds, plat, rev, n in ((D1, "web", "0.3", K), (D1, "ios", "5", K - 1), (D2, "web", "1234567890123.45", K + 1))])
+    _write(lake, "gold.active_users_monthly", s.ACTIVE_USERS_MONTHLY_SCHEMA, [
+        {"ds": ds, "month": ds.replace(day=1), "platform": plat, "active_users": n}
+        for ds, plat, n in ((D1 - dt.timedelta(days=1), "web", K + 2), (D1, "web", K), (D1, "ios", K - 1), (D2, "web", K + 1))])
     now = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
     minute = dt.timedelta(minutes=1)
     lake.append("realtime.events_per_minute", pa.table({

@@ -109,6 +109,8 @@ TABLES: tuple[TableSpec, ...] = (
               "batch", "DAU / WAU / MAU (trailing 1 / 7 / 28 days) and stickiness."),
     TableSpec("gold.active_users_by_platform", s.ACTIVE_USERS_BY_PLATFORM_SCHEMA, ("ds",), "ds x platform",
               "batch", "DAU / WAU / MAU and stickiness per platform."),
+    TableSpec("gold.active_users_monthly", s.ACTIVE_USERS_MONTHLY_SCHEMA, ("ds",), "ds x platform (month to date)",
+              "batch", "Calendar-month actives per platform, month to date (the month's last day: the whole month)."),
     TableSpec("gold.retention", s.RETENTION_SCHEMA, ("ds",), "cohort_grain x cohort_start x period",
               "batch", "Day (n = 0..30) and week (k = 0..12) retention cohorts."),
     TableSpec("gold.funnels", s.FUNNELS_SCHEMA, ("ds",), "ds x funnel x platform x step",
@@ -117,6 +119,8 @@ TABLES: tuple[TableSpec, ...] = (
               "batch", "Exposure, conversion, lift with 95 % CI, p-value and SRM per variant."),
     TableSpec("gold.conversions", s.CONVERSIONS_SCHEMA, ("ds",), "one row per conversion event (source, event_id)",
               "batch", "The conversions fact: silver.conversions with the session each conversion happened in."),
+    TableSpec("gold.revenue", s.REVENUE_SCHEMA, ("ds",), "ds x platform",
+              "batch", "Exact revenue, conversions, paying persons and revenue per active user."),
     # -- realtime: the stream's window aggregates -------------------------------------------
     TableSpec("realtime.*", None, (), "one row per window x group (see the pipeline)",
               "stream", "Seconds-fresh window aggregates of the stream pipeline."),

@@ -117,6 +117,16 @@ ACTIVE_USERS_BY_PLATFORM_SCHEMA = pa.schema(
     + [f for f in ACTIVE_USERS_SCHEMA if f.name != "ds"]
 )
 
+# gold.active_users_monthly: calendar-month actives, month to date, per platform
+ACTIVE_USERS_MONTHLY_SCHEMA = pa.schema(
+    [
+        pa.field("month", pa.date32(), nullable=False),  # first day of ds's calendar month
+        pa.field("platform", pa.string(), nullable=False),
+        pa.field("active_users", pa.int64(), nullable=False),  # distinct persons active in [month, ds]
+        pa.field("ds", pa.date32(), nullable=False),  # the month's last day: its calendar-month actives
+    ]
+)
+
 SESSIONS_SCHEMA = pa.schema(
     [
         pa.field("session_id", pa.string(), nullable=False),  # person_id:start (µs since epoch)
@@ -228,6 +238,19 @@ SILVER_CONVERSIONS_SCHEMA = pa.schema(
 CONVERSIONS_SCHEMA = SILVER_CONVERSIONS_SCHEMA.insert(
     SILVER_CONVERSIONS_SCHEMA.get_field_index("person_id") + 1,
     pa.field("session_id", pa.string()),  # the gold.sessions session holding the event
+)
+
+# gold.revenue: per ds x platform, the exact revenue of gold.conversions and revenue per active user
+REVENUE_SCHEMA = pa.schema(
+    [
+        pa.field("platform", pa.string(), nullable=False),
+        pa.field("revenue", REVENUE, nullable=False),  # exact sum of the conversions' revenue (0 without any)
+        pa.field("conversions", pa.int64(), nullable=False),  # conversion events, with or without revenue
+        pa.field("paying_persons", pa.int64(), nullable=False),  # distinct persons with a conversion of revenue > 0
+        pa.field("active_users", pa.int64(), nullable=False),  # DAU of the platform (gold.active_users_by_platform)
+        pa.field("revenue_per_active_user", pa.float64()),  # revenue / active_users; null when active_users = 0
+        pa.field("ds", pa.date32(), nullable=False),  # UTC day of the conversions
+    ]
 )
 
 DIM_DEVICE_SCHEMA = pa.schema(

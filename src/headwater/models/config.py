@@ -62,6 +62,10 @@ class ModelConfig:
     # gold.conversions: the event names that are conversions (sorted) and the property holding revenue
     conversion_events: tuple[str, ...] = ()
     revenue_property: str = DEFAULT_REVENUE_PROPERTY
+    # gold.retention's cohort (start) and return events; None = any event, the shipped
+    # definition. Not in models.toml: an ad-hoc retention read renders the same SQL with them set.
+    retention_start_event: str | None = None
+    retention_return_event: str | None = None
 
 
 def path(home: Home | None) -> Path:
@@ -211,6 +215,13 @@ def _revenue_property(c: ModelConfig) -> str:
     return _values("revenue_property", (("property", "VARCHAR"),), [(c.revenue_property,)])
 
 
+def _retention_events(c: ModelConfig) -> str:
+    def lit(v: str | None) -> str:
+        return "CAST(NULL AS VARCHAR)" if v is None else _literal(v)
+
+    return f"(SELECT {lit(c.retention_start_event)} AS start_event, {lit(c.retention_return_event)} AS return_event)"
+
+
 def _tracked_traits(c: ModelConfig) -> str:
     return _values("tracked_traits", (("trait", "VARCHAR"),), [(t,) for t in c.tracked_traits])
 
@@ -222,6 +233,7 @@ TABLES: dict[str, Callable[[ModelConfig], str]] = {
     "tracked_traits": _tracked_traits,  # trait
     "conversion_events": _conversion_events,  # event_name
     "revenue_property": _revenue_property,  # property (one row)
+    "retention_events": _retention_events,  # start_event, return_event (one row; NULL: any event)
 }
 
 _REPEAT = re.compile(r"^[ \t]*-- repeat for k in 2\.\.max_funnel_steps\n(.*?)^[ \t]*-- end repeat\n", re.M | re.S)

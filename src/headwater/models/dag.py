@@ -110,14 +110,16 @@ class Model:
         """``<layer>/<name>.sql`` in the ``headwater.models`` package; ``None`` for a Python model."""
         return None if self.compute else self.table.replace(".", "/") + ".sql"
 
-    def sql(self, home: Home | None = None) -> str:
-        """The model's SQL text with ``home``'s models configuration rendered in (the default
-        configuration without ``home``). :class:`InvalidInputError` for a Python model and
+    def sql(self, home: Home | None = None, config: model_config.ModelConfig | None = None) -> str:
+        """The model's SQL text with a models configuration rendered in: ``config`` if given
+        (the query API computes an ad-hoc funnel or retention on read with the gold model's
+        own SQL this way), else ``home``'s (the default configuration without ``home``).
+        :class:`InvalidInputError` for a Python model and
         :class:`headwater.models.config.ConfigError` for an invalid configuration."""
         if self.sql_file is None:
             raise InvalidInputError(f"{self.table} is a Python model (compute), it has no SQL", field="model")
         text = resources.files("headwater.models").joinpath(self.sql_file).read_text()
-        return model_config.render(text, model_config.load(home))
+        return model_config.render(text, config or model_config.load(home))
 
     @property
     def affected_days(self) -> tuple[int | None, int | None]:
@@ -154,12 +156,14 @@ MODELS: tuple[Model, ...] = (
     Model("gold.sessions", SILVER, lookback_days=1, lookahead_days=1),
     Model("gold.active_users", SILVER, lookback_days=27),
     Model("gold.active_users_by_platform", SILVER, lookback_days=27),
+    Model("gold.active_users_monthly", SILVER, lookback_days=30),  # the first of ds's month
     Model("gold.retention", SILVER, lookahead_days=90, history=True),
     Model("gold.funnels", SILVER, lookahead_days=model_config.MAX_FUNNEL_WINDOW_HOURS // 24),
     Model("gold.experiments", SILVER, history=True),
     # a conversion's session may have started the day before (history stays in
     # silver.conversions, so gold.sessions is not rebuilt over all history for it)
     Model("gold.conversions", ("silver.conversions", "gold.sessions"), lookback_days=1),
+    Model("gold.revenue", ("gold.conversions", "gold.active_users_by_platform")),
 )
 """The fixed models (every table the catalog declares with writer ``batch``), in dependency
 order (every model after the models it reads)."""

@@ -22,7 +22,8 @@ status  when
 504     ``/api/sql``: the statement ran longer than ``serve.sql_timeout_s`` and was interrupted
 ======  ===========================================================================================
 
-The metric routes are in :mod:`headwater.serve.metrics_api`, SQL in :mod:`headwater.serve.sql_api`.
+The metric routes are in :mod:`headwater.serve.metrics_api` (ad-hoc funnels and retention computed
+on read: :mod:`headwater.serve.adhoc_api`), SQL in :mod:`headwater.serve.sql_api`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headwater.config import Home
 from headwater.errors import ForbiddenError, HeadwaterError, NotFoundError, TransientError, UnauthorizedError
-from headwater.serve import metrics_api, sql_api
+from headwater.serve import adhoc_api, metrics_api, sql_api
 from headwater.serve.access import TokenStore
 
 STATUS = {UnauthorizedError: 401, ForbiddenError: 403, NotFoundError: 404, TransientError: 503,
@@ -84,5 +85,6 @@ def create_api(home: Home) -> FastAPI:
         return error_response(e.status_code, "HTTPError", str(e.detail), None)
 
     api.include_router(metrics_api.router)
+    api.include_router(adhoc_api.router)
     api.include_router(sql_api.router)
     return api

@@ -9,7 +9,8 @@ with prepared parameters (user input never becomes SQL text) and answers
 Privacy floor (:mod:`headwater.serve.privacy`, k = ``serve.k_anonymity``), for every role:
 each row is a breakdown cell whose ``persons`` column is the **smallest distinct-persons
 count the row shows** (dau; a retention cell's active users; a funnel step's users; an
-experiment variant's converters; a sessions day × platform's persons); a row under k is
+experiment variant's converters; a sessions day × platform's persons; a revenue day ×
+platform's paying persons; a month × platform's actives); a row under k is
 withheld and counted in ``suppressed``. Top events use the largest hourly ``persons`` of the
 event in the range, a lower bound of its distinct persons (gold.events_hourly is hourly;
 persons do not add up across hours), so the floor errs on the side of withholding. For a
@@ -104,6 +105,40 @@ def active_users(home: HomeDep, principal: PrincipalDep, start: Start = None, en
                       "WHERE ds BETWEEN $start AND $end ORDER BY ds", {"start": start, "end": end})
         body["total"] = _answer(home, principal, "active_users", total, start, end)["rows"]
     return body
+
+
+@router.get("/metrics/monthly_active_users", summary="Calendar-month actives by platform")
+def monthly_active_users(home: HomeDep, principal: PrincipalDep, start: Start = None, end: End = None,
+                         platform: Platform = None) -> dict:
+    """One row per calendar month touching the range × platform, from
+    ``gold.active_users_monthly`` (month to date): month (its first day), platform,
+    active_users (distinct persons active from the first of the month to ``through``),
+    through (the month's last day in the range with a row), complete (``through`` is the
+    month's last day: the whole calendar month)."""
+    start, end = _date_range(home, "gold.active_users_monthly", start, end)
+    # month-to-date counts only grow within a month: the row of its last day in the range is the answer
+    rows = _read(home, "gold.active_users_monthly",
+                 "SELECT month, platform, arg_max(active_users, ds) AS active_users, max(ds) AS through, "
+                 "max(ds) = last_day(month) AS complete, arg_max(active_users, ds) AS persons FROM gold.active_users_monthly "
+                 f"WHERE ds BETWEEN $start AND $end AND {_PLATFORM} GROUP BY month, platform ORDER BY month, platform",
+                 {"start": start, "end": end, "platform": platform})
+    return _answer(home, principal, "monthly_active_users", rows, start, end, platform)
+
+
+@router.get("/metrics/revenue", summary="Exact revenue per day and platform, with revenue per active user")
+def revenue(home: HomeDep, principal: PrincipalDep, start: Start = None, end: End = None, platform: Platform = None) -> dict:
+    """Rows of ``gold.revenue``: ds, platform, revenue (the exact sum of the configured revenue
+    property, a decimal **string** with 9 decimals, e.g. ``"0.300000000"``: a JSON number would
+    go through a binary float), conversions, paying_persons (distinct persons with a conversion
+    of positive revenue: the floor applies to them), active_users (DAU) and
+    revenue_per_active_user (a float)."""
+    start, end = _date_range(home, "gold.revenue", start, end)
+    rows = _read(home, "gold.revenue",
+                 "SELECT ds, platform, CAST(revenue AS VARCHAR) AS revenue, conversions, paying_persons, active_users, "
+                 "revenue_per_active_user, paying_persons AS persons FROM gold.revenue "
+                 f"WHERE ds BETWEEN $start AND $end AND {_PLATFORM} ORDER BY ds, platform",
+                 {"start": start, "end": end, "platform": platform})
+    return _answer(home, principal, "revenue", rows, start, end, platform)
 
 
 @router.get("/metrics/retention", summary="Retention matrix: day or week cohorts")

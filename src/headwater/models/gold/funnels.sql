@@ -4,7 +4,8 @@
 -- ds is the UTC day of the entry.
 --
 -- Funnels come from the models config ([[funnels]]: ordered steps = event names, a
--- conversion window), rendered in as the table funnel_steps. An entry is a step-1 event of a
+-- conversion window), rendered in as the table funnel_steps. The query API renders this same
+-- SQL with one ad-hoc funnel to compute it on read from silver.events (one definition). An entry is a step-1 event of a
 -- person on ds; from it the person reaches step k if events of steps 2..k follow in strict
 -- order — each strictly later in event time than the previous step's — all within the
 -- window after the entry (other events in between are allowed: Amplitude's "this order",

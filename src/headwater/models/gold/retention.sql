@@ -5,12 +5,16 @@
 -- or 'week' (period k = 0..12 ISO weeks; cohort_start = the Monday, ds = the Sunday closing
 -- that week).
 --
--- A person's cohort is their first-active day (the first ds with an event in silver.events,
--- over all history) and that day's ISO week (Monday to Sunday). A cohort member is retained
--- in period n (day grain) if active on ds + n; in period k (week grain) if active on any
--- day of the k-th week after the cohort week. retention = active_users / cohort_size
--- ("N-day / N-week retention", Amplitude's and Mixpanel's definition of retention on day N;
--- day 0 / week 0 is 1 by construction for day cohorts). Only complete periods have a row:
+-- The definition is the rendered table retention_events (start_event, return_event; NULL = any event). The
+-- shipped gold.retention uses any event for both; the query API renders this same SQL with
+-- other events for an ad-hoc retention read from silver.events (one definition).
+-- A person's cohort is their first start day (the first ds with a start event in
+-- silver.events, over all history) and that day's ISO week (Monday to Sunday). A cohort
+-- member is retained in period n (day grain) if active (a return event) on ds + n; in period
+-- k (week grain) if active on any day of the k-th week after the cohort week. retention =
+-- active_users / cohort_size ("N-day / N-week retention", Amplitude's and Mixpanel's
+-- definition of retention on day N; with any event, day 0 / week 0 is 1 by construction for
+-- day cohorts). Only complete periods have a row:
 -- the period's last day is at most the last ds in silver.events, so a cell appears once its
 -- data can be final (a late day restates it, see Model.affected_days).
 --
@@ -18,11 +22,19 @@
 -- (a first week starting before the first day of data still has a partition of its own).
 -- Reads silver.events for every ds up to $end + 90 (history = true, lookahead_days = 90:
 -- a week cohort's ds is its Sunday; week 12 ends 12 * 7 + 6 days after its Monday).
-WITH person_days AS (
-    SELECT DISTINCT person_id, ds
-    FROM silver.events
-    WHERE ds <= CAST($end AS DATE) + 90
-      AND person_id IS NOT NULL
+WITH person_events AS (
+    SELECT DISTINCT
+        e.person_id,
+        e.ds,
+        (d.start_event IS NULL OR e.event_name = d.start_event) AS is_start,
+        (d.return_event IS NULL OR e.event_name = d.return_event) AS is_return
+    FROM silver.events AS e
+    CROSS JOIN {{retention_events}} AS d
+    WHERE e.ds <= CAST($end AS DATE) + 90
+      AND e.person_id IS NOT NULL
+),
+person_days AS (
+    SELECT DISTINCT person_id, ds FROM person_events WHERE is_return
 ),
 horizon AS (
     SELECT max(ds) AS last_ds FROM silver.events
@@ -33,7 +45,8 @@ firsts AS (
         min(ds) AS first_ds,
         CAST(date_trunc('week', min(ds)) AS DATE) AS first_week,
         CAST(date_trunc('week', min(ds)) AS DATE) + 6 AS first_week_end
-    FROM person_days
+    FROM person_events
+    WHERE is_start
     GROUP BY person_id
 ),
 day_cells AS (
