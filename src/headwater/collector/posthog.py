@@ -86,11 +86,11 @@ from headwater.collector.wire import (
     cut_deep,
     depth_reason,
     reason_text,
+    reject_time_violations,
 )
 from headwater.events import DECODE_FAILURE, ENVELOPE_VIOLATION, SIZE_VIOLATION
 from headwater.ingest.badrows import BadRow, redact
 from headwater.ingest.canonical import (
-    EVENT_TIME_RANGE,
     FUTURE_TOLERANCE_US,
     EventColumns,
     Normalized,
@@ -99,7 +99,6 @@ from headwater.ingest.canonical import (
     derive_event_id,
     event_id_prefix,
     surface_of,
-    time_violation_reason,
 )
 from headwater.ingest.tokens import Tokenizer
 
@@ -412,12 +411,8 @@ def normalize(req: Request, *, source: str, received_at_us: int, tokenizer: Toke
             reject(i, DECODE_FAILURE, contained(i, e, PROTOCOL), raw, rule="internal")
 
     built = build_events(EventColumns.from_rows(rows), source=source, received_at_us=received_at_us, future_tolerance_us=future_tolerance_us)
-    if built.violations:  # event time out of range: a bad row naming the field (absolute for the request's sent_at)
-        for v in built.violations:
-            path = _TIME_PATHS[v.field]
-            rel = path[0] != "$"
-            i = rows_at[v.row]
-            reject(i, ENVELOPE_VIOLATION, time_violation_reason("{at}" + path if rel else path), req.raws[i], path if rel else "", EVENT_TIME_RANGE)
+    if built.violations:  # event time out of range: a bad row naming the field
+        reject_time_violations(built.violations, _TIME_PATHS, rows_at, req.raws, reject)
         rejections.sort(key=lambda r: r.index)
     return Normalized(built.events, rejections)
 

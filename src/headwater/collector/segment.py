@@ -60,7 +60,18 @@ from typing import Any, Literal
 
 import msgspec
 
-from headwater.collector.wire import DEPTH_CUT, MAX_EVENT_BYTES, Limits, Wire, WireError, contained, cut_deep, depth_reason, reason_text
+from headwater.collector.wire import (
+    DEPTH_CUT,
+    MAX_EVENT_BYTES,
+    Limits,
+    Wire,
+    WireError,
+    contained,
+    cut_deep,
+    depth_reason,
+    reason_text,
+    reject_time_violations,
+)
 from headwater.events import (
     DECODE_FAILURE,
     ENVELOPE_VIOLATION,
@@ -69,7 +80,6 @@ from headwater.events import (
 )
 from headwater.ingest.badrows import BadRow, redact
 from headwater.ingest.canonical import (
-    EVENT_TIME_RANGE,
     FUTURE_TOLERANCE_US,
     EventColumns,
     Normalized,
@@ -78,7 +88,6 @@ from headwater.ingest.canonical import (
     derive_event_id,
     event_id_prefix,
     surface_of,
-    time_violation_reason,
 )
 from headwater.ingest.tokens import Tokenizer
 
@@ -375,12 +384,8 @@ def normalize(env: Envelope, *, source: str, received_at_us: int, tokenizer: Tok
 
     built = build_events(EventColumns.from_rows(rows), source=source, received_at_us=received_at_us, sent_at=env.sent_at,
                          future_tolerance_us=future_tolerance_us)
-    if built.violations:  # event time out of range: a bad row naming the field (absolute for the batch's sentAt)
-        for v in built.violations:
-            path = _TIME_PATHS[v.field]
-            rel = path[0] != "$"
-            i = rows_at[v.row]
-            reject(i, ENVELOPE_VIOLATION, time_violation_reason("{at}" + path if rel else path), env.messages[i], path if rel else "", EVENT_TIME_RANGE)
+    if built.violations:  # event time out of range: a bad row naming the field
+        reject_time_violations(built.violations, _TIME_PATHS, rows_at, env.messages, reject)
         rejections.sort(key=lambda r: r.index)
     return Normalized(built.events, rejections)
 

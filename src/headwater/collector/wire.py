@@ -21,9 +21,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from headwater.errors import InvalidInputError
-from headwater.events import DECODE_FAILURE, SIZE_VIOLATION
+from headwater.events import DECODE_FAILURE, ENVELOPE_VIOLATION, SIZE_VIOLATION
 from headwater.ingest.badrows import MAX_BAD_PAYLOAD_CHARS, redact
-from headwater.ingest.canonical import Normalized
+from headwater.ingest.canonical import EVENT_TIME_RANGE, Normalized, TimeViolation, time_violation_reason
 from headwater.ingest.tokens import Tokenizer
 from headwater.settings import CollectorSettings
 
@@ -191,3 +191,18 @@ def _max_depth(brackets: np.ndarray) -> int:
     if not len(brackets):
         return 0
     return int(np.cumsum(np.where((brackets == 0x5B) | (brackets == 0x7B), 1, -1)).max())
+
+
+def reject_time_violations(violations: Sequence[TimeViolation], paths: Mapping[str, str], rows_at: Sequence[int],
+                           raws: Sequence[Any], reject: Callable[..., None]) -> None:
+    """One ``envelope_violation`` bad row per out-of-range event time (the ``violations`` of
+    :func:`~headwater.ingest.canonical.build_events`), naming its field: ``paths`` maps a
+    violation's field to its JSON path, relative to the message (``.timestamp``) or absolute
+    for a request-level field (``$.sentAt``); ``rows_at[row]`` is the message index of an
+    event row, ``raws[i]`` its raw message; ``reject(i, code, reason, raw, field, rule)``
+    records the rejection (the wire adapter's own)."""
+    for v in violations:
+        path = paths[v.field]
+        rel = path[0] != "$"
+        i = rows_at[v.row]
+        reject(i, ENVELOPE_VIOLATION, time_violation_reason("{at}" + path if rel else path), raws[i], path if rel else "", EVENT_TIME_RANGE)
