@@ -2,7 +2,9 @@
 
 Served on the collector's port (:mod:`headwater.serve.app` mounts it beside the collector's
 routes); OpenAPI 3.1 at ``/api/openapi.json``, interactive docs at ``/api/docs`` — both
-public, they show no data.
+public, they show no data. The docs page is Swagger UI vendored into the package
+(``serve/static/vendor/swagger-ui``, swagger-ui-dist 5.36.0 from npm, Apache-2.0), so it works
+without internet.
 
 Auth: every other route needs ``Authorization: Bearer <read token>``
 (:class:`headwater.serve.access.TokenStore`; ``headwater token add``). Missing, unknown or
@@ -28,9 +30,13 @@ on read: :mod:`headwater.serve.adhoc_api`), SQL in :mod:`headwater.serve.sql_api
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headwater.config import Home
@@ -38,6 +44,7 @@ from headwater.errors import ForbiddenError, HeadwaterError, NotFoundError, Tran
 from headwater.serve import adhoc_api, metrics_api, sql_api
 from headwater.serve.access import TokenStore
 
+SWAGGER_UI = Path(__file__).parent / "static" / "vendor" / "swagger-ui"
 STATUS = {UnauthorizedError: 401, ForbiddenError: 403, NotFoundError: 404, TransientError: 503,
           sql_api.StatementTimeout: 504}
 
@@ -60,9 +67,19 @@ def create_api(home: Home) -> FastAPI:
         description=__doc__.split("\n\n", 1)[1],
         version="1",
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # served below from the vendored Swagger UI, not FastAPI's CDN default
         redoc_url=None,
     )
+    api.mount("/static/swagger-ui", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")  # "/api" where mounted
+        assets = f"{root}/static/swagger-ui"
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=api.title,
+                                   swagger_js_url=f"{assets}/swagger-ui-bundle.js", swagger_css_url=f"{assets}/swagger-ui.css",
+                                   swagger_favicon_url=f"{assets}/favicon-32x32.png")
+
     api.state.home = home
     api.state.tokens = TokenStore(home)
 
