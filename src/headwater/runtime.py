@@ -24,10 +24,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from headwater.config import Home
 from headwater.errors import TransientError
+from headwater.serve.heartbeat import Heartbeat
 from headwater.serve.progress import log_offsets
 
 log = logging.getLogger("headwater.runtime")
@@ -161,10 +163,15 @@ class Platform:
         self.start_component(name)
         self.started[name] = time.monotonic()
 
-    def supervise(self, stop: threading.Event | None = None) -> None:
+    def supervise(self, stop: threading.Event | None = None, heartbeat: Callable[[str], None] | None = None) -> None:
         """Restart a child that exited, after its :class:`Backoff` delay (logged with its exit
-        code, at WARNING); returns when ``stop`` is set or on KeyboardInterrupt."""
+        code, at WARNING); returns when ``stop`` is set or on KeyboardInterrupt. With
+        ``heartbeat``, a thread passes it the :mod:`headwater.serve.heartbeat` line every
+        :data:`~headwater.serve.heartbeat.HEARTBEAT_S` seconds meanwhile (its reads never delay
+        a restart)."""
         stop = stop or threading.Event()
+        if heartbeat is not None:
+            threading.Thread(target=Heartbeat(self.home).run, args=(stop, heartbeat), name="heartbeat", daemon=True).start()
         max_s = self.home.settings.stream.restart_backoff_max_s
         backoffs = {name: Backoff(max_s) for name in self.procs}
         due: dict[str, float] = {}  # name -> monotonic time of its restart
@@ -184,6 +191,8 @@ class Platform:
                 stop.wait(POLL_S)
         except KeyboardInterrupt:
             pass
+        finally:
+            stop.set()  # ends the heartbeat
 
     def wait_caught_up(self, timeout_s: float = 300.0, on_lag=None) -> None:
         """Block until the stream has committed everything in the log; ``TimeoutError`` otherwise."""

@@ -84,9 +84,15 @@ def sessions() -> pd.DataFrame:
     return out
 
 
+def _month_end(first: dt.date, months: int) -> dt.date:
+    """The last day of the calendar month ``months`` after ``first``'s."""
+    return (pd.Timestamp(first).to_period("M") + months).to_timestamp(how="end").date()
+
+
 def retention() -> pd.DataFrame:
-    """Day cohorts (n = 0..30) and ISO-week cohorts (k = 0..12), complete periods only;
-    ``ds`` = the cohort's last day (the day itself, or the week's Sunday)."""
+    """Day cohorts (n = 0..30), ISO-week cohorts (k = 0..12) and calendar-month cohorts
+    (m = 0..12), complete periods only; ``ds`` = the cohort's last day (the day itself, the
+    week's Sunday, the month's last day)."""
     df = events()[["user_id", "day"]].drop_duplicates()
     horizon = df["day"].max()
     first = df.groupby("user_id")["day"].min().rename("first")
@@ -94,28 +100,36 @@ def retention() -> pd.DataFrame:
     df["n"] = [(d - f).days for d, f in zip(df["day"], df["first"])]
     df["week"] = [f - dt.timedelta(days=f.weekday()) for f in df["first"]]
     df["k"] = [(d - w).days // 7 for d, w in zip(df["day"], df["week"])]
+    df["month"] = [f.replace(day=1) for f in df["first"]]
+    df["m"] = [(d.year - f.year) * 12 + d.month - f.month for d, f in zip(df["day"], df["month"])]
+    period_end = {
+        "day": lambda c, p: c + dt.timedelta(days=p),
+        "week": lambda c, p: c + dt.timedelta(days=7 * p + 6),
+        "month": _month_end,
+    }
     rows = []
-    for grain, cohort, period, last in (("day", "first", "n", 30), ("week", "week", "k", 12)):
+    for grain, cohort, period, last in (("day", "first", "n", 30), ("week", "week", "k", 12), ("month", "month", "m", 12)):
         members = df.groupby(cohort)["user_id"].nunique()
         active = df.groupby([cohort, period])["user_id"].nunique()
         for c, size in members.items():
             for p in range(last + 1):
-                end = c + dt.timedelta(days=p if grain == "day" else 7 * p + 6)
-                if end > horizon:
+                if period_end[grain](c, p) > horizon:
                     break
                 a = int(active.get((c, p), 0))
-                last_day = c if grain == "day" else c + dt.timedelta(days=6)
-                rows.append({"ds": last_day, "cohort_start": c, "cohort_grain": grain, "period": p, "cohort_size": int(size),
-                             "active_users": a, "retention": a / size})
+                rows.append({"ds": period_end[grain](c, 0), "cohort_start": c, "cohort_grain": grain, "period": p,
+                             "cohort_size": int(size), "active_users": a, "retention": a / size})
     return pd.DataFrame(rows)
 
 
 def funnel(steps: list[str], window: pd.Timedelta) -> pd.DataFrame:
-    """Per (entry day, entry platform, step): users with an entry reaching the step in order."""
+    """Per (entry day, entry platform, step): users with an entry reaching the step in order,
+    and the median over them of the seconds from the entry to the step, each user's from
+    their earliest entry that reached it (medians of whole microseconds, then seconds)."""
     df = events()
     times = {(u, s): np.sort(g["ts"].values) for (u, s), g in df[df["event"].isin(steps)].groupby(["user_id", "event"])}
     entries = df[df["event"] == steps[0]][["user_id", "ts", "platform", "day"]].drop_duplicates()
     best: dict[tuple, int] = {}
+    first_time: dict[tuple, tuple] = {}  # (day, platform, user, step) -> (entry, microseconds to the step)
     for user, ts, platform, day in entries.itertuples(index=False):
         t, deadline, reached = ts.to_datetime64(), (ts + window).to_datetime64(), 1
         for k, step in enumerate(steps[1:], start=2):
@@ -124,8 +138,12 @@ def funnel(steps: list[str], window: pd.Timedelta) -> pd.DataFrame:
             if i == len(arr) or arr[i] > deadline:
                 break
             t, reached = arr[i], k
+            took = (arr[i] - ts.to_datetime64()) // np.timedelta64(1, "us")
+            first_time[(day, platform, user, k)] = min(first_time.get((day, platform, user, k), (ts, took)), (ts, took))
         key = (day, platform, user)
         best[key] = max(best.get(key, 0), reached)
+    medians = pd.Series({k: took for k, (_, took) in first_time.items()}, dtype="int64")
+    medians = medians.groupby(level=[0, 1, 3]).median() / 1e6 if len(medians) else medians
     rows = []
     reach = pd.Series(best).rename_axis(["ds", "platform", "user"]).rename("reached").reset_index()
     for (day, platform), g in reach.groupby(["ds", "platform"]):
@@ -133,5 +151,6 @@ def funnel(steps: list[str], window: pd.Timedelta) -> pd.DataFrame:
         for k, step in enumerate(steps, start=1):
             users = int((g["reached"] >= k).sum())
             rows.append({"ds": day, "platform": platform, "step": k, "step_name": step, "entered": entered,
-                         "users": users, "conversion": users / entered})
+                         "users": users, "conversion": users / entered,
+                         "median_seconds_to_convert": medians.get((day, platform, k)) if k > 1 and users else None})
     return pd.DataFrame(rows)

@@ -1,5 +1,6 @@
-"""Gold models' edge rules on hand-made events: sessions across midnight, funnel order and
-window, retention cells, and the models configuration's errors."""
+"""Gold models' edge rules on hand-made events: sessions across midnight, funnel order,
+window and time to convert, retention cells (day, week and calendar-month cohorts), and the
+models configuration's errors."""
 
 from __future__ import annotations
 
@@ -62,15 +63,21 @@ def test_funnel_steps_count_in_strict_order_within_the_window(tmp_path):
         # p4: a second, later entry converts although the first did not
         event("4a", late - 200 * M, user="p4", event_name="view"), event("4b", late + 5 * M, user="p4", event_name="view"),
         event("4c", late + 6 * M, user="p4", event_name="cart"), event("4d", late + 7 * M, user="p4", event_name="buy"),
+        # p5: two entries reach the cart; the time to convert is the earliest entry's
+        event("5a", late - 100 * M, user="p5", event_name="view"), event("5b", late - 90 * M, user="p5", event_name="view"),
+        event("5c", late - 70 * M, user="p5", event_name="cart"),
     ])
     day = late.date()
     run_model(home, MODEL["silver.identity_map"], day, day)
     run_model(home, MODEL["silver.events"], day, MIDNIGHT.date())
     run_model(home, MODEL["gold.funnels"], day, day)
-    got = {(r["platform"], r["step"]): (r["entered"], r["users"]) for r in rows(home, "SELECT * FROM gold.funnels")}
+    got = {(r["platform"], r["step"]): (r["entered"], r["users"], r["median_seconds_to_convert"])
+           for r in rows(home, "SELECT * FROM gold.funnels")}
     assert got == {
-        ("web", 1): (3, 3), ("web", 2): (3, 2), ("web", 3): (3, 2),  # p1, p2, p4 enter; p1 and p4 buy
-        ("ios", 1): (1, 1), ("ios", 2): (1, 1), ("ios", 3): (1, 0),  # p3
+        # p1, p2, p4, p5 enter; p1 (cart after 1200 s), p4 (60 s) and p5 (1800 s) reach the cart,
+        # p1 (6000 s) and p4 (120 s) buy: medians of 3 and of 2 values
+        ("web", 1): (4, 4, None), ("web", 2): (4, 3, 1200.0), ("web", 3): (4, 2, 3060.0),
+        ("ios", 1): (1, 1, None), ("ios", 2): (1, 1, 300.0), ("ios", 3): (1, 0, None),  # p3: no buyer, no median
     }
     assert rows(home, "SELECT DISTINCT ds, funnel, step_name FROM gold.funnels WHERE step = 3") == [{"ds": day, "funnel": "f", "step_name": "buy"}]
 
@@ -95,6 +102,34 @@ def test_retention_cells(tmp_path):
             for r in rows(home, "SELECT * FROM gold.retention WHERE cohort_grain = 'week'")}
     # the week cohort of Mon 29 Apr (a, b) is keyed by its Sunday; week 1 is not complete yet
     assert week == {((mon + 6 * dd).date(), 0): (2, 2, 1.0)}
+    month = {(r["ds"], r["cohort_start"], r["period"]): (r["cohort_size"], r["active_users"])
+             for r in rows(home, "SELECT * FROM gold.retention WHERE cohort_grain = 'month'")}
+    # April's cohort (a) is keyed by Apr 30; May is not over; May's cohort (b, c) ends after the data
+    assert month == {(dt.date(2024, 4, 30), dt.date(2024, 4, 1), 0): (1, 1)}
+
+
+def test_month_cohorts_follow_calendar_months_for_a_year(tmp_path):
+    home = Home(tmp_path)
+    day = lambda y, m, d: dt.datetime(y, m, d, 12, tzinfo=dt.timezone.utc)  # noqa: E731
+    write(home, [
+        # a: first active on Jan 31, back the next day (month 1), in March (2), a year on (12)
+        # and in February 2025 (13: past the horizon, not a period)
+        event("a0", day(2024, 1, 31), user="a"), event("a1", day(2024, 2, 1), user="a"),
+        event("a2", day(2024, 3, 31), user="a"), event("a12", day(2025, 1, 15), user="a"),
+        event("a13", day(2025, 2, 27), user="a"),  # the last day of data: February 2025 is not over
+        event("b0", day(2024, 1, 2), user="b"), event("b1", day(2024, 2, 29), user="b"),
+        event("c0", day(2024, 2, 29), user="c"),  # February's cohort, keyed by the leap day
+    ])
+    build(home)
+    got = {(r["cohort_start"], r["period"]): (r["ds"], r["cohort_size"], r["active_users"], r["retention"])
+           for r in rows(home, "SELECT * FROM gold.retention WHERE cohort_grain = 'month'")}
+    jan, feb = dt.date(2024, 1, 1), dt.date(2024, 2, 1)
+    active = {0: 2, 1: 2, 2: 1, 12: 1}
+    assert {p: got[(jan, p)] for p in range(13)} == {
+        p: (dt.date(2024, 1, 31), 2, active.get(p, 0), active.get(p, 0) / 2) for p in range(13)}
+    # February 2025 (month 12 of February's cohort) is not over: no cell yet
+    assert {p: got[(feb, p)] for p in range(12)} == {p: (dt.date(2024, 2, 29), 1, int(p == 0), float(p == 0)) for p in range(12)}
+    assert set(got) == {(jan, p) for p in range(13)} | {(feb, p) for p in range(12)}
 
 
 @pytest.mark.parametrize(

@@ -199,6 +199,10 @@ def test_retention_equals_pandas(built):
     same(got, ref.retention(), ["ds", "cohort_grain", "period"])
     assert (got.loc[got["cohort_grain"] == "day"].query("period == 0")["retention"] == 1).all()
     assert set(got["period"]) == set(range(31)) and got.query("cohort_grain == 'week'")["period"].max() == 12
+    months = got.query("cohort_grain == 'month'")
+    # data from Jan 4 to Jun 29: cohorts of January to May (June is not over), January's followed to May
+    assert sorted(set(months["cohort_start"])) == [dt.date(2024, m, 1) for m in range(1, 6)]
+    assert months.query("period == 0")["retention"].eq(1).all() and months["period"].max() == 4
 
 
 def test_funnels_equal_pandas(built):
@@ -271,7 +275,7 @@ def test_one_day_on_a_fresh_home_builds_what_it_reads(home, template):
     assert [line.split(":")[0] for line in lines[:4]] == [
         "silver.identity_map (whole table)",
         "silver.identity_refused (whole table)",
-        f"silver.events {FIRST}..{min(LAST, day + dt.timedelta(days=90))}",  # retention: all history, 90 days ahead
+        f"silver.events {FIRST}..{min(LAST, day + dt.timedelta(days=366))}",  # retention: all history, 366 days ahead
         "silver.dim_user (whole table)",
     ]
     silver = query(home, "SELECT event_id FROM silver.events WHERE ds = $d", {"d": day})["event_id"].to_pylist()

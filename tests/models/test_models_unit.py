@@ -131,8 +131,8 @@ def test_plan_widens_inputs_to_what_readers_read():
     days = dt.timedelta
     runs = {m.table: (s, e) for m, s, e in plan(d, d + days(days=2))}
     assert list(runs) == [m.table for m in MODELS]  # dependency order kept
-    # without bounds: lookback 30 (monthly actives: the first of the month) and lookahead 90 (retention week cells)
-    assert runs["silver.events"] == (d - days(days=30), d + days(days=2 + 90))
+    # without bounds: lookback 30 (monthly actives: the first of the month) and lookahead 366 (retention month cells)
+    assert runs["silver.events"] == (d - days(days=30), d + days(days=2 + 366))
     read_the_day_before = ("gold.sessions", "silver.conversions", "silver.exposures")  # by gold.conversions
     assert all(runs[t] == (d - days(days=1), d + days(days=2)) for t in read_the_day_before)
     assert all(runs[t] == (d, d + days(days=2)) for t in runs if t not in ("silver.events", *read_the_day_before))
@@ -161,7 +161,7 @@ def test_affected_days_mirror_what_each_model_reads():
         "gold.active_users": (0, 27),  # WAU for 6 days after, MAU for 27
         "gold.active_users_by_platform": (0, 27),
         "gold.active_users_monthly": (0, 30),  # month to date: up to the month's last day
-        "gold.retention": (-90, None),  # cohorts whose cells contain d; later first-active days move
+        "gold.retention": (-366, None),  # cohorts whose cells contain d; later first-active days move
         "gold.funnels": (-7, 0),
         "gold.experiments": (0, None),  # cumulative results
         "gold.conversions": (0, 1),  # its session may start the day before

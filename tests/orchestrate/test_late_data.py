@@ -77,7 +77,7 @@ def test_late_events_restate_their_day_and_downstream_windows(built, window_even
         assert {asset_key("silver.events"), asset_key("gold.active_users"), asset_key("silver.identity_map")} <= selected
         assert asset_key(TYPED_TABLE) in selected  # the typed table reads silver.events: restated too
         # the day itself and every later built day whose trailing window holds it (DAU/WAU/MAU:
-        # d .. d+27, clipped to the last built day); retention cohorts reach back (d-96 ..)
+        # d .. d+27, clipped to the last built day); retention cohorts reach back (d-366 ..)
         assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == LAST_BUILT.isoformat()
         assert request.tags[ASSET_PARTITION_RANGE_START_TAG] == FIRST.isoformat()
         assert execute(defs, inst, whole).success and execute(defs, inst, request).success

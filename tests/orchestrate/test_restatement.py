@@ -10,8 +10,8 @@ from headwater.lake.store import Lake
 from headwater.models.dag import MODELS
 from headwater.orchestrate.late_data import ALWAYS, Restatement, changed_days, restatement, runs, stale_readers
 
-D = dt.date(2024, 5, 10)  # D - 96 and D + 27 are both inside BUILT
-BUILT = (dt.date(2024, 1, 1), dt.date(2024, 6, 30))
+D = dt.date(2024, 5, 10)  # D - 366 and D + 27 are both inside BUILT
+BUILT = (dt.date(2023, 1, 1), dt.date(2024, 6, 30))
 BY_TABLE = {m.table: m for m in MODELS}
 
 
@@ -32,7 +32,7 @@ def test_a_late_day_restates_trailing_windows_forward_and_cohorts_backward():
     assert plan.days["gold.active_users_by_platform"] == days(D, D + dt.timedelta(days=27))
     # sessions may span midnight: the day before and after too
     assert plan.days["gold.sessions"] == days(D - dt.timedelta(days=1), D + dt.timedelta(days=1))
-    # retention by cohort day reads 96 days ahead over all history: cohorts D-96 .. every later one
+    # retention reads 366 days ahead over all history (month 12 of a month cohort): cohorts D-366 .. every later one
     lo, hi = BY_TABLE["gold.retention"].affected_days
     assert plan.days["gold.retention"] == days(D + dt.timedelta(days=lo), BUILT[1]) and hi is None
     # the unpartitioned models are rebuilt whole; identity's effect on silver is deferred
@@ -46,7 +46,7 @@ def test_restatement_is_clipped_to_what_is_built():
     assert plan.days["gold.active_users"] == days(D, D + dt.timedelta(days=3))
     assert "gold.funnels" not in plan.days
     # a change on a day nothing was built for restates nothing partitioned
-    early = restatement(MODELS, {"bronze.events": {dt.date(2023, 5, 1)}}, built_all(), deferred=frozenset({"silver.identity_map"}))
+    early = restatement(MODELS, {"bronze.events": {dt.date(2022, 5, 1)}}, built_all(), deferred=frozenset({"silver.identity_map"}))
     assert early.days.keys() <= {"gold.retention", "gold.experiments"} and "silver.events" not in early.days
 
 

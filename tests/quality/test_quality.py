@@ -5,14 +5,13 @@ planted stories, ``headwater check``'s exit code and its webhook (a real HTTP se
 from __future__ import annotations
 
 import datetime as dt
-import http.server
 import json
-import threading
 import time
 
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+from dagster import build_asset_check_context
 
 from headwater.cli.main import cli
 from headwater.config import Home
@@ -23,12 +22,14 @@ from headwater.log import open_log
 from headwater.log.base import Append
 from headwater.models.dag import MODELS
 from headwater.models.run import run_model
+from headwater.orchestrate import checks as orchestrate_checks
 from headwater.orchestrate.checks import invariant_checks
 from headwater.quality import checks
 from headwater.quality.anomaly import robust_z, seasonal_score
 from tests.helpers import query
 from tests.models.bronze import event
 from tests.models.ecom_bronze import write_bronze
+from tests.quality.webhook import Hook, serve_webhook
 
 UTC = dt.timezone.utc
 D = dt.date(2024, 5, 15)  # a Wednesday
@@ -148,18 +149,44 @@ def test_completeness_bronze_to_silver_per_hour(tmp_path):
 
 
 def test_dagster_blocking_check_complete_from_bronze(tmp_path):
-    """The whole-table form of completeness_silver is a blocking asset check of silver.events."""
+    """The window form of completeness_silver is a blocking asset check of silver.events: over
+    the run's days, or silver's built range in an unpartitioned run."""
     home = Home(tmp_path)
     rows = events("a", 3, at(D, 9))
-    bronze(home, rows + [event("late", at(D + dt.timedelta(days=30)))])  # outside silver's range: not judged
-    silver(home, rows[1:])
+    later = event("b", at(D + dt.timedelta(days=1)))
+    bronze(home, rows + [later, event("late", at(D + dt.timedelta(days=30)))])  # outside silver's range: not judged
+    silver(home, rows[1:] + [later])
     [check] = [c for c in invariant_checks(home, MODELS) for s in c.check_specs if s.name == "complete_from_bronze"]
     assert next(iter(check.check_specs)).blocking
-    failed = check()
+    failed = check(build_asset_check_context())
     assert not failed.passed and failed.metadata["violations"].value == 1
     assert failed.metadata["sample"].value[0]["event_id"] == "a-0"
+    assert orchestrate_checks.complete_from_bronze(home, (D + dt.timedelta(days=1),) * 2).passed  # the next day is whole
+    assert not orchestrate_checks.complete_from_bronze(home, (D, D)).passed
     silver(home, rows[:1])
-    assert check().passed
+    assert check(build_asset_check_context()).passed
+
+
+def test_completeness_log_to_bronze_by_event_day(tmp_path):
+    """missing_from_log: events consumed from the log whose ds is in the window and that bronze
+    lacks — the gate's form of completeness_bronze (by event day, not by hour of receipt)."""
+    home = Home(tmp_path)
+    today, tomorrow = events("a", 2, at(D, 9)), events("b", 2, at(D + dt.timedelta(days=1), 9))
+    logged(home, today + tomorrow)
+    logged(home, [event("c", at(D, 10))], consumed=False)  # not consumed yet: not judged
+    bronze(home, today[:1] + tomorrow)
+    log = open_log(home.settings.log_url)
+    try:
+        missing = checks.missing_from_log(Lake.of(home), log, D, D)
+        assert missing.column("event_id").to_pylist() == ["a-1"] and missing.column("ds").to_pylist() == [D]
+        assert checks.missing_from_log(Lake.of(home), log, D + dt.timedelta(days=1), D + dt.timedelta(days=9)).num_rows == 0
+    finally:
+        log.close()
+    silver(home, today[:1] + tomorrow)
+    gate = orchestrate_checks.complete_from_log(home, (D, D))
+    assert not gate.passed and gate.metadata["sample"].value == [
+        {"source": "test", "event_id": "a-1", "received_at": str(at(D, 9)), "ds": str(D)}]
+    assert orchestrate_checks.complete_from_log(home, None).metadata["ds_end"].value == str(D + dt.timedelta(days=1))
 
 
 # -- anomalies, bad rows, drift ---------------------------------------------------------------
@@ -193,7 +220,26 @@ def test_bad_row_rate(tmp_path):
     assert (ok.status, ok.observed) == ("pass", 0.01)
     bad(4)
     [high] = checks.bad_row_rate(lake, D, q)
-    assert (high.status, high.observed, high.message) == ("fail", pytest.approx(5 / 104, abs=1e-6), f"5 bad rows of 104 rows received for {D}")
+    assert (high.status, high.blocking, high.observed) == ("fail", True, pytest.approx(5 / 104, abs=1e-6))
+    assert high.message == f"5 bad rows of 104 rows received for {D} (auth failures not counted)"
+
+
+def test_bad_row_rates_per_day_of_a_window_without_auth_failures(tmp_path):
+    """The gate's form: one result per day of the window; auth failures (no source: anyone
+    without a write key) do not count."""
+    home = Home(tmp_path)
+    lake, q = Lake.of(home), home.settings.quality
+    nxt = D + dt.timedelta(days=1)
+    bronze(home, events("e", 50, NOON) + events("f", 50, at(nxt)))
+    lake.append("bronze.bad_rows", pa.Table.from_pylist(
+        [{"received_at": NOON, "source": None, "error_type": "auth_failure", "reason": "x", "ds": D}] * 30
+        + [{"received_at": at(nxt), "source": "test", "error_type": "schema_violation", "reason": "x", "ds": nxt}] * 2,
+        schema=BAD_ROW_SCHEMA))
+    got = checks.bad_row_rates(lake, D - dt.timedelta(days=3), nxt, q)
+    assert [(r.ds, r.status, r.observed) for r in got] == [(D, "pass", 0.0), (nxt, "fail", pytest.approx(2 / 52, abs=1e-6))]
+    gate = orchestrate_checks.bad_row_rate(home, (D, nxt))
+    assert not gate.passed and gate.metadata["violations"].value == 1 and gate.metadata["sample"].value[0]["ds"] == str(nxt)
+    assert orchestrate_checks.bad_row_rate(home, (D, D)).passed
 
 
 def test_schema_drift_new_names_and_properties(tmp_path):
@@ -259,27 +305,10 @@ def test_ecom_flags_the_planted_stories_and_few_ordinary_days(ecom):
 
 
 # -- headwater check ---------------------------------------------------------------------------
-class Hook(http.server.BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 - the http.server API
-        Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def webhook():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    Hook.received = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
-    server.server_close()
+    with serve_webhook() as url:
+        yield url
 
 
 def test_check_command_exit_code_results_table_and_webhook(tmp_path, webhook):
@@ -297,9 +326,9 @@ def test_check_command_exit_code_results_table_and_webhook(tmp_path, webhook):
         [{"received_at": at(today, 0), "source": "test", "error_type": "invalid", "reason": "x", "ds": today}], schema=BAD_ROW_SCHEMA))
     run = CliRunner().invoke(cli, ["check", "--ds", today.isoformat(), "--webhook-url", webhook], env=env)
     assert run.exit_code == 1, run.output
-    assert f"1 check(s) failed for {today} (0 blocking)" in run.stderr and "webhook: sent" in run.stderr
+    assert f"1 check(s) failed for {today} (1 blocking)" in run.stderr and "webhook: sent" in run.stderr
     [sent] = Hook.received
-    assert (sent["ds"], sent["failed"], sent["blocking_failed"]) == (today.isoformat(), 1, 0)
+    assert (sent["ds"], sent["failed"], sent["blocking_failed"]) == (today.isoformat(), 1, 1)
     assert [(r["check"], r["status"], r["observed"]) for r in sent["results"]] == [("bad_row_rate", "fail", pytest.approx(1 / 11, abs=1e-6))]
     stored = query(home, "SELECT check_name, status, count(DISTINCT checked_at) AS runs FROM quality.results GROUP BY ALL ORDER BY ALL").to_pylist()
     assert stored == [{"check_name": "bad_row_rate", "status": "fail", "runs": 1}, {"check_name": "bad_row_rate", "status": "pass", "runs": 1},
@@ -317,3 +346,35 @@ def test_webhook_down_is_reported_not_fatal(tmp_path):
                              env={"HEADWATER_HOME": str(home.root)})
     assert run.exit_code == 1 and "webhook: not sent" in run.stderr, run.output
     assert time.monotonic() - start < 10
+
+
+def test_check_command_reports_both_freshness_slas(tmp_path):
+    """`headwater check` judges the realtime SLA (oldest uncommitted event vs
+    quality.realtime_max_delay_s) and the gold SLA (yesterday's gold by 06:00 UTC) and exits 1
+    when either breaks."""
+    home = Home(tmp_path / "home")
+    env = {"HEADWATER_HOME": str(home.root)}
+    past = dt.datetime.now(UTC).date() - dt.timedelta(days=2)  # its gold was due yesterday at 06:00
+    bronze(home, events("e", 3, at(past)))
+    Lake.of(home).append("realtime.counts", pa.table({"n": [1]}))
+    logged(home, events("e", 3, at(past)))
+    lake = Lake.of(home)
+    lake.append("gold.active_users", pa.Table.from_pylist([{"ds": past, "dau": 1, "wau": 1, "mau": 1, "stickiness": 1.0}],
+                                                          schema=ACTIVE_USERS_SCHEMA))
+
+    def run(**settings) -> tuple[int, dict]:
+        got = CliRunner().invoke(cli, ["check", "--ds", past.isoformat(), "--format", "json"], env=env | settings)
+        return got.exit_code, {(r["check"], r["table"]): r["status"] for r in json.loads(got.stdout)}
+
+    code, got = run()
+    assert code == 0 and got[("freshness_realtime", "realtime.counts")] == "pass" and got[("freshness_gold", "gold.active_users")] == "pass"
+    logged(home, events("new", 1, at(past)), consumed=False)  # the stream stopped: an event waits
+    time.sleep(0.05)
+    code, got = run(HEADWATER_QUALITY_REALTIME_MAX_DELAY_S="0.01")
+    assert code == 1 and got[("freshness_realtime", "realtime.counts")] == "fail"
+
+    missing = past - dt.timedelta(days=1)  # events, and no gold
+    bronze(home, events("m", 3, at(missing)))
+    got = CliRunner().invoke(cli, ["check", "--ds", missing.isoformat(), "--format", "json"], env=env)
+    assert got.exit_code == 1 and {r["check"]: r["status"] for r in json.loads(got.stdout)}["freshness_gold"] == "fail"
+    assert "past its SLA" in got.stdout

@@ -97,7 +97,7 @@ def test_live_counts_and_active_users_from_the_realtime_tables(api):
     ("/metrics/active_users", {"end": "yesterday"}, 400, "end", "valid date"),
     ("/metrics/active_users", {"start": "2024-03-02", "end": "2024-03-01"}, 400, "end", "on or after start"),
     ("/metrics/sessions", {"start": "2023-01-01", "end": "2024-03-01"}, 400, "start", "at most 366"),
-    ("/metrics/retention", {"grain": "month"}, 400, "grain", "'day' or 'week'"),
+    ("/metrics/retention", {"grain": "year"}, 400, "grain", "'day', 'week' or 'month'"),
     ("/metrics/retention", {"platform": "web"}, 400, "platform", "no platform breakdown"),
     ("/metrics/top_events", {"limit": "0"}, 400, "limit", "greater than or equal to 1"),
     ("/metrics/funnels/nope", {}, 404, "funnel", "unknown funnel 'nope'"),

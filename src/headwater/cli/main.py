@@ -63,7 +63,8 @@ _port_option = setting_option("--port", key="collector.port", type=int, help="Co
 @click.option("--dagster/--no-dagster", default=True, show_default=True,
               help="Also serve the Dagster UI + daemon (on setting dagster.port, or a free port).")
 def up(dagster: bool) -> None:
-    """Run the collector, the stream processor and Dagster until Ctrl-C; print URLs and write key."""
+    """Run the collector, the stream processor and Dagster until Ctrl-C; print URLs and write key,
+    then a heartbeat line every 10 s: events in and out per second, lag, freshness, failing checks."""
     from headwater.runtime import Platform, free_port
 
     home = open_home()
@@ -80,7 +81,7 @@ def up(dagster: bool) -> None:
             click.echo(f"dagster    {platform.dagster_url}  (Dagster UI: assets, runs, backfills; daily schedule, late-data sensor)")
         click.echo(f"write key  {key_line}  (source {name!r})")
         click.echo(f"home       {home.root}")
-        platform.supervise()
+        platform.supervise(heartbeat=click.echo)  # a heartbeat line every serve.heartbeat.HEARTBEAT_S
     finally:
         platform.stop()
 

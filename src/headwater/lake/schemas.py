@@ -156,10 +156,10 @@ EVENTS_HOURLY_SCHEMA = pa.schema(
 
 RETENTION_SCHEMA = pa.schema(
     [
-        pa.field("ds", pa.date32(), nullable=False),  # the cohort's last day: cohort_start (day), the Sunday (week)
-        pa.field("cohort_start", pa.date32(), nullable=False),  # first-active day, or its ISO week's Monday
-        pa.field("cohort_grain", pa.string(), nullable=False),  # day | week
-        pa.field("period", pa.int32(), nullable=False),  # n = 0..30 days / k = 0..12 weeks after
+        pa.field("ds", pa.date32(), nullable=False),  # the cohort's last day: cohort_start (day), the Sunday (week), the month's last day
+        pa.field("cohort_start", pa.date32(), nullable=False),  # first-active day, its ISO week's Monday, or its month's first day
+        pa.field("cohort_grain", pa.string(), nullable=False),  # day | week | month
+        pa.field("period", pa.int32(), nullable=False),  # n = 0..30 days / k = 0..12 weeks / m = 0..12 months after
         pa.field("cohort_size", pa.int64(), nullable=False),  # persons first active in the cohort
         pa.field("active_users", pa.int64(), nullable=False),  # of them, active in the period
         pa.field("retention", pa.float64(), nullable=False),  # active_users / cohort_size
@@ -176,6 +176,8 @@ FUNNELS_SCHEMA = pa.schema(
         pa.field("entered", pa.int64(), nullable=False),  # persons entering (step 1)
         pa.field("users", pa.int64(), nullable=False),  # persons reaching this step in order, in the window
         pa.field("conversion", pa.float64(), nullable=False),  # users / entered
+        # median over the step's users of the seconds from the entry to the step (null: step 1, no users)
+        pa.field("median_seconds_to_convert", pa.float64()),
     ]
 )
 

@@ -73,13 +73,16 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def register(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> bool:
+def register(con: duckdb.DuckDBPyConnection, lake: Lake, table: str, where: str | None = None) -> bool:
     """(Re-)register ``table`` (``"<layer>.<name>"``) in ``con`` at its current snapshot.
 
     Creates the schema if needed and replaces the view, so a connection can pick up a commit
     made after an earlier registration (the batch runner does this after writing each model).
-    A side output that does not exist yet reads as an empty table of its schema. Returns
-    ``False`` (and leaves ``con`` unchanged) if the table does not exist otherwise.
+    A side output that does not exist yet reads as an empty table of its schema. ``where``:
+    a SQL condition over the table's columns (trusted text: no user input in it); the view
+    then holds only the rows where it holds — the query API computes a metric on read over
+    the events matching a property filter this way. Returns ``False`` (and leaves ``con``
+    unchanged) if the table does not exist otherwise.
     :class:`headwater.errors.InvalidInputError` if ``table`` is not of the form ``layer.name``,
     :class:`headwater.errors.NotFoundError` if the catalog does not declare it."""
     layer, name = catalog.check_name(table)
@@ -94,7 +97,8 @@ def register(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> bool:
     con.register(source, data)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(layer)}")
     view = f"{_quote(layer)}.{_quote(name)}"
-    con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {_quote(source)}")
+    condition = f" WHERE {where}" if where else ""
+    con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {_quote(source)}{condition}")
     # The catalog's description travels with the view (duckdb_views().comment), so SQL
     # users see what a table is where they query it.
     comment = f"{spec.description} Grain: {spec.grain}.".replace("'", "''")  # COMMENT takes no parameters

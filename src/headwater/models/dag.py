@@ -157,7 +157,7 @@ MODELS: tuple[Model, ...] = (
     Model("gold.active_users", SILVER, lookback_days=27),
     Model("gold.active_users_by_platform", SILVER, lookback_days=27),
     Model("gold.active_users_monthly", SILVER, lookback_days=30),  # the first of ds's month
-    Model("gold.retention", SILVER, lookahead_days=90, history=True),
+    Model("gold.retention", SILVER, lookahead_days=366, history=True),  # month 12 of a month cohort
     Model("gold.funnels", SILVER, lookahead_days=model_config.MAX_FUNNEL_WINDOW_HOURS // 24),
     Model("gold.experiments", SILVER, history=True),
     # a conversion's session may have started the day before (history stays in

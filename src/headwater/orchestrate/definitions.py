@@ -2,10 +2,14 @@
 
 * assets: one per model of :func:`headwater.models.dag.dag` (silver, gold, typed tables, CDC
   dimensions: :mod:`headwater.orchestrate.assets`) and the external inputs;
-* asset checks for the invariants (:mod:`headwater.orchestrate.checks`);
+* asset checks for the invariants and the blocking data-quality gate of gold
+  (:mod:`headwater.orchestrate.checks`);
 * job ``daily`` (every model, daily partitions) and its schedule ``daily_schedule``: at
   01:00 UTC it builds the day that just ended;
 * sensor ``late_data`` (:mod:`headwater.orchestrate.sensor`);
+* the data-quality checks on their own: job ``quality_checks``, its schedule and the sensors
+  ``quality_after_build`` and ``realtime_freshness``, and the gold ``FreshnessPolicy``
+  (:mod:`headwater.orchestrate.monitor`);
 * job ``maintain`` (what ``headwater maintain`` does: vacuum every written table with the
   retention ``lake.vacuum_retention_h``) and its schedule ``maintain_schedule``, every
   ``lake.vacuum_every_h`` hours.
@@ -38,6 +42,9 @@ from headwater.models import run as models_run
 from headwater.models.dag import Model, dag
 from headwater.orchestrate.assets import DEFAULT_RETRY, Runner, asset_key, daily_partitions, first_ds, model_assets
 from headwater.orchestrate.checks import invariant_checks
+from headwater.orchestrate.monitor import (
+    after_build_sensor, gold_freshness, quality_job, quality_schedule, realtime_sensor, with_gold_freshness,
+)
 from headwater.orchestrate.sensor import late_data_sensor
 
 DAILY_JOB = "daily"
@@ -60,6 +67,7 @@ def definitions(
     models = models if models is not None else dag(home)
     partitions = daily_partitions(first_ds(home))
     assets, external = model_assets(home, models, partitions, retry_policy, runner or models_run.run_model)
+    assets = [a.map_asset_specs(with_gold_freshness(gold_freshness(home))) for a in assets]
     daily = define_asset_job(
         DAILY_JOB,
         selection=AssetSelection.assets(*(asset_key(m.table) for m in models)),
@@ -72,12 +80,13 @@ def definitions(
         else []
     )
     maintain = maintain_job(home)
+    quality = quality_job(home, partitions)
     return Definitions(
         assets=[*external, *assets],
         asset_checks=invariant_checks(home, models),
-        jobs=[daily, maintain],
-        schedules=[*schedules, maintain_schedule(home, maintain)],
-        sensors=[late_data_sensor(home, models, partitions)],
+        jobs=[daily, maintain, quality],
+        schedules=[*schedules, maintain_schedule(home, maintain), quality_schedule(home, quality)],
+        sensors=[late_data_sensor(home, models, partitions), after_build_sensor(quality, DAILY_JOB), realtime_sensor(home)],
     )
 
 

@@ -15,7 +15,8 @@ check                         rule (settings section ``quality``)               
                               the day's count (:mod:`~headwater.quality.anomaly`) < z
 ``conversion``                per step ``a -> b`` of each configured funnel: robust         warn
                               z-score of the day's ``count(b) / count(a)`` < z
-``bad_row_rate``              bad rows / (events + bad rows) of ``ds`` ≤ ``bad_row_rate_max``  fail
+``bad_row_rate``              bad rows of known sources / (events + those bad rows) of     fail,
+                              ``ds`` ≤ ``bad_row_rate_max``                                 blocking
 ``schema_drift``              no event name or top-level property key unseen in the        warn
                               previous ``volume_weeks`` weeks
 ============================  ==========================================================  ========
@@ -23,7 +24,21 @@ check                         rule (settings section ``quality``)               
 A check whose tables do not exist yet returns no rows. Anomalies *warn*: they are signals for a
 person (a viral day is not an error); a *fail* breaks a promise the platform makes. A failed
 *blocking* check means gold computed from that day would be wrong: the Dagster asset checks
-stop the day's gold partitions on it. ``conversion`` counts events per day, not ordered
+(:mod:`headwater.orchestrate.checks`, over the run's ``ds`` window: :func:`missing_from_log`,
+:data:`MISSING_FROM_SILVER`, :func:`bad_row_rates`) stop the day's gold partitions on it.
+Which checks block:
+
+* completeness (log → bronze → silver): events the platform accepted and then lost; every
+  gold table of the day would undercount them;
+* the bad-row rate: events a source sent and the collector rejected are missing from gold the
+  same way (a broken client release), beyond a tolerated rate. They can be fixed and
+  replayed (``headwater badrows replay``): the late-data sensor then restates the day, whose
+  checks pass. Auth failures are left out of the rate: they belong to no known source, and
+  counting them would let any stranger without a write key hold back a day's gold;
+* not freshness (holding back a late day makes it later), nor anomalies and drift (a viral
+  day is real data).
+
+``conversion`` counts events per day, not ordered
 per-person paths (``gold.funnels``): a proxy that needs no gold build and moves with the
 funnel's step conversion. Counts read ``silver.events`` by ``ds`` (event time, duplicates
 removed); completeness counts by the collector's ``received_at`` hour.
@@ -41,7 +56,7 @@ import pyarrow.compute as pc
 
 from headwater.config import Home
 from headwater.errors import NotFoundError
-from headwater.events import EVENTS_TOPIC, STREAM_GROUP
+from headwater.events import AUTH_FAILURE, EVENTS_TOPIC, STREAM_GROUP
 from headwater.lake import sql as lake_sql
 from headwater.lake.store import Lake
 from headwater.log import open_log
@@ -58,15 +73,17 @@ FIRST_COPIES = """
 SELECT source, event_id, min(received_at) AS received_at, arg_min(ds, received_at) AS ds
 FROM bronze.events GROUP BY source, event_id
 """
-# Bronze keys whose first copy lies in silver's built ds range but that silver lacks: the
-# whole-table form of completeness_silver (a blocking Dagster asset check of silver.events).
+# Bronze keys whose first copy lies in ds $first .. $last (NULL: silver's built ds range) but
+# that silver lacks: the window form of completeness_silver (a blocking Dagster asset check of
+# silver.events over the run's partitions).
 MISSING_FROM_SILVER = f"""
 SELECT f.source, f.event_id, f.received_at, f.ds FROM ({FIRST_COPIES}) AS f
 ANTI JOIN silver.events AS s USING (source, event_id)
-WHERE f.ds BETWEEN (SELECT min(ds) FROM silver.events) AND (SELECT max(ds) FROM silver.events)
+WHERE f.ds BETWEEN coalesce($first, (SELECT min(ds) FROM silver.events))
+               AND coalesce($last, (SELECT max(ds) FROM silver.events))
 """
 KEY_SCHEMA = pa.schema([pa.field("source", pa.string()), pa.field("event_id", pa.string()),
-                        pa.field("received_at", pa.timestamp("us", tz="UTC"))])
+                        pa.field("received_at", pa.timestamp("us", tz="UTC")), pa.field("ds", pa.date32())])
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,16 @@ def run(home: Home, ds: dt.date, now: dt.datetime) -> list[Result]:
         *volume(lake, ds, counts, q), *conversion(home, lake, ds, counts, q),
         *bad_row_rate(lake, ds, q), *schema_drift(lake, ds, q),
     ]
+
+
+def realtime(home: Home, now: dt.datetime) -> list[Result]:
+    """:func:`freshness_realtime` of ``home`` at ``now``: the check that runs every minute
+    (:mod:`headwater.orchestrate.monitor`), not only with a day's checks."""
+    log = open_log(home.settings.log_url)
+    try:
+        return freshness_realtime(Lake.of(home), log, now, home.settings.quality)
+    finally:
+        log.close()
 
 
 def _day_bounds(ds: dt.date) -> tuple[dt.datetime, dt.datetime]:
@@ -164,28 +191,49 @@ def freshness_gold(lake: Lake, ds: dt.date, now: dt.datetime, q: QualitySettings
 
 
 # -- completeness -----------------------------------------------------------------------------
-def consumed_keys(log: EventLog, ds: dt.date) -> pa.Table:
-    """``(source, event_id, received_at)`` of each event key the stream has consumed from the
-    log with a copy received on ``ds`` (its earliest that day); empty if the topic does not
-    exist. Reads the retained log in chunks of :data:`LOG_CHUNK` offsets and keeps only the
-    day's rows, so memory follows one day's volume. (A key first received before ``ds`` and
-    re-sent on it counts on ``ds`` too: harmless, the check asks whether a key is in bronze.)"""
+def consumed_keys(log: EventLog, column: str, lo: dt.date | dt.datetime, hi: dt.date | dt.datetime) -> pa.Table:
+    """``(source, event_id, received_at, ds)`` of each event key the stream has consumed from
+    the log with a copy whose ``column`` (``received_at`` or ``ds``) lies in ``[lo, hi)`` (the
+    earliest ``received_at`` and ``ds`` of those copies); empty if the topic does not exist.
+    Reads the retained log in chunks of :data:`LOG_CHUNK` offsets and keeps only the rows in
+    range, so memory follows the range's volume. (A key first received before the range and
+    re-sent in it counts too: harmless, the checks ask whether a key is in bronze.)"""
     try:
         done = log.committed(STREAM_GROUP, EVENTS_TOPIC)
         log.end_offsets(EVENTS_TOPIC)
     except NotFoundError:
         return KEY_SCHEMA.empty_table()
-    lo, hi = (pa.scalar(t, KEY_SCHEMA.field("received_at").type) for t in _day_bounds(ds))
+    lo, hi = (pa.scalar(v, KEY_SCHEMA.field(column).type) for v in (lo, hi))
     parts = []
     for p, end in done.items():
         for start in range(0, end, LOG_CHUNK):
             events = log.read(EVENTS_TOPIC, p, start, min(start + LOG_CHUNK, end), KEY_SCHEMA).events
-            at = events.column("received_at")
+            at = events.column(column)
             parts.append(events.select(KEY_SCHEMA.names).filter(pc.and_(pc.greater_equal(at, lo), pc.less(at, hi))))
     if not parts:
         return KEY_SCHEMA.empty_table()
-    keys = pa.concat_tables(parts)
-    return keys.group_by(["source", "event_id"]).aggregate([("received_at", "min")]).rename_columns(KEY_SCHEMA.names)
+    keys = pa.concat_tables(parts).group_by(["source", "event_id"]).aggregate([("received_at", "min"), ("ds", "min")])
+    return keys.rename_columns(KEY_SCHEMA.names)
+
+
+def _not_in_bronze(lake: Lake, keys: pa.Table, sql: str) -> pa.Table:
+    """``sql`` over ``keys`` (a registered table) and ``bronze_keys`` (the distinct event keys of
+    ``bronze.events``)."""
+    with lake_sql.session(lake, "SELECT * FROM bronze.events") as con, lake_sql.errors():
+        con.register("keys", keys)
+        con.sql("CREATE TEMP VIEW bronze_keys AS SELECT DISTINCT source, event_id FROM bronze.events")
+        return con.sql(sql).to_arrow_table()
+
+
+def missing_from_log(lake: Lake, log: EventLog, start: dt.date, end: dt.date) -> pa.Table:
+    """Event keys (:data:`KEY_SCHEMA`, ordered) the stream consumed from the log with ``ds``
+    in ``[start, end]`` that ``bronze.events`` lacks: events of those days the platform
+    accepted and lost (empty while bronze does not exist). The window form of
+    :func:`completeness_bronze`, a blocking asset check of the run's partitions."""
+    keys = consumed_keys(log, "ds", start, end + dt.timedelta(days=1))
+    if not keys.num_rows or not lake.exists("bronze.events"):
+        return KEY_SCHEMA.empty_table()
+    return _not_in_bronze(lake, keys, "SELECT * FROM keys ANTI JOIN bronze_keys USING (source, event_id) ORDER BY ALL")
 
 
 def _missing_by_hour(check: str, table: str, rows: pa.Table, ds: dt.date, source: str) -> list[Result]:
@@ -204,19 +252,15 @@ def completeness_bronze(lake: Lake, log: EventLog, ds: dt.date) -> list[Result]:
     """Per hour of receipt on ``ds``: the log's consumed event keys missing from
     ``bronze.events`` (the stream promises each exactly once). Only the log's retained
     records can be judged (``log.retention_ms``)."""
-    keys = consumed_keys(log, ds)
+    keys = consumed_keys(log, "received_at", *_day_bounds(ds))
     if not keys.num_rows or not lake.exists("bronze.events"):
         return []
-    sql = """
+    rows = _not_in_bronze(lake, keys, """
         SELECT date_trunc('hour', k.received_at) AS hour, count(*) AS expected,
                count(*) FILTER (WHERE b.event_id IS NULL) AS missing
-        FROM keys AS k
-        LEFT JOIN (SELECT DISTINCT source, event_id FROM bronze.events) AS b USING (source, event_id)
+        FROM keys AS k LEFT JOIN bronze_keys AS b USING (source, event_id)
         GROUP BY ALL ORDER BY hour
-    """
-    with lake_sql.session(lake, sql) as con, lake_sql.errors():
-        con.register("keys", keys)
-        rows = con.sql(sql).to_arrow_table()
+    """)
     return _missing_by_hour("completeness_bronze", "bronze.events", rows, ds, "accepted (log)")
 
 
@@ -321,19 +365,31 @@ def conversion(home: Home, lake: Lake, ds: dt.date, data: tuple[Counts, dt.date 
 
 # -- bad rows and drift -----------------------------------------------------------------------
 def bad_row_rate(lake: Lake, ds: dt.date, q: QualitySettings) -> list[Result]:
-    """``bronze.bad_rows`` / (``bronze.events`` + ``bronze.bad_rows``) rows of ``ds``."""
+    """:func:`bad_row_rates` of the one day ``ds``."""
+    return bad_row_rates(lake, ds, ds, q)
+
+
+def bad_row_rates(lake: Lake, start: dt.date, end: dt.date, q: QualitySettings) -> list[Result]:
+    """Per ``ds`` in ``[start, end]`` with rows: ``bronze.bad_rows`` / (``bronze.events`` +
+    ``bronze.bad_rows``) rows of that ``ds``, auth failures left out (module docstring);
+    blocking. One query for the whole window (a ranged run's gate)."""
     if not lake.exists("bronze.events"):
         return []
-    bad_sql = "(SELECT count(*) FROM bronze.bad_rows WHERE ds = $ds)" if lake.exists("bronze.bad_rows") else "0"
-    [row] = lake_sql.query(lake, f"SELECT (SELECT count(*) FROM bronze.events WHERE ds = $ds) AS good, {bad_sql} AS bad",
-                           {"ds": ds}).to_pylist()
-    total = row["good"] + row["bad"]
-    if not total:
-        return []
-    rate = row["bad"] / total
-    return [Result("bad_row_rate", "bronze.bad_rows", "fail" if rate > q.bad_row_rate_max else "pass",
-                   f"{row['bad']} bad rows of {total} rows received for {ds}", ds=ds, observed=round(rate, 6),
-                   expected=f"<= {q.bad_row_rate_max:g}")]
+    bad = (f"SELECT ds, 0 AS good, count(*) AS bad FROM bronze.bad_rows WHERE ds BETWEEN $start AND $end "
+           f"AND error_type <> '{AUTH_FAILURE}' GROUP BY ds") if lake.exists("bronze.bad_rows") else "SELECT NULL, 0, 0 WHERE false"
+    rows = lake_sql.query(lake, f"""
+        SELECT ds, sum(good)::BIGINT AS good, sum(bad)::BIGINT AS bad FROM (
+            SELECT ds, count(*) AS good, 0 AS bad FROM bronze.events WHERE ds BETWEEN $start AND $end GROUP BY ds
+            UNION ALL {bad}
+        ) GROUP BY ds ORDER BY ds
+    """, {"start": start, "end": end}).to_pylist()
+    out = []
+    for row in rows:
+        total, rate = row["good"] + row["bad"], row["bad"] / (row["good"] + row["bad"])
+        out.append(Result("bad_row_rate", "bronze.bad_rows", "fail" if rate > q.bad_row_rate_max else "pass",
+                          f"{row['bad']} bad rows of {total} rows received for {row['ds']} (auth failures not counted)",
+                          ds=row["ds"], blocking=True, observed=round(rate, 6), expected=f"<= {q.bad_row_rate_max:g}"))
+    return out
 
 
 def schema_drift(lake: Lake, ds: dt.date, q: QualitySettings) -> list[Result]:

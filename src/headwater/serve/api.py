@@ -15,8 +15,9 @@ Errors are JSON ``{"code": <error type>, "message": "<parameter>: <rule>", "fiel
 ======  ===========================================================================================
 status  when
 ======  ===========================================================================================
-400     a bad parameter (not a date, ``end`` before ``start``, a range over 366 days, an unknown
-        grain, a limit out of range, invalid SQL); FastAPI's validation errors are reshaped to this
+400     a bad parameter (not a date, ``end`` before ``start``, a range over 366 days — 92 when
+        computed on read —, an unknown grain or event, a malformed ``where`` filter, a limit out
+        of range, invalid SQL); FastAPI's validation errors are reshaped to this
 401     no / unknown / revoked read token
 403     the role may not use the route (a viewer on ``/api/sql``) or read a table it names
 404     an unknown route or metric, funnel or experiment; a table that does not exist

@@ -1,4 +1,5 @@
-"""The server's composition: the collector's routes plus the query API under ``/api``.
+"""The server's composition: the collector's routes plus the query API under ``/api`` and the
+web dashboard under ``/dashboard`` (``/`` redirects to it).
 
 Serving sits above the collector (import-linter layers), so the composition is here: the
 collector's app (:func:`headwater.collector.app.create_app`) stays usable alone, and
@@ -7,15 +8,19 @@ collector's app (:func:`headwater.collector.app.create_app`) stays usable alone,
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute, Mount
+from starlette.responses import RedirectResponse
+from starlette.routing import BaseRoute, Mount, Route
 
 from headwater.config import Home
 from headwater.serve.api import create_api
+from headwater.serve.dashboard.web import create_dashboard
 
 API_PREFIX = "/api"
+DASHBOARD_PREFIX = "/dashboard"
 
 
 def mounts(home: Home) -> list[BaseRoute]:
     """Routes served beside the collector's: the query API at ``/api`` (OpenAPI at
-    ``/api/openapi.json``, docs at ``/api/docs``)."""
-    return [Mount(API_PREFIX, app=create_api(home))]
+    ``/api/openapi.json``, docs at ``/api/docs``) and the dashboard at ``/dashboard``."""
+    return [Mount(API_PREFIX, app=create_api(home)), Mount(DASHBOARD_PREFIX, app=create_dashboard(home)),
+            Route("/", lambda request: RedirectResponse(DASHBOARD_PREFIX + "/", status_code=303), methods=["GET"])]

@@ -13,6 +13,10 @@
 -- which reaches the furthest step possible. entered = distinct persons with an entry on
 -- (ds, platform of the entry event); users = distinct persons with an entry there that
 -- reached the step; conversion = users / entered. Later steps may happen on any platform.
+-- median_seconds_to_convert: the median over those users of the seconds from the entry to
+-- the step's event, each user's from their earliest entry there that reached the step (the
+-- user's first conversion); null for step 1 and for a step nobody reached. The median is taken over whole microseconds, so the halfway value of
+-- an even count is exact on every engine, then divided into seconds.
 --
 -- One CTE per step (the repeat block is rendered for k = 2 .. the longest funnel): an
 -- equi-join on (funnel, person_id, step) with a range condition, then min() per entry.
@@ -46,14 +50,20 @@ step_{k} AS (
 ),
 -- end repeat
 reached AS (
-    SELECT funnel, person_id, platform, ds, 1 AS step FROM step_1
+    SELECT funnel, person_id, platform, ds, 1 AS step, entry_ts, CAST(NULL AS BIGINT) AS micros FROM step_1
     -- repeat for k in 2..max_funnel_steps
-    UNION ALL SELECT funnel, person_id, platform, ds, {k} AS step FROM step_{k}
+    UNION ALL SELECT funnel, person_id, platform, ds, {k} AS step, entry_ts, date_diff('microsecond', entry_ts, t) FROM step_{k}
     -- end repeat
 ),
-counts AS (
-    SELECT ds, funnel, platform, step, count(DISTINCT person_id) AS users
+converted AS (
+    -- one row per user and step: the time to convert from their earliest entry reaching it
+    SELECT ds, funnel, platform, step, person_id, arg_min(micros, entry_ts) AS micros
     FROM reached
+    GROUP BY ds, funnel, platform, step, person_id
+),
+counts AS (
+    SELECT ds, funnel, platform, step, count(*) AS users, median(micros) AS median_micros
+    FROM converted
     GROUP BY ds, funnel, platform, step
 ),
 entries AS (
@@ -67,7 +77,8 @@ SELECT
     s.event_name AS step_name,
     n.entered,
     coalesce(c.users, 0) AS users,
-    coalesce(c.users, 0) / CAST(n.entered AS DOUBLE) AS conversion
+    coalesce(c.users, 0) / CAST(n.entered AS DOUBLE) AS conversion,
+    c.median_micros / 1000000.0 AS median_seconds_to_convert
 FROM entries AS n
 JOIN steps AS s ON s.funnel = n.funnel
 LEFT JOIN counts AS c ON c.ds = n.ds AND c.funnel = n.funnel AND c.platform = n.platform AND c.step = s.step

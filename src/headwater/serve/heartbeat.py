@@ -1,0 +1,136 @@
+"""The heartbeat ``headwater up`` prints: one line every :data:`HEARTBEAT_S` seconds, e.g.::
+
+    heartbeat 12:00:10Z  in 118.0 ev/s  out 117.5 ev/s  lag 35 ev  freshness 0.4 s  watermark delay 61.0 s
+    heartbeat 12:00:20Z  in 0.0 ev/s  out 0.0 ev/s  lag 0 ev  freshness 0.0 s  watermark delay -  quality FAILING: completeness_bronze (2)
+
+Every figure is one that :mod:`headwater.serve.progress` and :mod:`headwater.quality` already
+define, read from durable state, so ``headwater status``, ``/metrics`` and ``headwater check``
+agree with it:
+
+* ``in`` / ``out``: records appended to the log (what the collector accepted, bad rows
+  included) / committed by the stream's consumer group, per second since the previous line —
+  the change of the end and committed offsets of :func:`~headwater.serve.progress.log_offsets`
+  (so ``in − out`` is the change of ``lag``);
+* ``lag``: records in the log not yet committed (``headwater status``'s ``lag``);
+* ``freshness``: how long the oldest uncommitted event has waited (0: caught up), the measure
+  of the realtime SLA (:func:`headwater.quality.checks.oldest_unconsumed_ms`);
+* ``watermark delay``: the bronze query's event-time watermark behind the wall clock
+  (:func:`~headwater.serve.progress.query_metrics`; it includes the pipeline's allowed lateness);
+* ``quality FAILING``: the checks whose latest stored run failed
+  (:func:`headwater.quality.alerts.failing`), with the realtime freshness SLA judged live from
+  ``freshness`` (the stored result may be minutes old).
+
+A figure that cannot be read (no log yet, a table being rewritten) prints ``-``; nothing here
+may stop ``up``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from headwater.config import Home
+from headwater.events import EVENTS_TOPIC
+from headwater.lake.store import Lake
+from headwater.log import open_log
+from headwater.quality import alerts
+from headwater.quality.checks import oldest_unconsumed_ms
+from headwater.serve.progress import log_offsets, query_metrics
+from headwater.stream.processor import QUERY
+
+log = logging.getLogger("headwater.heartbeat")
+
+HEARTBEAT_S = 10.0
+T = TypeVar("T")
+
+
+def _or_none(what: str, read: Callable[[], T]) -> T | None:
+    """``read()``, or ``None`` (logged at DEBUG) if it raises: a figure that cannot be read
+    now is shown as ``-``, never an error of ``up``."""
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - any failure of any reader: the figure is unavailable
+        log.debug("heartbeat: %s unavailable", what, exc_info=True)
+        return None
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One heartbeat: ``in_per_s`` / ``out_per_s`` (records/s), ``lag`` (records),
+    ``freshness_s`` and ``watermark_delay_s`` (s), ``failing`` (``{check: failed results}``);
+    ``None``: unavailable."""
+
+    at: dt.datetime
+    in_per_s: float | None = None
+    out_per_s: float | None = None
+    lag: int | None = None
+    freshness_s: float | None = None
+    watermark_delay_s: float | None = None
+    failing: dict[str, int] | None = None
+
+
+def _num(value: float | None, unit: str, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f} {unit}"
+
+
+def line(f: Figures) -> str:
+    """The printed line of ``f`` (module docstring); the quality part only when a check fails."""
+    text = (f"heartbeat {f.at:%H:%M:%S}Z  in {_num(f.in_per_s, 'ev/s')}  out {_num(f.out_per_s, 'ev/s')}  "
+            f"lag {_num(f.lag, 'ev', 0)}  freshness {_num(f.freshness_s, 's')}  "
+            f"watermark delay {_num(f.watermark_delay_s, 's')}")
+    if f.failing:
+        text += "  quality FAILING: " + ", ".join(f"{name} ({n})" for name, n in sorted(f.failing.items()))
+    return text
+
+
+@dataclass
+class Heartbeat:
+    """Reads :class:`Figures` of ``home``; rates are over the time since the previous read."""
+
+    home: Home
+    _last: tuple[float, int, int] | None = field(default=None, repr=False)  # (monotonic s, end, committed offsets)
+
+    def freshness_s(self, now: dt.datetime) -> float:
+        """Wait of the oldest uncommitted event (s; 0 when caught up)."""
+        events_log = open_log(self.home.settings.log_url)
+        try:
+            oldest = oldest_unconsumed_ms(events_log)
+        finally:
+            events_log.close()
+        return 0.0 if oldest is None else max(0.0, now.timestamp() - oldest / 1000)
+
+    def read(self) -> Figures:
+        """The figures now (rates: since the previous call; ``None`` on the first)."""
+        now, mono = dt.datetime.now(dt.timezone.utc), time.monotonic()
+        topics = _or_none("log offsets", lambda: log_offsets(self.home))
+        in_s = out_s = lag = fresh = None
+        if topics is not None:
+            parts = [v for t in topics.values() for v in t["partitions"].values()]
+            end, done = sum(v["end_offset"] for v in parts), sum(v["committed_offset"] for v in parts)
+            lag = end - done
+            if self._last is not None and mono > self._last[0]:
+                span = mono - self._last[0]
+                in_s, out_s = (end - self._last[1]) / span, (done - self._last[2]) / span
+            self._last = (mono, end, done)
+            if EVENTS_TOPIC in topics:  # before the first event there is no wait to speak of
+                fresh = _or_none("freshness", lambda: self.freshness_s(now))
+        metrics = _or_none("stream metrics", lambda: query_metrics(self.home).get(QUERY)) or {}
+        failing = _or_none("quality results", lambda: alerts.failing(Lake.of(self.home)))
+        if failing is not None and fresh is not None:  # the realtime SLA, judged now
+            failing.pop("freshness_realtime", None)
+            if fresh > self.home.settings.quality.realtime_max_delay_s:
+                failing["freshness_realtime"] = 1
+        return Figures(now, in_s, out_s, lag, fresh, metrics.get("watermark_delay_s"), failing)
+
+    def run(self, stop: threading.Event, echo: Callable[[str], None], every_s: float = HEARTBEAT_S) -> None:
+        """Call ``echo`` with one :func:`line` every ``every_s`` seconds until ``stop`` is set."""
+        self.read()  # the first offsets: rates from the first line on
+        while not stop.wait(every_s):
+            text = _or_none("heartbeat", lambda: line(self.read()))
+            if text is not None:
+                echo(text)
