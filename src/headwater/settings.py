@@ -68,6 +68,9 @@ class LakeSettings(_Section):
     root: str = Field("", description="Lake root URI (a path or an object-store URI); empty: `$HEADWATER_HOME/lake`.")
     vacuum_retention_h: float = Field(168.0, ge=0, description="Delta files superseded longer ago than this are vacuumed; time travel works within it (hours).")
     vacuum_every_h: float = Field(24.0, gt=0, description="How often Dagster's `maintain` schedule vacuums every table (hours; `headwater maintain` runs it by hand).")
+    compact_min_files: int = Field(50, ge=2, description="A partition (or unpartitioned table) holding this many small files (under half `target_file_mb`) is compacted: by the stream for the tables it appends to, by `headwater maintain` for every table.")
+    target_file_mb: int = Field(128, ge=1, description="Size of the files compaction and clustering write (MiB).")
+    realtime_retention_days: float = Field(7.0, gt=0, description="`headwater maintain` deletes the `realtime.*` windows that ended longer ago than this (days; gold keeps the history).")
 
 
 class CollectorSettings(_Section):
@@ -104,7 +107,7 @@ class StreamSettings(_Section):
     trigger_interval_s: float = Field(0.5, gt=0, description="Processing-time trigger: seconds between micro-batches when idle.")
     max_records_per_partition: int = Field(50_000, ge=1, description="Micro-batch bound per log partition (events).")
     retain_batches: int = Field(100, ge=1, description="Offset / commit log entries kept.")
-    compact_every: int = Field(50, ge=0, description="Compact the bronze partitions written every this many batches (0: never).")
+    compact_every: int = Field(1, ge=0, description="Every this many batches, the stream compacts each partition it appended to that holds `lake.compact_min_files` small files (0: never).")
     max_batch_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Micro-batch bound in bytes of log records read (with `max_records_per_partition`).")
     watermark_tolerance_s: float = Field(60.0, ge=0, description="The watermark never runs ahead of processing time plus this (s).")
     quarantine_after: int = Field(3, ge=1, description="A micro-batch that fails this many times in a row is quarantined (skipped only by `headwater quarantine skip`).")

@@ -154,12 +154,13 @@ def test_sigkill_at_random_moments_neither_loses_nor_duplicates(home, event_log)
 
 
 def test_compaction_merges_micro_batch_files_without_changing_rows(home, event_log):
-    stream = BronzeStream(home, StreamConfig(compact_every=4))
+    """A partition is compacted after the batch that gives it ``lake.compact_min_files`` small files."""
+    stream = BronzeStream(Home(home.root, load(home=home.root, **{"lake.compact_min_files": 4})), StreamConfig(compact_every=1))
     for i in range(4):
         append_events(event_log, 0, [f"c{i}-{j}" for j in range(5)])
         stream.run_once()
+        assert len(DeltaTable(Lake.of(home).uri("bronze.events")).file_uris()) == (i + 1 if i < 3 else 1)
     table = DeltaTable(Lake.of(home).uri("bronze.events"))
-    assert len(table.file_uris()) == 1
     assert table.history()[0]["operation"] == "OPTIMIZE"
     assert sorted(bronze_ids(home)) == sorted(f"c{i}-{j}" for i in range(4) for j in range(5))
     assert Lake.of(home).committed_batch("bronze.events", QUERY) == 3

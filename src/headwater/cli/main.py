@@ -77,6 +77,7 @@ def up(dagster: bool) -> None:
         platform.start()
         click.echo(f"collector  {platform.url}  (Segment HTTP API: POST /v1/batch, /v1/track, ...)")
         click.echo(f"query API  {platform.url}/api  (docs: {platform.url}/api/docs; read tokens: headwater token add)")
+        click.echo(f"dashboard  {platform.url}/dashboard  (log in with a read token: headwater token add --role viewer)")
         if platform.dagster_url:
             click.echo(f"dagster    {platform.dagster_url}  (Dagster UI: assets, runs, backfills; daily schedule, late-data sensor)")
         click.echo(f"write key  {key_line}  (source {name!r})")

@@ -26,6 +26,10 @@ original as ``__cause__``. A failed write or compaction never corrupts a table: 
 commit is the atomic creation of one log file, so what a failure leaves behind are data
 files no commit references, which :meth:`Lake.vacuum` deletes.
 
+Upkeep (:mod:`headwater.lake.maintenance` decides when): :meth:`Lake.compact` merges a
+partition's small files, :meth:`Lake.cluster` rewrites partitions sorted, :meth:`Lake.delete`
+removes rows by predicate.
+
 Retention: :meth:`Lake.vacuum` deletes the files that commits superseded (MERGE, OPTIMIZE,
 overwrites) once they have been unreferenced for longer than the retention; time travel to
 any version newer than that keeps working.
@@ -51,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
 
 from headwater.errors import ConflictError, InvalidInputError, NotFoundError, TransientError
@@ -218,15 +222,73 @@ class Lake:
             commit_properties=_txn(app_id, batch_id) if app_id is not None else None,
         )
 
-    def compact(self, table: str, days: list[dt.date] | None = None) -> None:
-        """Rewrite the table's small files into larger ones (delta-rs OPTIMIZE, a commit of its
-        own); only the ``ds`` partitions in ``days`` when given. A table that does not exist
-        is left alone."""
+    def compact(self, table: str, days: list[dt.date] | None = None, target_bytes: int | None = None) -> dict[str, int]:
+        """Rewrite the table's files smaller than ``target_bytes`` (default: the table's
+        ``delta.targetFileSize``, 100 MiB) into files of about that size (delta-rs OPTIMIZE
+        bin-packing, a commit of its own with ``dataChange=false``); only the ``ds``
+        partitions in ``days`` when given. Returns ``{"files_removed", "files_added"}``. A
+        table that does not exist is left alone (zeros).
+
+        A concurrent blind append (the stream's sink) never conflicts with it; a concurrent
+        MERGE, DELETE or overwrite of the same files makes one of the two commits fail
+        (:class:`CommitConflictError`)."""
         if not self.exists(table):
-            return
-        filters = [("ds", "in", sorted(d.isoformat() for d in days))] if days is not None else None
+            return {"files_removed": 0, "files_added": 0}
         with _errors(table):
-            self._open(table).optimize.compact(partition_filters=filters)
+            metrics = self._open(table).optimize.compact(partition_filters=_days_filter(days), target_size=target_bytes)
+        return {"files_removed": metrics["numFilesRemoved"], "files_added": metrics["numFilesAdded"]}
+
+    def cluster(
+        self, table: str, columns: tuple[str, ...], days: list[dt.date], *,
+        target_bytes: int | None = None, row_group_rows: int | None = None,
+    ) -> dict[str, int]:
+        """Rewrite each ``ds`` partition in ``days`` sorted by ``columns``, one commit per day,
+        into files of about ``target_bytes`` with row groups of at most ``row_group_rows``
+        rows: a filter on the leading column then reads a few row groups, skipping the rest
+        by their Parquet statistics. DuckDB sorts, spilling to a temporary directory beyond
+        its memory limit. Returns ``{"files_removed", "files_added"}`` over all days.
+
+        Each commit is a replaceWhere overwrite of the day based on the version that was
+        read, so a concurrent write to that day makes it fail (:class:`CommitConflictError`)
+        rather than be lost; writes to other days do not conflict."""
+        import tempfile
+
+        import duckdb
+
+        removed = added = 0
+        props = WriterProperties(max_row_group_size=row_group_rows) if row_group_rows else None
+        order = ", ".join(_q(c) for c in columns)
+        for day in days:
+            with _errors(table), tempfile.TemporaryDirectory(prefix="headwater-sort-") as spill:
+                handle = self._open(table)
+                n = _files_of(pa.table(handle.get_add_actions(flatten=True)), day)
+                if n == 0:
+                    continue
+                schema = pa.schema(handle.schema().to_arrow())
+                con = duckdb.connect(config={"temp_directory": spill})
+                try:
+                    con.execute("SET TimeZone = 'UTC'")
+                    con.register("part", self._snapshot(handle, table))
+                    rows = con.sql(f"SELECT * FROM part WHERE ds = $day ORDER BY {order}", params={"day": day}).to_arrow_reader()
+                    conformed = pa.RecordBatchReader.from_batches(schema, (b.select(schema.names).cast(schema) for b in rows))
+                    write_deltalake(handle, conformed, mode="overwrite", partition_by=self._partition_by(table),
+                                    predicate=f"ds = '{day.isoformat()}'", target_file_size=target_bytes, writer_properties=props)
+                finally:
+                    con.close()
+                removed += n
+                added += _files_of(self.add_actions(table), day)
+        return {"files_removed": removed, "files_added": added}
+
+    def delete(self, table: str, predicate: str) -> int:
+        """Delete the rows matching the SQL ``predicate`` (DataFusion dialect, e.g.
+        ``"window_end < '2024-03-01T00:00:00+00:00'"``) in one commit; return how many.
+        Files holding only matching rows are dropped without being read (a predicate on the
+        partition columns never rewrites a file); the others are rewritten without those
+        rows. :class:`NotFoundError` if the table does not exist, :class:`InvalidInputError`
+        for a predicate delta-rs cannot plan."""
+        with _errors(table):
+            metrics = self._open(table).delete(predicate)
+        return int(metrics.get("num_deleted_rows") or 0)
 
     def vacuum(self, table: str, retention_h: float) -> list[str]:
         """Delete the files of ``table`` that no version newer than ``retention_h`` hours
@@ -386,6 +448,22 @@ class Lake:
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 
+class CommitConflictError(TransientError):
+    """A concurrent commit won the race for the next version and touched what this one read
+    or removed (Delta optimistic concurrency). Nothing was committed: re-running the same
+    operation on the new snapshot is correct."""
+
+
+def _files_of(adds: pa.Table, day: dt.date) -> int:
+    """Files of the ``ds`` partition ``day`` among add actions ``adds``."""
+    return int(pc.sum(pc.equal(adds.column("partition.ds").cast(pa.date32()), pa.scalar(day, pa.date32()))).as_py() or 0)
+
+
+def _days_filter(days: list[dt.date] | None) -> list[tuple[str, str, Any]] | None:
+    """delta-rs partition filters selecting the ``ds`` partitions in ``days`` (``None``: all)."""
+    return [("ds", "in", sorted(d.isoformat() for d in days))] if days is not None else None
+
+
 def _hive_layout(adds: pa.Table, columns: list[str]) -> bool:
     """Whether the directory of every file (``add.path``) is ``c1=v1/c2=v2…`` of its partition
     values in the log (vectorised: one string comparison per file)."""
@@ -437,7 +515,7 @@ def _same_kind(a: pa.DataType, b: pa.DataType) -> bool:
 
 # delta-rs raises plain DeltaError for data that breaks the table's rules; what remains
 # unrecognised is storage trouble (object-store I/O, a lock), worth a retry.
-_INVALID_DATA = ("Invalid data found", "partitioning", "non-nullable", "C Data interface")
+_INVALID_DATA = ("Invalid data found", "partitioning", "non-nullable", "C Data interface", "Schema error")
 
 
 @contextmanager
@@ -452,7 +530,7 @@ def _errors(table: str, schema: Callable[[], pa.Schema | None] | None = None, da
     except TableNotFoundError as e:
         raise NotFoundError(f"table {table!r} does not exist yet", field="table") from e
     except CommitFailedError as e:
-        raise TransientError(f"{table}: a concurrent commit won, retry ({e})", field="table", retry_after_s=0.1) from e
+        raise CommitConflictError(f"{table}: a concurrent commit won, retry ({e})", field="table", retry_after_s=0.1) from e
     except DeltaProtocolError as e:
         raise ConflictError(f"{table}: {e}", field="table") from e
     except (DeltaError, pa.ArrowInvalid, pa.ArrowTypeError) as e:

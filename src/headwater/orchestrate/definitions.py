@@ -10,8 +10,8 @@
 * the data-quality checks on their own: job ``quality_checks``, its schedule and the sensors
   ``quality_after_build`` and ``realtime_freshness``, and the gold ``FreshnessPolicy``
   (:mod:`headwater.orchestrate.monitor`);
-* job ``maintain`` (what ``headwater maintain`` does: vacuum every written table with the
-  retention ``lake.vacuum_retention_h``) and its schedule ``maintain_schedule``, every
+* job ``maintain`` (what ``headwater maintain`` does: retention, clustering, compaction and
+  vacuum of every table, :func:`headwater.lake.maintenance.maintain`) and its schedule ``maintain_schedule``, every
   ``lake.vacuum_every_h`` hours.
 
 Backfills of any range work from the UI (asset page → Materialize → partition range: one run
@@ -20,6 +20,7 @@ per range, ``BackfillPolicy.single_run``) and from ``headwater backfill``.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 from dagster import (
@@ -37,6 +38,8 @@ from dagster import (
 )
 
 from headwater.config import Home
+from headwater.lake.maintenance import CLUSTER_STATE, ClusterState
+from headwater.lake.maintenance import maintain as upkeep
 from headwater.lake.store import Lake
 from headwater.models import run as models_run
 from headwater.models.dag import Model, dag
@@ -91,20 +94,22 @@ def definitions(
 
 
 def maintain_job(home: Home) -> JobDefinition:
-    """Job ``maintain``: vacuum every written table of ``home``'s lake
-    (:meth:`headwater.lake.store.Lake.vacuum_all`, retention ``lake.vacuum_retention_h``); the
-    removed paths go to the run's log."""
+    """Job ``maintain``: the upkeep ``headwater maintain`` does on every table of ``home``'s
+    lake (:func:`headwater.lake.maintenance.maintain`: realtime retention, clustering,
+    compaction, vacuum; the same clustering state file); each table's figures and vacuumed
+    paths go to the run's log."""
 
-    @op(name="vacuum_tables")
-    def vacuum_tables(context) -> None:  # unannotated: dagster checks the type at runtime
-        removed = Lake.of(home).vacuum_all(home.settings.lake.vacuum_retention_h)
-        for table, paths in removed.items():
-            if paths:
-                context.log.info(f"{table}: removed {len(paths)} files: {', '.join(paths)}")
+    @op(name="maintain_tables")
+    def maintain_tables(context) -> None:  # unannotated: dagster checks the type at runtime
+        state = ClusterState(home.root / CLUSTER_STATE)
+        for r in upkeep(Lake.of(home), home.settings.lake, dt.datetime.now(dt.timezone.utc), state):
+            context.log.info(f"{r.table}: files {r.files_before} -> {r.files_after}, {r.rows_deleted} rows deleted, "
+                             f"{r.partitions_compacted} compacted, {r.partitions_clustered} clustered, "
+                             f"{r.files_vacuumed} vacuumed" + (f": {', '.join(r.paths)}" if r.paths else ""))
 
-    @job(name=MAINTAIN_JOB, description="Vacuum every written table (lake.vacuum_retention_h); `headwater maintain`.")
+    @job(name=MAINTAIN_JOB, description="Retention, clustering, compaction and vacuum of every table; `headwater maintain`.")
     def maintain() -> None:
-        vacuum_tables()
+        maintain_tables()
 
     return maintain
 

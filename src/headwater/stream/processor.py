@@ -52,7 +52,6 @@ records as well as in events.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import threading
 import time
@@ -71,7 +70,8 @@ import pyarrow.parquet as pq
 from headwater.config import Home
 from headwater.errors import InvalidInputError
 from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC, STREAM_GROUP
-from headwater.lake.store import Lake
+from headwater.lake.maintenance import FileCounter, Policy
+from headwater.lake.store import CommitConflictError, Lake
 from headwater.log import EventLog, open_log
 from headwater.stream import late
 from headwater.stream.aggregate import WindowOperator
@@ -92,6 +92,10 @@ QUERY = STREAM_GROUP  # checkpoint name, consumer group and Delta txn app id
 DEDUP_KEY = "_dedup_key"  # (source, pipeline key) as one string: see _scoped
 SINK_THREADS = 2  # Delta commits of one batch in flight at once (they are mostly I/O and Rust)
 WINDOW_THREADS = 2  # window operators updated at once (more only adds memory on a 2-core box)
+# A sink commit that lost the race to a concurrent rewrite of the files its MERGE read
+# (`headwater maintain` compacting or expiring a realtime table) is re-run on the new
+# snapshot: nothing was committed, and the txn keeps the retry exactly once.
+CONFLICT_RETRIES = 3
 
 
 def _scoped(key: str) -> pl.Expr:
@@ -116,14 +120,15 @@ class StreamConfig:
     equally among the partitions with a backlog; a partition always gets at least one stored
     unit (an append), so a batch exceeds it only by units larger than a share;
     ``quarantine_after``: failures in a row with the same error that quarantine a batch;
-    ``compact_every``: every this many batches, the ``ds`` partitions of ``bronze.events``
-    written since the last compaction are compacted (0: never);
+    ``compact_every``: every this many batches, each partition of a table the query
+    appended to since the last check that holds ``lake.compact_min_files`` small files is
+    compacted (:class:`~headwater.lake.maintenance.FileCounter`; 0: never);
     ``retain_batches``: offset/commit log entries kept (Spark's ``minBatchesToRetain``)."""
 
     trigger_interval_s: float = 0.5
     max_records_per_partition: int = 50_000
     max_records_per_batch: int | None = None
-    compact_every: int = 50
+    compact_every: int = 1
     retain_batches: int = RETAIN
     max_batch_bytes: int | None = 64 * 1024 * 1024
     quarantine_after: int = 3
@@ -200,7 +205,7 @@ class BronzeStream:
         self._next: dict[str, dict[int, int]] = {}
         self._next_batch = 0
         self._totals: dict[str, int] = {}
-        self._touched: set[dt.date] = set()  # ds partitions appended since the last compaction
+        self.files = FileCounter(self.lake, Policy.of(home.settings.lake))  # small files per partition written
         self._recover()
 
     # -- recovery ---------------------------------------------------------------------
@@ -340,13 +345,21 @@ class BronzeStream:
         committed = self.lake.committed_batch(table, QUERY) if replay else None
         if committed is not None and committed >= batch_id:
             return  # this batch's commit already reached the table before the crash
-        if keys is not None:
-            since = ("window_start", pc.min(data.column("window_start")).as_py())
-            self.lake.upsert_once(table, data, keys, app_id=QUERY, batch_id=batch_id, since=since)
-        elif name.startswith("realtime."):
-            self.lake.append_once(table, data.drop_columns(["_delete"]), app_id=QUERY, batch_id=batch_id)
-        else:
-            self.lake.append_once(table, data, app_id=QUERY, batch_id=batch_id)
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                if keys is not None:
+                    since = ("window_start", pc.min(data.column("window_start")).as_py())
+                    self.lake.upsert_once(table, data, keys, app_id=QUERY, batch_id=batch_id, since=since)
+                elif name.startswith("realtime."):
+                    self.lake.append_once(table, data.drop_columns(["_delete"]), app_id=QUERY, batch_id=batch_id)
+                else:
+                    self.lake.append_once(table, data, app_id=QUERY, batch_id=batch_id)
+                break
+            except CommitConflictError as e:
+                if attempt == CONFLICT_RETRIES:
+                    raise
+                log.info("batch %d: %s; retrying", batch_id, e)
+        self.files.appended(table, data)
         with self._commit_lock:
             self._commits += 1
             if self.on_commit is not None:
@@ -466,10 +479,8 @@ class BronzeStream:
             self._next[topic].update(ends)
             self.log.commit(QUERY, topic, ends)
         self._next_batch = batch_id + 1
-        if result.written_events:
-            self._touched.update(fresh.get_column("ds").unique().to_list())
         if self.config.compact_every and (batch_id + 1) % self.config.compact_every == 0:
-            self.compact()
+            self._compact_due()
         return result
 
     def _metrics(self, plan, started: float, now_ms: int, result: BatchResult) -> dict[str, Any]:
@@ -498,18 +509,25 @@ class BronzeStream:
             "state_rows": {op.spec.name: len(op) for op in self.operators} | {"dedup": len(self.dedup)},
         }
 
-    def compact(self) -> None:
-        """Rewrite the small files that micro-batches left in recently written ``ds``
-        partitions of ``bronze.events``, and in the ``realtime.*`` tables (whose MERGEs scan
-        every file), into larger ones (delta-rs OPTIMIZE; a commit of its own, outside the
-        batch protocol: a crash during it leaves only unreferenced files).
+    def compact(self, min_files: int = 2) -> None:
+        """Compact each partition of a table this query appended to (bronze.events,
+        bad_rows, dead_letter, late_events, the realtime tables) that holds at least
+        ``min_files`` small files (after a batch: ``lake.compact_min_files``): delta-rs OPTIMIZE, a
+        commit of its own outside the batch protocol (a crash during it leaves only
+        unreferenced files). A partition whose compaction fails stays a candidate.
 
-        Only the stream writes these tables, so the compaction never conflicts with a writer."""
-        for agg in self.pipeline.aggregates:
-            self.lake.compact(agg.table)
-        if self._touched:
-            self.lake.compact(self.tables[EVENTS], days=sorted(self._touched))
-            self._touched.clear()
+        Only this query writes these tables; ``headwater maintain`` may rewrite them too,
+        which fails one of the two commits (:class:`CommitConflictError`), never the data."""
+        for table, keys in self.files.due(min_files).items():
+            self.files.compact(table, keys)
+
+    def _compact_due(self) -> None:
+        """:meth:`compact` after a batch: the batch is committed, so a failure (a conflict, a
+        full disk) is logged, not raised; the next check retries it."""
+        try:
+            self.compact(self.files.policy.min_files)
+        except Exception as e:
+            log.warning("compaction after batch %d failed, retried at the next check: %s", self._next_batch - 1, e)
 
 
 def skip_quarantined(home: Home, batch_id: int, pipeline: Pipeline = DEFAULT_PIPELINE) -> dict[str, Any]:
