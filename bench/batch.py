@@ -1,5 +1,6 @@
 """Batch layer benchmark: every silver and gold table for one day of generated events, on
-DuckDB (the embedded default) and on Spark SQL local[2] (the same model SQL, transpiled).
+DuckDB (the embedded default) and on Spark SQL local[2] (the same model SQL, transpiled);
+then the daily build's cost against history: day 1 and day 90 at the same daily volume.
 
     uv run python bench/batch.py            # 10,000,000 events (~1M users)
     uv run python bench/batch.py --quick    # 200,000 events
@@ -12,8 +13,20 @@ is reported apart, ``spark_startup_s``). Python models (identity resolution) run
 under both engines. After each build a fingerprint (row count and order-independent hash of
 every row) of every built table is taken; ``same_rows`` says whether the engines agree.
 
+History (``--history-days``, default 90; 0 skips it): another home gets ``--history-events``
+a day (default: ``--events``; the same users every day, so identity merges, late stitching
+and returning persons are as in a real installation) for days 1..90, each built the way the
+daily schedule builds it (``build(home, day, day)``, incremental on DuckDB: day N reads day N
+and the cumulative state of N-1). Reported: ``day1_s``, ``day90_s`` (the builds of the first
+and the last day), ``day90_over_day1`` (target <= 1.2), the median daily build, day 90 split
+into its own run and the restatement of earlier days (late rows, identity re-stitching of
+anonymous days: a full rebuild's result needs them) and its slowest models; then a copy of the same bronze is rebuilt from scratch
+(``build(full=True)``, ``full_rebuild_s``) and ``full_rebuild_equal`` says whether every model
+table equals the incrementally built one (fingerprints as above).
+
 Per-model lines go to stderr; the last line of stdout is one JSON object:
-``{"bench": "batch", "events": ..., "duckdb_s": ..., "spark_s": ..., "ratio": spark/duckdb, ...}``.
+``{"bench": "batch", "events": ..., "duckdb_s": ..., "spark_s": ..., "ratio": spark/duckdb,
+"day1_s": ..., "day90_s": ..., "day90_over_day1": ..., "full_rebuild_equal": ..., ...}``.
 """
 
 from __future__ import annotations
@@ -46,7 +59,8 @@ def fingerprints(home: Home) -> dict[str, list[int]]:
     try:
         out = {}
         for model in MODELS:
-            sql.register(con, lake, model.table)
+            if not sql.register(con, lake, model.table):
+                continue
             cols = ", ".join(f"round({f.name}, 9)" if pa.types.is_floating(f.type) else f.name for f in model.schema)
             n, h = con.sql(
                 f"SELECT count(*), sum(hash(row({cols})))::HUGEINT % 18446744073709551616 FROM {model.table}"
@@ -57,13 +71,60 @@ def fingerprints(home: Home) -> dict[str, list[int]]:
         con.close()
 
 
-def timed_build(home: Home, day: dt.date, engine: str) -> float:
+def timed_build(home: Home, day: dt.date, engine: str, lines: list[str] | None = None) -> float:
     def progress(line: str) -> None:
         print(f"  [{engine}] {line}", file=sys.stderr, flush=True)
+        if lines is not None:
+            lines.append(line)
 
     t0 = time.perf_counter()
     build(home, day, day, progress=progress, engine=engine)
     return time.perf_counter() - t0
+
+
+def history(root: Path, events: int, days: int, first: dt.date) -> dict[str, object]:
+    """Build ``days`` days of ``events`` each, day by day (incremental), then a full rebuild
+    of a copy; the figures of the module docstring."""
+    home = Home(root / "history")
+    home.root.mkdir()
+    (home.root / "models.toml").write_text(generate.MODELS_TOML)
+    seconds: list[float] = []
+    last_lines: list[str] = []
+    for k in range(days):
+        day = first + dt.timedelta(days=k)
+        generate.write_day(home, events, day, users=max(events // 10, 1))
+        last_lines.clear()
+        seconds.append(timed_build(home, day, "duckdb", last_lines))
+        print(f"history day {k + 1}: {seconds[-1]:.2f} s", file=sys.stderr, flush=True)
+    runs = [(float(line.rsplit(" in ", 1)[1].split()[0]), line.split(":")[0]) for line in last_lines]
+    slowest = sorted(runs, reverse=True)
+    # the build's second silver.events run starts the restatement of earlier days (late rows,
+    # identity re-stitching): reported apart from the day's own run
+    silver_runs = [i for i, (_, name) in enumerate(runs) if name.startswith("silver.events ")]
+    split = silver_runs[1] if len(silver_runs) > 1 else len(runs)
+    full = Home(root / "full")
+    full.root.mkdir()
+    (full.root / "models.toml").write_text(generate.MODELS_TOML)
+    shutil.copytree(Lake.of(home).uri("bronze.events"), Lake.of(full).uri("bronze.events"))
+    t0 = time.perf_counter()
+    build(full, full=True)
+    full_s = time.perf_counter() - t0
+    built, rebuilt = fingerprints(home), fingerprints(full)
+    differing = sorted(t for t in built if built[t] != rebuilt.get(t))
+    return {
+        "history_events_per_day": events,
+        "history_days": days,
+        "day1_s": round(seconds[0], 2),
+        f"day{days}_s": round(seconds[-1], 2),
+        f"day{days}_over_day1": round(seconds[-1] / seconds[0], 2),
+        "daily_median_s": round(sorted(seconds)[len(seconds) // 2], 2),
+        f"day{days}_own_run_s": round(sum(t for t, _ in runs[:split]), 2),
+        f"day{days}_restatement_s": round(sum(t for t, _ in runs[split:]), 2),
+        f"day{days}_slowest": [f"{name} {t:.2f} s" for t, name in slowest[:5]],
+        "full_rebuild_s": round(full_s, 2),
+        "full_rebuild_equal": not differing,
+        "full_rebuild_differing": differing,
+    }
 
 
 def main() -> None:
@@ -74,6 +135,8 @@ def main() -> None:
     parser.add_argument("--engines", default="duckdb,spark", help="comma-separated, in run order (default duckdb,spark)")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary home (default: system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the home directory afterwards")
+    parser.add_argument("--history-days", type=int, default=90, help="days of the history run (0: skip it)")
+    parser.add_argument("--history-events", type=int, default=None, help="events per history day (default: --events)")
     args = parser.parse_args()
     events = args.events or (200_000 if args.quick else 10_000_000)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -103,6 +166,8 @@ def main() -> None:
             from headwater.spark import session
 
             session().stop()
+        if args.history_days > 0:
+            figures |= history(root, args.history_events or events, args.history_days, args.day)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -1,19 +1,31 @@
-"""Collector throughput and latency: Segment ``/v1/batch`` requests of 100 events.
+"""Collector throughput and latency: Segment ``/v1/batch`` requests of 100 events, with 1 and 2 worker processes.
 
-    uv run python bench/collector.py [--quick] [--duration S] [--connections N] [--gzip]
+    uv run python bench/collector.py [--quick] [--workers 1,2] [--duration S] [--connections N-PER-WORKER] [--gzip]
 
-Starts the collector (``headwater.collector.server.serve``) as a separate process on
-127.0.0.1 with a temporary ``HEADWATER_HOME``, then a load-generator process: N
-keep-alive connections (asyncio + uvloop, pre-encoded requests, closed loop: each
-connection sends its next request when the previous answer arrived) posting batches of
-100 realistic events with HTTP Basic auth, for a fixed duration after a warm-up.
-A 200 from the collector means the events are durable in the log (group commit,
-``synchronous=FULL``); the bench checks the log holds every accepted event afterwards.
+For each worker count of ``--workers`` (setting ``collector.workers``), starts ``headwater
+collector`` on 127.0.0.1 with a fresh temporary ``HEADWATER_HOME`` (with one worker it
+serves in its own process, with more it supervises that many, sharing the port), then a
+load-generator process: N keep-alive connections per worker (asyncio + uvloop, pre-encoded
+requests, closed loop: each connection sends its next request when the previous answer
+arrived) posting batches of 100 realistic events with HTTP Basic auth, for a fixed duration
+after a warm-up. N is per worker (default 8: 8 connections for one worker, 16 for two) so
+that each worker is offered the concurrency a single one gets: a closed loop's throughput is
+at most connections / latency, and a request's latency includes its durable commit, so 8
+connections over two workers measure the commit latency more than the workers (measured: 54k
+events/s, against 102k with 16). A 200 from the collector means the events are durable in
+the log (group commit, ``synchronous=FULL``); the bench checks the log holds every accepted
+event afterwards.
 
-As a peer it runs the same load against a bare Starlette + uvicorn endpoint that reads
-the body and answers 200 — the HTTP stack's ceiling on this machine — and reports
-``ratio = headwater_eps / bare_eps``. Note the load generator shares the machine's
-cores with the server under test.
+Reports per worker count events/s, p50/p99 latency and the CPU time per request of the
+collector's processes and of the load generator (from ``/proc``, after the warm-up: a cost
+that, unlike events/s, other jobs on the machine hardly change), ``ratio`` = events/s of the
+largest worker count / events/s of the smallest (2 vs 1 by default), and ``target_met``: the
+largest count reaches :data:`TARGET_EPS` with p99 under :data:`TARGET_P99_MS` (issue 13, for
+2 workers). As a peer it runs the same load against a bare Starlette + uvicorn endpoint (one
+process) that reads the body and answers 200 — the HTTP stack's ceiling on this machine —
+``vs_bare = headwater_eps / bare_eps``. Note the load generator shares the machine's cores
+with the server under test, and the kernel hashes each connection to a worker, so a few
+connections may not split evenly (16 over 2 workers: within 10/6 in 8 runs of 10).
 
 The last line of stdout is one JSON object.
 """
@@ -36,6 +48,8 @@ from pathlib import Path
 
 WRITE_KEY = "bench-write-key-0001"
 BATCH = 100
+TARGET_EPS = 100_000
+TARGET_P99_MS = 50.0
 
 _BARE = """
 import sys, uvicorn
@@ -55,10 +69,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="h
             log_level="warning", access_log=False, server_header=False, date_header=False)
 """
 
-_COLLECTOR = (
-    "import sys; from headwater.config import Home; from headwater.collector.server import serve; "
-    "serve(Home.from_env(), host='127.0.0.1', port=int(sys.argv[1]))"
-)
+_COLLECTOR = [sys.executable, "-m", "headwater", "collector", "--port"]
 
 
 # -- payloads ------------------------------------------------------------------------------
@@ -160,20 +171,41 @@ async def _connection(port: int, reqs: list[bytes], offset: int, warm_end: float
         writer.close()
 
 
-def generate(port: int, connections: int, warmup: float, duration: float, n_requests: int, use_gzip: bool) -> dict:
-    """Run the load against ``127.0.0.1:port``; counts and latencies after the warm-up."""
+def _cpu_s(procs) -> float:
+    """User + system CPU seconds of ``procs`` (psutil processes) so far."""
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
+def generate(port: int, connections: int, warmup: float, duration: float, n_requests: int, use_gzip: bool,
+             server_pid: int | None = None) -> dict:
+    """Run the load against ``127.0.0.1:port``; counts and latencies after the warm-up, and
+    with ``server_pid`` the CPU time of that process and its children (the workers) per
+    request after the warm-up, beside this generator's own: a cost per request that, unlike
+    events/s, a busy machine hardly changes."""
+    import psutil
     import uvloop
 
     reqs = make_requests(n_requests, port, use_gzip)
     out = {"events": 0, "requests": 0, "errors": 0, "latencies": [], "error_samples": []}
+    cpu: dict[str, float] = {}
+    me = psutil.Process()
+
+    def sample(key: str) -> None:
+        if server_pid is not None:
+            server = psutil.Process(server_pid)
+            cpu[key] = _cpu_s([server, *server.children(recursive=True)])
+        cpu[key + "_self"] = _cpu_s([me])
 
     async def run_all():
         start = time.perf_counter()
         warm_end, end = start + warmup, start + warmup + duration
+        asyncio.get_running_loop().call_later(warmup, sample, "warm")
         await asyncio.gather(*(_connection(port, reqs, k * 7, warm_end, end, out) for k in range(connections)))
+        sample("end")
 
     uvloop.run(run_all())
     lat = sorted(out.pop("latencies"))
+    per_request = max(1, out["requests"] + out["errors"]) / 1000  # answered after the warm-up, in thousands
 
     def pct(p: float) -> float:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else float("nan")
@@ -187,6 +219,8 @@ def generate(port: int, connections: int, warmup: float, duration: float, n_requ
         "p99_ms": pct(0.99),
         "max_ms": round(lat[-1] * 1000, 2) if lat else float("nan"),
         "body_bytes": sum(len(r) for r in reqs) // len(reqs),
+        "server_cpu_ms_per_request": round((cpu["end"] - cpu["warm"]) / per_request, 3) if "end" in cpu else None,
+        "loadgen_cpu_ms_per_request": round((cpu["end_self"] - cpu["warm_self"]) / per_request, 3),
     }
 
 
@@ -200,8 +234,8 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _run_load(port: int, args) -> dict:
-    cmd = [sys.executable, __file__, "--generate", str(port), "--connections", str(args.connections),
+def _run_load(port: int, server_pid: int, connections: int, args) -> dict:
+    cmd = [sys.executable, __file__, "--generate", str(port), "--server-pid", str(server_pid), "--connections", str(connections),
            "--warmup", str(args.warmup), "--duration", str(args.duration), "--requests", str(args.requests)]
     if args.gzip:
         cmd.append("--gzip")
@@ -209,91 +243,106 @@ def _run_load(port: int, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _phase(name: str, server_cmd: list[str], env: dict, args, profile: str | None = None) -> dict:
+def _phase(name: str, server_cmd: list[str], env: dict, args, profile: str | None = None, connections: int | None = None) -> dict:
     from headwater.runtime import free_port, wait_http
 
     port = free_port()
     proc = subprocess.Popen([*server_cmd, str(port)], env=env)
     spy = None
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
-        if profile:  # sample the running server during the load (py-spy on PATH)
+        wait_http(f"http://127.0.0.1:{port}/health", timeout_s=120, proc=proc)
+        if profile:  # sample the running server (and its workers) during the load (py-spy on PATH)
             fmt = ["--format", "raw"] if profile.endswith(".txt") else []  # collapsed stacks / flame graph
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "-o", profile, "-r", "250",
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--subprocesses", "-o", profile, "-r", "250",
                                     "--duration", str(int(args.warmup + args.duration)), *fmt])
-        res = _run_load(port, args)
+        res = _run_load(port, proc.pid, connections or args.connections, args)
         if spy is not None:
             spy.wait(60)
     finally:
         _stop(proc)
-    print(f"{name:>10}: {res['eps']:>8} events/s  {res['rps']:>7} req/s  p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms  "
-          f"max {res['max_ms']} ms  errors {res['errors']}  ({res['body_bytes']} B/request)", flush=True)
+    print(f"{name:>12}: {res['eps']:>8} events/s  {res['rps']:>7} req/s  p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms  "
+          f"max {res['max_ms']} ms  errors {res['errors']}  CPU/request {res['server_cpu_ms_per_request']} ms "
+          f"(load generator {res['loadgen_cpu_ms_per_request']} ms)  ({res['body_bytes']} B/request)", flush=True)
     for s in res.get("error_samples", []):
-        print(f"            error: {s}", flush=True)
+        print(f"              error: {s}", flush=True)
+    return res
+
+
+def _headwater(workers: int, args) -> dict:
+    """One phase: ``headwater collector`` with ``workers`` processes on a fresh home; the
+    load's figures and the events durable in the log afterwards (checked >= accepted)."""
+    from headwater.config import Home
+    from headwater.log import open_log
+
+    with tempfile.TemporaryDirectory(prefix="headwater-bench-") as tmp:
+        env = {**os.environ, "HEADWATER_HOME": tmp, "HEADWATER_COLLECTOR_WORKERS": str(workers)}
+        env.pop("HEADWATER_PARTITIONS", None)
+        home = Home(Path(tmp))
+        home.add_source("bench", WRITE_KEY)
+        res = _phase(f"{workers} worker{'s' if workers > 1 else ''}", _COLLECTOR, env, args, args.profile, args.connections * workers)
+        log = open_log(home.settings.log_url)
+        res["durable_in_log"] = sum(log.end_offsets("events").values())
+        log.close()
+    # accepted after warm-up; the log also holds the warm-up's events
+    print(f"     durable: {res['durable_in_log']} events in the log (>= {res['events']} accepted after warm-up)", flush=True)
+    if res["durable_in_log"] < res["events"]:
+        raise SystemExit("accepted events missing from the log")
     return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="5 s of load per server (default 20 s)")
+    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts to measure, in one run (default 1,2)")
     ap.add_argument("--duration", type=float, default=None)
     ap.add_argument("--warmup", type=float, default=1.0)
-    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--connections", type=int, default=8, help="keep-alive connections per worker (the bare peer: this many)")
     ap.add_argument("--requests", type=int, default=200, help="distinct pre-encoded request bodies")
     ap.add_argument("--gzip", action="store_true", help="send Content-Encoding: gzip bodies")
     ap.add_argument("--profile", metavar="FILE", help="sample the collector with py-spy (on PATH) into FILE (.svg flame graph, .txt collapsed stacks); skips the bare peer")
     ap.add_argument("--generate", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.duration is None:
         args.duration = 5.0 if args.quick else 20.0
 
     if args.generate:
-        print(json.dumps(generate(args.generate, args.connections, args.warmup, args.duration, args.requests, args.gzip)))
+        print(json.dumps(generate(args.generate, args.connections, args.warmup, args.duration, args.requests, args.gzip,
+                                  args.server_pid)))
         return
 
-    print(f"collector bench: batches of {BATCH} events, {args.connections} keep-alive connections, "
-          f"{args.duration:g} s (+{args.warmup:g} s warm-up) per server, {os.cpu_count()} cores"
+    counts = sorted({int(w) for w in args.workers.split(",")})
+    print(f"collector bench: batches of {BATCH} events, {args.connections} keep-alive connections per worker, "
+          f"{args.duration:g} s (+{args.warmup:g} s warm-up) per server, workers {counts}, {os.cpu_count()} cores"
           f"{', gzip' if args.gzip else ''}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="headwater-bench-") as tmp:
-        env = {**os.environ, "HEADWATER_HOME": tmp}
-        env.pop("HEADWATER_PARTITIONS", None)
-        from headwater.config import Home
-        from headwater.log import open_log
+    if args.profile:
+        bare = {"eps": 0, "p50_ms": None, "p99_ms": None}
+    else:
+        bare = _phase("bare", [sys.executable, "-c", _BARE], {**os.environ}, args)
+    runs = {n: _headwater(n, args) for n in counts}
 
-        home = Home(Path(tmp))
-        home.add_source("bench", WRITE_KEY)
-
-        if args.profile:
-            bare = {"eps": 0, "p50_ms": None, "p99_ms": None}
-        else:
-            bare = _phase("bare", [sys.executable, "-c", _BARE], env, args)
-        hw = _phase("headwater", [sys.executable, "-c", _COLLECTOR], env, args, args.profile)
-
-        log = open_log(home.settings.log_url)
-        in_log = sum(log.end_offsets("events").values())
-        log.close()
-        # accepted after warm-up; the log also holds the warm-up's events
-        print(f"   durable: {in_log} events in the log (>= {hw['events']} accepted after warm-up)", flush=True)
-        if in_log < hw["events"]:
-            raise SystemExit("accepted events missing from the log")
-
+    top = runs[counts[-1]]
     result = {
         "bench": "collector",
-        "events": hw["events"],
-        "headwater_eps": hw["eps"],
-        "p50_ms": hw["p50_ms"],
-        "p99_ms": hw["p99_ms"],
+        "workers": {str(n): {k: r[k] for k in ("eps", "p50_ms", "p99_ms", "max_ms", "errors", "events", "durable_in_log",
+                                               "server_cpu_ms_per_request", "loadgen_cpu_ms_per_request")}
+                    for n, r in runs.items()},
+        "headwater_eps": top["eps"],  # at the largest worker count
+        "p50_ms": top["p50_ms"],
+        "p99_ms": top["p99_ms"],
+        "ratio": round(top["eps"] / runs[counts[0]]["eps"], 3) if runs[counts[0]]["eps"] else None,
+        "target_met": top["eps"] >= TARGET_EPS and top["p99_ms"] < TARGET_P99_MS,
         "bare_eps": bare["eps"],
         "bare_p50_ms": bare["p50_ms"],
         "bare_p99_ms": bare["p99_ms"],
-        "ratio": round(hw["eps"] / bare["eps"], 3) if bare["eps"] else None,
-        "errors": hw["errors"],
-        "durable_in_log": in_log,
+        "vs_bare": round(top["eps"] / bare["eps"], 3) if bare["eps"] else None,
+        "errors": sum(r["errors"] for r in runs.values()),
         "batch_size": BATCH,
-        "connections": args.connections,
+        "connections_per_worker": args.connections,
         "duration_s": args.duration,
         "gzip": args.gzip,
-        "request_bytes": hw["body_bytes"],
+        "request_bytes": top["body_bytes"],
+        "cores": os.cpu_count(),
     }
     print(json.dumps(result))
 

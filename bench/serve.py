@@ -16,7 +16,8 @@
    ``--seed-events`` Segment events (``bench/collector.py``'s messages) spread over the last
    hour, sent oldest first (none is late for the watermark).
 3. **Peer** (same run): each request's route function called in this process, one at a time
-   (no HTTP, no concurrency) — the same DuckDB query over the same gold Delta tables through
+   (no HTTP, no concurrency), uncached (``route.__wrapped__``: the response cache of
+   :mod:`headwater.serve.cache` bypassed) — the same DuckDB query over the same gold Delta tables through
    :mod:`headwater.lake.sql`, with the privacy floor: ``duckdb_direct_*``. ``ratio`` = HTTP
    p95 / direct p95.
 4. **Metric endpoints and /api/live** under ``--clients`` (50) concurrent clients: httpx
@@ -128,15 +129,15 @@ def endpoints(start: dt.date, end: dt.date) -> dict[str, tuple[str, dict, Callab
     q = {"start": start.isoformat(), "end": end.isoformat()}
     exp = generate.EXPERIMENT
     return {
-        "active_users": ("/metrics/active_users", q, lambda h, p: metrics_api.active_users(h, p, **r)),
-        "retention": ("/metrics/retention", q, lambda h, p: metrics_api.retention(h, p, **r)),
-        "funnels": ("/metrics/funnels/checkout", q, lambda h, p: metrics_api.funnel(h, p, "checkout", **r)),
-        "experiments": (f"/metrics/experiments/{exp}", q, lambda h, p: metrics_api.experiment(h, p, exp, **r)),
-        "sessions": ("/metrics/sessions", q, lambda h, p: metrics_api.sessions(h, p, **r)),
-        "revenue": ("/metrics/revenue", q, lambda h, p: metrics_api.revenue(h, p, **r)),
-        "top_events": ("/metrics/top_events", q, lambda h, p: metrics_api.top_events(h, p, **r)),
-        "monthly_active_users": ("/metrics/monthly_active_users", q, lambda h, p: metrics_api.monthly_active_users(h, p, **r)),
-        "live": ("/live", {}, lambda h, p: metrics_api.live(h, p)),
+        "active_users": ("/metrics/active_users", q, lambda h, p: metrics_api.active_users.__wrapped__(h, p, **r)),
+        "retention": ("/metrics/retention", q, lambda h, p: metrics_api.retention.__wrapped__(h, p, **r)),
+        "funnels": ("/metrics/funnels/checkout", q, lambda h, p: metrics_api.funnel.__wrapped__(h, p, "checkout", **r)),
+        "experiments": (f"/metrics/experiments/{exp}", q, lambda h, p: metrics_api.experiment.__wrapped__(h, p, exp, **r)),
+        "sessions": ("/metrics/sessions", q, lambda h, p: metrics_api.sessions.__wrapped__(h, p, **r)),
+        "revenue": ("/metrics/revenue", q, lambda h, p: metrics_api.revenue.__wrapped__(h, p, **r)),
+        "top_events": ("/metrics/top_events", q, lambda h, p: metrics_api.top_events.__wrapped__(h, p, **r)),
+        "monthly_active_users": ("/metrics/monthly_active_users", q, lambda h, p: metrics_api.monthly_active_users.__wrapped__(h, p, **r)),
+        "live": ("/live", {}, lambda h, p: metrics_api.live.__wrapped__(h, p)),
         "adhoc_funnel": ("/metrics/funnel", {**q, "steps": FUNNEL_STEPS},
                          lambda h, p: adhoc_api.adhoc_funnel(h, p, FUNNEL_STEPS, **r)),
         "adhoc_retention": ("/metrics/retention/adhoc", {**q, **RETENTION},

@@ -3,6 +3,10 @@
 ``headwater up`` and ``headwater demo`` start both with :class:`Platform`; each is a plain
 ``python -m headwater <component>`` process sharing ``HEADWATER_HOME``, so either can be
 killed (even with SIGKILL) and restarted on its own: the log and the checkpoint make that safe.
+The collector is ``collector.workers`` such processes sharing its port (``collector``,
+``collector-1``, …; :mod:`headwater.collector.server`), each supervised on its own: while a
+killed worker restarts, the others serve. ``headwater collector`` supervises its workers
+with the same :class:`Platform`, without the stream.
 
 :meth:`Platform.supervise` restarts a child that exits with exponential backoff
 (:class:`Backoff`: 1 s, 2 s, 4 s … up to setting ``stream.restart_backoff_max_s``, back to 1 s
@@ -24,6 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -104,14 +109,25 @@ class Backoff:
 
 @dataclass
 class Platform:
-    """Collector (HTTP on 127.0.0.1:``port``) + stream processor, as supervised children; with
-    ``dagster_port`` also the Dagster UI + daemon (:mod:`headwater.orchestrate.server`)."""
+    """Collector (HTTP on 127.0.0.1:``port``: :attr:`collectors`, ``collector.workers``
+    processes sharing the port) + stream processor, as supervised children; with
+    ``dagster_port`` also Dagster's code server, daemon and UI (:mod:`headwater.orchestrate.server`); with
+    ``stream=False`` the collector's workers alone (``headwater collector``)."""
 
     home: Home
     port: int
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     dagster_port: int | None = None
     started: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic() of its start
+    stream: bool = True
+    _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # starts vs stop()
+    _grpc_port: int = field(default_factory=free_port, repr=False)  # Dagster's code server
+
+    @property
+    def collectors(self) -> list[str]:
+        """The names of the collector's worker processes: ``collector``, ``collector-1``, …"""
+        return ["collector" if i == 0 else f"collector-{i}" for i in range(self.home.settings.collector.worker_count)]
 
     @property
     def dagster_url(self) -> str | None:
@@ -124,9 +140,12 @@ class Platform:
         return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> "Platform":
-        """Start both children and wait for the collector; :class:`TransientError` (children
+        """Start the children and wait for the collector; :class:`TransientError` (children
         stopped) if a port is taken or the collector does not come up."""
         with socket.socket() as s:
+            # A listener on the port fails this, connections of an earlier run in TIME_WAIT do not
+            # (SO_REUSEADDR); the workers then share the port (headwater.collector.server).
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", self.port))
             except OSError as e:
@@ -137,8 +156,10 @@ class Platform:
                     s.bind(("127.0.0.1", self.dagster_port))
                 except OSError as e:
                     raise TransientError(f"Dagster UI cannot listen on {self.dagster_url}: {e.strerror}", field="dagster.port") from None
-        self._start("collector")
-        self._start("stream")
+        for name in self.collectors:
+            self._start(name)
+        if self.stream:
+            self._start("stream")
         try:
             # Serving is enough: a 503 (say, a disk over collector.max_disk_used) is the
             # collector's to report, and must not stop the rest of the platform starting.
@@ -147,21 +168,44 @@ class Platform:
             self.stop()
             raise TransientError(f"collector did not start on {self.url}: {e}") from None
         if self.dagster_port:  # after the collector: its start is what clients wait for
-            self._start("dagster")
+            threading.Thread(target=self._start_dagster, name="dagster-start", daemon=True).start()
         return self
 
+    def _start_dagster(self) -> None:
+        """Dagster's storage (once), its code server, then, once that listens, the daemon and
+        the UI (earlier, each would log that it cannot reach it); in a thread, so that ``up``
+        does not wait for Dagster. A restart of one of them later needs none of this."""
+        from headwater.orchestrate import server
+
+        try:
+            server.prepare(self.home)
+        except subprocess.CalledProcessError as e:
+            log.error("Dagster's storage could not be created (exit code %s): Dagster is not started", e.returncode)
+            return
+        self._start("dagster-code")
+        while not self._stopped.wait(0.2):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self._grpc_port)) == 0:
+                    break
+        self._start("dagster-daemon")
+        self._start("dagster-ui")
+
     def start_component(self, name: str) -> None:
-        if name == "dagster":
+        if name.startswith("dagster-"):
             from headwater.orchestrate import server
 
-            self.procs[name] = server.spawn(self.home, self.dagster_port)
+            self.procs[name] = server.spawn(self.home, name, self._grpc_port, self.dagster_port)
             return
-        args = ["collector", "--port", str(self.port)] if name == "collector" else ["stream"]
+        # A collector worker joins the port's SO_REUSEPORT group and exits with this process.
+        args = ["stream"] if name == "stream" else ["collector", "--port", str(self.port), "--worker-of", str(os.getpid())]
         self.procs[name] = spawn(self.home, *args)
 
     def _start(self, name: str) -> None:
-        self.start_component(name)
-        self.started[name] = time.monotonic()
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            self.start_component(name)
+            self.started[name] = time.monotonic()
 
     def supervise(self, stop: threading.Event | None = None, heartbeat: Callable[[str], None] | None = None) -> None:
         """Restart a child that exited, after its :class:`Backoff` delay (logged with its exit
@@ -173,7 +217,7 @@ class Platform:
         if heartbeat is not None:
             threading.Thread(target=Heartbeat(self.home).run, args=(stop, heartbeat), name="heartbeat", daemon=True).start()
         max_s = self.home.settings.stream.restart_backoff_max_s
-        backoffs = {name: Backoff(max_s) for name in self.procs}
+        backoffs: dict[str, Backoff] = defaultdict(lambda: Backoff(max_s))  # Dagster's join later
         due: dict[str, float] = {}  # name -> monotonic time of its restart
         try:
             while not stop.is_set():
@@ -209,6 +253,8 @@ class Platform:
             on_lag(0)
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()  # nothing starts after this
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -75,6 +75,7 @@ class LakeSettings(_Section):
 
 class CollectorSettings(_Section):
     port: int = Field(8088, ge=1, le=65535, description="Collector / API port on 127.0.0.1.")
+    workers: int | None = Field(None, ge=1, le=256, description="Collector processes serving `port` together (`headwater collector`, `headwater up`), a killed one restarted; `max_in_flight`, `max_queue`, `max_loop_delay_ms`, `rate_limit_per_key` and `auth_failures_per_minute` apply per process. Empty: the cores this process may run on.")
     write_key: SecretStr | None = Field(None, description="`headwater up` makes sure a source with this write key exists.")
     hmac_key: SecretStr | None = Field(None, description="Identifier HMAC key (hex); empty: `secrets/hmac.key`, generated on first use.")
     future_tolerance_h: float = Field(23.0, ge=0, description="An event time more than this ahead of the receive time is replaced by the receive time and flagged (hours; PostHog's rule).")
@@ -101,6 +102,15 @@ class CollectorSettings(_Section):
             except ValueError:
                 raise ValueError("expected an even number of hex digits") from None
         return value
+
+    @property
+    def worker_count(self) -> int:
+        """``workers``, or when empty the cores this process may run on (its CPU affinity, which
+        a container's cpuset narrows; ``os.cpu_count()`` where the OS has no affinity call)."""
+        if self.workers:
+            return self.workers
+        affinity = getattr(os, "sched_getaffinity", None)
+        return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 class StreamSettings(_Section):

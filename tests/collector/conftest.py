@@ -17,6 +17,16 @@ RECEIVED = dt.datetime(2024, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 RECEIVED_US = int(RECEIVED.timestamp()) * 1_000_000
 
 
+@pytest.fixture(scope="package", autouse=True)
+def one_worker():
+    """The collectors of this package serve from one process (``collector.workers = 1``): the
+    tests count requests in flight, RSS and rate limits of that process. ``test_workers.py``
+    runs a subset with two."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADWATER_COLLECTOR_WORKERS", "1")
+        yield
+
+
 @pytest.fixture
 def tokenizer() -> Tokenizer:
     return Tokenizer(HMAC_KEY)

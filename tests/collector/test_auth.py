@@ -8,7 +8,8 @@ import time
 import httpx
 import pytest
 
-from headwater.collector.auth import RateLimited, RateLimits, WriteKeys
+from headwater.collector import auth
+from headwater.collector.auth import MovingWindow, RateLimited, RateLimits, WriteKeys
 from headwater.config import Home
 from tests.helpers import LogTail, start_collector
 
@@ -90,3 +91,18 @@ def test_collector_answers_429_with_retry_after_and_loses_nothing_accepted(tmp_p
         assert r.status_code == 429 and "Too many failed authentications" in r.json()["message"]
         assert 50 <= int(r.headers["retry-after"]) <= 60
         assert "after-guessing" not in {e["event_id"] for e in events.rows()}
+
+
+def test_moving_window_admits_again_as_hits_leave_it_and_forgets_idle_keys(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: clock[0])
+    window = MovingWindow(2, 10.0)
+    assert window.hit("a") and window.hit("a") and not window.hit("a") and not window.test("a")
+    assert window.retry_after_s("a") == 10
+    clock[0] += 10.0
+    assert window.test("a") and window.hit("a")  # both earlier hits left the window
+    for i in range(1000):  # a scan from many addresses
+        window.hit(f"10.0.{i // 256}.{i % 256}")
+    clock[0] += 10.5
+    window.hit("b")
+    assert set(window._hits) == {"b"}  # memory: only the keys active in the last window

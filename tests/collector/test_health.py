@@ -8,6 +8,7 @@ tmpfs are in the fault tests)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -102,6 +103,7 @@ def test_health_and_ready_need_no_credential_and_report_every_component(tmp_path
         h = r.json()
         assert h["status"] == "ok"
         assert 0 <= h["writer"].pop("loop_delay_ms") < 250
+        assert h["writer"].pop("pid") == os.getpid()  # in-process here; each worker process answers for itself
         assert h["writer"] == {"status": "ok", "alive": True, "queued": 0, "max_queue": 1024, "in_flight": 0, "max_in_flight": 256}
         assert h["stream"]["status"] == "ok" and h["stream"]["group"] == STREAM_GROUP and h["stream"]["progressing"] is True
         assert h["disk"]["status"] == "ok" and 0 < h["disk"]["used"] < 1 and h["disk"]["max_used"] == 0.95

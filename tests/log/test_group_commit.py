@@ -114,6 +114,24 @@ def test_the_queue_is_bounded_and_a_full_queue_refuses_at_once(log):
     assert stored(log) == [0, 1, 2, 4]
 
 
+def test_max_queue_counts_the_weight_of_waiting_submissions(log):
+    writer = GroupCommitWriter(log, max_queue=4)
+    with write_locked(log):
+        taken = writer.submit(one(0), weight=3)
+        wait_until(lambda: taken.running())  # taken by the writer: no longer waiting
+        batch = writer.submit(one(1), weight=3)  # a batch of 3 requests
+        assert writer.waiting == 3 and writer.room() == 1
+        with pytest.raises(QueueFull):
+            writer.submit(one(2), weight=2)
+        alone = writer.submit(one(3))
+        assert writer.room() == 0
+    for f in (taken, batch, alone):
+        assert f.result(timeout=10) is None
+    assert writer.waiting == 0 and writer.room() == 4
+    writer.close()
+    assert stored(log) == [0, 1, 3]
+
+
 def test_close_commits_a_full_queue(log):
     writer = GroupCommitWriter(log, max_queue=3)
     with write_locked(log):

@@ -43,8 +43,10 @@ def test_sql_models_point_at_the_catalog_and_read_their_inputs():
         assert text.startswith(f"-- {model.table}\n-- Grain, schema and partitioning: the table's entry in headwater.lake.catalog.")
         assert "Columns:" not in text and "_SCHEMA" not in text  # not restated in the header
         assert "{{" not in text and "{k" not in text and "-- repeat" not in text  # fully rendered
-        # the tables it reads are its declared inputs: the DAG's edges are the SQL's
-        assert sql.referenced_tables(text) == set(model.inputs), model.table
+        # the tables it reads are its declared inputs (and a cumulative state its own table):
+        # the DAG's edges are the SQL's
+        own = {model.table} if model.cumulative else set()
+        assert sql.referenced_tables(text) == set(model.inputs) | own, model.table
         # prepared parameters only, and a partitioned model is bounded by its range (a '$' in a
         # string, e.g. the JSON path of PostHog's "$os" property, is not a parameter)
         placeholders = {p.name for p in sqlglot.parse_one(text, read="duckdb").find_all(sqlglot.exp.Placeholder)}
@@ -131,19 +133,50 @@ def test_plan_widens_inputs_to_what_readers_read():
     days = dt.timedelta
     runs = {m.table: (s, e) for m, s, e in plan(d, d + days(days=2))}
     assert list(runs) == [m.table for m in MODELS]  # dependency order kept
-    # without bounds: lookback 30 (monthly actives: the first of the month) and lookahead 366 (retention month cells)
-    assert runs["silver.events"] == (d - days(days=30), d + days(days=2 + 366))
+    # without bounds: lookahead 366 (retention month cells, read from the state of that day);
+    # the trailing windows read the state of their own day only
+    assert runs["silver.events"] == (d - days(days=2), d + days(days=2 + 366))  # the sessions of d-1 read d-2
+    assert runs["silver.person_state"] == (d, d + days(days=2 + 366))
     read_the_day_before = ("gold.sessions", "silver.conversions", "silver.exposures")  # by gold.conversions
     assert all(runs[t] == (d - days(days=1), d + days(days=2)) for t in read_the_day_before)
-    assert all(runs[t] == (d, d + days(days=2)) for t in runs if t not in ("silver.events", *read_the_day_before))
-    # history readers (retention, experiments) take silver from the floor; the ceiling clips
+    widened = ("silver.events", "silver.person_state", *read_the_day_before)
+    assert all(runs[t] == (d, d + days(days=2)) for t in runs if t not in widened)
+    # history readers (the dimensions, conversions) take silver from the floor, and so does a
+    # cumulative state (it starts there); the ceiling clips
     floor, ceiling = d - days(days=60), d + days(days=10)
-    assert {m.table: (s, e) for m, s, e in plan(d, d, floor=floor, ceiling=ceiling)}["silver.events"] == (floor, ceiling)
+    full = {m.table: (s, e) for m, s, e in plan(d, d, floor=floor, ceiling=ceiling)}
+    assert full["silver.events"] == (floor, ceiling) and full["silver.person_platform_state"] == (floor, d)
     # never narrower than asked, even outside the source's days
     assert plan(d, d, floor=d + days(days=9), ceiling=d + days(days=9))[2][1:] == (d, d + days(days=9))
     assert plan(d, d, floor=d - days(days=9), ceiling=d - days(days=9))[2][1:] == (d - days(days=9), d)
     with pytest.raises(InvalidInputError, match="after end"):
         plan(d, d - days(days=1))
+
+
+def test_an_incremental_plan_reads_day_n_and_the_state_of_n_minus_1():
+    """Everything stored up to N-1: day N runs silver and the states on N only; gold on what N
+    changes (yesterday's sessions, the funnels of the week before, the retention cohorts of the
+    year before, the conversions and revenue over yesterday's sessions)."""
+    first, n = dt.date(2024, 1, 1), dt.date(2024, 5, 1)
+    days = dt.timedelta
+    stored = {m.table: (first, n - days(days=1)) for m in MODELS if m.partitioned}
+    runs = {m.table: (s, e) for m, s, e in plan(n, n, floor=first, ceiling=n, stored=stored)}
+    one_day = ("silver.events", "silver.exposures", "silver.conversions", "silver.person_state",
+               "silver.person_platform_state", "silver.experiment_state", "gold.events_hourly", "gold.active_users",
+               "gold.active_users_by_platform", "gold.active_users_monthly", "gold.experiments")
+    assert {t: runs[t] for t in one_day} == {t: (n, n) for t in one_day}
+    assert runs["gold.sessions"] == runs["gold.conversions"] == runs["gold.revenue"] == (n - days(days=1), n)
+    assert runs["gold.funnels"] == (n - days(days=7), n)
+    assert runs["gold.retention"] == (first, n)  # cohorts of the year before N, clipped to what is built
+    # a backfill of an old day D restates the states, and what reads them, forward to N-1
+    d = dt.date(2024, 3, 1)
+    back = {m.table: (s, e) for m, s, e in plan(d, d, floor=first, ceiling=n - days(days=1), stored=stored)}
+    assert back["silver.events"] == (d, d)
+    assert back["silver.person_state"] == back["gold.active_users"] == back["gold.experiments"] == (d, n - days(days=1))
+    # a state that stops before the range resumes the day after its last day, its input with it
+    behind = stored | {"silver.person_state": (first, n - days(days=5))}
+    resumed = {m.table: (s, e) for m, s, e in plan(n, n, floor=first, ceiling=n, stored=behind)}
+    assert resumed["silver.person_state"] == (n - days(days=4), n) and resumed["silver.events"] == (n, n)
 
 
 def test_affected_days_mirror_what_each_model_reads():
@@ -158,12 +191,16 @@ def test_affected_days_mirror_what_each_model_reads():
         "silver.conversions": (0, None),  # an exposure gives the variant of every later conversion
         "gold.events_hourly": (0, 0),
         "gold.sessions": (-1, 1),
-        "gold.active_users": (0, 27),  # WAU for 6 days after, MAU for 27
-        "gold.active_users_by_platform": (0, 27),
-        "gold.active_users_monthly": (0, 30),  # month to date: up to the month's last day
-        "gold.retention": (-366, None),  # cohorts whose cells contain d; later first-active days move
+        "gold.sessions_daily": (0, 0),
+        "silver.person_state": (0, None),  # cumulative: every later state carries the change
+        "silver.person_platform_state": (0, None),
+        "silver.experiment_state": (0, None),
+        "gold.active_users": (0, 0),  # the trailing windows are in the state of the day
+        "gold.active_users_by_platform": (0, 0),
+        "gold.active_users_monthly": (0, 0),
+        "gold.retention": (-366, 0),  # cohorts whose cells the state of d completes
         "gold.funnels": (-7, 0),
-        "gold.experiments": (0, None),  # cumulative results
+        "gold.experiments": (0, 0),  # cumulative results, in the state of the day
         "gold.conversions": (0, 1),  # its session may start the day before
         "gold.revenue": (0, 0),
     }
@@ -178,10 +215,10 @@ def test_errors(tmp_path):
     assert Lake.of(home).ds_range("bronze.events") == (T0.date(), T0.date())
     with pytest.raises(InvalidInputError, match="after end"):
         build(home, T0.date(), T0.date() - dt.timedelta(days=1))
-    gold_model = MODEL["gold.active_users"]
-    with pytest.raises(NotFoundError, match="gold.active_users: input table silver.events is not built yet"):
+    gold_model = MODEL["gold.events_hourly"]
+    with pytest.raises(NotFoundError, match="gold.events_hourly: input table silver.events is not built yet"):
         run_model(home, gold_model, T0.date(), T0.date())
-    assert not Lake.of(home).exists("gold.active_users")
+    assert not Lake.of(home).exists("gold.events_hourly")
 
 
 class InlineModel(Model):

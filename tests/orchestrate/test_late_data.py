@@ -76,17 +76,19 @@ def test_late_events_restate_their_day_and_downstream_windows(built, window_even
         selected = set(request.asset_selection)
         assert {asset_key("silver.events"), asset_key("gold.active_users"), asset_key("silver.identity_map")} <= selected
         assert asset_key(TYPED_TABLE) in selected  # the typed table reads silver.events: restated too
-        # the day itself and every later built day whose trailing window holds it (DAU/WAU/MAU:
-        # d .. d+27, clipped to the last built day); retention cohorts reach back (d-366 ..)
-        assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == LAST_BUILT.isoformat()
+        # the day itself and every later built day of the cumulative states and their readers
+        # (the states are built through LAST, retention reads them ahead: the run's range ends
+        # there, so it builds gold on LAST too); retention cohorts reach back (d-366 ..)
+        assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == LAST.isoformat()
         assert request.tags[ASSET_PARTITION_RANGE_START_TAG] == FIRST.isoformat()
         assert execute(defs, inst, whole).success and execute(defs, inst, request).success
 
         after = dau(home)
         assert after[LATE_DAY] == before[LATE_DAY] + 3
         assert typed_rows(home, LATE_DAY) == typed_before + 3  # the late events are of the typed name
-        assert {d: n for d, n in after.items() if d != LATE_DAY} == {d: n for d, n in before.items() if d != LATE_DAY}
-        rebuilt = full_rebuild(home, tmp_path, LAST_BUILT)
+        assert {d: n for d, n in after.items() if d != LATE_DAY} == {d: n for d, n in before.items() if d != LATE_DAY} | {
+            LAST: after[LAST]}
+        rebuilt = full_rebuild(home, tmp_path, LAST)
         assert table_rows(home, "gold.active_users") == table_rows(rebuilt, "gold.active_users")  # WAU, MAU too
         assert TYPED_TABLE in checksums(home) and checksums(home) == checksums(rebuilt)
         assert set(write_modes(home, "silver.events")) == {"Overwrite"}

@@ -27,14 +27,16 @@ def test_a_late_day_restates_trailing_windows_forward_and_cohorts_backward():
     plan = restatement(MODELS, {"bronze.events": {D}}, built_all(), deferred=frozenset({"silver.identity_map"}))
     assert plan.days["silver.events"] == {D}
     assert plan.days["gold.events_hourly"] == {D}
-    # DAU/WAU/MAU on ds read ds-27..ds: a change on D reaches D..D+27 (WAU 6 days, MAU 27)
-    assert plan.days["gold.active_users"] == days(D, D + dt.timedelta(days=27))
-    assert plan.days["gold.active_users_by_platform"] == days(D, D + dt.timedelta(days=27))
+    # the cumulative states carry D into every later day, and so do DAU/WAU/MAU read from them
+    assert plan.days["silver.person_platform_state"] == days(D, BUILT[1])
+    assert plan.days["gold.active_users"] == days(D, BUILT[1])
+    assert plan.days["gold.active_users_by_platform"] == days(D, BUILT[1])
     # sessions may span midnight: the day before and after too
     assert plan.days["gold.sessions"] == days(D - dt.timedelta(days=1), D + dt.timedelta(days=1))
-    # retention reads 366 days ahead over all history (month 12 of a month cohort): cohorts D-366 .. every later one
+    # retention reads the state 366 days ahead (month 12 of a month cohort), and the state
+    # carries D to every later day: cohorts D-366 .. every later one
     lo, hi = BY_TABLE["gold.retention"].affected_days
-    assert plan.days["gold.retention"] == days(D + dt.timedelta(days=lo), BUILT[1]) and hi is None
+    assert plan.days["gold.retention"] == days(D + dt.timedelta(days=lo), BUILT[1]) and hi == 0
     # the unpartitioned models are rebuilt whole; identity's effect on silver is deferred
     assert plan.whole == ["silver.identity_map", "silver.identity_refused", "silver.dim_user", "silver.dim_device",
                           "silver.dim_experiment"]
@@ -58,17 +60,20 @@ def test_an_identity_change_without_deferral_restates_every_built_silver_day():
 def test_stale_seeds_restate_those_days_and_their_downstream():
     plan = restatement(MODELS, {}, built_all(), seeds={"silver.events": {D, dt.date(2025, 1, 1)}})
     assert plan.days["silver.events"] == {D}  # clipped to what is built
-    assert plan.days["gold.active_users"] == days(D, D + dt.timedelta(days=27))
+    assert plan.days["gold.active_users"] == days(D, BUILT[1])
+    # a stale state day restates every later state day
+    later = restatement(MODELS, {}, built_all(), seeds={"silver.person_state": {D}})
+    assert later.days["silver.person_state"] == later.days["gold.retention"] - days(BUILT[0], D - dt.timedelta(days=1)) == days(D, BUILT[1])
     assert plan.whole == ["silver.dim_device", "silver.dim_experiment"]  # the dimensions read all of silver.events
 
 
 def test_runs_group_contiguous_days_and_keep_dependency_order():
     plan = Restatement(
-        days={"silver.events": {D, D + dt.timedelta(days=40)}, "gold.active_users": days(D, D + dt.timedelta(days=2))},
+        days={"silver.events": {D, D + dt.timedelta(days=40)}, "gold.events_hourly": days(D, D + dt.timedelta(days=2))},
         whole=["silver.identity_map"],
     )
     assert runs(plan, MODELS) == [
-        (D, D + dt.timedelta(days=2), ["silver.identity_map", "silver.events", "gold.active_users"]),
+        (D, D + dt.timedelta(days=2), ["silver.identity_map", "silver.events", "gold.events_hourly"]),
         (D + dt.timedelta(days=40), D + dt.timedelta(days=40), ["silver.events"]),
     ]
     assert runs(Restatement(whole=["silver.dim_user"]), MODELS) == [(None, None, ["silver.dim_user"])]
@@ -99,12 +104,13 @@ def test_changed_days_reads_new_files_off_the_delta_log(home):
 
 
 def test_a_new_day_makes_the_readers_that_look_ahead_stale():
-    """The daily run built day N (silver and gold for N only): retention cohorts, sessions
-    and funnels of earlier days read N too and are stale; a trailing window is not."""
+    """The daily run built day N (silver, the states and gold for N only): retention cohorts
+    (from the state of N), sessions and funnels of earlier days read N too and are stale; a
+    trailing window is not; a state day materialised after later ones makes those stale."""
     n = BUILT[1]
     earlier = {d: 10 for d in days(*BUILT)}  # every partition built at storage id 10
     latest = {m.table: dict(earlier) | {n: 30} for m in MODELS if m.partitioned}
-    stale = stale_readers(MODELS, {"silver.events": {n: 20}}, latest, built_all())
+    stale = stale_readers(MODELS, {"silver.events": {n: 20}, "silver.person_state": {n: 21}}, latest, built_all())
     assert stale["gold.sessions"] == {n - dt.timedelta(days=1)}
     assert stale["gold.retention"] == days(n + dt.timedelta(days=BY_TABLE["gold.retention"].affected_days[0]), n - dt.timedelta(days=1))
     lo = BY_TABLE["gold.funnels"].affected_days[0]
@@ -117,3 +123,7 @@ def test_a_new_day_makes_the_readers_that_look_ahead_stale():
     assert by_first_table["gold.sessions"] == (n - dt.timedelta(days=1), n)
     # a reader built after its input (a backfill: silver first, gold after) is not stale
     assert stale_readers(MODELS, {"silver.events": {n: 5}}, latest, built_all()) == {}
+    # a state day rebuilt after the later ones (a backfill of that day): every later state is stale
+    d = n - dt.timedelta(days=5)
+    assert stale_readers(MODELS, {"silver.person_state": {d: 40}}, latest, built_all())["silver.person_state"] == days(
+        d + dt.timedelta(days=1), n)

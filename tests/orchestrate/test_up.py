@@ -1,5 +1,6 @@
 """``headwater up`` serves the Dagster UI on 127.0.0.1 (HEADWATER_DAGSTER_PORT), with the
-batch layer's assets loaded from the home's code location."""
+batch layer's assets loaded from the home's code location: three Dagster processes (one code
+server, the daemon, the UI), not ``dagster dev``'s five, and no warning on the console."""
 
 import os
 import signal
@@ -8,6 +9,7 @@ import sys
 import time
 
 import httpx
+import psutil
 
 from headwater.runtime import free_port
 
@@ -33,8 +35,13 @@ def test_up_serves_the_dagster_ui_with_the_assets(tmp_path):
                 time.sleep(1)
         assert httpx.get(f"{url}/server_info", timeout=5).json()["dagster_webserver_version"]
         assert f"dagster    {url}" in (tmp_path / "up.out").read_text()
+        dagster = [" ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(recursive=True) if "dagster" in " ".join(p.cmdline())]
+        assert len(dagster) == 3 and not any(" dev " in c for c in dagster), dagster
+        time.sleep(5)  # a sensor and the schedule have been evaluated by the daemon meanwhile
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=90)
         out.close()
     assert os.path.exists(tmp_path / "home" / "dagster" / "dagster.yaml")
+    console = (tmp_path / "up.out").read_text()
+    assert "Warning" not in console and "Traceback" not in console, console

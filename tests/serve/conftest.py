@@ -15,7 +15,9 @@ import pytest
 
 from headwater.config import Home
 from headwater.lake import schemas as s
+from headwater.lake import sql as lake_sql
 from headwater.lake.store import Lake
+from headwater.models.dag import MODELS
 from headwater.serve.access import Role, TokenStore
 from tests.helpers import start_collector
 
@@ -75,6 +77,9 @@ def write_lake(home: Home) -> None:
     _write(lake, "gold.sessions", s.SESSIONS_SCHEMA, [
         {"session_id": f"{p}:1", "person_id": p, "session_start": t0, "session_end": t0 + dt.timedelta(seconds=d), "duration_seconds": d,
          "events": n, "entry_event": "Viewed", "exit_event": "Viewed", "platform": plat, "ds": D1} for plat, p, d, n in sessions])
+    daily = next(m for m in MODELS if m.table == "gold.sessions_daily")  # built from those sessions by its own SQL
+    rows = lake_sql.query(lake, daily.sql(), {"start": D1, "end": D1}).select(daily.schema.names).cast(daily.schema)
+    lake.overwrite_partitions(daily.table, rows, D1, D1)
     _write(lake, "gold.events_hourly", s.EVENTS_HOURLY_SCHEMA, [
         {"hour": t0, "event_type": "track", "event_name": name, "platform": plat, "events": ev, "persons": n, "ds": D1}
         for name, plat, ev, n in (("Viewed", "web", 40, K), ("Viewed", "ios", 7, 1), ("Clicked", "web", 20, K), ("Rare", "web", 90, K - 1))])

@@ -1,5 +1,6 @@
 """headwater import: real CSV / JSON lines / Parquet files → the real event log → the real
-bronze stream; bad rows named by row/line, column and rule; re-imports deduplicated."""
+bronze stream (live), or straight into bronze (bulk): the same bronze either way; bad rows
+named by row/line, column and rule; re-imports deduplicated."""
 
 from __future__ import annotations
 
@@ -29,10 +30,16 @@ u7,,"broken,line",2024-03-01T12:00:00Z,4,,extra
 CSV_MAP = Mapping(timestamp="ts", user_id="user", anonymous_id="anon", event="event")
 
 
-def test_csv_import_lands_in_bronze_with_tokens_and_bad_rows(home, tmp_path, token, bronze):
+@pytest.fixture(params=["live", "bulk"])
+def mode(request) -> str:
+    """The import path: every test using it passes on both, with the same expectations."""
+    return request.param
+
+
+def test_csv_import_lands_in_bronze_with_tokens_and_bad_rows(home, tmp_path, token, bronze, mode):
     path = tmp_path / "export.csv"
     path.write_text(CSV)
-    counts = import_file(home, path, CSV_MAP, source="shop-export")
+    counts = import_file(home, path, CSV_MAP, source="shop-export", mode=mode)
     assert (counts.accepted, counts.rejected) == (3, {"envelope_violation": 3, "decode_failure": 1})
 
     got = bronze("SELECT * FROM bronze.events ORDER BY event_ts")
@@ -63,23 +70,23 @@ def test_csv_import_lands_in_bronze_with_tokens_and_bad_rows(home, tmp_path, tok
     assert "u5" not in bad[2]["payload"]
 
 
-def test_reimport_is_deduplicated_and_identical_rows_stay_distinct(home, tmp_path, bronze):
+def test_reimport_is_deduplicated_and_identical_rows_stay_distinct(home, tmp_path, bronze, mode):
     path = tmp_path / "dupes.csv"
     path.write_text("user,event,ts\nu1,Click,2024-03-01T12:00:00Z\nu1,Click,2024-03-01T12:00:00Z\nu2,Click,2024-03-01T12:00:00Z\n")
     m = Mapping(timestamp="ts", user_id="user", event="event")
-    first = import_file(home, path, m)
+    first = import_file(home, path, m, mode=mode)
     assert first.accepted == 3
     assert bronze("SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM bronze.events") == [{"n": 3, "ids": 3}]
     # The same file again (say, after a crash mid-import): same derived ids, removed by dedup.
-    import_file(home, path, m)
+    import_file(home, path, m, mode=mode)
     assert bronze("SELECT count(*) AS n FROM bronze.events") == [{"n": 3}]
     # Reordered rows of the same export keep their ids too (ids hash values, not positions).
     path.write_text("user,event,ts\nu2,Click,2024-03-01T12:00:00Z\nu1,Click,2024-03-01T12:00:00Z\nu1,Click,2024-03-01T12:00:00Z\n")
-    import_file(home, path, m)
+    import_file(home, path, m, mode=mode)
     assert bronze("SELECT count(*) AS n FROM bronze.events") == [{"n": 3}]
 
 
-def test_parquet_with_epoch_ms_json_properties_types_and_event_ids(home, tmp_path, token, bronze):
+def test_parquet_with_epoch_ms_json_properties_types_and_event_ids(home, tmp_path, token, bronze, mode):
     path = tmp_path / "export.parquet"
     pq.write_table(
         pa.table({
@@ -93,7 +100,7 @@ def test_parquet_with_epoch_ms_json_properties_types_and_event_ids(home, tmp_pat
         path,
     )
     m = Mapping(timestamp="at_ms", timestamp_unit="ms", user_id="who", event="name", event_type="kind", event_id="id", properties="props")
-    counts = import_file(home, path, m)
+    counts = import_file(home, path, m, mode=mode)
     assert counts.accepted == 2 and sum(counts.rejected.values()) == 2
     got = bronze("SELECT * FROM bronze.events ORDER BY event_id")
     assert [(r["event_id"], r["event_type"], r["event_name"], r["user_id"]) for r in got] == [
@@ -110,7 +117,7 @@ def test_parquet_with_epoch_ms_json_properties_types_and_event_ids(home, tmp_pat
     ]
 
 
-def test_jsonl_import_names_malformed_lines_and_keeps_good_ones(home, tmp_path, token, bronze):
+def test_jsonl_import_names_malformed_lines_and_keeps_good_ones(home, tmp_path, token, bronze, mode):
     path = tmp_path / "events.jsonl"
     lines = [
         '{"uid": "u1", "event": "Signed Up", "time": "01/03/2024 12:00", "plan": "pro", "n": 2}',
@@ -122,7 +129,7 @@ def test_jsonl_import_names_malformed_lines_and_keeps_good_ones(home, tmp_path, 
     ]
     path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"uid": "u\xff", "event": "x", "time": "01/03/2024 12:00"}')
     m = Mapping(timestamp="time", timestamp_format="%d/%m/%Y %H:%M", user_id="uid", event="event")
-    counts = import_file(home, path, m)
+    counts = import_file(home, path, m, mode=mode)
     assert counts.rows == 6 and counts.accepted == 2
     got = bronze("SELECT user_id, event_ts, properties FROM bronze.events ORDER BY event_ts")
     assert got == [
@@ -181,18 +188,23 @@ def test_cli_import_prints_counts(home, tmp_path, token, bronze):
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"file": str(path), "rows": 2, "accepted": 1, "rejected": 1, "rejected_by_type": {"envelope_violation": 1}}
+    got = json.loads(out.stdout)
+    # 2024 is history: the bulk path, then the affected days rebuilt.
+    assert {k: v for k, v in got.items() if k not in ("import_id", "restated")} == {
+        "file": str(path), "rows": 2, "accepted": 1, "rejected": 1, "rejected_by_type": {"envelope_violation": 1}, "duplicates": 0,
+        "path": "bulk", "chunks": 1, "resumed": 0, "first_day": "2024-03-01", "last_day": "2024-03-01"}
+    assert got["restated"]["silver.events"] == 1
     assert bronze("SELECT user_id, event_ts FROM bronze.events") == [{"user_id": token("u1"), "event_ts": dt.datetime(2024, 3, 1, 12, tzinfo=UTC)}]
     out = subprocess.run([sys.executable, "-m", "headwater", "import", str(path), "--user-id", "nope", "--event", "event", "--timestamp", "ts"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "column 'nope' (user id) is not in e.csv.gz" in out.stderr
 
 
-def test_the_demo_dataset_imports_whole(home, bronze):
+def test_the_demo_dataset_imports_whole(home, bronze, mode):
     """The real ecom.csv.gz (31,106 events of 600 users, Jan-Jun 2024) through import and stream."""
     from importlib import resources
 
     path = resources.files("headwater.demo") / "data" / "ecom.csv.gz"
-    counts = import_file(home, path, Mapping(timestamp="timestamp", user_id="user_id", event="event", platform="platform"), source="ecom")
+    counts = import_file(home, path, Mapping(timestamp="timestamp", user_id="user_id", event="event", platform="platform"), source="ecom", mode=mode)
     assert (counts.rows, counts.accepted, sum(counts.rejected.values())) == (31_106, 31_106, 0)
     got = bronze("SELECT count(*) AS n, count(DISTINCT event_id) AS ids, count(DISTINCT user_id) AS users, min(ds) AS first, max(ds) AS last FROM bronze.events")
     assert got == [{"n": 31_106, "ids": 31_106, "users": 600, "first": dt.date(2024, 1, 4), "last": dt.date(2024, 6, 29)}]
@@ -224,7 +236,7 @@ def test_a_failed_log_append_stops_the_import_and_a_rerun_completes_it(home, tmp
     assert bronze("SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM bronze.events") == [{"n": 10, "ids": 10}]
 
 
-def test_csv_ids_stay_text_and_late_type_changes_do_not_reject_good_rows(home, tmp_path, token, bronze):
+def test_csv_ids_stay_text_and_late_type_changes_do_not_reject_good_rows(home, tmp_path, token, bronze, mode):
     """DuckDB sniffs column types from a sample: an id column of digits must not become a
     number ("007" → 7), and a property that turns non-numeric after the sample must not turn
     its (good) row into a conversion reject."""
@@ -232,7 +244,7 @@ def test_csv_ids_stay_text_and_late_type_changes_do_not_reject_good_rows(home, t
     rows = [f"00{i},Click,2024-03-01T12:00:00Z,{i}" for i in range(n)] + ["u-late,Click,2024-03-01T12:00:01Z,n/a"]
     path = tmp_path / "late.csv"
     path.write_text("user,event,ts,qty\n" + "\n".join(rows) + "\n")
-    counts = import_file(home, path, Mapping(timestamp="ts", user_id="user", event="event"))
+    counts = import_file(home, path, Mapping(timestamp="ts", user_id="user", event="event"), mode=mode)
     assert (counts.accepted, sum(counts.rejected.values())) == (n + 1, 0)
     got = bronze(f"SELECT properties FROM bronze.events WHERE user_id IN ('{token('007')}', '{token('u-late')}') ORDER BY event_ts")
     assert [json.loads(r["properties"]) for r in got] == [{"qty": 7}, {"qty": "n/a"}]

@@ -59,7 +59,7 @@ def test_replay_after_crash_between_sink_commit_and_commit_log_writes_nothing_tw
     # ... and the process died before commits/1 and its state were written: exactly what a
     # kill -9 between the Delta commit and the commit log leaves behind.
     (stream.checkpoint.commits_dir / "1").unlink()
-    (stream.checkpoint.state_dir / "dedup" / "1.parquet").unlink()
+    (stream.checkpoint.state_dir / "dedup" / "1-1.arrow").unlink()
     version = DeltaTable(Lake.of(home).uri("bronze.events")).version()
 
     recovered = BronzeStream(home)  # re-runs batch 1 with the offsets of offsets/1

@@ -89,14 +89,30 @@ def up(dagster: bool) -> None:
 
 @cli.command()
 @_port_option
-def collector() -> None:
-    """Run only the collector (HTTP: Segment tracking API, PostHog capture) and the query API (/api)."""
+@setting_option("--workers", key="collector.workers", type=click.IntRange(1, 256), help="Processes serving the port together.")
+@click.option("--worker-of", type=int, hidden=True, help="Serve as a worker of the supervisor with this pid (it starts them).")
+def collector(worker_of: int | None) -> None:
+    """Run only the collector (HTTP: Segment tracking API, PostHog capture) and the query API (/api):
+    setting collector.workers processes serving the port, each restarted if it exits; with one,
+    it serves in this process."""
+    home = open_home()
+    if worker_of is None and home.settings.collector.worker_count > 1:
+        from headwater.runtime import Platform
+
+        platform = Platform(home, home.settings.collector.port, stream=False)
+        signal.signal(signal.SIGTERM, _interrupt)  # before the first worker starts: SIGTERM stops them all
+        try:
+            platform.start()
+            platform.supervise()
+        finally:
+            platform.stop()
+        return
     from headwater.collector.server import serve
     from headwater.serve.app import mounts
     from headwater.serve.metrics import render
 
-    home = open_home()
-    serve(home, host="127.0.0.1", port=home.settings.collector.port, metrics=lambda: render(home), mounts=mounts(home))
+    serve(home, host="127.0.0.1", port=home.settings.collector.port, metrics=lambda: render(home), mounts=mounts(home),
+          worker_of=worker_of)
 
 
 @cli.command()
@@ -134,15 +150,21 @@ def _counts_table(counts: dict[str, int]) -> None:
 @cli.command()
 @date_range
 @engine_option
+@click.option("--full-rebuild", "full", is_flag=True,
+              help="Rebuild every table from the first bronze day, trusting nothing built before (no range).")
 @format_option
-def batch(start: dt.date | None, end: dt.date | None, fmt: str) -> None:
+def batch(start: dt.date | None, end: dt.date | None, full: bool, fmt: str) -> None:
     """Build silver and gold tables for a ds range (partitions are overwritten, never appended
-    twice); prints the rows written per table."""
+    twice); prints the rows written per table. Incremental: a day reads its events and the
+    cumulative state of the day before, and what it changes (late rows, an earlier range,
+    re-stitched identities) is restated forward."""
     from headwater.models.run import build
 
     check_range(start, end)
+    if full and (start or end):
+        raise click.UsageError("--full-rebuild covers every day of bronze: give no --start / --end")
     home = open_home()
-    counts = build(home, start, end, progress=lambda msg: click.echo(msg, err=True))
+    counts = build(home, start, end, progress=lambda msg: click.echo(msg, err=True), full=full)
     emit(counts, fmt, table=_counts_table)
 
 

@@ -55,19 +55,59 @@ _MAPPING_KEYS = ("user_id", "anonymous_id", "event", "timestamp", "timestamp_for
 @click.option("--input-format", type=click.Choice(["csv", "jsonl", "parquet"]), default=None,
               help="Format of the file; default: from its name (.csv, .jsonl, .parquet, optionally .gz).")
 @click.option("--source", default="import", show_default=True, help="Source name stamped on the events (its PII policy applies).")
+@click.option("--bulk/--live", "bulk", default=None,
+              help="Write bronze directly, chunk by chunk (bulk), or go through the event log and the stream (live). "
+                   "Default: bulk for 100,000 rows or more, or when the file holds events older than the stream's watermark (history).")
+@click.option("--restate/--no-restate", default=True, show_default=True,
+              help="After a bulk import, rebuild silver and gold from the first imported day on (headwater batch --start DAY).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
+              help="Rows per bulk chunk, 500,000 by default (one Delta commit each; a killed import resumes after its last committed chunk).")
 @_mapping_options({})
 @format_option
-def import_cmd(path: Path, input_format: str | None, source: str, fmt: str, **mapping) -> None:
+def import_cmd(path: Path, input_format: str | None, source: str, bulk: bool | None, restate: bool, chunk_rows: int | None, fmt: str,
+               **mapping) -> None:
     """Import a CSV, JSON lines or Parquet export as events; prints the counts (rows,
-    accepted, rejected by type).
+    accepted, rejected by type, duplicates) and the path taken.
 
     Rows that break a rule become bad rows (`headwater badrows`); the good rows are imported.
-    Re-importing the same file is deduplicated downstream."""
+    History takes the bulk path: bronze is written directly, exactly once (rerun a killed
+    import to resume it), and the affected days are then rebuilt. Re-importing the same file
+    is deduplicated."""
+    from headwater.sources import bulk as bulk_import
     from headwater.sources.files import import_file
 
     m = _mapping(**{k: mapping[k] for k in _MAPPING_KEYS})
-    counts = import_file(open_home(), path, m, fmt=input_format, source=source)
-    emit({"file": str(path), **counts.as_dict()}, fmt)
+    home = open_home()
+    mode = "auto" if bulk is None else "bulk" if bulk else "live"
+    done = import_file(home, path, m, fmt=input_format, source=source, mode=mode, watermark_us=_watermark_us(home),
+                       **({"chunk_rows": chunk_rows} if chunk_rows else {}))
+    out = {"file": str(path), **done.as_dict()}
+    if done.path == "bulk":
+        out["restated"] = None
+        if restate and done.restate:
+            from headwater.models.run import build
+
+            # From the first imported day on: later days read it too (trailing windows,
+            # retention cohorts, identity stitching, the state kept from day to day).
+            out["restated"] = build(home, start=done.first_day, progress=lambda msg: click.echo(msg, err=True))
+            bulk_import.mark_restated(home, done.import_id)
+    emit(out, fmt)
+
+
+def _watermark_us(home) -> int | None:
+    """The live stream's event-time watermark (µs since the epoch) as of its last committed
+    batch; None before its first (the import then takes now minus the default delay)."""
+    from headwater.events import STREAM_GROUP
+    from headwater.stream.checkpoint import Checkpoint
+
+    if not home.checkpoint_dir(STREAM_GROUP).exists():
+        return None
+    checkpoint = Checkpoint(home.checkpoint_dir(STREAM_GROUP))
+    last = checkpoint.latest_committed()
+    if last is None:
+        return None
+    watermark_ms = checkpoint.read_commit(last).get("metrics", {}).get("watermark_ms")
+    return None if watermark_ms is None else watermark_ms * 1000
 
 
 @click.command("logs")

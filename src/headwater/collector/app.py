@@ -9,7 +9,8 @@ Routes (Segment HTTP Tracking API, https://segment.com/docs/connections/sources/
 - PostHog capture (:mod:`.posthog`): ``POST /batch/``, ``/e/``, ``/capture/``, ``/i/v0/e/``,
   ``/track/``, ``/engage/`` (also without the trailing slash); the write key is the PostHog
   project token (``api_key`` / ``token`` in the body, the events or the query string).
-- ``GET /health`` — 200 ``{"status": "ok", "writer", "stream", "disk", "log"}``, 503 with
+- ``GET /health`` — 200 ``{"status": "ok", "writer", "stream", "disk", "log"}`` (``writer``: the
+  answering worker process, with its ``pid``), 503 with
   ``"status": "down"`` when a component is down: the log writer thread stopped, the stream
   has lag and committed nothing for ``collector.stream_stall_s`` (or its lag is unreadable),
   the disk is over ``collector.max_disk_used``, or the log reports a background problem
@@ -49,12 +50,13 @@ Responses are JSON. Errors: ``{"code": <error type>, "message": <field and rule>
 request invalid → 400 with the same fields plus ``code``/``message``. 503 when the log
 append fails (SDKs retry 5xx).
 
-Backpressure (:meth:`~.collector.Collector.admit`, checked before the body is read): too
-many requests in flight or waiting for the log, or the stream too far behind → 429; the disk
-too full or the log writer stopped → 503; an append not durable in time → 503. Each carries
-``Retry-After`` (seconds) and ``"limit"``, the setting that bounds it; the Segment and
-PostHog SDKs retry 429 and 5xx, so load shedding delays events but loses none. Plain overload
-is always a 429, never a 5xx (uvicorn's own ``limit_concurrency`` answers 503, so it is not used).
+Backpressure (:meth:`~.collector.Collector.admit`, checked before the body is read; each
+worker process of ``collector.workers`` counts its own): too many requests in flight or
+waiting for the log, or the stream too far behind → 429; the disk too full or the log writer
+stopped → 503; an append not durable in time → 503. Each carries ``Retry-After`` (seconds)
+and ``"limit"``, the setting that bounds it; the Segment and PostHog SDKs retry 429 and 5xx,
+so load shedding delays events but loses none. Plain overload is always a 429, never a 5xx
+(uvicorn's own ``limit_concurrency`` answers 503, so it is not used).
 
 Durability (:class:`~.collector.Collector`): a request's events (grouped by partition) and
 bad rows go to the log in **one** group-commit submission, and the response is sent only

@@ -142,6 +142,18 @@ SESSIONS_SCHEMA = pa.schema(
     ]
 )
 
+# gold.sessions_daily: gold.sessions per ds x platform (what /api/metrics/sessions serves)
+SESSIONS_DAILY_SCHEMA = pa.schema(
+    [
+        pa.field("platform", pa.string(), nullable=False),  # the sessions' entry platform
+        pa.field("sessions", pa.int64(), nullable=False),
+        pa.field("median_duration_s", pa.float64(), nullable=False),  # exact median over the sessions, seconds
+        pa.field("bounce_rate", pa.float64(), nullable=False),  # share of one-event sessions
+        pa.field("persons", pa.int64(), nullable=False),  # distinct person_id
+        pa.field("ds", pa.date32(), nullable=False),  # UTC day of the sessions' start
+    ]
+)
+
 EVENTS_HOURLY_SCHEMA = pa.schema(
     [
         pa.field("hour", TS, nullable=False),  # start of the UTC hour (event time)
@@ -202,6 +214,47 @@ EXPERIMENTS_SCHEMA = pa.schema(
         pa.field("srm_chi2", pa.float64()),  # sample-ratio-mismatch chi-square (per experiment)
         pa.field("srm_p_value", pa.float64()),
         pa.field("srm", pa.bool_()),  # srm_p_value < 0.001: the split is not as configured
+    ]
+)
+
+# -- cumulative state: partition ds holds the state as of the end of ds (headwater.models.dag) --
+# Bitmaps are BIGINT with bit i set for day / week / month i: both engines shift and mask
+# 64-bit integers the same way, and 32 bits are used at most (no sign bit involved).
+
+# silver.person_state: one row per person seen by ds (every person ever, so a daily build
+# knows who is new without reading history)
+PERSON_STATE_SCHEMA = pa.schema(
+    [
+        pa.field("person_id", pa.string(), nullable=False),  # identity-resolved (silver.events)
+        pa.field("first_ds", pa.date32(), nullable=False),  # first day with an event
+        pa.field("last_ds", pa.date32(), nullable=False),  # last day with an event, up to ds
+        pa.field("cohort_ds", pa.date32()),  # retention cohort: first day with a start event (null: none yet)
+        pa.field("day_bits", pa.int64(), nullable=False),  # bit n: a return event on cohort_ds + n (n = 0..30)
+        pa.field("week_bits", pa.int64(), nullable=False),  # bit k: in the k-th ISO week after the cohort's (0..12)
+        pa.field("month_bits", pa.int64(), nullable=False),  # bit m: in the m-th calendar month after (0..12)
+        pa.field("ds", pa.date32(), nullable=False),
+    ]
+)
+
+# silver.person_platform_state: one row per person and platform active in the 32 days to ds
+PERSON_PLATFORM_STATE_SCHEMA = pa.schema(
+    [
+        pa.field("person_id", pa.string(), nullable=False),
+        pa.field("platform", pa.string(), nullable=False),
+        pa.field("active_days", pa.int64(), nullable=False),  # bit i: an event on ds - i (i = 0..31), never 0
+        pa.field("ds", pa.date32(), nullable=False),
+    ]
+)
+
+# silver.experiment_state: one row per configured experiment and person exposed by ds
+EXPERIMENT_STATE_SCHEMA = pa.schema(
+    [
+        pa.field("experiment_id", pa.string(), nullable=False),
+        pa.field("person_id", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),  # of the first exposure (event time, then event_id)
+        pa.field("exposed_at", TS, nullable=False),  # the first exposure's event time
+        pa.field("converted_at", TS),  # first conversion_event at or after exposed_at, by ds (null: none)
+        pa.field("ds", pa.date32(), nullable=False),
     ]
 )
 

@@ -11,14 +11,15 @@ drained submissions are stored with one append per topic (one transaction each):
 submission spanning topics then resolves only if all of its topics' appends succeeded, and
 fails otherwise, possibly with some of its topics already stored.
 
-Bounds and cancellation. At most ``max_queue`` submissions wait for the writer; one more is
-refused at once with :class:`QueueFull` (the collector answers 429), so a slow log turns into
-back-pressure instead of memory. A waiter may give up (a timeout cancels its future): a
-submission cancelled while still queued is dropped unstored; one the writer has already
-taken cannot be cancelled (:meth:`Future.set_running_or_notify_cancel`) and is committed
-even though its waiter got an error — harmless, because a client retries after the error
-and events are deduplicated by ``event_id`` downstream. Nothing a waiter does can stop the
-writer thread.
+Bounds and cancellation. At most ``max_queue`` submissions wait for the writer, counted by
+their ``weight`` (the collector submits a batch of requests at once, weighing as many); one
+more is refused at once with :class:`QueueFull` (the collector answers 429), so a slow log
+turns into back-pressure instead of memory. A waiter may give up (a timeout cancels its
+future): a submission cancelled while still queued is dropped unstored; one the writer has
+already taken cannot be cancelled (:meth:`Future.set_running_or_notify_cancel`) and is
+committed even though its waiter got an error — harmless, because a client retries after the
+error and events are deduplicated by ``event_id`` downstream. Nothing a waiter does can stop
+the writer thread.
 """
 
 from __future__ import annotations
@@ -41,14 +42,16 @@ class QueueFull(TransientError):
 class GroupCommitWriter:
     """Thread that appends submitted :class:`Append` lists to ``log`` in shared transactions.
 
-    ``max_group``: submissions stored per transaction at most; ``max_queue``: submissions
-    waiting at most (``None``: unbounded)."""
+    ``max_group``: submissions stored per transaction at most; ``max_queue``: total weight of
+    the submissions waiting at most (``None``: unbounded)."""
 
     def __init__(self, log: EventLog, max_group: int = 512, max_queue: int | None = None):
         self._log = log
         self._max_group = max_group
         self.max_queue = max_queue
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue or 0)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting = 0  # weight queued and not yet taken, under _lock
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="log-group-commit", daemon=True)
         self._thread.start()
 
@@ -59,42 +62,49 @@ class GroupCommitWriter:
 
     @property
     def waiting(self) -> int:
-        """Submissions queued and not yet taken by the writer (approximate, as ``qsize``)."""
-        return self._queue.qsize()
+        """Weight of the submissions queued and not yet taken by the writer."""
+        return self._waiting
 
-    def submit(self, appends: Sequence[Append]) -> Future:
-        """Queue ``appends``; the future resolves (to ``None``) once they are durable, or fails
-        with the log's error. Cancelling it before the writer took it drops the submission.
-        Raises :class:`QueueFull` (never blocks) when ``max_queue`` submissions wait."""
+    def room(self) -> int | None:
+        """The weight :meth:`submit` takes now (``None``: unbounded); only grows until the next submit."""
+        return None if self.max_queue is None else max(0, self.max_queue - self._waiting)
+
+    def submit(self, appends: Sequence[Append], weight: int = 1) -> Future:
+        """Queue ``appends`` (counting ``weight`` against ``max_queue``); the future resolves (to
+        ``None``) once they are durable, or fails with the log's error. Cancelling it before the
+        writer took it drops the submission. Raises :class:`QueueFull` (never blocks) when the
+        submission does not fit in ``max_queue``."""
         fut: Future = Future()
-        try:
-            self._queue.put_nowait((list(appends), fut))
-        except queue.Full:
-            raise QueueFull(f"{self.max_queue} log appends already waiting for the group commit",
-                            field="max_queue", retry_after_s=1.0) from None
+        with self._lock:
+            if self.max_queue is not None and self._waiting + weight > self.max_queue:
+                raise QueueFull(f"{self._waiting} already waiting for the group commit (limit {self.max_queue})",
+                                field="max_queue", retry_after_s=1.0)
+            self._waiting += weight
+        self._queue.put((list(appends), fut, weight))
         return fut
 
     def close(self) -> None:
         """Commit everything already submitted, then stop the thread."""
-        # A full queue drains while we wait for room for the stop marker.
-        while self._thread.is_alive():
-            try:
-                self._queue.put(_STOP, timeout=0.1)
-                break
-            except queue.Full:
-                continue
+        self._queue.put(_STOP)
         self._thread.join()
+
+    def _take(self, item):
+        """``item`` (a submission) is the writer's now: its weight no longer waits."""
+        if item is not _STOP:
+            with self._lock:
+                self._waiting -= item[2]
+        return item
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            item = self._take(self._queue.get())
             if item is _STOP:
                 return
             group = [item]
             stop = False
             while len(group) < self._max_group:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._take(self._queue.get_nowait())
                 except queue.Empty:
                     break
                 if nxt is _STOP:
@@ -103,7 +113,7 @@ class GroupCommitWriter:
                 group.append(nxt)
             # Claim each future: a cancelled one is skipped (its appends are not stored), and a
             # claimed (running) one can no longer be cancelled, so resolving it below cannot raise.
-            self._commit([(appends, fut) for appends, fut in group if fut.set_running_or_notify_cancel()])
+            self._commit([(appends, fut) for appends, fut, _ in group if fut.set_running_or_notify_cancel()])
             if stop:
                 return
 

@@ -4,11 +4,13 @@ URL: ``sqlite:///<absolute path>`` (``sqlite:////<path>`` too), with options as 
 parameters (``?background_checkpoint_s=1&retention_ms=604800000``) or keywords of
 :func:`headwater.log.open_log`, which win.
 
-Storage: one row of ``records`` per partition per append — a *record* of ``count`` events,
-``base_offset .. base_offset+count-1``, as ONE Arrow IPC stream (the shape of a Kafka record
-batch). Columns travel as they are: an append and a read cost one (de)serialisation per
-record, not per event, which is what makes this log fast. Records are this module's
-business: :meth:`SqliteLog.read` slices them to the requested offsets.
+Storage: one row of ``records`` per partition per :meth:`~SqliteLog.append` call — a
+*record* of ``count`` events, ``base_offset .. base_offset+count-1``, as ONE Arrow IPC
+stream (the shape of a Kafka record batch); the appends of one call to the same
+partition (a group commit's requests) are stored as one record, their rows in call order,
+when their schemas match. Columns travel as they are: an append and a read cost one
+(de)serialisation per record, not per event, which is what makes this log fast. Records are
+this module's business: :meth:`SqliteLog.read` slices them to the requested offsets.
 
 Why it is safe against kill -9 of a writer or reader: every append is one SQLite
 transaction (``BEGIN IMMEDIATE`` takes the single write lock, the next offset is read
@@ -17,6 +19,23 @@ before ``COMMIT`` returns. A writer killed mid-transaction leaves nothing behind
 frames have no commit record); readers see only committed snapshots and never block the
 writer. Offsets are therefore dense and never reused. Appends to several topics share the
 transaction: :attr:`SqliteLog.atomic_multi_topic_append` is true.
+
+Several writing processes (the collector's workers, each with its own group-commit thread,
+beside the stream committing its offsets): the write lock makes their transactions take
+turns, and since each reads a partition's end offset under it, offsets stay dense, unique
+and in commit order per partition whoever appends. Before ``BEGIN IMMEDIATE`` a writer also
+takes an exclusive ``flock`` on ``<log>-lock`` (one descriptor per thread), held to the end
+of the transaction. SQLite alone makes a waiting writer poll (its busy handler sleeps 1, 2,
+5, 10, 15, 20, 25 … ms between tries), so under a steady load the writer that just committed
+takes the lock again before a sleeping one wakes: waits of tens of milliseconds, and an
+occasional writer (the stream's offset commit) can wait through many of their turns. The
+kernel instead wakes a waiter as soon as the lock is released, so turns alternate (two
+processes, each a group-commit writer fed by four closed-loop submitters, five runs each on
+the shared, busy 2-core machine: p99 of a durable append 29–68 ms, median 50, against 67–237
+ms, median 89, without it; worst 52–191 ms against 188–841 ms; the same appends per second).
+The flock is only about waiting well: SQLite's own lock still guards the data, a writer that
+does not take the flock (another SQLite client) stays correct, and a killed holder's flock
+is released by the kernel with its descriptors.
 
 Retention (``retention_ms``): :meth:`SqliteLog.commit` deletes, in its own transaction, the
 records appended more than ``retention_ms`` ago that every consumer group has committed past
@@ -27,8 +46,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -212,29 +233,41 @@ class SqliteLog(EventLog):
             self._local.conn = conn
         return conn
 
+    def _writers_lock(self) -> int:
+        """This thread's descriptor of ``<log>-lock``, which write transactions ``flock`` (module doc)."""
+        fd = getattr(self._local, "lock_fd", None)
+        if fd is None:
+            fd = self._local.lock_fd = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return fd
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``: the write lock at once), committed on
-        exit, rolled back if the block or the ``COMMIT`` raises; the original error is
-        raised either way.
+        """A write transaction (``BEGIN IMMEDIATE``: the write lock at once, after this thread's
+        turn on the writers' ``flock``: module doc), committed on exit, rolled back if the block
+        or the ``COMMIT`` raises; the original error is raised either way.
 
         A connection left inside a transaction would hold the database's single write lock
         for good, wedging every writer: if the ``ROLLBACK`` itself fails (SQLite may already
         have rolled back after a full disk, or the file is gone), the connection is closed
         (which rolls back) and the thread opens a fresh one next time."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        lock = self._writers_lock()
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except Exception as e:
-                log.warning("event log %s: rollback failed, reopening the connection: %s", self.path, e)
-                self.close()
-            raise
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except Exception as e:
+                    log.warning("event log %s: rollback failed, reopening the connection: %s", self.path, e)
+                    self._close_connection()
+                raise
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
     @_errors
     def ensure_topic(self, topic: str, partitions: int) -> int:
@@ -251,8 +284,19 @@ class SqliteLog(EventLog):
         return row[0]
 
     def _append(self, appends: Sequence[Append]) -> None:
+        # One record per partition (a run of tables per schema change): a group commit of many
+        # requests otherwise stores and later reads one small IPC stream per request and partition.
+        runs: dict[tuple[str, int], list[list[pa.Table]]] = {}
+        for a in appends:
+            if a.events.num_rows:
+                partition = runs.setdefault((a.topic, a.partition), [])
+                if partition and partition[-1][0].schema.equals(a.events.schema):
+                    partition[-1].append(a.events)
+                else:
+                    partition.append([a.events])
         # Encoded before the transaction: the write lock is held only for the inserts.
-        self._insert([(a.topic, a.partition, a.events.num_rows, _encode(a.events)) for a in appends if a.events.num_rows])
+        self._insert([(topic, p, sum(t.num_rows for t in run), _encode(run[0] if len(run) == 1 else pa.concat_tables(run)))
+                      for (topic, p), partition in runs.items() for run in partition])
 
     @_errors
     def _insert(self, records: Sequence[tuple[str, int, int, bytes]]) -> None:
@@ -376,6 +420,13 @@ class SqliteLog(EventLog):
         return {p: got.get(p, 0) for p in range(self.partitions(topic))}
 
     def close(self) -> None:
+        self._close_connection()
+        fd = getattr(self._local, "lock_fd", None)
+        if fd is not None:
+            self._local.lock_fd = None
+            os.close(fd)
+
+    def _close_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             self._local.conn = None

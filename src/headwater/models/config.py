@@ -9,6 +9,8 @@ configuration inlined as ``VALUES`` tables — the way dbt renders a model from 
 * ``{{name}}`` — a configuration table as a subquery (see :data:`TABLES`), e.g.
   ``{{funnel_steps}}`` → ``(SELECT * FROM (VALUES ('checkout', 1, 'product_view',
   INTERVAL 86400 SECOND), ...) AS funnel_steps (funnel, step, event_name, conversion_window))``;
+  ``{{funnel_event_names}}`` is a literal list for ``IN`` instead, ``('add_to_cart', 'product_view')``
+  (a constant filter the scan applies, unlike a join);
 * a block between ``-- repeat for k in 2..max_funnel_steps`` and ``-- end repeat`` lines is
   repeated for ``k = 2 .. `` the longest funnel's step count, with ``{k}`` and ``{k-1}``
   replaced (a funnel's steps are matched one after the other, see ``gold/funnels.sql``).
@@ -196,6 +198,11 @@ def _funnel_steps(c: ModelConfig) -> str:
     return _values("funnel_steps", cols, rows)
 
 
+def _funnel_event_names(c: ModelConfig) -> str:
+    names = sorted({step for f in c.funnels for step in f.steps})
+    return "(" + (", ".join(_literal(n) for n in names) or "NULL") + ")"  # IN (NULL) holds for no row
+
+
 def _experiments(c: ModelConfig) -> str:
     rows = [(x.id, x.control, x.conversion_event, x.exposure_event) for x in c.experiments]
     cols = (("experiment_id", "VARCHAR"), ("control", "VARCHAR"), ("conversion_event", "VARCHAR"), ("exposure_event", "VARCHAR"))
@@ -228,6 +235,7 @@ def _tracked_traits(c: ModelConfig) -> str:
 
 TABLES: dict[str, Callable[[ModelConfig], str]] = {
     "funnel_steps": _funnel_steps,  # funnel, step (1-based), event_name, conversion_window
+    "funnel_event_names": _funnel_event_names,  # ('name', ...): every funnel step's event name, for IN
     "experiments": _experiments,  # experiment_id, control, conversion_event, exposure_event
     "experiment_variants": _experiment_variants,  # experiment_id, variant, weight (sums to 1)
     "tracked_traits": _tracked_traits,  # trait

@@ -12,14 +12,25 @@ Four kinds of model, discovered by :func:`dag` in dependency order:
   dimension specs the CDC readers saved.
 
 A model holds only DAG facts: its ``inputs``, how far around its range it reads them
-(``lookback_days`` / ``lookahead_days`` / ``history``) and how it computes (its SQL file, or
-``compute``). Its grain, schema and partitioning are its table's declaration in
+(``lookback_days`` / ``lookahead_days`` / ``history``), whether it is cumulative state
+(``cumulative``: it also reads its own partition of the day before) and how it computes (its
+SQL file, or ``compute``). Its grain, schema and partitioning are its table's declaration in
 :mod:`headwater.lake.catalog` — or, for a family member, the declaration its family derives
 (contract → typed schema, captured table → dimension schema), held in ``derived``.
 
 ``headwater batch`` (:func:`headwater.models.run.build`), ``headwater backfill``, the Dagster
 assets and the late-data sensor (:mod:`headwater.orchestrate`) all walk :func:`dag` and plan
 ranges with :func:`plan`.
+
+Cumulative state keeps a daily build's cost flat in history. ``silver.person_state`` (per
+person: first / last active day, retention cohort and the periods active in it),
+``silver.person_platform_state`` (per person and platform: a 32-day activity bitmap) and
+``silver.experiment_state`` (per experiment and person: first exposure, first conversion
+after it) hold, in partition ``ds``, the state as of the end of ``ds``; each is computed from
+its latest partition before the run and the input days of the run. DAU / WAU / MAU,
+calendar-month actives, retention and experiments read those states only, so day N reads
+day N's events plus the state of N-1, never all history.
+
 """
 
 from __future__ import annotations
@@ -77,7 +88,10 @@ class Model:
 
     ``inputs``: the lake tables it reads. For output partitions ``[start, end]`` it reads
     input days ``start - lookback_days .. end + lookahead_days``, or every day up to ``end +
-    lookahead_days`` if ``history``. ``compute`` makes it a Python model (it runs on DuckDB
+    lookahead_days`` if ``history``. ``cumulative``: partition ``ds`` is a state as of the end
+    of ``ds``, computed from the model's own latest partition before ``start`` (rolled forward
+    over days without input rows; none before the first run) and the inputs' days in
+    ``[start, end]``: a change on day ``d`` changes every later partition. ``compute`` makes it a Python model (it runs on DuckDB
     whatever the engine); without it the model is the SQL file :attr:`sql_file`. ``derived``:
     a family member's table declaration (``None`` for a table the catalog declares itself).
     """
@@ -87,6 +101,7 @@ class Model:
     lookback_days: int = 0
     lookahead_days: int = 0
     history: bool = False
+    cumulative: bool = False
     compute: Compute | None = None
     derived: TableSpec | None = None
 
@@ -126,10 +141,11 @@ class Model:
         """``(lo, hi)``: a change of an input on day ``d`` may change this model's partitions
         ``d + lo .. d + hi`` (``None``: unbounded). A partition ``p`` reads ``p - lookback ..
         p + lookahead`` (all days before ``p`` with ``history``), so ``lo = -lookahead`` and
-        ``hi = lookback`` (``None`` with ``history``). ``(None, None)`` if not partitioned."""
+        ``hi = lookback`` (``None`` with ``history``, or a ``cumulative`` state, whose every
+        later partition carries the change). ``(None, None)`` if not partitioned."""
         if not self.partitioned:
             return (None, None)
-        return (-self.lookahead_days, None if self.history else self.lookback_days)
+        return (-self.lookahead_days, None if self.history or self.cumulative else self.lookback_days)
 
 
 # The two identity tables come from one resolution, run once per table: the link graph is
@@ -142,7 +158,12 @@ def _identity_refused(run: Run) -> Output:
     return Output(identity.resolve(run.con, run.config.merge_identified_users)[1])
 
 
+TRAILING_DAYS = 30
+"""The longest trailing window a gold model reports (a calendar month to date: its first day
+is at most 30 days before ``ds``; silver.person_platform_state's 32-day bitmap holds it)."""
+
 SILVER = ("silver.events",)
+PERSON_PLATFORM = ("silver.person_platform_state",)
 MODELS: tuple[Model, ...] = (
     Model("silver.identity_map", ("bronze.events",), compute=_identity_map),
     Model("silver.identity_refused", ("bronze.events",), compute=_identity_refused),
@@ -152,14 +173,18 @@ MODELS: tuple[Model, ...] = (
     Model("silver.exposures", SILVER),
     Model("silver.dim_experiment", ("silver.exposures",), history=True),
     Model("silver.conversions", ("silver.events", "silver.exposures"), history=True),  # exposures of any earlier day
+    Model("silver.person_state", SILVER, cumulative=True),
+    Model("silver.person_platform_state", SILVER, cumulative=True),
+    Model("silver.experiment_state", ("silver.events", "silver.exposures"), cumulative=True),
     Model("gold.events_hourly", SILVER),
     Model("gold.sessions", SILVER, lookback_days=1, lookahead_days=1),
-    Model("gold.active_users", SILVER, lookback_days=27),
-    Model("gold.active_users_by_platform", SILVER, lookback_days=27),
-    Model("gold.active_users_monthly", SILVER, lookback_days=30),  # the first of ds's month
-    Model("gold.retention", SILVER, lookahead_days=366, history=True),  # month 12 of a month cohort
+    Model("gold.sessions_daily", ("gold.sessions",)),
+    Model("gold.active_users", PERSON_PLATFORM),
+    Model("gold.active_users_by_platform", PERSON_PLATFORM),
+    Model("gold.active_users_monthly", PERSON_PLATFORM),
+    Model("gold.retention", ("silver.person_state",), lookahead_days=366),  # the state at month 12 of a month cohort
     Model("gold.funnels", SILVER, lookahead_days=model_config.MAX_FUNNEL_WINDOW_HOURS // 24),
-    Model("gold.experiments", SILVER, history=True),
+    Model("gold.experiments", ("silver.experiment_state",)),
     # a conversion's session may have started the day before (history stays in
     # silver.conversions, so gold.sessions is not rebuilt over all history for it)
     Model("gold.conversions", ("silver.conversions", "gold.sessions"), lookback_days=1),
@@ -222,30 +247,81 @@ def plan(
     models: tuple[Model, ...] = MODELS,
     floor: dt.date | None = None,
     ceiling: dt.date | None = None,
+    stored: dict[str, tuple[dt.date, dt.date] | None] | None = None,
 ) -> list[tuple[Model, dt.date, dt.date]]:
     """The ``(model, start, end)`` runs that make every model correct on ``[start, end]``.
 
-    Every model runs on ``[start, end]``; a partitioned model read by others is also run on
-    the days its readers read: ``start - lookback_days`` (from ``floor`` for a reader with
-    ``history``) to ``end + lookahead_days``, clipped to ``[floor, ceiling]`` (the days with
-    source data: other partitions would be empty) but never narrower than ``[start, end]``.
+    Every model runs on ``[start, end]``. Without ``stored`` (a full build: nothing built
+    before is trusted) a partitioned model read by others is also run on the days its readers
+    read: ``start - lookback_days`` (from ``floor`` for a reader with ``history``, and a
+    ``cumulative`` model itself runs from ``floor``: its state starts there) to ``end +
+    lookahead_days``, clipped to ``[floor, ceiling]`` (the days with source data: other
+    partitions would be empty) but never narrower than ``[start, end]``.
+
+    With ``stored`` (``{table: (first, last) ds it holds, or None}`` for the partitioned
+    models; an incremental build), stored partitions are taken as correct: an input is widened
+    only over days its readers read that lie outside what it holds, and a model's run is
+    widened *forward* over the partitions a change of its inputs' runs reaches
+    (:attr:`Model.affected_days`), within what it holds — a cumulative state to its last
+    stored day, and its readers with it; ``gold.retention``'s cohorts back to ``d - 366``;
+    and a cumulative state that stops before ``start`` resumes the day after (from ``floor``
+    if it holds nothing; ``floor`` is then also the first day with data after its last). A
+    daily build of day N so runs silver on N only and restates exactly what N changes.
+
     Unpartitioned models keep ``[start, end]`` (ignored when run). Dependency order is kept.
     :class:`InvalidInputError` if ``start > end``."""
     if start > end:
         raise InvalidInputError(f"start: {start} is after end {end}", field="start")
     partitioned = {m.table for m in models if m.partitioned}
     ranges = {m.table: (start, end) for m in models}
+    day = dt.timedelta(days=1)
+    if stored is not None:
+        for model in models:  # inputs first: a change flows to the readers
+            held = stored.get(model.table)
+            if not model.partitioned or held is None:
+                continue
+            lo, hi = model.affected_days
+            s, e = ranges[model.table]
+            for table in model.inputs:
+                if table not in partitioned:
+                    continue
+                a, b = ranges[table]
+                first = held[0] if lo is None else max(held[0], a + lo * day)
+                last = held[1] if hi is None else min(held[1], b + hi * day)
+                if first <= last:
+                    s, e = min(s, first), max(e, last)
+            if model.cumulative:  # its later partitions are computed from this one
+                e = max(e, held[1])
+            ranges[model.table] = (s, e)
+        for model in models:  # a state resumes where it stops (from floor if it holds nothing)
+            held = stored.get(model.table)
+            s, e = ranges[model.table]
+            if model.cumulative and (held is None or held[1] + day < s):
+                resume = held[1] + day if held is not None else floor
+                if resume is not None:
+                    ranges[model.table] = (min(s, max(resume, floor) if floor is not None else resume), e)
+    elif floor is not None:
+        for model in models:
+            if model.cumulative:
+                ranges[model.table] = (min(floor, start), end)
     for model in reversed(models):  # readers first, so widening reaches transitive inputs
         s, e = ranges[model.table]
         for table in model.inputs:
             if table not in partitioned:
                 continue
-            lo = s - dt.timedelta(days=model.lookback_days)
+            lo = s - model.lookback_days * day
             if model.history and floor is not None:
                 lo = floor
-            hi = e + dt.timedelta(days=model.lookahead_days)
+            hi = e + model.lookahead_days * day
             lo = max(lo, floor) if floor is not None else lo
             hi = min(hi, ceiling) if ceiling is not None else hi
+            held = stored.get(table) if stored is not None else None
+            if held is not None:  # only what the input does not hold yet
+                before, after = (lo, min(hi, held[0] - day)), (max(lo, held[1] + day), hi)
+                needed = [r for r in (before, after) if r[0] <= r[1]]
+                if not needed:
+                    continue
+                lo, hi = needed[0][0], needed[-1][1]
             s0, e0 = ranges[table]
             ranges[table] = (min(s0, lo), max(e0, hi))
     return [(m, *ranges[m.table]) for m in models]

@@ -31,17 +31,19 @@ import datetime as dt
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from headwater.config import Home
 from headwater.errors import HeadwaterError, InvalidInputError, NotFoundError, TransientError
 from headwater.lake import sql
 from headwater.lake.store import Lake
 from headwater.models import config as model_config
-from headwater.models.dag import Model, Output, Run, dag, plan
+from headwater.models.dag import TRAILING_DAYS, Model, Output, Run, dag, plan
 
 
 def _fits(have: pa.DataType, want: pa.DataType) -> bool:
@@ -174,6 +176,8 @@ def run_model(
                     rows = write_result(lake, model, Output(reader), start, end, whole is not None)
             else:
                 _registered(con, lake, model.inputs, model.table)
+                if model.cumulative:  # its own latest partition before start: fresh, it was just written
+                    sql.register(con, lake, model.table)
                 if model.compute is not None:
                     output = model.compute(Run(lake, con, model_config.load(home), start, end))
                 else:
@@ -194,28 +198,47 @@ def build(
     end: dt.date | None = None,
     progress: Callable[[str], None] | None = None,
     engine: str | None = None,
+    full: bool = False,
 ) -> dict[str, int]:
     """Build every model of :func:`headwater.models.dag.dag` for ``ds`` in ``[start, end]``
-    (inclusive): silver, gold, the typed tables and the CDC dimensions.
+    (inclusive): silver, the cumulative states, gold, the typed tables and the CDC dimensions.
 
     Without ``start`` and ``end`` (or with one of them), the days built are bounded to those
     holding data: the ``ds`` values of ``bronze.events`` (from its Delta log), grouped into
     spans by :func:`data_spans` (days less than a lookback window apart form one span, so a
     quiet day keeps its zero row and its trailing metrics), each span planned and built on its
     own. An explicit ``[start, end]`` is built whole.
+
+    Incremental (the default): partitions already stored are taken as correct (this function
+    and the late-data sensor keep them so), so a daily build of day N runs silver on N, the
+    cumulative states on N from their partition of N-1, and gold on what N changes (the
+    retention cohorts of the year before N, yesterday's sessions, the funnels of the week
+    before): the states and gold do not grow with history (the identity map, the dimensions
+    and silver's dedup key scan still read all of bronze / silver). An earlier range (a
+    backfill, late data) restates the states and their readers forward to the last day they
+    hold; a state that holds nothing yet, or stops before ``start``, is built from where it
+    stops (or the first bronze day) first.
+    Rows that landed in bronze since the last build (its version is kept in
+    ``<home>/checkpoints/batch``) for days built before, and silver days whose ``person_id``
+    the identity map now gives otherwise (a late identify stitching anonymous days,
+    :func:`identity_stale_days`), are restated with everything after them in the states and
+    gold, so the result equals a full rebuild.
+    ``full``: trust nothing built before, rebuild every span of bronze from its first day
+    (``headwater batch --full-rebuild``); :class:`InvalidInputError` with a range.
+
     Models run in dependency order over one catalog connection; each run is one atomic
-    partition overwrite (or table replace), so re-running any range gives the same tables.
-    Inputs are built for every day their readers read (see :func:`headwater.models.dag.plan`;
-    retention and experiments read all history, so ``silver.events`` is rebuilt from the
-    first bronze day, which also re-stitches earlier anonymous events to persons identified
-    since). ``progress`` receives one line per model run, e.g. ``"silver.events
-    2024-01-04..2024-06-29: 31076 rows in 0.42 s"``. ``engine`` as for :func:`run_model`.
+    partition overwrite (or table replace), so re-running any range gives the same tables,
+    and a build killed midway and run again ends as a clean one. ``progress`` receives one
+    line per model run, e.g. ``"silver.events 2024-01-04..2024-06-29: 31076 rows in 0.42 s"``.
+    ``engine`` as for :func:`run_model`.
 
     Returns ``{table: rows written}`` (a model run on a widened range, or on several spans, counts all of it);
     ``{}`` if bronze.events has no rows and no range was given. Raises
     :class:`NotFoundError` if ``bronze.events`` does not exist, :class:`InvalidInputError`
     if ``start > end``, and whatever :func:`run_model` raises (models already written stay
     written: each is consistent on its own)."""
+    if full and (start is not None or end is not None):
+        raise InvalidInputError("full: a full rebuild covers every day of bronze.events; give no range", field="full")
     lake = Lake.of(home)
     if not lake.exists("bronze.events"):
         raise NotFoundError(f"bronze.events does not exist yet in {lake.root}: nothing to build (ingest events first)",
@@ -232,22 +255,101 @@ def build(
     else:
         # Only where data is: an outlier day (a clock in 2100, a stray 1970) must not make
         # the gold models generate a row per day over decades between it and the rest.
-        gap = max((m.lookback_days for m in models), default=0) + 1
+        gap = max([TRAILING_DAYS, *(m.lookback_days for m in models)]) + 1
         spans = data_spans(days, start, end, gap) or [(start or bounds[0], end or bounds[1])]
-    runs = [r for s, e in spans for r in plan(s, e, models, floor=bounds[0] if bounds else None, ceiling=bounds[1] if bounds else None)]
+    floor, ceiling = bounds or (None, None)
+    version, seen = lake.version("bronze.events"), _load_cursor(home)
     written: dict[str, int] = {}
     con = sql.connect(lake)
     try:
-        for model, s, e in runs:
-            t0 = time.perf_counter()
-            rows = run_model(home, model, s, e, con, engine)
-            written[model.table] = written.get(model.table, 0) + rows
-            if progress:
-                span = f"{s}..{e}" if model.partitioned else "(whole table)"
-                progress(f"{model.table} {span}: {rows} rows in {time.perf_counter() - t0:.2f} s")
+        rebuilt: list[tuple[dt.date, dt.date]] = []  # the silver.events ranges run so far
+
+        def run(runs: list[tuple[Model, dt.date, dt.date]]) -> None:
+            for model, s, e in runs:
+                if model.table == "silver.events":
+                    rebuilt.append((s, e))
+                t0 = time.perf_counter()
+                rows = run_model(home, model, s, e, con, engine)
+                written[model.table] = written.get(model.table, 0) + rows
+                if progress:
+                    span = f"{s}..{e}" if model.partitioned else "(whole table)"
+                    progress(f"{model.table} {span}: {rows} rows in {time.perf_counter() - t0:.2f} s")
+
+        for i, (s, e) in enumerate(spans):
+            # A full build trusts what it built itself only (its earlier spans). A later span
+            # is its own floor: no data lies between spans, so a state is rolled over the gap.
+            stored = None if full and i == 0 else _stored(lake, models)
+            run(plan(s, e, models, floor=floor if i == 0 else s, ceiling=ceiling, stored=stored))
+        if not full:
+            # Late rows for days built before, and retroactive stitching (silver days whose
+            # person_id the identity map now gives otherwise): those silver days, and the
+            # states and gold after them, are restated.
+            held = lake.ds_range("silver.events")
+            late = [d for d in (_added_days(lake, seen) if seen is not None else [])
+                    if held and d <= held[1] and not any(s <= d <= e for s, e in rebuilt)]
+            if stale := sorted(set(late) | set(identity_stale_days(home, con))):
+                # silver and what reads it day by day on the stale days only; the states (and
+                # what reads them) forward from the first; the whole-table models once
+                readers = _downstream(models, "silver.events")
+                stateful = {t for m in readers if m.cumulative for t in (x.table for x in _downstream(models, m.table))}
+                flat = tuple(m for m in readers if m.table not in stateful and m.partitioned)
+                for s, e in data_spans(stale, None, None, 1):
+                    run(plan(s, e, flat, floor=floor, ceiling=ceiling, stored=_stored(lake, models)))
+                states = tuple(m for m in readers if m.table in stateful)
+                run(plan(stale[0], stale[0], states, floor=floor, ceiling=ceiling, stored=_stored(lake, models)))
+                run([(m, stale[0], stale[0]) for m in readers if not m.partitioned])
     finally:
         con.close()
+    _save_cursor(home, version)
     return written
+
+
+def _cursor_path(home: Home) -> Path:
+    return home.checkpoint_dir("batch") / "bronze_version"
+
+
+def _load_cursor(home: Home) -> int | None:
+    """The ``bronze.events`` version the last completed build saw, ``None`` if none."""
+    path = _cursor_path(home)
+    return int(path.read_text()) if path.is_file() else None
+
+
+def _save_cursor(home: Home, version: int) -> None:
+    """Record ``version`` as seen (written after a build completed: a killed build re-checks)."""
+    path = _cursor_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(version))
+    tmp.replace(path)
+
+
+def _added_days(lake: Lake, since: int) -> list[dt.date]:
+    """The ``ds`` of rows added to ``bronze.events`` after version ``since`` (the data files of
+    the current snapshot not in that one: exact for appends, conservative for a compaction);
+    every ``ds`` if that version cannot be loaded any more."""
+    files = lake.add_actions("bronze.events")
+    try:
+        before = lake.add_actions("bronze.events", since).column("path")
+        files = files.filter(pc.invert(pc.is_in(files.column("path"), value_set=before)))
+    except NotFoundError:
+        pass
+    counts = files.column("num_records")
+    files = files.filter(pc.or_kleene(pc.is_null(counts), pc.greater(counts, 0)))
+    return pc.unique(files.column("partition.ds").cast(pa.date32())).to_pylist()
+
+
+def _stored(lake: Lake, models: tuple[Model, ...]) -> dict[str, tuple[dt.date, dt.date] | None]:
+    """``{table: (first, last) ds holding rows}`` of the partitioned models (from the Delta logs)."""
+    return {m.table: lake.ds_range(m.table) for m in models if m.partitioned}
+
+
+def _downstream(models: tuple[Model, ...], table: str) -> tuple[Model, ...]:
+    """``table``'s model and every model reading it, directly or not, in dependency order."""
+    reached = {table}
+    for model in models:
+        if reached & set(model.inputs):
+            reached.add(model.table)
+    return tuple(m for m in models if m.table in reached)
 
 
 def data_spans(days: list[dt.date], start: dt.date | None, end: dt.date | None, gap: int) -> list[tuple[dt.date, dt.date]]:

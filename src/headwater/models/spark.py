@@ -39,6 +39,7 @@ import pyarrow.dataset as pads
 
 from headwater.config import Home
 from headwater.errors import InvalidInputError, NotFoundError
+from headwater.lake import catalog
 from headwater.lake.store import Lake
 from headwater.models.dag import Model
 from headwater.models.transpile import to_spark
@@ -106,14 +107,19 @@ def register(spark: SparkSession, lake: Lake, table: str) -> str:
     ``spark``; return the view name.
 
     Columns and types are the Delta table's (``timestamp[us, UTC]`` → ``TIMESTAMP``,
-    ``date32`` → ``DATE``). :class:`NotFoundError` naming the table if it does not exist,
-    :class:`InvalidInputError` as :func:`snapshot_files`."""
+    ``date32`` → ``DATE``). A table the catalog declares ``empty_until_written`` (e.g. a
+    cumulative state before its first run) reads as empty until it exists, as on DuckDB
+    (:func:`headwater.lake.sql.register`). :class:`NotFoundError` naming the table if it does
+    not exist otherwise, :class:`InvalidInputError` as :func:`snapshot_files`."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     if not lake.exists(table):
-        raise NotFoundError(f"{table}: no Delta table at {lake.uri(table)}", field=table)
-    files = snapshot_files(lake, table)
-    schema = from_arrow_schema(lake.schema(table))
+        spec = catalog.spec(table)
+        if not (spec.empty_until_written and spec.schema is not None):
+            raise NotFoundError(f"{table}: no Delta table at {lake.uri(table)}", field=table)
+        files, schema = [], from_arrow_schema(spec.schema)
+    else:
+        files, schema = snapshot_files(lake, table), from_arrow_schema(lake.schema(table))
     if files:
         # Above this many paths Spark lists them with a distributed job (one task per file,
         # seconds for a few hundred); these are known local files: stat them on the driver.
@@ -145,7 +151,9 @@ def result(home: Home, lake: Lake, model: Model, start: dt.date, end: dt.date, s
 
         spark = session()
     sql = model.sql(home)
-    views = {table: register(spark, lake, table) for table in model.inputs}
+    # a cumulative model also reads its own latest partition before start
+    reads = model.inputs + ((model.table,) if model.cumulative else ())
+    views = {table: register(spark, lake, table) for table in reads}
     try:
         frame = spark.sql(to_spark(sql, {"start": start, "end": end}, views))
     except AnalysisException as e:

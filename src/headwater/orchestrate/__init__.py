@@ -3,6 +3,6 @@ batch DAG (:func:`headwater.models.dag.dag`: silver, gold, typed tables, CDC dim
 invariant checks, a daily schedule, a late-data sensor, backfills, and the instance (SQLite
 under ``<HEADWATER_HOME>/dagster``).
 
-``headwater.orchestrate.location`` is the code location ``dagster-webserver`` and
-``dagster-daemon`` load (``-m headwater.orchestrate.location``).
+``headwater.orchestrate.location`` is the code location; one code server serves it to
+``dagster-webserver`` and ``dagster-daemon`` (:mod:`headwater.orchestrate.server`).
 """

@@ -13,6 +13,9 @@ CDC dimension, as the DAG holds them when the code location loads:
   ``TimeWindowPartitionMapping`` (``gold.active_users`` on ``ds`` reads ``silver.events``
   ``ds-27 .. ds``); every partition (``AllPartitionMapping``) for a model with ``history``
   — Dagster cannot say "every day up to ``p + lookahead``", so the lineage over-approximates.
+  A cumulative state's read of its own partition of the day before is not declared (Dagster
+  asks a self-dependent asset for one partition per run): the runner resumes it from its
+  latest stored partition, and the late-data sensor restates its later partitions;
   An input no model produces (``bronze.events``, ``bronze.cdc_*``: written by the stream and
   the CDC readers) is an external asset (``AssetSpec``) with the same daily partitions:
   shown in the lineage, never materialised here;
@@ -161,6 +164,7 @@ def model_asset(
             "lookback_days": model.lookback_days,
             "lookahead_days": model.lookahead_days,
             "history": model.history,
+            "cumulative": model.cumulative,
         },
     )
     def build(context: AssetExecutionContext) -> MaterializeResult:

@@ -14,10 +14,12 @@ and raises ``max_concurrent_runs``; nothing else changes.
 from __future__ import annotations
 
 from pathlib import Path
-
-from dagster import DagsterInstance
+from typing import TYPE_CHECKING
 
 from headwater.config import Home
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 DAGSTER_YAML = """\
 # Written by headwater (headwater.orchestrate.instance); edit freely, it is not overwritten.
@@ -42,7 +44,7 @@ telemetry:
 def dagster_home(home: Home) -> Path:
     """``<home>/dagster``, created with its ``dagster.yaml`` if absent (an existing file is kept).
 
-    Use it as ``DAGSTER_HOME`` for ``dagster-webserver`` / ``dagster-daemon``."""
+    Use it as ``DAGSTER_HOME`` for Dagster's processes (:mod:`headwater.orchestrate.server`)."""
     path = home.root / "dagster"
     config = path / "dagster.yaml"
     if not config.exists():
@@ -57,4 +59,6 @@ def instance(home: Home) -> DagsterInstance:
     """The persistent Dagster instance of ``home`` (SQLite storage under ``<home>/dagster``).
 
     The caller should ``dispose()`` it (or use it as a context manager)."""
+    from dagster import DagsterInstance  # here: ``headwater up`` needs dagster_home, not Dagster
+
     return DagsterInstance.from_config(str(dagster_home(home)))

@@ -11,10 +11,11 @@ missed).
 Propagation (:func:`restatement`). When an input of a model changes on day ``d``, the
 model's partitions ``d + lo .. d + hi`` may change, ``(lo, hi) = Model.affected_days``: a
 partition ``p`` reads ``p - lookback .. p + lookahead``, so ``lo = -lookahead``, ``hi =
-lookback`` — the trailing-window rule: ``gold.active_users`` on ``ds`` reads ``ds-27 .. ds``, so a
-change on ``d`` reaches ``d .. d+27`` (WAU for 6 of those days, MAU for all 27); retention by
-cohort reads 96 days ahead and all history, so it reaches ``d-96 ..`` every later cohort.
-``None`` means unbounded. Only what is already built is restated (a day never built is the
+lookback`` — the trailing-window rule: ``gold.sessions`` on ``ds`` reads ``ds-1 .. ds+1``, so a
+change on ``d`` reaches ``d-1 .. d+1``; a cumulative state (``silver.person_state`` …) is
+computed from its own partition of the day before, so a change on ``d`` reaches every later
+state (``hi = None``), and the readers of those states with it (DAU / WAU / MAU of ``d ..``,
+retention cohorts from ``d-366``). ``None`` means unbounded. Only what is already built is restated (a day never built is the
 schedule's or a backfill's to build): affected days are clipped to each model's built
 range. Changes flow in ``MODELS`` order, so a restated silver day propagates into gold.
 Unpartitioned models (identity map, ``dim_user``) are rebuilt whole when an input changed;
@@ -30,8 +31,8 @@ it, and orders the steps of a run, not runs. Models to restate that read one ano
 therefore share a run (inputs are rebuilt before their readers), one per maximal range of
 contiguous dirty days; unrelated ones get runs of their own. The price: an upstream model is
 rebuilt over its readers' wider window (a late day ``d`` rebuilds ``silver.events`` on every
-day gold restates — idempotent, but with retention's reach that is ``d-96 ..`` the last
-built day).
+day gold restates — idempotent, but with the states' reach that is ``d ..`` the last built
+day, and with retention's ``d-366 ..``).
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ def restatement(
                 last = bounds[1] if hi is None else min(bounds[1], d + dt.timedelta(days=hi))
                 if first <= last:
                     days.update(_days(first, last))
+        if days and model.cumulative:  # each later state is computed from the one before
+            days.update(_days(min(days), bounds[1]))
         if days:
             out.days[model.table] = days
             dirty[model.table] = dirty.get(model.table, set()) | days
@@ -173,7 +176,10 @@ def stale_readers(
             continue
         lo, hi = reader.affected_days
         need: dict[dt.date, int] = {}
-        for table in reader.inputs:
+        # a cumulative state reads its own partition of the day before: one materialised after
+        # a later one (a backfill, a restatement) makes every later one stale
+        reads = [(t, lo) for t in reader.inputs] + ([(reader.table, 1)] if reader.cumulative else [])
+        for table, lo in reads:
             for p, storage_id in materialised.get(table, {}).items():
                 first = bounds[0] if lo is None else max(bounds[0], p + dt.timedelta(days=lo))
                 last = bounds[1] if hi is None else min(bounds[1], p + dt.timedelta(days=hi))

@@ -26,7 +26,9 @@ status  when
 ======  ===========================================================================================
 
 The metric routes are in :mod:`headwater.serve.metrics_api` (ad-hoc funnels and retention computed
-on read: :mod:`headwater.serve.adhoc_api`), SQL in :mod:`headwater.serve.sql_api`.
+on read: :mod:`headwater.serve.adhoc_api`), SQL in :mod:`headwater.serve.sql_api`. Metric answers
+are cached per process until a table they read changes (:mod:`headwater.serve.cache`), and a
+request whose answer is cached is answered before FastAPI's routing (:class:`~headwater.serve.cache.FastPath`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headwater.config import Home
 from headwater.errors import ForbiddenError, HeadwaterError, NotFoundError, TransientError, UnauthorizedError
-from headwater.serve import adhoc_api, metrics_api, sql_api
+from headwater.serve import adhoc_api, cache, metrics_api, sql_api
 from headwater.serve.access import TokenStore
 
 SWAGGER_UI = Path(__file__).parent / "static" / "vendor" / "swagger-ui"
@@ -105,4 +107,5 @@ def create_api(home: Home) -> FastAPI:
     api.include_router(metrics_api.router)
     api.include_router(adhoc_api.router)
     api.include_router(sql_api.router)
+    api.add_middleware(cache.FastPath, home=home, tokens=api.state.tokens)
     return api

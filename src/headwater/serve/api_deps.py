@@ -15,11 +15,13 @@ from headwater.serve.access import Principal
 _bearer = HTTPBearer(auto_error=False, description="A read token: `headwater token add --role viewer|analyst|admin`.")
 
 
-def home(request: Request) -> Home:
+# Both are async: FastAPI runs a sync dependency in its thread pool, a thread hop per request
+# for a dict lookup, and a hash and a stat (tokens.json, reread only when it changed).
+async def home(request: Request) -> Home:
     return request.app.state.home
 
 
-def principal(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+async def principal(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
     """The principal of the request's bearer token; :class:`UnauthorizedError` (401) without one."""
     return request.app.state.tokens.authenticate(credentials.credentials if credentials else None)
 

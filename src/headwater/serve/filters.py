@@ -136,6 +136,8 @@ def read(home: Home, table: str, sql: str, params: dict[str, Any], filters: tupl
                         raise NotFoundError(f"{table}: input table {other} is not built yet", field=other)
             floor, ceiling = bounds or (None, None)
             for model, s, e in plan(start, end, models, floor=floor, ceiling=ceiling):
+                if model.cumulative:  # its prior state: none before floor, where plan starts it
+                    lake_sql.register(con, lake, model.table)
                 text = model.sql(config=config)
                 bound = {k: v for k, v in (("start", s), ("end", e)) if f"${k}" in text}  # unused ones are refused
                 data = con.sql(text, params=bound).to_arrow_table().select(model.schema.names).cast(model.schema)

@@ -35,13 +35,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from headwater.config import Home
-from headwater.events import EVENTS_TOPIC
+from headwater.events import EVENTS_TOPIC, STREAM_GROUP as QUERY
 from headwater.lake.store import Lake
 from headwater.log import open_log
 from headwater.quality import alerts
 from headwater.quality.checks import oldest_unconsumed_ms
 from headwater.serve.progress import log_offsets, query_metrics
-from headwater.stream.processor import QUERY
 
 log = logging.getLogger("headwater.heartbeat")
 

@@ -26,6 +26,13 @@ identifier column ever; none of these queries selects one).
 and platform (no person counts: nothing to floor) and active users over all platforms in the
 last 5 and 60 minutes (a union of the per-minute HLL sketches: an estimate, ~1.6 % error). It
 takes no ``where``: the realtime tables hold no properties.
+
+Serving (:mod:`headwater.serve.cache`): every route here answers from a per-process cache,
+per role, valid until a table the answer read commits (``/api/live``: also at most 0.5 s old);
+over HTTP it is an ``async`` handler running misses in a few worker threads. Gold tables are
+read through :func:`headwater.lake.sql.read` (pooled connections, views re-registered per
+Delta version). The functions keep their signatures (the dashboard calls them in-process);
+``route.__wrapped__`` is the uncached function.
 """
 
 from __future__ import annotations
@@ -42,7 +49,9 @@ from headwater.config import Home
 from headwater.errors import InvalidInputError, NotFoundError
 from headwater.lake import sql as lake_sql
 from headwater.lake.store import Lake
+from headwater.models.config import ModelConfig
 from headwater.models.config import load as load_models
+from headwater.serve import cache
 from headwater.serve import filters as hw_filters
 from headwater.serve.access import Principal, Role
 from headwater.serve.api_deps import HomeDep, PrincipalDep
@@ -76,7 +85,7 @@ FUNNEL_SQL = ("SELECT ds, platform, step, step_name, entered, users, conversion,
 
 
 def _exists(home: Home, table: str) -> bool:
-    return Lake.of(home).exists(table)
+    return lake_sql.version(Lake.of(home), table) is not None  # recorded: the answer changes when the table appears
 
 
 def _date_range(home: Home, table: str, start: dt.date | None, end: dt.date | None, on_read: bool = False,
@@ -85,7 +94,7 @@ def _date_range(home: Home, table: str, start: dt.date | None, end: dt.date | No
     :class:`InvalidInputError` naming the parameter for an empty or too long range (at most
     :data:`MAX_DAYS`, or :data:`headwater.serve.filters.MAX_DAYS` if computed ``on_read``)."""
     if end is None:
-        last = lake_sql.query(Lake.of(home), f"SELECT max(ds) AS d FROM {table}")["d"][0].as_py() if _exists(home, table) else None
+        last = lake_sql.read(Lake.of(home), f"SELECT max(ds) AS d FROM {table}")["d"][0].as_py() if _exists(home, table) else None
         end = max(last or dt.datetime.now(dt.timezone.utc).date(), start or dt.date.min)
     if start is None:
         start = end - dt.timedelta(days=min(default_days, hw_filters.MAX_DAYS if on_read else MAX_DAYS) - 1)
@@ -99,15 +108,18 @@ def _date_range(home: Home, table: str, start: dt.date | None, end: dt.date | No
 
 
 def _read(home: Home, table: str, sql: str, params: dict[str, Any], filters: tuple[Filter, ...] = (),
-          days: tuple[dt.date, dt.date] | None = None) -> pa.Table | None:
-    """``sql`` over ``table`` with ``params``; ``None`` when the table was never written.
-    With ``filters``, ``table`` is computed on read over the matching events for ``days``
-    (default ``params["start"]..params["end"]``), see :func:`headwater.serve.filters.read`."""
+          days: tuple[dt.date, dt.date] | None = None, config: ModelConfig | None = None) -> pa.Table | None:
+    """``sql`` over ``table`` with ``params`` (the served read path,
+    :func:`headwater.lake.sql.read`); ``None`` when the table was never written. With
+    ``filters``, ``table`` is computed on read over the matching events for ``days`` (default
+    ``params["start"]..params["end"]``) with the models ``config`` (default: the home's), see
+    :func:`headwater.serve.filters.read`."""
     if filters:
-        return hw_filters.read(home, table, sql, params, filters, *(days or (params["start"], params["end"])))
+        _exists(home, hw_filters.SILVER)  # recorded even when it does not exist yet (the answer is then empty)
+        return hw_filters.read(home, table, sql, params, filters, *(days or (params["start"], params["end"])), config)
     if not _exists(home, table):
         return None
-    return lake_sql.query(Lake.of(home), sql, params)
+    return lake_sql.read(Lake.of(home), sql, params)
 
 
 def _answer(home: Home, principal: Principal, metric: str, rows: pa.Table | None, start=None, end=None,
@@ -133,7 +145,7 @@ def cohort_last_day(end: dt.date, grain: str) -> dt.date:
     return end + dt.timedelta(days=6 if grain == "week" else 0)
 
 
-@router.get("/metrics/active_users", summary="DAU, WAU, MAU and stickiness per day, by platform")
+@cache.route(router.get("/metrics/active_users", summary="DAU, WAU, MAU and stickiness per day, by platform"))
 def active_users(home: HomeDep, principal: PrincipalDep, start: Start = None, end: End = None, platform: Platform = None,
                  where: Where = None) -> dict:
     """Rows of ``gold.active_users_by_platform`` (ds, platform, dau, wau, mau, stickiness =
@@ -153,7 +165,7 @@ def active_users(home: HomeDep, principal: PrincipalDep, start: Start = None, en
     return body
 
 
-@router.get("/metrics/monthly_active_users", summary="Calendar-month actives by platform")
+@cache.route(router.get("/metrics/monthly_active_users", summary="Calendar-month actives by platform"))
 def monthly_active_users(home: HomeDep, principal: PrincipalDep, start: Start = None, end: End = None,
                          platform: Platform = None, where: Where = None) -> dict:
     """One row per calendar month touching the range × platform, from
@@ -173,7 +185,7 @@ def monthly_active_users(home: HomeDep, principal: PrincipalDep, start: Start = 
                    filters=filters)
 
 
-@router.get("/metrics/revenue", summary="Exact revenue per day and platform, with revenue per active user")
+@cache.route(router.get("/metrics/revenue", summary="Exact revenue per day and platform, with revenue per active user"))
 def revenue(home: HomeDep, principal: PrincipalDep, start: Start = None, end: End = None, platform: Platform = None,
             where: Where = None) -> dict:
     """Rows of ``gold.revenue``: ds, platform, revenue (the exact sum of the configured revenue
@@ -192,7 +204,7 @@ def revenue(home: HomeDep, principal: PrincipalDep, start: Start = None, end: En
     return _answer(home, principal, "revenue", rows, start, end, platform, source="gold.revenue", filters=filters)
 
 
-@router.get("/metrics/retention", summary="Retention matrix: day, week or calendar-month cohorts")
+@cache.route(router.get("/metrics/retention", summary="Retention matrix: day, week or calendar-month cohorts"))
 def retention(home: HomeDep, principal: PrincipalDep, start: Start = None, end: End = None, platform: Platform = None,
               grain: Grain = "day", where: Where = None) -> dict:
     """Rows of ``gold.retention`` whose ``cohort_start`` is in the range: cohort_start (a
@@ -217,13 +229,13 @@ def _known(home: Home, table: str, column: str, configured: set[str], value: str
         return
     present = set()
     if _exists(home, table):
-        present = set(lake_sql.query(Lake.of(home), f"SELECT DISTINCT {column} AS v FROM {table}")["v"].to_pylist())
+        present = set(lake_sql.read(Lake.of(home), f"SELECT DISTINCT {column} AS v FROM {table}")["v"].to_pylist())
     if value not in present:
         names = ", ".join(sorted(configured | present)) or "none"
         raise NotFoundError(f"{what}: unknown {what} {value!r} (known: {names})", field=what)
 
 
-@router.get("/metrics/funnels/{funnel}", summary="A configured funnel: persons per step, step conversion, median time to convert")
+@cache.route(router.get("/metrics/funnels/{funnel}", summary="A configured funnel: persons per step, step conversion, median time to convert"))
 def funnel(home: HomeDep, principal: PrincipalDep, funnel: Annotated[str, Path(description="Funnel name (models config).")],
            start: Start = None, end: End = None, platform: Platform = None, where: Where = None) -> dict:
     """Rows of ``gold.funnels`` for ``funnel``: ds (entry day), platform (of the entry), step,
@@ -235,15 +247,13 @@ def funnel(home: HomeDep, principal: PrincipalDep, funnel: Annotated[str, Path(d
     filters = hw_filters.parse(where)
     start, end = _date_range(home, "gold.funnels", start, end, bool(filters))
     params = {"start": start, "end": end, "platform": platform, "funnel": funnel}
-    if filters:  # on read: only this funnel's steps
-        one = dataclasses.replace(config, funnels=tuple(f for f in config.funnels if f.name == funnel))
-        rows = hw_filters.read(home, "gold.funnels", FUNNEL_SQL, params, filters, start, end, one)
-    else:
-        rows = _read(home, "gold.funnels", FUNNEL_SQL, params)
+    # computed on read (a filter) with this funnel's steps only
+    one = dataclasses.replace(config, funnels=tuple(f for f in config.funnels if f.name == funnel))
+    rows = _read(home, "gold.funnels", FUNNEL_SQL, params, filters, config=one)
     return _answer(home, principal, "funnels", rows, start, end, platform, source="gold.funnels", filters=filters)
 
 
-@router.get("/metrics/experiments/{experiment_id}", summary="An experiment's exposure, conversion, lift with CI, p-value and SRM")
+@cache.route(router.get("/metrics/experiments/{experiment_id}", summary="An experiment's exposure, conversion, lift with CI, p-value and SRM"))
 def experiment(home: HomeDep, principal: PrincipalDep, experiment_id: Annotated[str, Path(description="Experiment id (models config).")],
                start: Start = None, end: End = None, platform: Platform = None, where: Where = None) -> dict:
     """Rows of ``gold.experiments`` for the experiment, one per ds × variant, cumulative to
@@ -261,23 +271,23 @@ def experiment(home: HomeDep, principal: PrincipalDep, experiment_id: Annotated[
     return _answer(home, principal, "experiments", rows, start, end, source="gold.experiments", filters=filters)
 
 
-@router.get("/metrics/sessions", summary="Sessions per day and platform: count, median length, bounce rate")
+@cache.route(router.get("/metrics/sessions", summary="Sessions per day and platform: count, median length, bounce rate"))
 def sessions(home: HomeDep, principal: PrincipalDep, start: Start = None, end: End = None, platform: Platform = None,
              where: Where = None) -> dict:
-    """Per ds × platform of ``gold.sessions``: sessions, median_duration_s, bounce_rate (share
+    """Rows of ``gold.sessions_daily`` (``gold.sessions`` pre-aggregated per ds × entry
+    platform): ds, platform, sessions, median_duration_s (exact median), bounce_rate (share
     of one-event sessions), persons (distinct). With ``where``, sessions are made of the
-    matching events only."""
+    matching events only (gold.sessions, then the daily aggregate, computed on read)."""
     filters = hw_filters.parse(where)
-    start, end = _date_range(home, "gold.sessions", start, end, bool(filters))
-    rows = _read(home, "gold.sessions",
-                 "SELECT ds, platform, count(*) AS sessions, median(duration_seconds) AS median_duration_s, "
-                 "avg(CASE WHEN events = 1 THEN 1.0 ELSE 0.0 END) AS bounce_rate, count(DISTINCT person_id) AS persons "
-                 f"FROM gold.sessions WHERE ds BETWEEN $start AND $end AND {_PLATFORM} GROUP BY ds, platform ORDER BY ds, platform",
+    start, end = _date_range(home, "gold.sessions_daily", start, end, bool(filters))
+    rows = _read(home, "gold.sessions_daily",
+                 "SELECT ds, platform, sessions, median_duration_s, bounce_rate, persons FROM gold.sessions_daily "
+                 f"WHERE ds BETWEEN $start AND $end AND {_PLATFORM} ORDER BY ds, platform",
                  {"start": start, "end": end, "platform": platform}, filters)
-    return _answer(home, principal, "sessions", rows, start, end, platform, source="gold.sessions", filters=filters)
+    return _answer(home, principal, "sessions", rows, start, end, platform, source="gold.sessions_daily", filters=filters)
 
 
-@router.get("/metrics/top_events", summary="The most frequent events in the range")
+@cache.route(router.get("/metrics/top_events", summary="The most frequent events in the range"))
 def top_events(home: HomeDep, principal: PrincipalDep, start: Start = None, end: End = None, platform: Platform = None,
                limit: Annotated[int, Query(ge=1, le=1000, description="Most rows returned.")] = 20, where: Where = None) -> dict:
     """event_type, event_name, events (sum over ``gold.events_hourly``), persons (the largest
@@ -292,7 +302,8 @@ def top_events(home: HomeDep, principal: PrincipalDep, start: Start = None, end:
     return _answer(home, principal, "top_events", rows, start, end, platform, limit=limit, source="gold.events_hourly", filters=filters)
 
 
-@router.get("/live", summary="Seconds-fresh counts from the stream: events per minute, active users in 5 and 60 minutes")
+@cache.route(router.get("/live", summary="Seconds-fresh counts from the stream: events per minute, active users in 5 and 60 minutes"),
+             max_age_s=cache.LIVE_MAX_AGE_S)
 def live(home: HomeDep, principal: PrincipalDep, platform: Platform = None,
          minutes: Annotated[int, Query(ge=1, le=1440, description="Minutes of per-minute counts, up to now.")] = 60) -> dict:
     """``per_minute``: rows (minute, event_name, platform, events) of

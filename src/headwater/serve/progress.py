@@ -25,7 +25,7 @@ from typing import Any
 from headwater.config import Home
 from headwater.errors import NotFoundError
 from headwater.log import open_log
-from headwater.stream.processor import BAD_ROWS, EVENTS, QUERY
+from headwater.events import BAD_ROWS_TOPIC as BAD_ROWS, EVENTS_TOPIC as EVENTS, STREAM_GROUP as QUERY  # not stream.processor: `up` stays light
 
 RATE_WINDOW_S = 60.0
 _MAX_COMMITS = 100  # commit files read per query and scrape, newest first

@@ -1,21 +1,29 @@
-"""Mapped rows (:mod:`.mapping`) → canonical events + bad rows → the event log.
+"""Mapped rows (:mod:`.mapping`) → canonical events + bad rows → the event log or bronze.
 
-The last step every non-HTTP source shares with the collector, over the ingest core: ids
-become HMAC tokens (:meth:`headwater.ingest.tokens.Tokenizer.column`, one HMAC per distinct
-id), events are built by :func:`headwater.ingest.canonical.build_events` from Arrow columns,
-properties go through the source's PII policy (:mod:`headwater.ingest.pii`), bad rows are
-typed :class:`~headwater.ingest.badrows.BadRow` with their payload redacted, events are split by
-identity key into log partitions (:mod:`headwater.ingest.partitioning`) and appended,
-with the batch's bad rows, in ONE log transaction — a batch is stored whole or not at all.
-On a log without ``atomic_multi_topic_append`` the events and the bad rows are two appends,
-each atomic: a failure between them raises with the events stored, and a rerun stores them
-again (deduplicated by ``event_id`` downstream, never twice in bronze) and the bad rows once.
+:class:`Canonicalizer` is the step every non-HTTP source shares with the collector, over the
+ingest core: ids become HMAC tokens (:meth:`headwater.ingest.tokens.Tokenizer.column`, one
+HMAC per distinct id, or tokens the caller joined in already), events are built by
+:func:`headwater.ingest.canonical.build_events` from Arrow columns, checked against their
+contracts (:func:`headwater.registry.validate.apply`, as the collector does: on the values as
+sent, before the PII policy), properties go through the source's PII policy
+(:mod:`headwater.ingest.pii`), and bad rows are typed :class:`~headwater.ingest.badrows.BadRow`
+with their payload redacted. Its output goes to one of two sinks:
+
+- :class:`LogSink` (the live path): events split by identity key into log partitions
+  (:mod:`headwater.ingest.partitioning`) and appended, with the batch's bad rows, in ONE log
+  transaction — a batch is stored whole or not at all. On a log without
+  ``atomic_multi_topic_append`` the events and the bad rows are two appends, each atomic: a
+  failure between them raises with the events stored, and a rerun stores them again
+  (deduplicated by ``event_id`` downstream, never twice in bronze) and the bad rows once.
+- :mod:`.bulk` (history): straight into ``bronze.events`` / ``bronze.bad_rows``, one Delta
+  commit per chunk.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -26,59 +34,197 @@ import pyarrow.compute as pc
 from headwater.config import Home, PiiPolicy
 from headwater.events import BAD_ROWS_TOPIC, ENVELOPE_VIOLATION, EVENT_SCHEMA, EVENTS_TOPIC, TS
 from headwater.ingest.badrows import BadRow, bad_rows_append, redact
-from headwater.ingest.canonical import EVENT_TIME_RANGE, Built, EventColumns, build_events, time_violation_reason
+from headwater.ingest.canonical import EVENT_TIME_RANGE, Built, EventColumns, Normalized, build_events, time_violation_reason
 from headwater.ingest.partitioning import event_appends
 from headwater.ingest.pii import PiiScrubber, scrubber
 from headwater.ingest.tokens import Tokenizer
 from headwater.log import Append, EventLog, open_log
+from headwater.registry import validate as contracts
+from headwater.registry.registry import Registry
 
 _encode = msgspec.json.Encoder().encode
+
+#: Optional columns of a mapped batch: the HMAC tokens of ``user_raw`` / ``anon_raw``, when the
+#: caller tokenised the distinct ids of its whole input at once (:func:`with_tokens`).
+TOKEN_COLUMNS = {"user_raw": "user_token", "anon_raw": "anon_token"}
+
+
+def with_tokens(batch: pa.RecordBatch | pa.Table, tokens: pa.Array) -> pa.Table:
+    """``batch`` of :func:`.files.indexed` rows with :data:`TOKEN_COLUMNS` taken from
+    ``tokens`` (the tokens of its ``ids``) instead of ``user_idx`` / ``anon_idx``."""
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    for raw, idx in (("user_raw", "user_idx"), ("anon_raw", "anon_idx")):
+        table = table.append_column(TOKEN_COLUMNS[raw], pc.take(tokens, table.column(idx)))
+    return table.drop_columns(["user_idx", "anon_idx"])
 
 
 @dataclass
 class Counts:
-    """What a source run did: ``rows`` read (good + bad), ``accepted`` events appended,
-    ``rejected`` bad rows by error type."""
+    """What a source run did: ``rows`` read (good + bad), ``accepted`` events stored,
+    ``rejected`` bad rows by error type, ``duplicates`` rows dropped because their
+    ``(source, event_id)`` was in bronze already or earlier in the same file (bulk import
+    only: the live path leaves that to the stream's dedup)."""
 
     rows: int = 0
     accepted: int = 0
     rejected: Counter = field(default_factory=Counter)
+    duplicates: int = 0
 
     def add(self, other: "Counts") -> None:
         self.rows += other.rows
         self.accepted += other.accepted
         self.rejected.update(other.rejected)
+        self.duplicates += other.duplicates
 
     def as_dict(self) -> dict:
-        return {"rows": self.rows, "accepted": self.accepted, "rejected": sum(self.rejected.values()), "rejected_by_type": dict(self.rejected)}
+        return {"rows": self.rows, "accepted": self.accepted, "rejected": sum(self.rejected.values()),
+                "rejected_by_type": dict(self.rejected), "duplicates": self.duplicates}
 
 
-class LogSink:
-    """Writes mapped batches of one source to the event log as canonical events.
+@dataclass
+class Prepared:
+    """One mapped batch after :meth:`Canonicalizer.prepare`: ``events`` (``EVENT_SCHEMA``,
+    PII policy applied), ``bad_rows`` (payloads redacted; :func:`bad_rows_append` scrubs
+    them with the source's policy) and the batch's ``counts``."""
 
-    ``source``: the ``source`` column value (its PII policy is the configured source's of
-    that name, else the default policy); ``surface`` / ``platform``: constant columns;
-    ``context``: JSON object text stored in every event's ``context``; ``protocol``: the
-    bad rows' ``protocol`` (``import``, ``serverlog``); ``id_columns``: input columns holding
-    identifiers, tokenised in bad-row payloads; ``where`` (``row`` / ``line``) and
-    ``timestamp_column`` name an event-time violation in its bad row's reason."""
+    events: pa.Table
+    bad_rows: list[BadRow]
+    counts: Counts
+
+
+class Canonicalizer:
+    """Turns mapped batches of one source into canonical events and bad rows.
+
+    ``source``: the ``source`` column value (its PII policy and ``unregistered_events`` are
+    the configured source's of that name, else the defaults); ``surface`` / ``platform``:
+    constant columns; ``context``: JSON object stored in every event's ``context``;
+    ``protocol``: the bad rows' ``protocol`` (``import``, ``serverlog``); ``id_columns``:
+    input columns holding identifiers, tokenised in bad-row payloads; ``where`` (``row`` /
+    ``line``) and ``timestamp_column`` name the row and column in bad-row reasons."""
 
     def __init__(self, home: Home, source: str, *, protocol: str, context: dict, id_columns: tuple[str, ...],
-                 surface: str = "server", platform: str = "server", log: EventLog | None = None,
-                 where: str = "row", timestamp_column: str = "timestamp"):
-        self.home, self.source, self.protocol = home, source, protocol
-        self.log = log or open_log(home.settings.log_url)
-        self.partitions = self.log.ensure_topic(EVENTS_TOPIC, home.settings.log.partitions)
-        self.log.ensure_topic(BAD_ROWS_TOPIC, 1)
+                 surface: str = "server", platform: str = "server", where: str = "row", timestamp_column: str = "timestamp"):
+        self.source, self.protocol = source, protocol
         # A large cache: an export's ids repeat across batches; 1M ids ≈ 150 MB at most.
         self.tokenizer = Tokenizer(home.hmac_key(), cache_size=1 << 20)
-        self.policy = next((s.pii for s in home.sources() if s.name == source), PiiPolicy())
+        config = next((s for s in home.sources() if s.name == source), None)
+        self.policy = config.pii if config is not None else PiiPolicy()
+        self.reject_unregistered = config is not None and config.unregistered_events == "reject"
+        self.validator = contracts.ContractValidator(Registry.from_home(home))
         self.scrubber: PiiScrubber = scrubber(self.policy, self.tokenizer)
         self.context = _encode(context).decode()
         self.surface, self.platform = surface, platform
         self.id_columns = id_columns
         self.where, self.timestamp_column = where, timestamp_column
         self.future_tolerance_us = int(home.settings.collector.future_tolerance_h * 3_600_000_000)
+
+    def prepare(self, mapped: pa.Table | pa.RecordBatch) -> Prepared:
+        """Events and bad rows of one batch of :data:`~headwater.sources.mapping.MAPPED_COLUMNS`
+        rows (and, optionally, :data:`TOKEN_COLUMNS`), received now."""
+        if isinstance(mapped, pa.RecordBatch):
+            mapped = pa.Table.from_batches([mapped])
+        received_us = time.time_ns() // 1000
+        failed = pc.is_valid(mapped.column("_error"))
+        if pc.any(failed).as_py():
+            bad, good = mapped.filter(failed), mapped.filter(pc.invert(failed))
+        else:  # the common case: no copy of the batch
+            bad, good = mapped.slice(0, 0), mapped
+        events, rows = self.events(good, received_us) if good.num_rows else (EVENT_SCHEMA.empty_table(), [])
+        # Payloads: identifier columns tokenised here, the source's PII policy by bad_rows_append.
+        rows = [
+            BadRow(t, reason, self.source, received_us, redact(p, self.tokenizer, self.id_columns) if p is not None else None, self.protocol)
+            for t, reason, p in zip(*(bad.column(c).to_pylist() for c in ("_error_type", "_error", "_payload")))
+        ] + rows
+        counts = Counts(rows=mapped.num_rows, accepted=events.num_rows)
+        counts.rejected.update(r.error_type for r in rows)
+        return Prepared(events, rows, counts)
+
+    def events(self, good: pa.Table, received_us: int) -> tuple[pa.Table, list[BadRow]]:
+        """``EVENT_SCHEMA`` table of mapped rows that passed every mapping rule (event time as
+        mapped: no client clock to correct; the event-time range and future tolerance of
+        :func:`~headwater.ingest.canonical.event_time` applied), checked against their
+        contracts, ``properties`` scrubbed with the source's PII policy; plus the bad rows of
+        the rows the range rule or a contract refused."""
+        n = good.num_rows
+        columns = EventColumns(
+            event_ids=good.column("event_id"),
+            event_types=good.column("event_type"),
+            event_names=good.column("event_name"),
+            anonymous_ids=self._tokens(good, "anon_raw"),
+            user_ids=self._tokens(good, "user_raw"),
+            timestamps=good.column("event_ts"),
+            original_timestamps=pa.nulls(n, TS),
+            sent_ats=pa.nulls(n, TS),
+            surfaces=pa.repeat(pa.scalar(self.surface), n),
+            platforms=pc.fill_null(good.column("platform"), self.platform),
+            properties=good.column("properties"),
+            contexts=pa.repeat(pa.scalar(self.context), n),
+        )
+        built = build_events(columns, source=self.source, received_at_us=received_us, future_tolerance_us=self.future_tolerance_us)
+        bad = [self._time_bad_row(good, v.row, received_us) for v in built.violations]
+        norm = self._contracts(good, built, received_us)
+        return self.scrubber.apply(norm.events, ("properties",)), bad + norm.bad_rows
+
+    def _tokens(self, good: pa.Table, raw: str) -> pa.Array | pa.ChunkedArray:
+        token = TOKEN_COLUMNS[raw]
+        return good.column(token) if token in good.column_names else self.tokenizer.column(good.column(raw))
+
+    def _contracts(self, good: pa.Table, built: Built, received_us: int) -> Normalized:
+        """``built``'s events checked against their contracts (the collector's rule, module
+        doc of :mod:`headwater.registry.validate`); a refused event's bad row names its row."""
+        row = lambda i: i  # noqa: E731 (event i is mapped row i, unless the range rule left rows out)
+        if built.violations:
+            out = {v.row for v in built.violations}
+            row = [i for i in range(good.num_rows) if i not in out].__getitem__
+        return contracts.apply(
+            Normalized(built.events), self.validator, messages=_Payloads(self, good, row, built.events.num_rows),
+            at=lambda i: f"{self.where} {good.column('_row')[row(i)].as_py()}",
+            reject_unregistered=self.reject_unregistered, redact=lambda raw: raw.decode(),
+            source=self.source, received_at_us=received_us, protocol=self.protocol,
+        )
+
+    def _time_bad_row(self, good: pa.Table, row: int, received_us: int) -> BadRow:
+        """The bad row of mapped row ``row``, whose event time broke the range rule."""
+        where = f"{self.where} {good.column('_row')[row].as_py()}: column \"{self.timestamp_column}\" (timestamp)"
+        return BadRow(ENVELOPE_VIOLATION, time_violation_reason(where), self.source, received_us,
+                      self.payload(good, row).decode(), self.protocol, self.timestamp_column, EVENT_TIME_RANGE)
+
+    def payload(self, good: pa.Table, row: int) -> bytes:
+        """Bad-row payload of mapped row ``row``: its mapped values as JSON, ids as tokens,
+        the event time as text (it may not fit a ``datetime``)."""
+        r = good.slice(row, 1)
+        get = lambda c: r.column(c)[0].as_py()  # noqa: E731
+        return _encode({
+            "event_id": get("event_id"), "event_type": get("event_type"), "event_name": get("event_name"),
+            "user_id": self.tokenizer.token(u) if (u := get("user_raw")) else None,
+            "anonymous_id": self.tokenizer.token(a) if (a := get("anon_raw")) else None,
+            "event_ts": pc.cast(r.column("event_ts"), pa.string())[0].as_py(), "properties": get("properties"),
+        })
+
+
+class _Payloads(Sequence):
+    """The payloads of a batch's events for :func:`contracts.apply`, built only for the
+    events it refuses (``row(i)``: the mapped row of event ``i``)."""
+
+    def __init__(self, canon: Canonicalizer, good: pa.Table, row, n: int):
+        self.canon, self.good, self.row, self.n = canon, good, row, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        return self.canon.payload(self.good, self.row(i))
+
+
+class LogSink:
+    """Writes mapped batches of one source, canonicalised by ``canon``, to the event log (the
+    live path); ``log``: the event log (default: the home's)."""
+
+    def __init__(self, home: Home, canon: Canonicalizer, log: EventLog | None = None):
+        self.canon, self.source = canon, canon.source
+        self.log = log or open_log(home.settings.log_url)
+        self.partitions = self.log.ensure_topic(EVENTS_TOPIC, home.settings.log.partitions)
+        self.log.ensure_topic(BAD_ROWS_TOPIC, 1)
 
     def write(self, mapped: pa.Table | pa.RecordBatch) -> Counts:
         """Append one batch of :data:`~headwater.sources.mapping.MAPPED_COLUMNS` rows: good rows
@@ -107,68 +253,13 @@ class LogSink:
 
     def prepare(self, mapped: pa.Table | pa.RecordBatch) -> tuple[list[Append], Counts]:
         """The log appends of one batch (events by partition, then its bad rows) and its counts."""
-        if isinstance(mapped, pa.RecordBatch):
-            mapped = pa.Table.from_batches([mapped])
-        received_us = time.time_ns() // 1000
-        failed = pc.is_valid(mapped.column("_error"))
-        bad = mapped.filter(failed)
-        good = mapped.filter(pc.invert(failed))
-        built = self.events(good, received_us) if good.num_rows else Built(EVENT_SCHEMA.empty_table(), [])
-        events = built.events
-        appends = event_appends(events, self.partitions, EVENTS_TOPIC)
-        counts = Counts(rows=mapped.num_rows, accepted=events.num_rows)
-        # Payloads: identifier columns tokenised here, the source's PII policy by bad_rows_append.
-        rows = [
-            BadRow(t, reason, self.source, received_us, redact(p, self.tokenizer, self.id_columns) if p is not None else None, self.protocol)
-            for t, reason, p in zip(*(bad.column(c).to_pylist() for c in ("_error_type", "_error", "_payload")))
-        ] + self._time_bad_rows(good, built, received_us)
-        if rows:
-            counts.rejected.update(r.error_type for r in rows)
-            appends.append(bad_rows_append(rows, self.policy, self.tokenizer))
-        return appends, counts
+        p = self.canon.prepare(mapped)
+        appends = event_appends(p.events, self.partitions, EVENTS_TOPIC)
+        if p.bad_rows:
+            appends.append(bad_rows_append(p.bad_rows, self.canon.policy, self.canon.tokenizer))
+        return appends, p.counts
 
     def _append(self, appends: list[Append]) -> None:
         """One batch's appends: one log transaction, or one per topic, events first (module doc)."""
         for group in self.log.atomic_groups(appends):
             self.log.append(group)
-
-    def _time_bad_rows(self, good: pa.Table, built: Built, received_us: int) -> list[BadRow]:
-        """Bad rows of the mapped rows whose event time broke the range rule; the payload is
-        the mapped row (ids as tokens, event time as text: it may not fit a ``datetime``)."""
-        out = []
-        for v in built.violations:
-            r = good.slice(v.row, 1)
-            get = lambda c: r.column(c)[0].as_py()  # noqa: E731
-            where = f"{self.where} {get('_row')}: column \"{self.timestamp_column}\" (timestamp)"
-            payload = {
-                "event_id": get("event_id"), "event_type": get("event_type"), "event_name": get("event_name"),
-                "user_id": self.tokenizer.token(u) if (u := get("user_raw")) else None,
-                "anonymous_id": self.tokenizer.token(a) if (a := get("anon_raw")) else None,
-                "event_ts": pc.cast(r.column("event_ts"), pa.string())[0].as_py(), "properties": get("properties"),
-            }
-            out.append(BadRow(ENVELOPE_VIOLATION, time_violation_reason(where), self.source, received_us,
-                              _encode(payload).decode(), self.protocol, self.timestamp_column, EVENT_TIME_RANGE))
-        return out
-
-    def events(self, good: pa.Table, received_us: int) -> Built:
-        """``EVENT_SCHEMA`` table of mapped rows that passed every rule (event time as mapped:
-        no client clock to correct; the event-time range and future tolerance of
-        :func:`~headwater.ingest.canonical.event_time` applied), ``properties`` scrubbed with
-        the source's PII policy; plus the rows the range rule left out."""
-        n = good.num_rows
-        columns = EventColumns(
-            event_ids=good.column("event_id"),
-            event_types=good.column("event_type"),
-            event_names=good.column("event_name"),
-            anonymous_ids=self.tokenizer.column(good.column("anon_raw")),
-            user_ids=self.tokenizer.column(good.column("user_raw")),
-            timestamps=good.column("event_ts"),
-            original_timestamps=pa.nulls(n, TS),
-            sent_ats=pa.nulls(n, TS),
-            surfaces=pa.repeat(pa.scalar(self.surface), n),
-            platforms=pc.fill_null(good.column("platform"), self.platform),
-            properties=good.column("properties"),
-            contexts=pa.repeat(pa.scalar(self.context), n),
-        )
-        built = build_events(columns, source=self.source, received_at_us=received_us, future_tolerance_us=self.future_tolerance_us)
-        return Built(self.scrubber.apply(built.events, ("properties",)), built.violations)

@@ -1,12 +1,22 @@
-"""``headwater import PATH``: CSV, JSON lines and Parquet exports → the event log.
+"""``headwater import PATH``: CSV, JSON lines and Parquet exports → the event log or bronze.
 
-One DuckDB query per file does the work (:func:`headwater.sources.mapping.mapped_query`):
-DuckDB reads the file (``read_csv`` / ``read_parquet``; JSON lines through
-:func:`headwater.sources.lines.read_lines`, so a malformed line has an exact line number),
-maps and validates every row and derives event ids; its result streams out as Arrow record
-batches of ``batch_rows`` rows, each written by :class:`~headwater.sources.canonical.LogSink`
-(tokenise, PII policy, partition, one log transaction per batch, the append of one batch
-overlapping the preparation of the next).
+:func:`load` reads, maps and validates the whole file in DuckDB into one table
+(:func:`headwater.sources.mapping.mapped_query`): DuckDB reads the file (``read_csv`` /
+``read_parquet``; JSON lines through :func:`headwater.sources.lines.read_lines`, so a
+malformed line has an exact line number), maps and validates every row and derives event
+ids. The distinct identifiers of the file are then tokenised once (:func:`indexed`) and
+the rows go one of two ways (:func:`choose`, ``--bulk`` / ``--live``):
+
+- **live**: Arrow batches of ``batch_rows`` rows, each written by
+  :class:`~headwater.sources.canonical.LogSink` (canonical events, contracts, PII policy,
+  partition, one log transaction per batch, the append of one batch overlapping the
+  preparation of the next); the stream processor takes them to bronze and the real-time
+  tables like any collected event;
+- **bulk** (history, large files): straight into ``bronze.events`` / ``bronze.bad_rows``,
+  chunk by chunk, each chunk one Delta commit with the import's txn, deduplicated against
+  bronze (:mod:`.bulk`).
+
+Both paths canonicalise with the same :class:`~headwater.sources.canonical.Canonicalizer`.
 
 Bad input: a CSV line DuckDB cannot parse (wrong number of fields, unterminated quote) is
 kept aside by DuckDB's ``store_rejects`` and becomes a ``decode_failure`` bad row naming the
@@ -16,11 +26,11 @@ as payload; a row that breaks a mapping rule is an ``envelope_violation`` naming
 the column and the rule (CSV / Parquet: ``row N`` = the N-th data row read, header and
 rejected lines not counted; JSON lines: ``line N``). Good rows of the file are imported either way.
 
-Re-importing a file (after a crash mid-import, or by mistake) appends the same event ids
-again: the stream's dedup drops them within its TTL, ``silver.events`` exactly.
-Memory: the derived-id window (occurrence number of identical rows) makes DuckDB hold the
-mapped rows of the whole file before the first batch is written (it spills to disk when
-they exceed its memory limit).
+Re-importing a file (after a crash mid-import, or by mistake) gives the same event ids: on
+the live path the stream's dedup drops them within its TTL, ``silver.events`` exactly; the
+bulk path resumes after its last committed chunk and drops ids bronze already holds.
+Memory: DuckDB holds the mapped rows of the whole file (it spills to disk when they exceed
+its memory limit).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import gzip
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import duckdb
@@ -36,9 +47,11 @@ import pyarrow as pa
 from headwater.config import Home
 from headwater.errors import InvalidInputError, NotFoundError
 from headwater.log.base import EventLog
-from headwater.sources.canonical import Counts, LogSink
+from headwater.sources import bulk
+from headwater.sources.bulk import Imported
+from headwater.sources.canonical import Canonicalizer, LogSink, with_tokens
 from headwater.sources.lines import LINES_SCHEMA, object_sql, read_lines
-from headwater.sources.mapping import Mapping, check_columns, ident, lit, mapped_query
+from headwater.sources.mapping import MAPPED_COLUMNS, Mapping, check_columns, ident, lit, mapped_query
 
 FILE_FORMATS = ("csv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -71,36 +84,101 @@ def import_file(
     *,
     fmt: str | None = None,
     source: str = "import",
+    mode: str = "live",
+    watermark_us: int | None = None,
     batch_rows: int = 200_000,
+    chunk_rows: int = bulk.CHUNK_ROWS,
     log: EventLog | None = None,
-) -> Counts:
-    """Import ``path`` into the event log as events of ``source``; returns the counts.
+) -> Imported:
+    """Import ``path`` as events of ``source``; returns what was done.
 
-    ``fmt``: ``csv``, ``jsonl`` or ``parquet`` (default: from the file name). Raises
-    :class:`NotFoundError` for a missing file, :class:`InvalidInputError` for an unknown
-    format, a mapped column the file lacks or a file that cannot be read in its format at all
-    (nothing is imported then)."""
+    ``mode``: ``live`` (into the event log, batches of ``batch_rows``: the stream processor
+    takes them to bronze and the real-time tables), ``bulk`` (straight into bronze, chunks of
+    ``chunk_rows`` rows, each one Delta commit: :mod:`.bulk`) or ``auto`` (:func:`choose`:
+    bulk for a large file or history, events older than ``watermark_us``, µs since the epoch;
+    default: now minus 10 minutes, the default pipeline's watermark delay). ``fmt``: ``csv``,
+    ``jsonl`` or ``parquet`` (default: from the file name). ``log``: the event log of the live path.
+
+    Raises :class:`NotFoundError` for a missing file, :class:`InvalidInputError` for an unknown
+    format or mode, a mapped column the file lacks or a file that cannot be read in its format
+    at all (nothing is imported then)."""
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"{path}: no such file", field="path")
     fmt = fmt or detect_format(path)
     if fmt not in FILE_FORMATS:
         raise InvalidInputError(f"format: must be one of {', '.join(FILE_FORMATS)}, got {fmt!r}", field="format")
+    if mode not in MODES:
+        raise InvalidInputError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
     con = connect()
     try:
-        try:
-            query = _jsonl_query(con, path, mapping) if fmt == "jsonl" else _table_query(con, path, mapping, fmt)
-        except duckdb.Error as e:
-            raise InvalidInputError(f"{path.name}: cannot be read as {fmt}: {e}", field="path") from e
-        sink = LogSink(home, source, protocol="import", context={"library": {"name": "headwater-import"}, "import": {"file": path.name}},
-                       id_columns=mapping.id_columns(), log=log, where="line" if fmt == "jsonl" else "row", timestamp_column=mapping.timestamp)
-        counts = sink.write_all(con.sql(query, params={"source": source}).to_arrow_reader(batch_rows))
-        if fmt == "csv":
-            counts.add(_csv_cast_retry(con, path, mapping, sink, batch_rows))
-            counts.add(_csv_rejects(con, sink))
-        return counts
+        load(con, path, mapping, fmt, source)
+        canon = Canonicalizer(home, source, protocol="import", context={"library": {"name": "headwater-import"}, "import": {"file": path.name}},
+                              id_columns=mapping.id_columns(), where="line" if fmt == "jsonl" else "row", timestamp_column=mapping.timestamp)
+        if mode == "auto":
+            rows, oldest = con.execute("SELECT count(*), epoch_us(min(event_ts) FILTER (_error IS NULL)) FROM hw_import").fetchall()[0]
+            if watermark_us is None:
+                watermark_us = time.time_ns() // 1000 - DEFAULT_WATERMARK_DELAY_US
+            mode = choose(rows, oldest, watermark_us)
+        ids, rows = indexed(con)
+        if mode == "bulk":
+            return bulk.write(home, con, rows, canon, ids, import_id=bulk.import_id(path, fmt, source, mapping, chunk_rows),
+                              chunk_rows=chunk_rows, explicit_ids=mapping.event_id is not None)
+        tokens = canon.tokenizer.column(ids)
+        batches = (with_tokens(b, tokens) for b in con.sql(rows).to_arrow_reader(batch_rows))
+        counts = LogSink(home, canon, log=log).write_all(batches)
+        return Imported(**vars(counts), path="live")
     finally:
         con.close()
+
+
+MODES = ("live", "bulk", "auto")
+#: A file of at least this many rows takes the bulk path in ``auto`` mode, whatever its dates.
+BULK_MIN_ROWS = 100_000
+DEFAULT_WATERMARK_DELAY_US = 10 * 60 * 1_000_000  # the default pipeline's watermark delay
+
+
+def choose(rows: int, oldest_us: int | None, watermark_us: int) -> str:
+    """``bulk`` or ``live`` for a file of ``rows`` rows whose oldest good event is at
+    ``oldest_us`` (µs since the epoch; None: no good event): bulk from :data:`BULK_MIN_ROWS`
+    rows on, or when the file holds history — an event older than the live stream's
+    watermark (``watermark_us``), which the stream would take as late; live otherwise (a
+    small, recent export also reaches the real-time tables)."""
+    if rows >= BULK_MIN_ROWS or (oldest_us is not None and oldest_us < watermark_us):
+        return "bulk"
+    return "live"
+
+
+def load(con: duckdb.DuckDBPyConnection, path: Path, mapping: Mapping, fmt: str, source: str) -> None:
+    """Read, map and validate every row of ``path`` into DuckDB table ``hw_import``:
+    ``_part`` (0: the rows of the file; CSV only: 1: rows re-read as text after a ``CAST``
+    reject, 2: lines DuckDB could not parse), then :data:`MAPPED_COLUMNS`. Raises
+    :class:`InvalidInputError` when the file cannot be read in its format."""
+    try:
+        query = _jsonl_query(con, path, mapping) if fmt == "jsonl" else _table_query(con, path, mapping, fmt)
+        con.execute(f"CREATE TEMP TABLE hw_import AS SELECT 0 AS _part, {_COLUMNS} FROM ({query})", {"source": source}).fetchall()
+    except duckdb.Error as e:
+        raise InvalidInputError(f"{path.name}: cannot be read as {fmt}: {e}", field="path") from e
+    if fmt == "csv":
+        _csv_cast_retry(con, path, mapping, source)
+        con.execute(f"INSERT INTO hw_import SELECT 2 AS _part, {_COLUMNS} FROM ({_CSV_REJECTS})").fetchall()
+
+
+def indexed(con: duckdb.DuckDBPyConnection) -> tuple[pa.Array, str]:
+    """``(ids, sql)``: the distinct user and anonymous ids of the good rows of ``hw_import``
+    (strings), and the SQL of ``hw_import`` with ``user_idx`` / ``anon_idx``, each row's
+    positions in ``ids`` — so the ids are tokenised once (one HMAC each) while DuckDB runs
+    the query, and a batch gets its tokens by position (:func:`~.canonical.with_tokens`)."""
+    ids = con.sql("SELECT DISTINCT v FROM (SELECT user_raw AS v FROM hw_import WHERE _error IS NULL "
+                  "UNION ALL SELECT anon_raw FROM hw_import WHERE _error IS NULL) WHERE v IS NOT NULL").to_arrow_table().column(0).combine_chunks()
+    con.register("hw_ids", pa.table({"v": ids, "i": pa.array(range(len(ids)), pa.int32())}))
+    return ids, ("SELECT m.*, u.i AS user_idx, a.i AS anon_idx FROM hw_import m "
+                 "LEFT JOIN hw_ids u ON u.v = m.user_raw AND m._error IS NULL LEFT JOIN hw_ids a ON a.v = m.anon_raw AND m._error IS NULL")
+
+
+# Typed: a role the mapping leaves out is a NULL literal, which would make a column of no type.
+_TYPES = {"_row": "BIGINT", "event_ts": "TIMESTAMPTZ"}
+_COLUMNS = ", ".join(f"CAST({c} AS {_TYPES.get(c, 'VARCHAR')}) AS {c}" for c in MAPPED_COLUMNS)
 
 
 def _table_query(con: duckdb.DuckDBPyConnection, path: Path, mapping: Mapping, fmt: str) -> str:
@@ -136,13 +214,15 @@ def _mapped(mapping: Mapping, rows: str, columns: dict[str, str], loc: str, ts_t
     )
 
 
-def _csv_cast_retry(con: duckdb.DuckDBPyConnection, path: Path, mapping: Mapping, sink: LogSink, batch_rows: int) -> Counts:
+def _csv_cast_retry(con: duckdb.DuckDBPyConnection, path: Path, mapping: Mapping, source: str) -> None:
     """Re-read, with every column as text, the CSV lines DuckDB rejected only because a value
-    did not fit the type it sniffed for a property column (``CAST`` rejects), and import them.
-    Reasons of their bad rows name the original line."""
-    lines = con.sql("SELECT line, any_value(csv_line) AS csv_line FROM hw_rejects WHERE error_type = 'CAST' GROUP BY line ORDER BY line").fetchall()
+    did not fit the type it sniffed for a property column (``CAST`` rejects), into
+    ``hw_import`` (``_part`` 1). Reasons of their bad rows name the original line."""
+    # A line that also broke the CSV structure is a decode failure (_CSV_REJECTS), not retried.
+    lines = con.sql("SELECT line, any_value(csv_line) AS csv_line FROM hw_rejects GROUP BY line "
+                    "HAVING bool_and(error_type = 'CAST') ORDER BY line").fetchall()
     if not lines:
-        return Counts()
+        return
     delim = con.execute(f"SELECT Delimiter FROM sniff_csv({lit(str(path))}, ignore_errors = true)").fetchall()[0][0]
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     with opener(path, "rt", encoding="utf-8", newline="") as f:
@@ -156,7 +236,7 @@ def _csv_cast_retry(con: duckdb.DuckDBPyConnection, path: Path, mapping: Mapping
         rows = (f"SELECT l._line AS _row, NULL::VARCHAR AS _decode_error, s.* EXCLUDE (_i) FROM "
                 f"(SELECT row_number() OVER () AS _i, * FROM {scan}) s JOIN hw_retry_lines l USING (_i)")
         query = _mapped(mapping, rows, columns, "line", "VARCHAR")
-        return sink.write_all(con.sql(query, params={"source": sink.source}).to_arrow_reader(batch_rows))
+        con.execute(f"INSERT INTO hw_import SELECT 1 AS _part, {_COLUMNS} FROM ({query})", {"source": source}).fetchall()
 
 
 def _struct_json(columns: list[str]) -> str:
@@ -185,15 +265,13 @@ def json_object_parts(mapping: Mapping, rows: str) -> dict:
     }
 
 
-def _csv_rejects(con: duckdb.DuckDBPyConnection, sink: LogSink) -> Counts:
-    rejects = con.sql(
-        """
-        SELECT line AS _row, 'decode_failure' AS _error_type,
-               'line ' || line || ': ' || error_type || ': ' || error_message AS _error,
-               NULL::VARCHAR AS _payload
-        FROM hw_rejects WHERE error_type <> 'CAST' ORDER BY line
-        """
-    ).to_arrow_table()
-    if rejects.num_rows == 0:
-        return Counts()
-    return sink.write(rejects)
+# CSV lines DuckDB could not parse (wrong number of fields, unterminated quote), as
+# decode_failure bad rows naming the line; the payload stays empty (module doc).
+_CSV_REJECTS = """
+    SELECT line AS _row, 'decode_failure' AS _error_type,
+           'line ' || line || ': ' || error_type || ': ' || error_message AS _error,
+           NULL::VARCHAR AS _payload, NULL::VARCHAR AS event_id, NULL::VARCHAR AS event_type, NULL::VARCHAR AS event_name,
+           NULL::VARCHAR AS user_raw, NULL::VARCHAR AS anon_raw, NULL::TIMESTAMPTZ AS event_ts, NULL::VARCHAR AS properties,
+           NULL::VARCHAR AS platform
+    FROM hw_rejects WHERE error_type <> 'CAST'
+"""

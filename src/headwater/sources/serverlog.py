@@ -31,7 +31,7 @@ from headwater.config import Home
 from headwater.errors import InvalidInputError
 from headwater.files import write_atomic
 from headwater.log.base import EventLog
-from headwater.sources.canonical import Counts, LogSink
+from headwater.sources.canonical import Canonicalizer, Counts, LogSink
 from headwater.sources.files import connect, json_object_parts
 from headwater.sources.lines import FORMATS, file_identity, object_sql, read_lines
 from headwater.sources.mapping import Mapping, mapped_query
@@ -65,8 +65,9 @@ class ServerLog:
             raise InvalidInputError(f"name: {self.name!r} must match [A-Za-z0-9_.-]+", field="name")
         self.state_path = home.root / "sources" / "serverlog" / f"{self.name}.json"
         self.block_bytes = block_bytes
-        self.sink = LogSink(home, source, protocol="serverlog", context={"library": {"name": "headwater-serverlog"}, "log": {"file": self.path.name}},
-                            id_columns=mapping.id_columns(), log=log, where="line", timestamp_column=mapping.timestamp)
+        canon = Canonicalizer(home, source, protocol="serverlog", context={"library": {"name": "headwater-serverlog"}, "log": {"file": self.path.name}},
+                              id_columns=mapping.id_columns(), where="line", timestamp_column=mapping.timestamp)
+        self.sink = LogSink(home, canon, log=log)
         obj, err = object_sql(fmt)
         parts = json_object_parts(mapping, f"SELECT _row, _offset, line, {err} AS _decode_error, {obj} AS _obj FROM hw_lines")
         self.query = mapped_query(mapping, **parts, basis="CAST(_offset AS VARCHAR) || chr(31) || line", loc="line")

@@ -182,7 +182,7 @@ class BronzeStream:
         self._writer.enter_context(self.checkpoint.lock())  # WriterLockedError: another process runs it
         self.dedup = DedupState(self.checkpoint.state_dir / "dedup", pipeline.dedup.ttl, DEDUP_KEY)
         self.store = StateStore(self.checkpoint.state_dir / "windows")
-        self.lake = Lake.of(home)
+        self.lake = Lake.of(home, keep_open=True)  # a commit a second per table: refresh its handle, do not reopen it
         # sink name -> table: the two topics, the side outputs and one table per aggregate
         self.tables = {
             EVENTS: "bronze.events",

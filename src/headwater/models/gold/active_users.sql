@@ -12,35 +12,40 @@
 --   wau = distinct users with an event in the 7 days to ds     (window [ds - 6,  ds])
 --   mau = distinct users with an event in the 28 days to ds    (window [ds - 27, ds])
 -- 28 days (four whole weeks) rather than a calendar month, so every window holds the same
--- weekdays. Counts are exact count(DISTINCT), not sketches.
+-- weekdays. Counts are exact, not sketches.
 --
 -- A user is a person: person_id of silver.events (identity-resolved; events without one are
 -- not counted). stickiness = dau / mau (the share of the month's users active on the day;
 -- Mixpanel / Amplitude "stickiness"), null when mau = 0.
--- Reads silver.events for ds in [$start - 27, $end]: lookback_days = 27 in models/dag.py.
+-- Reads the state as of each ds, silver.person_platform_state (per person and platform, the
+-- days active among the 32 to ds: bit i = ds - i): a person's days are the union over their
+-- platforms; active in the window [ds - n + 1, ds] = one of the low n bits set. One
+-- partition per day, whatever the history.
 WITH days AS (
     SELECT CAST(day AS DATE) AS ds
     FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)
 ),
-user_days AS (
-    SELECT DISTINCT
-        ds,
-        person_id
-    FROM silver.events
-    WHERE ds BETWEEN CAST($start AS DATE) - 27 AND CAST($end AS DATE)
-      AND person_id IS NOT NULL
+persons AS (
+    SELECT ds, person_id, bit_or(active_days) AS active_days
+    FROM silver.person_platform_state
+    WHERE ds BETWEEN $start AND $end
+    GROUP BY ds, person_id
 ),
 counts AS (
     SELECT
-        d.ds,
-        count(DISTINCT u.person_id) FILTER (WHERE u.ds = d.ds) AS dau,
-        count(DISTINCT u.person_id) FILTER (WHERE u.ds >= d.ds - 6) AS wau,
-        count(DISTINCT u.person_id) AS mau
-    FROM days AS d
-    LEFT JOIN user_days AS u
-        ON u.ds BETWEEN d.ds - 27 AND d.ds
-    GROUP BY d.ds
+        ds,
+        count(*) FILTER (WHERE active_days & 1 <> 0) AS dau,
+        count(*) FILTER (WHERE active_days & 127 <> 0) AS wau,
+        count(*) FILTER (WHERE active_days & 268435455 <> 0) AS mau
+    FROM persons
+    GROUP BY ds
 )
-SELECT ds, dau, wau, mau, CASE WHEN mau > 0 THEN CAST(dau AS DOUBLE) / mau END AS stickiness
-FROM counts
-ORDER BY ds
+SELECT
+    d.ds,
+    coalesce(c.dau, 0) AS dau,
+    coalesce(c.wau, 0) AS wau,
+    coalesce(c.mau, 0) AS mau,
+    CASE WHEN c.mau > 0 THEN CAST(c.dau AS DOUBLE) / c.mau END AS stickiness
+FROM days AS d
+LEFT JOIN counts AS c ON c.ds = d.ds
+ORDER BY d.ds

@@ -8,29 +8,20 @@
 -- [ds-27, ds], exact distinct person_id; stickiness = dau / mau), counted per platform of
 -- silver.events: a person active on two platforms counts once on each, so the platforms'
 -- counts add up to more than the total.
--- Reads silver.events for ds in [$start - 27, $end]: lookback_days = 27.
-WITH days AS (
-    SELECT CAST(day AS DATE) AS ds
-    FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)
-),
-user_days AS (
-    SELECT DISTINCT ds, platform, person_id
-    FROM silver.events
-    WHERE ds BETWEEN CAST($start AS DATE) - 27 AND CAST($end AS DATE)
-      AND person_id IS NOT NULL
-),
-counts AS (
+-- Reads the state as of each ds, silver.person_platform_state (bit i of active_days: an event
+-- on ds - i on that platform), for ds in [$start, $end].
+WITH counts AS (
     SELECT
-        d.ds,
-        u.platform,
-        count(DISTINCT u.person_id) FILTER (WHERE u.ds = d.ds) AS dau,
-        count(DISTINCT u.person_id) FILTER (WHERE u.ds >= d.ds - 6) AS wau,
-        count(DISTINCT u.person_id) AS mau
-    FROM days AS d
-    JOIN user_days AS u
-        ON u.ds BETWEEN d.ds - 27 AND d.ds
-    GROUP BY d.ds, u.platform
+        ds,
+        platform,
+        count(*) FILTER (WHERE active_days & 1 <> 0) AS dau,
+        count(*) FILTER (WHERE active_days & 127 <> 0) AS wau,
+        count(*) FILTER (WHERE active_days & 268435455 <> 0) AS mau
+    FROM silver.person_platform_state
+    WHERE ds BETWEEN $start AND $end
+    GROUP BY ds, platform
 )
-SELECT ds, platform, dau, wau, mau, CASE WHEN mau > 0 THEN CAST(dau AS DOUBLE) / mau END AS stickiness
+SELECT ds, platform, dau, wau, mau, CAST(dau AS DOUBLE) / mau AS stickiness
 FROM counts
+WHERE mau > 0
 ORDER BY ds, platform

@@ -8,25 +8,16 @@
 -- it are the month so far (a dashboard shows the running month too). Unlike gold.active_users'
 -- MAU (a trailing 28 days), months differ in length and weekdays: compare them with care.
 -- A person active on two platforms counts once on each.
--- Reads silver.events for ds in [$start - 30, $end]: lookback_days = 30 (the first of the
--- month is at most 30 days before ds).
-WITH days AS (
-    SELECT CAST(day AS DATE) AS ds, CAST(date_trunc('month', day) AS DATE) AS month
-    FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)
-),
-user_days AS (
-    SELECT DISTINCT ds, platform, person_id
-    FROM silver.events
-    WHERE ds BETWEEN CAST($start AS DATE) - 30 AND CAST($end AS DATE)
-      AND person_id IS NOT NULL
-)
+-- Reads the state as of each ds, silver.person_platform_state (bit i of active_days: an event
+-- on ds - i on that platform; 32 bits hold any month to date): active in [month, ds] = one
+-- of the low day-of-month(ds) bits set.
 SELECT
-    d.month,
-    u.platform,
-    count(DISTINCT u.person_id) AS active_users,
-    d.ds
-FROM days AS d
-JOIN user_days AS u
-    ON u.ds BETWEEN d.month AND d.ds
-GROUP BY d.ds, d.month, u.platform
-ORDER BY d.ds, u.platform
+    CAST(date_trunc('month', ds) AS DATE) AS month,
+    platform,
+    count(*) AS active_users,
+    ds
+FROM silver.person_platform_state
+WHERE ds BETWEEN $start AND $end
+  AND active_days & ((CAST(1 AS BIGINT) << dayofmonth(ds)) - 1) <> 0
+GROUP BY ds, platform
+ORDER BY ds, platform

@@ -11,6 +11,7 @@
 -- properties.variation_id. A person's variant is the one of their first exposure (event
 -- time, then event_id); exposures to variants not configured are ignored. A converter is an
 -- exposed person with a conversion_event at or after their first exposure, by the end of ds.
+-- Both are kept per person in silver.experiment_state (cumulative, as of each ds).
 --
 -- Statistics (treatment t against the control c; p = converters / exposed, n = exposed):
 --   lift_abs = p_t - p_c, 95 % CI lift_abs +- 1.96 * sqrt(p_t(1-p_t)/n_t + p_c(1-p_c)/n_c)
@@ -30,7 +31,7 @@
 --     normal approximation above; srm = p < 0.001 (the book's threshold, ch. 21).
 -- Null where undefined (the control's lifts, an empty variant, p_c = 0).
 --
--- Reads silver.events for every ds up to $end (history = true).
+-- Reads silver.experiment_state for ds in [$start, $end]: one partition per day, whatever the history.
 WITH experiments AS (
     SELECT * FROM {{experiments}} AS x
 ),
@@ -41,53 +42,8 @@ days AS (
     SELECT CAST(day AS DATE) AS ds
     FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)
 ),
-exposures AS (
-    SELECT
-        e.person_id,
-        e.event_id,
-        e.event_ts,
-        x.experiment_id,
-        json_extract_string(e.properties, '$.variation_id') AS variant
-    FROM silver.events AS e
-    JOIN experiments AS x
-      ON e.event_name = x.exposure_event
-     AND json_extract_string(e.properties, '$.experiment_id') = x.experiment_id
-    WHERE e.ds <= $end
-      AND e.event_type = 'track'
-      AND e.person_id IS NOT NULL
-),
-first_exposure AS (
-    SELECT f.experiment_id, f.person_id, f.variant, f.event_ts AS exposed_at
-    FROM (
-        SELECT *, row_number() OVER (PARTITION BY experiment_id, person_id ORDER BY event_ts, event_id) AS n
-        FROM exposures
-    ) AS f
-    JOIN variants AS v ON v.experiment_id = f.experiment_id AND v.variant = f.variant
-    WHERE f.n = 1
-),
-conversions AS (
-    SELECT f.experiment_id, f.person_id, min(e.event_ts) AS converted_at
-    FROM first_exposure AS f
-    JOIN experiments AS x ON x.experiment_id = f.experiment_id
-    JOIN silver.events AS e
-      ON e.person_id = f.person_id
-     AND e.event_name = x.conversion_event
-     AND e.event_ts >= f.exposed_at
-    WHERE e.ds <= $end
-      AND e.event_type = 'track'
-    GROUP BY f.experiment_id, f.person_id
-),
-daily AS (
-    -- first exposures and first conversions per variant and UTC day; the cumulative counts
-    -- as of each ds are sums over these (days x variants x days, not days x persons)
-    SELECT f.experiment_id, f.variant, CAST(f.exposed_at AS DATE) AS day, count(*) AS exposed, 0 AS converters
-    FROM first_exposure AS f
-    GROUP BY f.experiment_id, f.variant, CAST(f.exposed_at AS DATE)
-    UNION ALL
-    SELECT f.experiment_id, f.variant, CAST(c.converted_at AS DATE), 0, count(*)
-    FROM conversions AS c
-    JOIN first_exposure AS f ON f.experiment_id = c.experiment_id AND f.person_id = c.person_id
-    GROUP BY f.experiment_id, f.variant, CAST(c.converted_at AS DATE)
+members AS (
+    SELECT * FROM silver.experiment_state WHERE ds BETWEEN $start AND $end
 ),
 counts AS (
     SELECT
@@ -95,12 +51,12 @@ counts AS (
         v.experiment_id,
         v.variant,
         v.weight,
-        coalesce(sum(y.exposed), 0) AS exposed,
-        coalesce(sum(y.converters), 0) AS converters
+        count(m.person_id) AS exposed,
+        count(m.converted_at) AS converters
     FROM days AS d
     CROSS JOIN variants AS v
-    LEFT JOIN daily AS y
-      ON y.experiment_id = v.experiment_id AND y.variant = v.variant AND y.day <= d.ds
+    LEFT JOIN members AS m
+      ON m.ds = d.ds AND m.experiment_id = v.experiment_id AND m.variant = v.variant
     GROUP BY d.ds, v.experiment_id, v.variant, v.weight
 ),
 totals AS (

@@ -18,10 +18,20 @@
 -- user's first conversion); null for step 1 and for a step nobody reached. The median is taken over whole microseconds, so the halfway value of
 -- an even count is exact on every engine, then divided into seconds.
 --
--- One CTE per step (the repeat block is rendered for k = 2 .. the longest funnel): an
--- equi-join on (funnel, person_id, step) with a range condition, then min() per entry.
+-- Without range joins (a range join per step costs a heavy person's entries times their
+-- events). Greedy matching makes step k of an entry, once step k-1 is matched at t, the
+-- earliest step-k event strictly after t, kept if by the entry's deadline: next_k(t), which
+-- depends on t alone. next_steps sorts each (funnel, person)'s step events once, by time then
+-- step descending, and gives every row next_k = the least step-k time among the rows after
+-- it. For a row of step k-1 those are the later instants and, at its own instant, only rows
+-- of steps k-1 and below, so next_k is strictly later (an event in two steps of a funnel is
+-- two rows and never matches both). Step k is then an equi-join of step k-1's time with the
+-- first row of step k-1 at that instant (first_at_instant: duplicate events do not multiply
+-- the entries; a duplicated entry event repeats its entry, which the per-person aggregates
+-- below ignore). The repeat blocks are rendered for k = 2 .. the longest funnel.
 -- Reads silver.events for ds in [$start, $end + 7] (lookahead_days = 7, the longest window
--- the config allows).
+-- the config allows), only the funnels' event names: a literal IN list, which the scan
+-- applies before the join that tags the steps (clustered row groups of other names are skipped).
 WITH steps AS (
     SELECT * FROM {{funnel_steps}} AS s
 ),
@@ -30,23 +40,31 @@ step_events AS (
     FROM silver.events AS e
     JOIN steps AS s ON s.event_name = e.event_name
     WHERE e.ds BETWEEN $start AND CAST($end AS DATE) + 7
+      AND e.event_name IN {{funnel_event_names}}
       AND e.person_id IS NOT NULL
       AND e.event_type = 'track'
 ),
+next_steps AS (
+    SELECT funnel, person_id, step, event_ts AS t,
+           lag(event_ts) OVER (PARTITION BY funnel, person_id ORDER BY event_ts, step DESC) IS DISTINCT FROM event_ts
+           OR lag(step) OVER (PARTITION BY funnel, person_id ORDER BY event_ts, step DESC) <> step AS first_at_instant
+        -- repeat for k in 2..max_funnel_steps
+        , min(CASE WHEN step = {k} THEN event_ts END) OVER (
+              PARTITION BY funnel, person_id ORDER BY event_ts, step DESC ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS next_{k}
+        -- end repeat
+    FROM step_events
+),
 step_1 AS (
-    SELECT DISTINCT funnel, person_id, platform, ds, event_ts AS entry_ts,
-           event_ts + conversion_window AS deadline, event_ts AS t
+    SELECT funnel, person_id, platform, ds, event_ts AS entry_ts, event_ts + conversion_window AS deadline, event_ts AS t
     FROM step_events
     WHERE step = 1 AND ds BETWEEN $start AND $end
 ),
 -- repeat for k in 2..max_funnel_steps
 step_{k} AS (
-    SELECT c.funnel, c.person_id, c.platform, c.ds, c.entry_ts, c.deadline, min(e.event_ts) AS t
+    SELECT c.funnel, c.person_id, c.platform, c.ds, c.entry_ts, c.deadline, n.next_{k} AS t
     FROM step_{k-1} AS c
-    JOIN step_events AS e
-      ON e.funnel = c.funnel AND e.person_id = c.person_id AND e.step = {k}
-     AND e.event_ts > c.t AND e.event_ts <= c.deadline
-    GROUP BY c.funnel, c.person_id, c.platform, c.ds, c.entry_ts, c.deadline
+    JOIN next_steps AS n ON n.funnel = c.funnel AND n.person_id = c.person_id AND n.t = c.t AND n.step = {k-1}
+    WHERE n.first_at_instant AND n.next_{k} <= c.deadline
 ),
 -- end repeat
 reached AS (

@@ -10,86 +10,73 @@
 -- shipped gold.retention uses any event for both; the query API renders this same SQL with
 -- other events for an ad-hoc retention read from silver.events (one definition).
 -- A person's cohort is their first start day (the first ds with a start event in
--- silver.events, over all history), that day's ISO week (Monday to Sunday) and its calendar
+-- silver.events, over all history: silver.person_state's cohort_ds), that day's ISO week (Monday to Sunday) and its calendar
 -- month. A cohort member is retained in period n (day grain) if active (a return event) on
 -- ds + n; in period k (week grain) if active on any day of the k-th week after the cohort
 -- week; in period m (month grain) if active on any day of the m-th calendar month after the
 -- cohort month. retention = active_users / cohort_size ("N-day / N-week / N-month
 -- retention", Amplitude's and Mixpanel's definition of retention in period N; with any
 -- event, day 0 / week 0 / month 0 is 1 by construction). Only complete periods have a row:
--- the period's last day is at most the last ds in silver.events, so a cell appears once its
--- data can be final (a late day restates it, see Model.affected_days).
+-- the period's last day is at most the horizon (the last day with an event in the state
+-- read), so a cell appears once its data can be final (a late day restates it, see Model.affected_days).
 --
 -- Horizons: a day cohort is followed for a month (30 days), a week cohort for a quarter (12
 -- weeks), a month cohort for a year (12 months: yearly plans renew, seasons come back).
 -- A week or month cohort is keyed by its last day so that its partition lies within the
 -- days with data (a first week or month starting before the first day of data still has a
 -- partition of its own), and it appears once its last day is built: its members are final.
--- Reads silver.events for every ds up to $end + 366 (history = true, lookahead_days = 366:
--- a month cohort's ds is its month's last day; month 12 ends at most 366 days later, the
--- last day of the same month a year on — a week cohort needs 84 days, a day cohort 30).
-WITH person_events AS (
-    SELECT DISTINCT
-        e.person_id,
-        e.ds,
-        (d.start_event IS NULL OR e.event_name = d.start_event) AS is_start,
-        (d.return_event IS NULL OR e.event_name = d.return_event) AS is_return
-    FROM silver.events AS e
-    CROSS JOIN {{retention_events}} AS d
-    WHERE e.ds <= CAST($end AS DATE) + 366
-      AND e.person_id IS NOT NULL
-),
-person_days AS (
-    SELECT DISTINCT person_id, ds FROM person_events WHERE is_return
+-- Reads one partition of silver.person_state, the state as of the horizon: the last day it
+-- holds up to $end + 366 (lookahead_days = 366: a month cohort's ds is its month's last day;
+-- month 12 ends at most 366 days later, the last day of the same month a year on — a week
+-- cohort needs 84 days, a day cohort 30). That state holds every person's cohort and the
+-- periods they returned in (day_bits, week_bits, month_bits), so a run reads no events: a
+-- daily build rewrites the cohorts of the year before from one day's state.
+WITH state AS (
+    SELECT *
+    FROM silver.person_state
+    WHERE ds = (SELECT max(ds) FROM silver.person_state WHERE ds <= CAST($end AS DATE) + 366)
 ),
 horizon AS (
     -- open_month: the month number (year * 12 + month) of the first month not yet complete
-    SELECT max(ds) AS last_ds, year(max(ds) + 1) * 12 + month(max(ds) + 1) AS open_month FROM silver.events
+    SELECT max(last_ds) AS last_ds, year(max(last_ds) + 1) * 12 + month(max(last_ds) + 1) AS open_month FROM state
 ),
 firsts AS (
     SELECT
         person_id,
-        min(ds) AS first_ds,
-        CAST(date_trunc('week', min(ds)) AS DATE) AS first_week,
-        CAST(date_trunc('week', min(ds)) AS DATE) + 6 AS first_week_end,
-        CAST(date_trunc('month', min(ds)) AS DATE) AS first_month,
-        last_day(min(ds)) AS first_month_end
-    FROM person_events
-    WHERE is_start
-    GROUP BY person_id
+        cohort_ds AS first_ds,
+        CAST(date_trunc('week', cohort_ds) AS DATE) AS first_week,
+        CAST(date_trunc('week', cohort_ds) AS DATE) + 6 AS first_week_end,
+        CAST(date_trunc('month', cohort_ds) AS DATE) AS first_month,
+        last_day(cohort_ds) AS first_month_end,
+        day_bits,
+        week_bits,
+        month_bits
+    FROM state
+    WHERE cohort_ds IS NOT NULL
+),
+periods AS (
+    SELECT CAST(n AS INTEGER) AS period FROM generate_series(0, 30) AS t (n)
 ),
 day_cells AS (
-    SELECT
-        f.first_ds AS ds,
-        date_diff('day', f.first_ds, p.ds) AS period,
-        count(DISTINCT p.person_id) AS active_users
+    SELECT f.first_ds AS ds, p.period, count(*) AS active_users
     FROM firsts AS f
-    JOIN person_days AS p ON p.person_id = f.person_id
+    JOIN periods AS p ON (f.day_bits >> p.period) & 1 = 1
     WHERE f.first_ds BETWEEN $start AND $end
-      AND p.ds <= f.first_ds + 30
-    GROUP BY f.first_ds, date_diff('day', f.first_ds, p.ds)
+    GROUP BY f.first_ds, p.period
 ),
 week_cells AS (
-    SELECT
-        f.first_week AS ds,
-        CAST(date_diff('day', f.first_week, CAST(date_trunc('week', p.ds) AS DATE)) / 7 AS INTEGER) AS period,
-        count(DISTINCT p.person_id) AS active_users
+    SELECT f.first_week AS ds, p.period, count(*) AS active_users
     FROM firsts AS f
-    JOIN person_days AS p ON p.person_id = f.person_id
+    JOIN periods AS p ON (f.week_bits >> p.period) & 1 = 1
     WHERE f.first_week_end BETWEEN $start AND $end
-      AND p.ds <= f.first_week + 90
-    GROUP BY 1, 2
+    GROUP BY f.first_week, p.period
 ),
 month_cells AS (
-    SELECT
-        f.first_month AS ds,
-        CAST((year(p.ds) - year(f.first_month)) * 12 + month(p.ds) - month(f.first_month) AS INTEGER) AS period,
-        count(DISTINCT p.person_id) AS active_users
+    SELECT f.first_month AS ds, p.period, count(*) AS active_users
     FROM firsts AS f
-    JOIN person_days AS p ON p.person_id = f.person_id
+    JOIN periods AS p ON (f.month_bits >> p.period) & 1 = 1
     WHERE f.first_month_end BETWEEN $start AND $end
-      AND (year(p.ds) - year(f.first_month)) * 12 + month(p.ds) - month(f.first_month) <= 12
-    GROUP BY 1, 2
+    GROUP BY f.first_month, p.period
 ),
 cohorts AS (
     SELECT first_ds AS ds, first_ds AS cohort_start, 'day' AS cohort_grain, count(*) AS cohort_size
@@ -100,9 +87,6 @@ cohorts AS (
     UNION ALL
     SELECT first_month_end, first_month, 'month', count(*)
     FROM firsts WHERE first_month_end BETWEEN $start AND $end GROUP BY first_month_end, first_month
-),
-periods AS (
-    SELECT CAST(n AS INTEGER) AS period FROM generate_series(0, 30) AS t (n)
 )
 SELECT
     c.ds,
