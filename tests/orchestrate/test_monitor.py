@@ -35,7 +35,7 @@ from tests.quality.webhook import Hook, serve_webhook
 UTC = dt.timezone.utc
 DAY = dt.date(2024, 3, 1)
 NEXT = DAY + dt.timedelta(days=1)
-GATED = ("silver.identity_map", "silver.events", "gold.events_hourly", "gold.active_users")
+GATED = ("silver.identity_map", "silver.events", "silver.person_state", "silver.person_platform_state", "gold.events_hourly", "gold.active_users")
 
 
 def with_settings(home: Home, **settings) -> Home:
