@@ -21,8 +21,9 @@ import pyarrow as pa
 
 from headwater.config import Home
 from headwater.errors import NotFoundError, TransientError
-from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC
+from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC, STREAM_GROUP
 from headwater.log import EventLog, open_log
+from headwater.log.base import Append
 from headwater.log.sqlite import SqliteLog
 from headwater.runtime import free_port, wait_http
 
@@ -161,3 +162,16 @@ def run_stream(home: Home) -> None:
         stream.run(available_now=True)
     finally:
         stream.log.close()
+
+
+def logged(home: Home, rows: list[dict], consumed: bool = True) -> None:
+    """Append ``rows`` to the home's event log (one partition); the stream's group commits
+    past them if ``consumed``."""
+    log = open_log(home.settings.log_url)
+    try:
+        log.ensure_topic(EVENTS_TOPIC, 1)
+        log.append([Append(EVENTS_TOPIC, 0, pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))])
+        if consumed:
+            log.commit(STREAM_GROUP, EVENTS_TOPIC, log.end_offsets(EVENTS_TOPIC))
+    finally:
+        log.close()

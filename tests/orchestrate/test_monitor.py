@@ -18,17 +18,14 @@ import pyarrow as pa
 from dagster import AssetKey, build_schedule_context, build_sensor_context
 
 from headwater.config import Home
-from headwater.events import EVENT_SCHEMA, EVENTS_TOPIC, STREAM_GROUP
 from headwater.lake.store import Lake
-from headwater.log import open_log
-from headwater.log.base import Append
 from headwater.models.dag import MODELS
 from headwater.orchestrate.definitions import DAILY_JOB, definitions
 from headwater.orchestrate.instance import instance
 from headwater.orchestrate.monitor import AFTER_BUILD_SENSOR, QUALITY_JOB, REALTIME_SENSOR, after_build_requests, gold_freshness
 from headwater.orchestrate.runs import QUIET, failure_message
 from headwater.settings import load as load_settings
-from tests.helpers import query
+from tests.helpers import logged, query
 from tests.orchestrate.conftest import append_bronze
 from tests.quality.webhook import Hook, serve_webhook
 
@@ -40,18 +37,6 @@ GATED = ("silver.identity_map", "silver.events", "silver.person_state", "silver.
 
 def with_settings(home: Home, **settings) -> Home:
     return Home(home.root, load_settings(home=home.root, **settings))
-
-
-def log_events(home: Home, rows: list[dict], consumed: bool = True) -> None:
-    """Append ``rows`` to the event log; the stream's group commits past them if ``consumed``."""
-    log = open_log(home.settings.log_url)
-    try:
-        log.ensure_topic(EVENTS_TOPIC, 1)
-        log.append([Append(EVENTS_TOPIC, 0, pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))])
-        if consumed:
-            log.commit(STREAM_GROUP, EVENTS_TOPIC, log.end_offsets(EVENTS_TOPIC))
-    finally:
-        log.close()
 
 
 def gold_days(home: Home, table: str) -> list[dt.date]:
@@ -69,7 +54,7 @@ def test_a_blocking_check_on_one_day_stops_only_that_days_gold(bronze, window_ev
     # Three events of DAY the collector accepted and the stream consumed, but bronze lost.
     template = next(e for e in window_events if e["ds"] == DAY)
     lost = [{**template, "event_id": f"lost-{i}", "received_at": dt.datetime(2024, 3, 1, 12, i, tzinfo=UTC)} for i in range(3)]
-    log_events(bronze, lost)
+    logged(bronze, lost)
     with serve_webhook() as url:
         home = with_settings(bronze, **{"quality.webhook_url": url})
         defs = definitions(home, models=tuple(m for m in MODELS if m.table in GATED))
@@ -137,7 +122,7 @@ def test_realtime_freshness_sensor_records_and_alerts(home):
             assert "no realtime tables yet" in quiet.skip_reason.skip_message
             Lake.of(home).append("realtime.counts", pa.table({"n": [1]}))
             now = dt.datetime.now(UTC)
-            log_events(home, [{"event_id": "e", "event_type": "track", "event_name": "Viewed", "anonymous_id": "a",
+            logged(home, [{"event_id": "e", "event_type": "track", "event_name": "Viewed", "anonymous_id": "a",
                                "user_id": None, "event_ts": now, "received_at": now, "source": "test", "surface": "web",
                                "platform": "web", "properties": "{}", "context": "{}", "schema_version": "1",
                                "ds": now.date()}], consumed=False)

@@ -19,14 +19,13 @@ from headwater.events import BAD_ROW_SCHEMA, EVENT_SCHEMA, EVENTS_TOPIC, STREAM_
 from headwater.lake.schemas import ACTIVE_USERS_SCHEMA, SILVER_EVENTS_SCHEMA
 from headwater.lake.store import Lake
 from headwater.log import open_log
-from headwater.log.base import Append
 from headwater.models.dag import MODELS
 from headwater.models.run import run_model
 from headwater.orchestrate import checks as orchestrate_checks
 from headwater.orchestrate.checks import invariant_checks
 from headwater.quality import checks
 from headwater.quality.anomaly import robust_z, seasonal_score
-from tests.helpers import query
+from tests.helpers import logged, query
 from tests.models.bronze import event
 from tests.models.ecom_bronze import write_bronze
 from tests.quality.webhook import Hook, serve_webhook
@@ -50,19 +49,6 @@ def bronze(home: Home, rows: list[dict]) -> None:
 
 def silver(home: Home, rows: list[dict]) -> None:
     Lake.of(home).append("silver.events", pa.Table.from_pylist([r | {"person_id": "p1"} for r in rows], schema=SILVER_EVENTS_SCHEMA))
-
-
-def logged(home: Home, rows: list[dict], consumed: bool = True) -> None:
-    """Append ``rows`` to the home's event log (one partition); the stream's group commits
-    past them if ``consumed``."""
-    log = open_log(home.settings.log_url)
-    try:
-        log.ensure_topic(EVENTS_TOPIC, 1)
-        log.append([Append(EVENTS_TOPIC, 0, pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))])
-        if consumed:
-            log.commit(STREAM_GROUP, EVENTS_TOPIC, log.end_offsets(EVENTS_TOPIC))
-    finally:
-        log.close()
 
 
 def statuses(results: list[checks.Result]) -> list[tuple[str, str | None, str]]:
