@@ -28,3 +28,14 @@ def postgres():
         pytest.skip(f"PostgreSQL unavailable: {e}")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server (``tests.s3.S3Server``: moto's standalone server) for the
+    whole run: ``.create_bucket()``, ``.storage_options()``, ``.env()``."""
+    from tests.s3 import start_s3
+
+    server = start_s3()
+    yield server
+    server.stop()
