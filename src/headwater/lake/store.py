@@ -441,7 +441,7 @@ class Lake:
         instead: 0.09 s for those 15,000. Otherwise delta-rs builds it."""
         import pyarrow.dataset as pads
 
-        filesystem = self._filesystem(table)
+        filesystem = self.filesystem(table)
         adds = pa.table(handle.get_add_actions(flatten=True))
         columns = handle.metadata().partition_columns
         if filesystem is None or handle.protocol().reader_features or not _hive_layout(adds, columns):
@@ -454,7 +454,11 @@ class Lake:
         fmt = pads.ParquetFileFormat(default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=True))
         return pads.dataset(paths, schema=schema, format=fmt, filesystem=filesystem, partitioning=partitioning)
 
-    def _filesystem(self, table: str) -> pafs.FileSystem | None:
+    def filesystem(self, table: str) -> pafs.FileSystem | None:
+        """A pyarrow filesystem rooted at ``table``'s directory (paths inside it are the
+        relative paths of the Delta log's ``add`` actions), for reading its files and for
+        writers outside delta-rs (Spark executors) to put new files there. Picklable, so it
+        travels to executors. ``None`` where it cannot be built (then read through delta-rs)."""
         if not self._local:
             return None  # delta-rs' own storage handler (object stores: not built yet)
         return pafs.SubTreeFileSystem(str(Path(self.uri(table)).resolve()), pafs.LocalFileSystem())
