@@ -39,3 +39,26 @@ def s3():
     server = start_s3()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """A real Kafka-protocol broker (``tests.kafka.KafkaBroker``: Tansu, memory storage) for
+    the whole run: ``.bootstrap``, ``.url(**options)`` (a ``kafka://`` log URL)."""
+    from tests.kafka import start_kafka
+
+    broker = start_kafka()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_cluster():
+    """A Spark standalone cluster (``tests.spark_cluster.SparkCluster``): a master and two
+    workers (1 core each) as separate JVM processes for the whole run. Drive an application
+    on it with ``.drive("module:function", **kwargs)`` (a driver process of its own)."""
+    from tests.spark_cluster import start_cluster
+
+    cluster = start_cluster(workers=2)
+    yield cluster
+    cluster.stop()

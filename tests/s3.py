@@ -9,6 +9,7 @@ stream processor) and vanish when the server stops. Clients reach it with
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,15 @@ class S3Server:
             "AWS_ALLOW_HTTP": "true",
         }
 
+    def lake_toml(self, bucket: str, prefix: str = "lake", secret: str = SECRET_KEY) -> str:
+        """``headwater.toml``'s ``[lake]`` section putting a home's lake at ``s3://bucket/prefix``
+        on this server (the ``lake.s3_*`` settings, docs/object-storage.md). This server checks
+        no signatures, so any ``secret`` works (a distinctive one lets a test look for leaks)."""
+        return (
+            f'[lake]\nroot = "s3://{bucket}/{prefix}"\ns3_endpoint = "{self.endpoint}"\ns3_region = "{REGION}"\n'
+            f's3_access_key_id = "{ACCESS_KEY}"\ns3_secret_access_key = "{secret}"\n'
+        )
+
     def create_bucket(self, name: str | None = None) -> str:
         """Create a bucket (a fresh unique name by default) and return its name."""
         import boto3
@@ -80,13 +90,16 @@ class S3Server:
                 self.proc.wait()
 
 
-def start_s3(timeout_s: float = 60.0) -> S3Server:
-    """Start ``moto_server`` on a free loopback port and wait until it answers."""
+def start_s3(timeout_s: float = 60.0, env: dict[str, str] | None = None) -> S3Server:
+    """Start ``moto_server`` on a free loopback port and wait until it answers. ``env``: extra
+    variables of the server process (e.g. moto's ``INITIAL_NO_AUTH_ACTION_COUNT``, after which
+    it checks request signatures against the access keys created in its IAM)."""
     exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
     if exe is None:
         raise RuntimeError("moto_server not found: it comes with the dev dependency moto[server] (uv sync)")
     port = free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
     server = S3Server(port, proc)
     deadline = time.monotonic() + timeout_s
     while True:

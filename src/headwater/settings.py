@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +63,8 @@ class LogSettings(_Section):
     url: str = Field("", description="Event log backend URL; empty: `sqlite:///$HEADWATER_HOME/log/log.db`.")
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of a new events topic (an existing topic keeps its own).")
     retention_ms: int = Field(7 * 86_400_000, ge=0, description="Consumed log records older than this are deleted (ms).")
+    replication_factor: int | None = Field(None, ge=1, le=32767, description="Replication factor of the topics a `kafka://` log creates; empty: the broker's `default.replication.factor`.")
+    kafka: dict[str, SecretStr] = Field({}, description="librdkafka client properties of a `kafka://` log, e.g. `security.protocol`, `sasl.mechanisms`, `sasl.username`, `sasl.password`, `ssl.ca.location` (TOML table `[log.kafka]`, or JSON in the variable); values are secret (docs/kafka.md).")
 
 
 class LakeSettings(_Section):
@@ -71,6 +74,11 @@ class LakeSettings(_Section):
     compact_min_files: int = Field(50, ge=2, description="A partition (or unpartitioned table) holding this many small files (under half `target_file_mb`) is compacted: by the stream for the tables it appends to, by `headwater maintain` for every table.")
     target_file_mb: int = Field(128, ge=1, description="Size of the files compaction and clustering write (MiB).")
     realtime_retention_days: float = Field(7.0, gt=0, description="`headwater maintain` deletes the `realtime.*` windows that ended longer ago than this (days; gold keeps the history).")
+    s3_endpoint: str = Field("", description="Endpoint of the S3-compatible store of an `s3://` root (`http://host:9000`: plain HTTP allowed); empty: `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`, else AWS S3 (docs/object-storage.md).")
+    s3_region: str = Field("", description="Region of an `s3://` root's bucket; empty: `AWS_REGION` or the AWS profile.")
+    s3_access_key_id: SecretStr | None = Field(None, description="Access key id for an `s3://` root; empty: the AWS credential chain (`AWS_ACCESS_KEY_ID`, profile, instance role).")
+    s3_secret_access_key: SecretStr | None = Field(None, description="Secret access key of `lake.s3_access_key_id`.")
+    s3_commit: Literal["conditional_put", "unsafe_rename"] = Field("conditional_put", description="How writers of an `s3://` lake keep concurrent commits apart: `conditional_put` (S3 conditional writes: AWS, MinIO, R2, …) or `unsafe_rename` (stores without them; one writer process only).")
 
 
 class CollectorSettings(_Section):
@@ -127,6 +135,10 @@ class StreamSettings(_Section):
 class BatchSettings(_Section):
     engine: Literal["duckdb", "spark"] = Field("duckdb", description="Batch SQL engine: `duckdb` (embedded) or `spark` (Spark SQL, same models).")
     first_ds: dt.date | None = Field(None, description="First daily partition of the Dagster assets (YYYY-MM-DD); empty: the first ds in bronze.events.")
+
+
+class SparkSettings(_Section):
+    master: str = Field("local[2]", description="Spark master URL of the Spark engines (`local[N]`, `spark://host:port` of a standalone cluster, `yarn`, `k8s://…`); executors write the Delta files, the driver commits.")
 
 
 class RegistrySettings(_Section):
@@ -194,6 +206,7 @@ class Settings(BaseSettings):
     collector: CollectorSettings = CollectorSettings()
     stream: StreamSettings = StreamSettings()
     batch: BatchSettings = BatchSettings()
+    spark: SparkSettings = SparkSettings()
     registry: RegistrySettings = RegistrySettings()
     dagster: DagsterSettings = DagsterSettings()
     cdc: CdcSettings = CdcSettings()
@@ -208,13 +221,28 @@ class Settings(BaseSettings):
 
     @property
     def log_url(self) -> str:
-        """``log.url``, or ``sqlite:///<home>/log/log.db`` when it is empty."""
-        return self.log.url or f"sqlite:///{self.home / 'log' / 'log.db'}"
+        """``log.url``, or ``sqlite:///<home>/log/log.db`` when it is empty. A ``kafka://`` URL
+        gets ``log.replication_factor``, ``log.retention_ms`` and the ``log.kafka`` client
+        properties as query parameters (then it holds secrets: never log it)."""
+        url = self.log.url or f"sqlite:///{self.home / 'log' / 'log.db'}"
+        if not url.startswith("kafka://"):
+            return url
+        extra = {"retention_ms": str(self.log.retention_ms), **{k: v.get_secret_value() for k, v in self.log.kafka.items()}}
+        if self.log.replication_factor is not None:
+            extra["replication_factor"] = str(self.log.replication_factor)
+        return url + ("&" if "?" in url else ("?" if url.endswith("/") else "/?")) + urllib.parse.urlencode(extra)
 
     @property
     def lake_root(self) -> str:
         """``lake.root``, or ``<home>/lake`` when it is empty (a local path or an object-store URI)."""
         return self.lake.root or str(self.home / "lake")
+
+    @property
+    def lake_s3_endpoint(self) -> str:
+        """``lake.s3_endpoint``, or when empty the AWS SDKs' ``AWS_ENDPOINT_URL_S3`` /
+        ``AWS_ENDPOINT_URL`` (delta-rs reads them itself, pyarrow's ``S3FileSystem`` does not),
+        or ``""``: AWS S3's own endpoint."""
+        return self.lake.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -331,7 +359,7 @@ def _invalid(e: ValidationError, home: Path, overrides: dict[str, Any]) -> Inval
     unknown = err["type"] == "extra_forbidden"
     rule = f"unknown setting in [{section}]" if unknown else err["msg"].removeprefix("Value error, ")
     got = err.get("input")
-    secret = name.endswith(("key", "dsn", "url"))
+    secret = name.endswith(("key", "key_id", "dsn", "url"))
     shown = [] if isinstance(got, dict) or secret or unknown else [f"got {got!r}"]
     message = f"{key}: {rule} ({', '.join([*shown, 'from ' + origin(key, home, overrides)])})"
     if unknown:
@@ -358,6 +386,8 @@ def _plain(value: Any) -> Any:
     """A JSON-native form of a setting's value; secrets masked."""
     if isinstance(value, SecretStr):
         return "**********"
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (Path, dt.date)):
         return str(value)
     return value

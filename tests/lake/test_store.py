@@ -31,7 +31,7 @@ def lake(tmp_path) -> Lake:
 def test_tables_are_addressed_by_declared_name(lake, tmp_path):
     assert lake.uri("bronze.events") == str(tmp_path / "lake" / "bronze" / "events")
     assert lake.uri("silver.evt_order_completed") == str(tmp_path / "lake" / "silver" / "evt_order_completed")
-    assert Lake("s3://bucket/lake/").uri("gold.sessions") == "s3://bucket/lake/gold/sessions"
+    assert Lake("s3://bucket/lake/", {"conditional_put": "etag"}).uri("gold.sessions") == "s3://bucket/lake/gold/sessions"
     assert Lake.of(Home(tmp_path / "h")).uri("gold.sessions") == str(tmp_path / "h" / "lake" / "gold" / "sessions")
     with pytest.raises(NotFoundError, match="not declared"):
         lake.uri("gold.nope")

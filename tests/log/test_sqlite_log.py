@@ -268,7 +268,7 @@ def test_urls_choose_the_backend_and_name_the_setting(tmp_path):
     log = open_log(f"sqlite:////{tmp_path / 'a.db'}?background_checkpoint_s=5")  # SQLAlchemy's four slashes
     assert isinstance(log, SqliteLog) and log.path == tmp_path / "a.db"
     for url, message in [
-        ("kafka://broker:9092", "unknown event log scheme kafka:; known: sqlite://"),
+        ("nats://broker:4222", "unknown event log scheme nats:; known: sqlite://, kafka://"),
         (str(tmp_path / "log.db"), r"unknown event log scheme \(none\)"),
         ("sqlite://host/log.db", "expected sqlite:///<absolute path"),
         ("sqlite:///", "expected sqlite:///<absolute path"),

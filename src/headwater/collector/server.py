@@ -28,6 +28,7 @@ on the port, so a second installation on the port fails instead of sharing it.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import signal
@@ -55,7 +56,8 @@ def serve(home: Home, host: str = "127.0.0.1", port: int | None = None, log: Eve
 
     ``port`` defaults to the setting ``collector.port`` (8088); ``metrics`` renders
     ``GET /metrics`` and ``mounts`` are more routes (see :func:`~.app.create_app`); ``log`` defaults to the log at
-    ``home.settings.log_url`` (sqlite: WAL checkpoints on a background thread, not in appends).
+    ``home.settings.log_url``, opened as an appender named by :func:`_appender_name` (sqlite: WAL
+    checkpoints on a background thread, not in appends; kafka: the transactional.id).
     Uvicorn runs with ``log_level="warning"`` and no access log (one line per request
     would cost more than decoding it). On shutdown the pending log appends are committed
     before the process exits.
@@ -79,11 +81,31 @@ def serve(home: Home, host: str = "127.0.0.1", port: int | None = None, log: Eve
     if log is None:
         from headwater.log import open_log
 
-        log = open_log(home.settings.log_url, background_checkpoint_s=1.0)
+        log = open_log(home.settings.log_url, appender=_appender_name(home))
     app = create_app(Collector.from_home(home, log), metrics, mounts)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on", log_level="warning",
                             access_log=False, server_header=False, date_header=False, **tls)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _appender_name(home: Home) -> str:
+    """``collector-<host>-<slot>``: this process's name as an appender of the event log (see
+    :func:`headwater.log.open_log`), stable across restarts and unique among the collector
+    processes of ``home`` running at once. The slot is the lowest N whose
+    ``<home>/run/collector-N.lock`` this process can ``flock``; the lock is held for the
+    process's life (its descriptor is never closed) and released by the kernel when it dies, so
+    a restarted worker takes the slot of the one that died and fences what it left open."""
+    run = home.root / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    slot = 0
+    while True:
+        fd = os.open(run / f"collector-{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f"collector-{socket.gethostname()}-{slot}"
+        except BlockingIOError:
+            os.close(fd)
+            slot += 1
 
 
 def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:

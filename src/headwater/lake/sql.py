@@ -59,9 +59,10 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from headwater.errors import ForbiddenError, InvalidInputError, NotFoundError, TransientError
-from headwater.lake import catalog
+from headwater.lake import catalog, objectstore
 
 if TYPE_CHECKING:
     from headwater.lake.store import Lake
@@ -237,17 +238,26 @@ def session(lake: Lake, sql: str, *, tables: Callable[[str], bool] | None = None
 
 @contextmanager
 def errors() -> Iterator[None]:
-    """DuckDB errors raised inside as headwater errors, as :func:`query` documents."""
+    """DuckDB errors raised inside as headwater errors, as :func:`query` documents; an
+    object-store failure while a scan reads files (:func:`headwater.lake.objectstore.failure`)
+    names the setting to check."""
     try:
         yield
-    except duckdb.CatalogException as e:
-        raise NotFoundError(str(e), field="sql") from e
-    except duckdb.IOException as e:
-        raise TransientError(str(e), field="sql") from e
-    except duckdb.PermissionException as e:  # file access in a restricted session
-        raise ForbiddenError(str(e), field="sql") from e
-    except duckdb.Error as e:  # parser, binder, conversion, invalid input, ...
-        raise InvalidInputError(str(e), field="sql") from e
+    except duckdb.Error as e:
+        raise _error(e) from e
+
+
+def _error(e: duckdb.Error) -> Exception:
+    remote = objectstore.failure("sql", e)
+    if remote is not None:
+        return remote
+    if isinstance(e, duckdb.CatalogException):
+        return NotFoundError(str(e), field="sql")
+    if isinstance(e, duckdb.IOException):
+        return TransientError(str(e), field="sql")
+    if isinstance(e, duckdb.PermissionException):  # file access in a restricted session
+        return ForbiddenError(str(e), field="sql")
+    return InvalidInputError(str(e), field="sql")  # parser, binder, conversion, invalid input, ...
 
 
 # -- the served read path -----------------------------------------------------------------------
@@ -282,7 +292,9 @@ def version(lake: Lake, table: str) -> Version | None:
     """``table``'s current version (:data:`Version`), ``None`` if it does not exist; a commit
     always changes it. Local lakes: one or two stats of ``_delta_log`` files (the next commit's
     file appears with each commit; the version is looked up with delta-rs once per process and
-    table, and again if the table was deleted and re-created); other roots: delta-rs each time.
+    table, and again if the table was deleted and re-created); object stores: the same
+    questions as ``HEAD`` requests on the table's filesystem (~5 ms on moto, against ~50 ms to
+    open the table with delta-rs).
     Recorded by :func:`reads`. :class:`NotFoundError` for a table the catalog does not declare."""
     return _seen(_reader(lake), table)
 
@@ -329,7 +341,7 @@ class _Reader:
         self._lock = threading.Lock()
         self._idle: list[_Connection] = []
         self._known: dict[str, Version] = {}
-        self._logs: dict[str, str] = {}  # table -> its local _delta_log directory
+        self._logs: dict[str, _Log] = {}  # table -> its _delta_log directory
 
     @contextmanager
     def connection(self) -> Iterator[_Connection]:
@@ -365,13 +377,13 @@ class _Reader:
         log = self._logs.get(table)
         if log is None:
             uri = self.lake.uri(table)  # checks the name
-            if "://" in uri:  # an object store: no cheap stat, ask delta-rs
-                return (self.lake.version(table), 0) if self.lake.exists(table) else None
-            log = self._logs[table] = os.path.join(uri, "_delta_log")
+            # An object store: the same questions as HEAD requests on the table's filesystem,
+            # instead of opening the table with delta-rs (a listing and log reads).
+            log = self._logs[table] = (None, os.path.join(uri, "_delta_log")) if "://" not in uri else (self.lake.filesystem(table), "_delta_log")
         known = self._known.get(table)
         if known is not None and _stamp(log, known[0]) == known[1]:
             latest = known[0]
-            while os.path.exists(_commit(log, latest + 1)):  # Delta versions are dense: each commit adds the next file
+            while _stamp(log, latest + 1) is not None:  # Delta versions are dense: each commit adds the next file
                 latest += 1
             stamp = _stamp(log, latest) if latest != known[0] else known[1]
             if stamp is not None:
@@ -384,7 +396,7 @@ class _Reader:
             self.lake = type(self.lake)(self.lake.root, self.lake.storage_options)
         # First look, or the table was deleted: ask delta-rs.
         self._known.pop(table, None)
-        if not os.path.isdir(log):
+        if not _isdir(log):
             return None
         try:
             latest = self.lake.version(table)
@@ -397,15 +409,39 @@ class _Reader:
         return (latest, stamp)
 
 
-def _commit(log: str, v: int) -> str:
-    return os.path.join(log, f"{v:020d}.json")
+_Log = tuple[pafs.FileSystem | None, str]
+"""A table's ``_delta_log`` directory: ``(None, local path)``, or ``(the table's pyarrow
+filesystem, "_delta_log")`` on an object store."""
 
 
-def _stamp(log: str, v: int) -> int | None:
+def _commit(log: _Log, v: int) -> str:
+    return os.path.join(log[1], f"{v:020d}.json")
+
+
+def _stamp(log: _Log, v: int) -> int | None:
+    """The modification time (ns) of commit ``v``'s log file, ``None`` if it does not exist.
+    On S3 that is the object's ``Last-Modified``, whole seconds: a table deleted and
+    re-created to the same version within one second goes unnoticed there."""
+    fs, _ = log
+    if fs is None:
+        try:
+            return os.stat(_commit(log, v)).st_mtime_ns
+        except FileNotFoundError:
+            return None
+    info = _remote_info(fs, _commit(log, v))
+    return None if info.type == pafs.FileType.NotFound else info.mtime_ns
+
+
+def _isdir(log: _Log) -> bool:
+    fs, path = log
+    return os.path.isdir(path) if fs is None else _remote_info(fs, path).type == pafs.FileType.Directory
+
+
+def _remote_info(fs: pafs.FileSystem, path: str) -> pafs.FileInfo:
     try:
-        return os.stat(_commit(log, v)).st_mtime_ns
-    except FileNotFoundError:
-        return None
+        return fs.get_file_info(path)
+    except OSError as e:
+        raise objectstore.failure("lake root", e) or TransientError(f"lake root: {e}", field="lake.root") from e
 
 
 _local = threading.local()

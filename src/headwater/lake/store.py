@@ -2,9 +2,10 @@
 
 A table is addressed by its catalog name ``"layer.table"`` (checked against
 :func:`headwater.lake.catalog.spec`: an undeclared name raises :class:`NotFoundError`) and
-lives at ``<root>/<layer>/<table>``: a local path today, any URI delta-rs accepts later
-(``storage_options`` are passed to every delta-rs call for that day). Partition columns come
-from the table's declaration.
+lives at ``<root>/<layer>/<table>``: a local path, or an object-store URI
+(``s3://bucket/prefix``: its settings become delta-rs ``storage_options`` and a pyarrow
+filesystem, :mod:`headwater.lake.objectstore`). Partition columns come from the table's
+declaration.
 
 Two write paths carry the platform's guarantees:
 
@@ -47,7 +48,7 @@ import errno
 import math
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,10 +57,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
+from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from headwater.errors import ConflictError, InvalidInputError, NotFoundError, TransientError
-from headwater.lake import catalog
+from headwater.lake import catalog, objectstore
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pads  # imports pandas (~0.5 s): only where a table is read
@@ -71,8 +74,10 @@ class Lake:
     """The tables under one root URI (``settings.lake_root``).
 
     ``storage_options``: delta-rs storage options for an object-store root (credentials,
-    endpoint); ``None`` for a local path. ``keep_open``: keep one ``DeltaTable`` per table and
-    bring it up to date before each use (``update_incremental``, ~1 ms) instead of opening the
+    endpoint, commit mode: :func:`headwater.lake.objectstore.storage_options`); ``None`` for a
+    local path. An ``s3://`` root whose options name no commit mode for concurrent writers is
+    refused (:class:`InvalidInputError` naming ``lake.s3_commit``). ``keep_open``: keep one
+    ``DeltaTable`` per table and bring it up to date before each use (``update_incremental``, ~1 ms) instead of opening the
     table anew (~20 ms: its log since the last checkpoint is replayed, twice per append): for
     a writer committing every second, such as the stream. Its handles must not be used by two
     threads for one table at once."""
@@ -81,14 +86,18 @@ class Lake:
         self.root = str(root)
         self.storage_options = storage_options
         self._local = "://" not in self.root or self.root.startswith("file://")
+        if objectstore.is_s3(self.root):
+            objectstore.check_commit_mode(self.root, storage_options)
+        self._remote_fs: tuple[pafs.FileSystem, str] | None = None
         self._lock = threading.Lock()
         self._snapshots: dict[str, tuple[DeltaTable, int, pads.Dataset]] = {}
         self._handles: dict[str, DeltaTable] | None = {} if keep_open else None
 
     @classmethod
     def of(cls, home: Home, keep_open: bool = False) -> Lake:
-        """The lake of a :class:`headwater.config.Home` (``home.settings.lake_root``)."""
-        return cls(home.settings.lake_root, keep_open=keep_open)
+        """The lake of a :class:`headwater.config.Home` (``home.settings.lake_root``, with the
+        storage options of its ``lake.s3_*`` settings)."""
+        return cls(home.settings.lake_root, objectstore.storage_options(home.settings), keep_open=keep_open)
 
     def __repr__(self) -> str:
         return f"Lake({self.root!r})"
@@ -104,8 +113,10 @@ class Lake:
         return f"{self.root.rstrip('/')}/{layer}/{name}"
 
     def exists(self, table: str) -> bool:
-        """Whether ``table`` has a Delta log (at least one commit)."""
-        return DeltaTable.is_deltatable(self.uri(table), self.storage_options)
+        """Whether ``table`` has a Delta log (at least one commit). An object store that cannot
+        be reached or refuses the credentials raises (:func:`_errors`), never answers no."""
+        with _errors(table):
+            return DeltaTable.is_deltatable(self.uri(table), self.storage_options)
 
     def tables(self) -> list[str]:
         """Names of every existing table, sorted: the fixed tables of the catalog that exist,
@@ -124,9 +135,22 @@ class Lake:
         if self._local:
             path = Path(self.root.removeprefix("file://")) / layer
             return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
-        fs, base = pafs.FileSystem.from_uri(f"{self.root.rstrip('/')}/{layer}")
-        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        fs, base = self._remote()
+        with _errors(f"lake root {self.root}"):
+            infos = fs.get_file_info(pafs.FileSelector(f"{base}/{layer}", allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+    def _remote(self) -> tuple[pafs.FileSystem, str]:
+        """The pyarrow filesystem of an object-store root and the root's path in it
+        (``bucket/prefix``), built once (an S3 client holds a connection pool)."""
+        if self._remote_fs is None:
+            if objectstore.is_s3(self.root):
+                path = self.root.split("://", 1)[1]
+                self._remote_fs = (objectstore.s3_filesystem(self.storage_options), path.rstrip("/"))
+            else:  # another store pyarrow knows (gs://, abfs://): configured by its own environment
+                fs, path = pafs.FileSystem.from_uri(self.root)
+                self._remote_fs = (fs, path.rstrip("/"))
+        return self._remote_fs
 
     def _open(self, table: str, version: int | None = None) -> DeltaTable:
         if self._handles is None or version is not None:
@@ -169,7 +193,7 @@ class Lake:
             return self._open(table).transaction_version(app_id)
 
     def upsert_once(
-        self, table: str, data: pa.Table, keys: tuple[str, ...], *, app_id: str, batch_id: int,
+        self, table: str, data: pa.Table | pa.RecordBatchReader, keys: tuple[str, ...], *, app_id: str, batch_id: int,
         since: tuple[str, dt.datetime] | None = None,
     ) -> None:
         """Upsert ``data`` into the (unpartitioned) table on ``keys`` in one commit carrying txn
@@ -180,7 +204,8 @@ class Lake:
         Creates the table (from the non-deleted rows) on first use. Readers are never blocked:
         they keep reading the snapshot they opened (Delta optimistic concurrency).
         ``since=(column, t)``: the caller guarantees no row of ``data`` matches a target row with
-        ``column < t``; files holding only such rows are skipped by their statistics."""
+        ``column < t``; files holding only such rows are skipped by their statistics. ``data``
+        may be a ``RecordBatchReader`` when the table exists (delta-rs streams the source)."""
         if not self.exists(table):
             keep = data.filter(pc.invert(data.column("_delete"))).drop_columns(["_delete"])
             self.append_once(table, keep, app_id=app_id, batch_id=batch_id)
@@ -188,12 +213,12 @@ class Lake:
         on = " AND ".join(f"(t.{_q(k)} IS NOT DISTINCT FROM s.{_q(k)})" for k in keys)
         if since is not None:
             on = f"t.{_q(since[0])} >= '{since[1].isoformat()}' AND {on}"
-        values = {_q(c): f"s.{_q(c)}" for c in data.column_names if c != "_delete"}
+        values = {_q(c): f"s.{_q(c)}" for c in data.schema.names if c != "_delete"}
         self.merge(table, data, on, app_id=app_id, batch_id=batch_id, update=values, insert=values,
                    delete_if="s._delete", update_if="NOT s._delete", insert_if="NOT s._delete")
 
     def merge(
-        self, table: str, data: pa.Table, on: str, *, app_id: str, batch_id: int,
+        self, table: str, data: pa.Table | pa.RecordBatchReader, on: str, *, app_id: str, batch_id: int,
         update: dict[str, str] | None = None, insert: dict[str, str] | None = None,
         delete_if: str | None = None, update_if: str | None = None, insert_if: str | None = None,
     ) -> None:
@@ -239,6 +264,49 @@ class Lake:
             schema_mode="overwrite" if self.exists(table) else None,
             commit_properties=_txn(app_id, batch_id) if app_id is not None else None,
         )
+
+    def commit_files(
+        self, table: str, adds: Sequence[AddAction], schema: pa.Schema, *, mode: str = "append",
+        days: tuple[dt.date, dt.date] | None = None, app_id: str | None = None, batch_id: int | None = None,
+    ) -> None:
+        """Commit data files already written into ``table``'s directory by a writer outside
+        delta-rs (Spark executors: :mod:`headwater.spark_delta`) as ONE Delta transaction
+        (delta-rs ``create_write_transaction``), carrying txn ``(app_id, batch_id)`` when given.
+        Creates the table (partitioned as declared) if it does not exist.
+
+        ``adds``: the files' add actions (path relative to the table, size, partition values,
+        statistics). ``schema``: the files' Arrow schema, partition columns included.
+        ``mode="append"`` adds them (the table keeps its schema); ``mode="overwrite"`` with
+        ``days=(start, end)`` replaces the ``ds`` partitions ``[start, end]`` — the
+        semantics of :meth:`overwrite_partitions`: new columns of ``schema`` are added, and a
+        file with a ``ds`` outside the range is refused (:class:`InvalidInputError`, nothing
+        committed); ``mode="overwrite"`` without ``days`` replaces the whole table, schema
+        included (:meth:`replace_table`). Files of ``adds`` that end up uncommitted are
+        unreferenced and go with :meth:`vacuum`."""
+        if mode not in ("append", "overwrite") or (days is not None and mode != "overwrite"):
+            raise InvalidInputError(f"mode: 'append', or 'overwrite' (with or without days), got {mode!r} with days={days}", field="mode")
+        filters = None
+        if days is not None:
+            start, end = (d.isoformat() for d in days)
+            outside = sorted({v for a in adds if not (start <= (v := str(a.partition_values.get("ds"))) <= end)})
+            if outside:
+                raise InvalidInputError(f"{table}: rows with ds {outside[:3]} outside {start}..{end}", field="ds")
+            filters = [("ds", ">=", start), ("ds", "<=", end)]
+        props = _txn(app_id, batch_id) if app_id is not None else None
+        partition_by = self._partition_by(table) or []
+        with _errors(table):
+            if not self.exists(table):
+                create_table_with_add_actions(self.uri(table), DeltaSchema.from_arrow(schema), list(adds), mode="error", partition_by=partition_by,
+                                              storage_options=self.storage_options, commit_properties=props)
+                return
+            have = pa.schema(self._open(table).schema().to_arrow())
+            # delta-rs takes ``schema`` as the table's new schema: append keeps the table's,
+            # a partition overwrite merges new columns in (Delta adds columns, never retypes).
+            if mode == "append":
+                schema = have
+            elif days is not None:
+                schema = pa.schema([*have, *(f for f in schema if f.name not in have.names)])
+            self._open(table).create_write_transaction(list(adds), mode, schema, partition_by, filters, commit_properties=props)
 
     def compact(self, table: str, days: list[dt.date] | None = None, target_bytes: int | None = None) -> dict[str, int]:
         """Rewrite the table's files smaller than ``target_bytes`` (default: the table's
@@ -339,8 +407,8 @@ class Lake:
         """Those of ``paths`` (relative to the table) that exist."""
         if not paths:
             return []
-        fs, base = pafs.FileSystem.from_uri(self.uri(table) if not self._local else str(Path(self.uri(table)).resolve()))
-        infos = fs.get_file_info([f"{base}/{p}" for p in paths])
+        fs = self.filesystem(table)
+        infos = fs.get_file_info(paths)
         return [p for p, i in zip(paths, infos) if i.type != pafs.FileType.NotFound]
 
     def vacuum_all(self, retention_h: float) -> dict[str, list[str]]:
@@ -405,8 +473,8 @@ class Lake:
         DuckDB and Polars push projections and ``ds`` filters down into it: each file carries
         its partition values as an expression, so a filtered scan opens only the files of the
         matching partitions (and reads only the row groups whose Parquet statistics can match).
-        Files are read through Arrow's native local filesystem, not delta-rs' Python storage
-        handler: with the latter a process that scanned a dataset aborts at interpreter exit
+        Files are read through Arrow's native filesystem (:meth:`filesystem`: local, or S3
+        configured like delta-rs), not delta-rs' Python storage handler: with the latter a process that scanned a dataset aborts at interpreter exit
         about half the time ("terminate called without an active exception", exit code 134;
         deltalake 1.6.6, observed here), and the native one is no slower.
 
@@ -444,7 +512,7 @@ class Lake:
         filesystem = self.filesystem(table)
         adds = pa.table(handle.get_add_actions(flatten=True))
         columns = handle.metadata().partition_columns
-        if filesystem is None or handle.protocol().reader_features or not _hive_layout(adds, columns):
+        if handle.protocol().reader_features or not _hive_layout(adds, columns):
             return handle.to_pyarrow_dataset(filesystem=filesystem)
         schema = pa.schema(handle.schema().to_arrow())
         partitioning = None
@@ -454,14 +522,26 @@ class Lake:
         fmt = pads.ParquetFileFormat(default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=True))
         return pads.dataset(paths, schema=schema, format=fmt, filesystem=filesystem, partitioning=partitioning)
 
-    def filesystem(self, table: str) -> pafs.FileSystem | None:
+    def filesystem(self, table: str) -> pafs.FileSystem:
         """A pyarrow filesystem rooted at ``table``'s directory (paths inside it are the
         relative paths of the Delta log's ``add`` actions), for reading its files and for
         writers outside delta-rs (Spark executors) to put new files there. Picklable, so it
-        travels to executors. ``None`` where it cannot be built (then read through delta-rs)."""
-        if not self._local:
-            return None  # delta-rs' own storage handler (object stores: not built yet)
-        return pafs.SubTreeFileSystem(str(Path(self.uri(table)).resolve()), pafs.LocalFileSystem())
+        travels to executors: for an ``s3://`` root an ``S3FileSystem`` configured from the
+        lake's storage options (:func:`headwater.lake.objectstore.s3_filesystem`)."""
+        if self._local:
+            return pafs.SubTreeFileSystem(str(Path(self.uri(table)).resolve()), pafs.LocalFileSystem())
+        fs, base = self._remote()
+        layer, _, name = table.partition(".")
+        return pafs.SubTreeFileSystem(f"{base}/{layer}/{name}", fs)
+
+    def hadoop_uri(self, table: str) -> str:
+        """``table``'s location as Hadoop filesystems (Spark) name it: an absolute local path,
+        or ``s3a://bucket/prefix/<layer>/<name>`` for an ``s3://`` root (Spark's S3 connector,
+        hadoop-aws, docs/object-storage.md)."""
+        uri = self.uri(table)
+        if self._local:
+            return str(Path(uri).resolve())
+        return "s3a://" + uri.split("://", 1)[1] if objectstore.is_s3(uri) else uri
 
     def _partition_by(self, table: str) -> list[str] | None:
         return list(catalog.spec(table).partition_by) or None
@@ -536,7 +616,9 @@ def _same_kind(a: pa.DataType, b: pa.DataType) -> bool:
 
 
 # delta-rs raises plain DeltaError for data that breaks the table's rules; what remains
-# unrecognised is storage trouble (object-store I/O, a lock), worth a retry.
+# unrecognised is storage trouble (object-store I/O, a lock), worth a retry. Object-store
+# failures it recognises (unreachable endpoint, refused credentials, missing bucket) name the
+# setting to check (headwater.lake.objectstore.failure).
 _INVALID_DATA = ("Invalid data found", "partitioning", "non-nullable", "C Data interface", "Schema error")
 
 
@@ -559,6 +641,9 @@ def _errors(table: str, schema: Callable[[], pa.Schema | None] | None = None, da
         text = str(e)
         if _disk_full(e):
             raise _full(table, e) from e
+        remote = objectstore.failure(table, e)
+        if remote is not None:
+            raise remote from e
         if version is not None and "version" in text:
             raise NotFoundError(f"{table}: version {version} cannot be loaded ({text})", field="version") from e
         bad = _mismatch(schema(), data) if schema is not None else None
@@ -570,6 +655,9 @@ def _errors(table: str, schema: Callable[[], pa.Schema | None] | None = None, da
     except OSError as e:
         if _disk_full(e):
             raise _full(table, e) from e
+        remote = objectstore.failure(table, e)
+        if remote is not None:
+            raise remote from e
         raise TransientError(f"{table}: {e}", field="table") from e
 
 

@@ -172,8 +172,7 @@ def run_model(
             if engine == "spark" and model.compute is None:
                 from headwater.models import spark
 
-                with spark.result(home, lake, model, start, end) as reader:
-                    rows = write_result(lake, model, Output(reader), start, end, whole is not None)
+                rows = spark.run(home, lake, model, start, end, whole=whole is not None)  # written by the executors
             else:
                 _registered(con, lake, model.inputs, model.table)
                 if model.cumulative:  # its own latest partition before start: fresh, it was just written

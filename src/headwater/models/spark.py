@@ -16,33 +16,34 @@ That the path and the log agree is checked for every file (:func:`snapshot_files
 tables whose files Spark cannot read as plain Parquet (deletion vectors, column mapping)
 are refused.
 
-The result. Spark writes the query result as Parquet to a staging directory under
-``<home>/tmp`` (timestamps as ``TIMESTAMP_MICROS``, i.e. ``timestamp[us, UTC]``);
-:func:`result` yields those files as an Arrow stream, which the runner writes batch by batch
-(cast to the model's schema); the staging directory is removed afterwards. The result never
-passes through the Python driver whole.
+The result never passes through the driver. The executors write the result's files
+straight into the model's table (:func:`headwater.spark_delta.write`: each task casts its
+rows to the model's Arrow schema and writes Parquet in delta-rs' layout), and the driver
+commits their add actions in one Delta transaction
+(:meth:`headwater.lake.store.Lake.commit_files`): a partitioned model replaces the ``ds``
+partitions ``[start, end]`` (``replaceWhere`` semantics, rows outside the range refused),
+an unpartitioned one (or a rebuild) the whole table. A failed run commits nothing; the files
+it wrote are unreferenced and go with the next vacuum.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.dataset as pads
 
+from headwater import spark_delta
 from headwater.config import Home
 from headwater.errors import InvalidInputError, NotFoundError
 from headwater.lake import catalog
 from headwater.lake.store import Lake
 from headwater.models.dag import Model
 from headwater.models.transpile import to_spark
+from headwater.spark_delta import Target
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -80,7 +81,8 @@ def _hive_segment(column: str, value: object) -> str:
 
 
 def snapshot_files(lake: Lake, table: str) -> list[str]:
-    """Absolute paths of the data files of ``table``'s current snapshot.
+    """Absolute paths of the data files of ``table``'s current snapshot (``s3a://`` URIs for
+    an S3 lake: :meth:`~headwater.lake.store.Lake.hadoop_uri`).
 
     :class:`InvalidInputError` if the table uses a reader feature outside
     :data:`READABLE_FEATURES` (naming it), or if a file of a partitioned table does not lie
@@ -91,14 +93,14 @@ def snapshot_files(lake: Lake, table: str) -> list[str]:
         raise InvalidInputError(f"{table}: Delta reader features {unreadable} cannot be read by the Spark engine", field=table)
     adds = lake.add_actions(table)
     columns = [c.removeprefix("partition.") for c in adds.column_names if c.startswith("partition.")]
-    root = Path(lake.uri(table)).resolve()
+    root = lake.hadoop_uri(table)
     files = []
     for add in adds.to_pylist():
         rel = urllib.parse.unquote(add["path"])
         expected = [_hive_segment(c, add[f"partition.{c}"]) for c in columns]
         if list(Path(rel).parts[:-1]) != expected:
             raise InvalidInputError(f"{table}: file {rel!r} is not under {'/'.join(expected) or 'the table root'}", field=table)
-        files.append(str(root / rel))
+        files.append(f"{root}/{rel}")
     return files
 
 
@@ -125,7 +127,7 @@ def register(spark: SparkSession, lake: Lake, table: str) -> str:
         # seconds for a few hundred); these are known local files: stat them on the driver.
         # (The file index is built here, eagerly, so the setting is only needed for this call.)
         with _conf(spark, "spark.sql.sources.parallelPartitionDiscovery.threshold", str(len(files) + 1)):
-            frame = spark.read.schema(schema).option("basePath", str(Path(lake.uri(table)).resolve())).parquet(*files)
+            frame = spark.read.schema(schema).option("basePath", lake.hadoop_uri(table)).parquet(*files)
     else:
         frame = spark.createDataFrame([], schema)
     view = view_name(table)
@@ -133,23 +135,26 @@ def register(spark: SparkSession, lake: Lake, table: str) -> str:
     return view
 
 
-@contextmanager
-def result(home: Home, lake: Lake, model: Model, start: dt.date, end: dt.date, spark: SparkSession | None = None) -> Iterator[pa.RecordBatchReader]:
-    """The rows of SQL ``model`` for ``ds`` in ``[start, end]``, computed on Spark SQL, as an
-    Arrow stream valid inside the block (the staging files are removed after it).
+def run(home: Home, lake: Lake, model: Model, start: dt.date, end: dt.date, *, whole: bool = False,
+        spark: SparkSession | None = None) -> int:
+    """Compute SQL ``model`` for ``ds`` in ``[start, end]`` on Spark SQL and write its table
+    from the executors (see the module docstring); return the rows written.
 
-    ``spark`` defaults to :func:`headwater.spark.session` (local[2]). Every input of the model
-    is registered at its current snapshot (:func:`register`) and the SQL is transpiled with
-    ``$start`` / ``$end`` bound as ``DATE`` literals. :class:`InvalidInputError` if the
-    result lacks a column of ``model.schema`` or Spark rejects the transpiled SQL (its
-    ``AnalysisException`` as the cause); :class:`NotFoundError` if an input does not exist."""
+    ``whole``: replace the whole table (an unpartitioned model, or a rebuild after a type
+    change) instead of the partitions ``[start, end]``. ``spark`` defaults to
+    :func:`headwater.spark.session` on the setting ``spark.master``. Every input of the
+    model is registered at its current snapshot (:func:`register`) and the SQL is
+    transpiled with ``$start`` / ``$end`` bound as ``DATE`` literals.
+    :class:`InvalidInputError` if the result lacks a column of ``model.schema``, a row does
+    not fit it (a null in a non-nullable column), a row's ``ds`` is outside the range, or
+    Spark rejects the transpiled SQL (its ``AnalysisException`` as the cause);
+    :class:`NotFoundError` if an input does not exist. Nothing is committed then."""
     from pyspark.errors import AnalysisException
-    from pyspark.sql.pandas.types import to_arrow_schema
 
     if spark is None:
         from headwater.spark import session
 
-        spark = session()
+        spark = session(master=home.settings.spark.master)
     sql = model.sql(home)
     # a cumulative model also reads its own latest partition before start
     reads = model.inputs + ((model.table,) if model.cumulative else ())
@@ -161,16 +166,7 @@ def result(home: Home, lake: Lake, model: Model, start: dt.date, end: dt.date, s
     missing = [n for n in model.schema.names if n not in frame.columns]
     if missing:
         raise InvalidInputError(f"{model.sql_file}: result lacks columns {missing} of {model.table}", field=model.table)
-    staging_root = home.root / "tmp"
-    staging_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="spark-", dir=staging_root))
-    try:
-        frame = frame.select(*model.schema.names)
-        # Spark's default INT96 timestamps would come back as naive nanoseconds.
-        with _conf(spark, "spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS"):
-            frame.write.mode("overwrite").parquet(str(staging / "result"))
-        # Explicit schema: an empty result may have no files. Spark TIMESTAMP → timestamp[us, UTC].
-        schema = to_arrow_schema(frame.schema, timezone="UTC")
-        yield pads.dataset(str(staging / "result"), schema=schema, format="parquet").scanner().to_reader()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    (adds,) = spark_delta.write(frame.select(*model.schema.names), [Target.of(lake, model.table, model.schema)])
+    days = (start, end) if model.partitioned and not whole else None
+    lake.commit_files(model.table, adds, model.schema, mode="overwrite", days=days)
+    return spark_delta.num_records(adds)

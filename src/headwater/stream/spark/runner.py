@@ -2,7 +2,7 @@
 
 The scale-out engine of design.md: the same declarative pipeline headwater's micro-batch
 engine runs, translated to Spark's streaming operators, reading the event log through
-:mod:`headwater.stream.spark.source` and writing Delta through delta-rs (:mod:`.sink`).
+:mod:`headwater.stream.spark.source` and writing Delta from the executors (:mod:`.sink`).
 
 Translation (one streaming query per output, each with its own Spark checkpoint under
 ``home.checkpoint_dir("spark-<pipeline>-<output>")``):
@@ -116,7 +116,14 @@ class SparkPipeline:
         return f"spark-{self.pipeline.name}-{output}"
 
     def source(self):
-        """The log as a streaming DataFrame (schema :data:`headwater.stream.spark.source.SCHEMA`)."""
+        """The log as a streaming DataFrame (schema :data:`headwater.stream.spark.source.SCHEMA`):
+        a ``kafka://`` log through Spark's own Kafka connector where its jar is deployed
+        (:mod:`.kafka_connector`; not for ``replay_offsets``), else headwater's Python data source."""
+        if self.log_url.startswith("kafka://") and self.config.replay_offsets is None:
+            from headwater.stream.spark import kafka_connector
+
+            if kafka_connector.available(self.spark):
+                return kafka_connector.source(self.spark, self.log_url, self.topic, self.config.max_records_per_partition)
         reader = self.spark.readStream.format(NAME).option("url", self.log_url).option("topic", self.topic)
         if self.config.replay_offsets is not None:
             reader = reader.option("replayOffsets", str(self.config.replay_offsets))

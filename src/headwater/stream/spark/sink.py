@@ -1,20 +1,43 @@
-"""``foreachBatch`` sinks: Spark micro-batches → Delta tables through delta-rs, exactly once.
+"""``foreachBatch`` sinks: Spark micro-batches → Delta tables, written by the executors, exactly once.
 
-Spark's own checkpoint (``offsets/N`` + ``commits/N``, the design headwater's engine
-copies) replays an unfinished epoch N with the same input after a crash and calls the
-``foreachBatch`` function again with the same ``epoch_id``. Each sink commit here carries the
+No micro-batch passes through the driver. Each epoch's rows are written as Parquet files by
+the executors (:func:`headwater.spark_delta.write`, ``mapInArrow``) into the tables'
+directories; the driver collects only the files' add actions and commits them in one Delta
+transaction per table (:meth:`headwater.lake.store.Lake.commit_files`).
+
+Exactly once. Spark's own checkpoint (``offsets/N`` + ``commits/N``, the design headwater's
+engine copies) replays an unfinished epoch N with the same input after a crash and calls the
+``foreachBatch`` function again with the same ``epoch_id``. Each sink commit carries the
 Delta application transaction ``(app_id, epoch_id)`` (Delta protocol "Transaction
 Identifiers"; the pattern Spark's docs give for idempotent ``foreachBatch`` writes); before
-writing, the sink reads ``transaction_version(app_id)`` and skips an epoch the table
-already holds. Together: every epoch lands once.
+writing, the sink reads ``transaction_version(app_id)`` and skips an epoch the table already
+holds. Files written by an attempt that never committed (the driver died between the
+executors' writes and the commit, or a task was retried) are referenced by no commit:
+readers never see them and :meth:`~headwater.lake.store.Lake.vacuum` deletes them.
 
-Output modes: ``append`` → one appended file set per epoch (:meth:`headwater.lake.store.Lake.append_once`);
-``update`` → a MERGE on the window key (:meth:`headwater.lake.store.Lake.upsert_once`).
+Output modes:
+
+- ``append`` (bronze, append-mode windows): the executors write the table's data files;
+  one append commit per epoch.
+- ``update`` (update-mode windows): a MERGE on the window key. The executors write the
+  epoch's rows as staging Parquet files under ``_staging/`` in the table's directory (a
+  directory Delta readers ignore); the driver runs delta-rs' MERGE with those files as a
+  streamed source (a dataset scan, batch by batch; :meth:`~headwater.lake.store.Lake.upsert_once`),
+  then deletes them. The MERGE itself runs in the driver process: delta-rs has no distributed
+  MERGE and Spark's needs the Delta connector's JARs; an update-mode epoch is one row per
+  changed window and group, small next to the events behind it. The table's first epoch is
+  a plain executor-written append (nothing to merge with).
+
+``distinct`` measures (a DataSketches HLL sketch ``<name>_sketch``): the estimate column
+``<name>`` is computed on the executors, inside the writing task (:func:`with_estimates`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import urllib.parse
+import uuid
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,12 +45,15 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from headwater import spark_delta
 from headwater.events import EVENT_SCHEMA, EVENTS_TOPIC
 from headwater.lake.store import Lake
+from headwater.spark_delta import Target
 from headwater.stream import sketches
 from headwater.stream.records import DEAD_LETTER_SCHEMA
 
 BatchFn = Callable[[object, int], None]
+STAGING = "_staging"  # under a table's directory: files of an update-mode epoch before its MERGE
 
 
 def _done(lake: Lake, table: str, app_id: str, epoch_id: int) -> bool:
@@ -35,54 +61,99 @@ def _done(lake: Lake, table: str, app_id: str, epoch_id: int) -> bool:
     return committed is not None and committed >= epoch_id
 
 
-def arrow(df) -> pa.Table:
-    """A Spark DataFrame's rows as Arrow (``DataFrame.toArrow``, Spark ≥ 4.0): timestamps
-    come back as ``timestamp[us, tz=UTC]`` since the session time zone is UTC."""
-    return df.toArrow()
+def spark_schema(df) -> pa.Schema:
+    """The Arrow schema of a Spark DataFrame's rows (timestamps ``timestamp[us, tz=UTC]``)."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(df.schema, timezone="UTC")
 
 
+# -- executor-side transforms (module level: Spark pickles them by reference) ---------------
+def with_estimates(batch: pa.RecordBatch, distinct: tuple[str, ...]) -> tuple[pa.RecordBatch]:
+    """``batch`` with each ``distinct`` column (float64) set to its ``<name>_sketch``'s HLL estimate."""
+    for name in distinct:
+        est = sketches.estimates(pl.Series(batch[f"{name}_sketch"])).to_arrow()
+        batch = batch.set_column(batch.schema.get_field_index(name), pa.field(name, pa.float64()), est)
+    return (batch,)
+
+
+def split_bronze(batch: pa.RecordBatch, topic: str) -> tuple[pa.RecordBatch, pa.Table]:
+    """Source rows → (events for ``bronze.events``, dead letters for ``bronze.dead_letter``)."""
+    bad = pc.is_valid(batch["_error"])
+    return batch.filter(pc.invert(bad)), dead_letters(batch.filter(bad), topic)
+
+
+# -- the sinks -------------------------------------------------------------------------------
 def window_sink(lake: Lake, table: str, app_id: str, output_mode: str, keys: Sequence[str], distinct: Sequence[str] = ()) -> BatchFn:
     """``foreachBatch`` function writing an aggregate's epoch output to ``table``
-    (``realtime.<name>``): appended (``append``) or merged on ``keys`` (``update``); empty epochs write
-    nothing. Each ``distinct`` measure's column (float64) is set to the estimate of its
-    ``<name>_sketch`` (serialized DataSketches HLL)."""
+    (``realtime.<name>``): appended (``append``) or merged on ``keys`` (``update``); empty
+    epochs commit nothing. Each ``distinct`` measure's column (float64) is set to the estimate
+    of its ``<name>_sketch`` (serialized DataSketches HLL) on the executors."""
+    transform = functools.partial(with_estimates, distinct=tuple(distinct)) if distinct else None
 
     def write(df, epoch_id: int) -> None:
-        data = arrow(df)
-        if data.num_rows == 0 or _done(lake, table, app_id, epoch_id):
+        if _done(lake, table, app_id, epoch_id):
             return
-        for name in distinct:
-            est = sketches.estimates(pl.Series(data[f"{name}_sketch"])).to_arrow()
-            data = data.set_column(data.schema.get_field_index(name), pa.field(name, pa.float64()), est)
-        if output_mode == "append":
-            lake.append_once(table, data, app_id=app_id, batch_id=epoch_id)
-        else:
-            data = data.append_column("_delete", pa.array(np.zeros(data.num_rows, dtype=bool)))
-            lake.upsert_once(table, data, tuple(keys), app_id=app_id, batch_id=epoch_id)
+        exists = lake.exists(table)
+        schema = lake.schema(table) if exists else spark_schema(df)
+        if output_mode == "append" or not exists:
+            (adds,) = spark_delta.write(df, [Target.of(lake, table, schema)], transform)
+            if adds:
+                lake.commit_files(table, adds, schema, app_id=app_id, batch_id=epoch_id)
+            return
+        stage = Target.of(lake, table, schema, f"{STAGING}/{app_id}-{epoch_id}-{uuid.uuid4()}")
+        try:
+            (adds,) = spark_delta.write(df, [stage], transform)
+            if adds:
+                lake.upsert_once(table, staged(stage, adds), tuple(keys), app_id=app_id, batch_id=epoch_id)
+        finally:
+            _remove(stage)
 
     return write
+
+
+def staged(stage: Target, adds) -> pa.RecordBatchReader:
+    """The staging files of ``adds`` as a stream of ``stage.schema`` plus ``_delete`` (false)."""
+    import pyarrow.dataset as pads
+
+    paths = [urllib.parse.unquote(a.path) for a in adds]
+    scan = pads.dataset(paths, schema=stage.schema, format="parquet", filesystem=stage.filesystem).to_batches()
+    schema = stage.schema.append(pa.field("_delete", pa.bool_()))
+    return pa.RecordBatchReader.from_batches(
+        schema, (b.append_column("_delete", pa.array(np.zeros(b.num_rows, dtype=bool))) for b in scan)
+    )
+
+
+def _remove(stage: Target) -> None:
+    """Delete the staging directory of ``stage`` (if the executors created it)."""
+    import pyarrow.fs as pafs
+
+    if stage.filesystem.get_file_info(stage.prefix).type != pafs.FileType.NotFound:
+        stage.filesystem.delete_dir(stage.prefix)
 
 
 def bronze_sink(lake: Lake, app_id: str, topic: str = EVENTS_TOPIC) -> BatchFn:
     """``foreachBatch`` function of the bronze query: rows of
     :data:`headwater.stream.spark.source.SCHEMA` (already deduplicated) whose ``_error`` is
     null go to ``bronze.events`` (:data:`EVENT_SCHEMA`, partitioned by ``ds``); the others are
-    undecodable log records and go to ``bronze.dead_letter`` (``DEAD_LETTER_SCHEMA``)."""
+    undecodable log records and go to ``bronze.dead_letter`` (``DEAD_LETTER_SCHEMA``). One
+    Spark job writes both tables' files; each table commits its own (``app_id``, epoch)."""
+    tables = (("bronze.events", EVENT_SCHEMA), ("bronze.dead_letter", DEAD_LETTER_SCHEMA))
+    transform = functools.partial(split_bronze, topic=topic)
 
     def write(df, epoch_id: int) -> None:
-        data = arrow(df)
-        bad = pc.is_valid(data["_error"])
-        events = data.filter(pc.invert(bad))
-        dead = data.filter(bad)
-        if events.num_rows and not _done(lake, "bronze.events", app_id, epoch_id):
-            lake.append_once("bronze.events", events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA), app_id=app_id, batch_id=epoch_id)
-        if dead.num_rows and not _done(lake, "bronze.dead_letter", app_id, epoch_id):
-            lake.append_once("bronze.dead_letter", dead_letters(dead, topic), app_id=app_id, batch_id=epoch_id)
+        todo = [not _done(lake, t, app_id, epoch_id) for t, _ in tables]
+        if not any(todo):
+            return
+        adds = spark_delta.write(df, [Target.of(lake, t, schema) for t, schema in tables], transform)
+        for (table, schema), files, needed in zip(tables, adds, todo):
+            if files and needed:
+                lake.commit_files(table, files, schema, app_id=app_id, batch_id=epoch_id)
 
     return write
 
 
-def dead_letters(rows: pa.Table, topic: str) -> pa.Table:
+def dead_letters(rows: pa.RecordBatch | pa.Table, topic: str) -> pa.Table:
     """Dead-letter rows (``DEAD_LETTER_SCHEMA``) from the source's error rows."""
     appended = pc.cast(rows["_appended_ms"], pa.int64()).to_pylist()
     at = [dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc) for ms in appended]
