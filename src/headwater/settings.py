@@ -130,6 +130,7 @@ class StreamSettings(_Section):
     watermark_tolerance_s: float = Field(60.0, ge=0, description="The watermark never runs ahead of processing time plus this (s).")
     quarantine_after: int = Field(3, ge=1, description="A micro-batch that fails this many times in a row is quarantined (skipped only by `headwater quarantine skip`).")
     restart_backoff_max_s: float = Field(60.0, gt=0, description="Longest wait of the supervisor's exponential restart backoff (s).")
+    engine: Literal["embedded", "spark"] = Field("embedded", description="Stream engine of `headwater stream` and `headwater up`: `embedded` (headwater's micro-batch engine) or `spark` (the same pipeline on Spark Structured Streaming at `spark.master`; docs/operations.md).")
 
 
 class BatchSettings(_Section):

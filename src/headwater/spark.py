@@ -9,21 +9,68 @@ The master is the setting ``spark.master``: ``local[N]`` (threads of this proces
 cluster (``spark://host:port`` of a standalone cluster, YARN, Kubernetes). The executors run
 Python with the same interpreter path as the driver (``PYSPARK_PYTHON``) and must be able to
 import headwater — on one machine, this virtual environment.
+
+An ``s3://`` lake (setting ``lake.root``): the executors write through pyarrow and the driver
+commits with delta-rs, neither of which needs Hadoop; but the Spark SQL models read their
+inputs' files through Hadoop's S3A connector (``s3a://`` URIs), configured here from the same
+``lake.s3_*`` settings (:func:`s3a_conf`). The connector's jar (``hadoop-aws`` matching the
+Spark build's Hadoop) must be deployed with Spark: docs/object-storage.md.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from headwater.settings import Settings
+
+# Hadoop S3A (hadoop-aws) properties, https://hadoop.apache.org/docs/stable/hadoop-aws/tools/hadoop-aws/index.html
+S3A = "spark.hadoop.fs.s3a."
+S3_SCHEMES = ("s3://", "s3a://")  # as headwater.lake.objectstore, which this layer may not import
 
 
-def session(app_name: str = "headwater", cores: int = 2, shuffle_partitions: int = 2, master: str | None = None):
+def s3a_conf(settings: Settings) -> dict[str, str]:
+    """Spark configuration for Hadoop's S3A connector reaching an ``s3://`` lake root, from
+    the ``lake.s3_*`` settings (the ones delta-rs and pyarrow use, :mod:`headwater.lake.objectstore`);
+    ``{}`` for any other root.
+
+    ``fs.s3a.impl`` always; with an endpoint (``lake.s3_endpoint`` or ``AWS_ENDPOINT_URL[_S3]``:
+    an S3-compatible store) ``fs.s3a.endpoint``, ``fs.s3a.path.style.access=true`` (MinIO,
+    Ceph and moto serve buckets as paths) and ``fs.s3a.connection.ssl.enabled`` true unless the
+    endpoint is ``http://``; ``fs.s3a.endpoint.region`` with ``lake.s3_region``; with both
+    keys set, ``fs.s3a.access.key`` / ``fs.s3a.secret.key`` and the provider reading them
+    (``SimpleAWSCredentialsProvider``), else S3A's default chain (variables, profile, instance
+    role). The values may hold secrets: Spark redacts ``*.access.key`` / ``*.secret.key`` in
+    its UI and logs (``spark.redaction.regex``); never log this dict."""
+    if not settings.lake_root.startswith(S3_SCHEMES):
+        return {}
+    lake = settings.lake
+    conf = {S3A + "impl": "org.apache.hadoop.fs.s3a.S3AFileSystem"}
+    endpoint = settings.lake_s3_endpoint
+    if endpoint:
+        conf[S3A + "endpoint"] = endpoint
+        conf[S3A + "path.style.access"] = "true"
+        conf[S3A + "connection.ssl.enabled"] = "false" if endpoint.startswith("http://") else "true"
+    if lake.s3_region:
+        conf[S3A + "endpoint.region"] = lake.s3_region
+    if lake.s3_access_key_id is not None and lake.s3_secret_access_key is not None:
+        conf[S3A + "aws.credentials.provider"] = "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+        conf[S3A + "access.key"] = lake.s3_access_key_id.get_secret_value()
+        conf[S3A + "secret.key"] = lake.s3_secret_access_key.get_secret_value()
+    return conf
+
+
+def session(app_name: str = "headwater", cores: int = 2, shuffle_partitions: int = 2, master: str | None = None,
+            settings: Settings | None = None):
     """Return the process's ``SparkSession`` (UI off, UTC session time zone).
 
-    ``master``: a Spark master URL; default ``local[cores]``. On a cluster ``cores`` is
-    ignored (the cluster's executors decide). If a session is already active it is returned
-    as it is (Spark allows one per process). Raises ``ImportError`` with the install hint
-    when pyspark is not installed."""
+    ``master``: a Spark master URL; default the setting ``spark.master`` of ``settings``, else
+    ``local[cores]``. On a cluster ``cores`` is ignored (the cluster's executors decide).
+    ``settings``: also configure S3A for an ``s3://`` lake (:func:`s3a_conf`). If a session is
+    already active it is returned (Spark allows one per process). Raises ``ImportError`` with
+    the install hint when pyspark is not installed."""
     try:
         from pyspark.sql import SparkSession
     except ImportError as e:  # pragma: no cover - exercised only without the extra
@@ -31,8 +78,9 @@ def session(app_name: str = "headwater", cores: int = 2, shuffle_partitions: int
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    master = master or (settings.spark.master if settings is not None else f"local[{cores}]")
     return (
-        SparkSession.builder.master(master or f"local[{cores}]")
+        SparkSession.builder.master(master)
         .appName(app_name)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
@@ -44,5 +92,6 @@ def session(app_name: str = "headwater", cores: int = 2, shuffle_partitions: int
         # Python workers (UDFs, Python data sources) must connect back within this; the 15 s
         # default is exceeded on a loaded 2-core machine while a worker imports pyarrow.
         .config("spark.python.authenticate.socketTimeout", "120s")
+        .config(map=s3a_conf(settings) if settings is not None else {})
         .getOrCreate()
     )

@@ -10,13 +10,15 @@ of the traffic — are appended, request by request and split by identity key ov
 3. Spark Structured Streaming on Kafka, on the standalone cluster (master + 2 workers);
 4. Spark on the embedded log, on the same cluster.
 
-Spark replays the batch boundaries headwater recorded on the same log (``offsets/N``), as
-``test_spark_parity`` does. Kafka's offsets are not dense (each transaction leaves a commit
-marker), so the batches on the two logs differ slightly; the input therefore keeps its late
-events far behind (:data:`LATE_MIN` minutes, more than two batches of event time plus the
-delay): under both engines' watermark rules and on either log's batches the same events are
-late. That this holds is asserted against :func:`tests.stream.test_spark_parity.reference`
-for every run, so the equality below is not luck.
+The events arrive as they would live: :data:`CHUNK` events at a time are appended to both
+logs, and headwater's engines each run one trigger (available-now) after every chunk, so a
+micro-batch is a chunk on either log (Kafka's offsets differ: each transaction leaves a commit
+marker) and the hot user's partition keeps pace in event time with the others. Spark replays
+the batch boundaries headwater recorded on the same log (``offsets/N``), as
+``test_spark_parity`` does. Late events are far behind (:data:`LATE_MIN` minutes, more than
+two batches of event time plus the delay), so under both engines' watermark rules the same
+events are late; that this holds is asserted against
+:func:`tests.stream.test_spark_parity.reference` for every run, so the equality below is not luck.
 
 Compared: ``bronze.events`` (every column of the canonical event), the append-mode windows of
 ``realtime.per_minute`` (counts, distinct-user estimates), and gold: the DuckDB models over
@@ -26,6 +28,7 @@ each bronze, and the Spark SQL models on the cluster over Spark-on-Kafka's bronz
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import datetime as dt
 import random
 from pathlib import Path
@@ -43,25 +46,31 @@ from headwater.stream.processor import QUERY, BronzeStream, StreamConfig
 from tests.helpers import query
 from tests.models.test_spark_parity import assert_same
 from tests.stream.conftest import table_rows
-from tests.stream.test_spark_parity import CAP, PIPELINE, events_table, reference, stream
+from tests.stream.test_spark_parity import PIPELINE, events_table, reference, stream
 
 pytestmark = pytest.mark.slow
 
 PARTITIONS = 3
 REQUEST = 40  # events per request: one log append each, split by identity key
-LATE_MIN, LATE_MAX = 30, 45  # minutes behind; a batch spans ~10 min of event time here
+CHUNK = 160  # events arriving between two triggers: ~5 min of event time
+LATE_MIN, LATE_MAX = 30, 45  # minutes behind
 HOT_SHARE = 0.3
 
 
 def generated() -> pa.Table:
     rng = random.Random(23)
-    evs = stream(rng, 1_200, late_every=0.05, late_min=LATE_MIN, late_max=LATE_MAX, late_after=3 * CAP)
-    hot = [dataclasses.replace(e, user="hot") if rng.random() < HOT_SHARE else e for e in evs]
+    evs = stream(rng, 1_200, late_every=0.05, late_min=LATE_MIN, late_max=LATE_MAX, late_after=2 * CHUNK)
+    # user ids as the collector stores them (hex tokens, which the log partitions by)
+    hot = [dataclasses.replace(e, user=token("hot" if rng.random() < HOT_SHARE else e.user)) for e in evs]
     # a re-sent duplicate keeps its original's user
     first = {}
     for e in hot:
         first.setdefault(e.event_id, e)
     return events_table([first[e.event_id] for e in hot])
+
+
+def token(user: str) -> str:
+    return hashlib.blake2b(user.encode(), digest_size=16).hexdigest()
 
 
 def fill(url: str, events: pa.Table) -> None:
@@ -80,19 +89,23 @@ def home_on(path: Path, log_url: str | None = None) -> Home:
     return Home(path)
 
 
-def embedded(home: Home, events: pa.Table) -> list[list]:
-    """Run headwater's engine available-now; return its batches as ``[(partition, Ev)]``
-    lists for :func:`reference` (events identified by their position in each partition)."""
-    engine = BronzeStream(home, StreamConfig(max_records_per_partition=CAP, compact_every=0), pipeline=PIPELINE)
-    engine.run(available_now=True)
-    log, ck = open_log(home.settings.log_url), engine.checkpoint
+def trigger(home: Home) -> None:
+    """One trigger of headwater's engine: everything the log holds, as one micro-batch."""
+    BronzeStream(home, StreamConfig(compact_every=0), pipeline=PIPELINE).run(available_now=True)
+
+
+def batches_of(home: Home) -> list[list]:
+    """The committed batches of ``home``'s engine as ``[(partition, Ev)]`` lists for
+    :func:`reference`, read back from the log by their recorded offset ranges."""
+    from headwater.stream.checkpoint import Checkpoint
+
+    log, ck = open_log(home.settings.log_url), Checkpoint(home.checkpoint_dir(QUERY))
     batches = []
     for n in range(ck.latest_committed() + 1):
         batch = []
         for p, (s, e) in sorted(ck.read_offsets(n)["events"].items()):
             if e > s:
-                rows = log.read("events", p, s, e, EVENT_SCHEMA).events
-                batch += [(p, ev) for ev in as_evs(rows)]
+                batch += [(p, ev) for ev in as_evs(log.read("events", p, s, e, EVENT_SCHEMA).events)]
         batches.append(batch)
     log.close()
     return batches
@@ -150,10 +163,11 @@ def test_four_ways_give_identical_bronze_windows_and_gold(tmp_path, spark_cluste
     try:
         sqlite_home = home_on(tmp_path / "embedded-sqlite")
         kafka_home = home_on(tmp_path / "embedded-kafka", broker.url())
-        fill(sqlite_home.settings.log_url, events)
-        fill(kafka_home.settings.log_url, events)
-
-        runs = {"embedded/sqlite": embedded(sqlite_home, events), "embedded/kafka": embedded(kafka_home, events)}
+        for i in range(0, events.num_rows, CHUNK):
+            for home in (sqlite_home, kafka_home):
+                fill(home.settings.log_url, events.slice(i, CHUNK))
+                trigger(home)
+        runs = {"embedded/sqlite": batches_of(sqlite_home), "embedded/kafka": batches_of(kafka_home)}
         spark_homes = {}
         for name, source in (("spark/kafka", kafka_home), ("spark/sqlite", sqlite_home)):
             spark_homes[name] = home_on(tmp_path / name.replace("/", "-"))

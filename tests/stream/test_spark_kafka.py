@@ -126,3 +126,11 @@ def test_selection_uses_the_connector_only_when_its_class_is_there(spark, tmp_pa
         "kafka.bootstrap.servers": broker.bootstrap, "subscribe": "events", "startingOffsets": "earliest", "includeHeaders": "true",
         "kafka.isolation.level": "read_committed", "kafka.sasl.username": "u",
     }
+
+
+def test_the_connector_starts_a_new_query_at_given_offsets():
+    """``start_at_group``: the connector's ``startingOffsets`` JSON, 0 as -2 (the earliest
+    offset retention has kept)."""
+    url = "kafka://127.0.0.1:9092/?retention_ms=1"
+    assert kafka_connector.options(url, "events", {0: 5, 1: 0})["startingOffsets"] == '{"events": {"0": 5, "1": -2}}'
+    assert kafka_connector.options(url, "events", {0: 0, 1: 0})["startingOffsets"] == "earliest"

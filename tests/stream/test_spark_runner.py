@@ -205,3 +205,12 @@ def test_translation_of_window_kinds(spark, home):
     frame = SparkPipeline(spark, home, pipeline).aggregate_frame(pipeline.aggregates[0])
     assert frame.isStreaming
     assert frame.columns == ["window_start", "window_end", "platform", "n"]
+
+
+def test_a_new_query_starts_at_the_given_offsets(home, log):
+    """``startingOffsets`` (``SparkConfig.start_at_group``): where a query without a checkpoint
+    starts; partitions not named start at 0."""
+    fill(log)
+    reader = LogStreamReader(home.settings.log_url, "events", None, None, starting={"0": 5})
+    assert reader.initialOffset() == {"0": 5, "1": 0}
+    assert [(p.partition, p.start, p.end) for p in reader.partitions(reader.initialOffset(), reader.latestOffset(reader.initialOffset(), None))] == [(0, 5, 7), (1, 0, 6)]

@@ -117,13 +117,16 @@ def collector(worker_of: int | None) -> None:
 
 @cli.command()
 @click.option("--available-now", is_flag=True, help="Process what the log holds now, then exit.")
+@setting_option("--engine", key="stream.engine",
+                help="embedded (headwater's micro-batch engine) or spark (the same pipeline on Spark Structured Streaming, setting spark.master).")
 @setting_option("--trigger-interval", key="stream.trigger_interval_s", type=float, help="Seconds between micro-batches when idle.")
 @setting_option("--max-records-per-partition", key="stream.max_records_per_partition", type=int, help="Micro-batch bound per log partition (events).")
 @setting_option("--retain-batches", key="stream.retain_batches", type=int, help="Offset / commit log entries kept.")
 @click.option("--pipeline", "pipeline_path", type=click.Path(exists=True, dir_okay=False),
               help="Pipeline TOML (dedup, watermark, windows); default: the built-in real-time aggregates.")
 def stream(available_now: bool, pipeline_path: str | None) -> None:
-    """Run only the stream processor (event log -> bronze + realtime Delta tables, exactly once)."""
+    """Run only the stream processor (event log -> bronze + realtime Delta tables, exactly once)
+    until SIGTERM / Ctrl-C, on the engine of setting stream.engine."""
     from headwater.stream.pipeline import DEFAULT_PIPELINE, Pipeline
     from headwater.stream.processor import BronzeStream, StreamConfig
 
@@ -132,6 +135,9 @@ def stream(available_now: bool, pipeline_path: str | None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     home = open_home()
     s = home.settings.stream
+    if s.engine == "spark":
+        _stream_on_spark(home, Pipeline.from_toml(pipeline_path) if pipeline_path else None, stop, available_now)
+        return
     config = StreamConfig(trigger_interval_s=s.trigger_interval_s, max_records_per_partition=s.max_records_per_partition,
                           retain_batches=s.retain_batches, compact_every=s.compact_every,
                           max_batch_bytes=s.max_batch_bytes, quarantine_after=s.quarantine_after)
@@ -141,6 +147,28 @@ def stream(available_now: bool, pipeline_path: str | None) -> None:
         processor.run(stop, available_now=available_now)
     finally:
         processor.close()
+
+
+def _stream_on_spark(home: Home, pipeline, stop: threading.Event, available_now: bool) -> None:
+    """``headwater stream`` on Spark Structured Streaming (:class:`~headwater.stream.spark.runner.SparkPipeline`)
+    at setting ``spark.master``: ``pipeline``, or the built-in one with its session windows in
+    append mode (the only mode Spark has for them). A first run starts where the consumer group
+    stands (the embedded engine's last batch). A pipeline Spark cannot run is refused before
+    the JVM starts (:class:`~headwater.errors.InvalidInputError`, exit 2)."""
+    from headwater.spark import session
+    from headwater.stream.pipeline import DEFAULT_PIPELINE
+    from headwater.stream.spark.runner import SparkConfig, SparkPipeline, check_supported, for_spark
+
+    pipeline = pipeline or for_spark(DEFAULT_PIPELINE)
+    check_supported(pipeline)
+    s = home.settings.stream
+    config = SparkConfig(max_records_per_partition=s.max_records_per_partition, available_now=available_now,
+                         trigger_interval_s=s.trigger_interval_s, start_at_group=True)
+    runner = SparkPipeline(session("headwater-stream", settings=home.settings), home, pipeline, config)
+    if available_now:
+        runner.run_available_now()
+    else:
+        runner.run(stop)
 
 
 def _counts_table(counts: dict[str, int]) -> None:

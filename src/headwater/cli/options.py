@@ -81,5 +81,5 @@ def check_range(start: dt.date | None, end: dt.date | None) -> None:
 
 
 engine_option = setting_option(
-    "--engine", key="batch.engine", help="SQL engine of the models: duckdb, or spark (the same SQL on Spark SQL, local mode)."
+    "--engine", key="batch.engine", help="SQL engine of the models: duckdb, or spark (the same SQL on Spark SQL at setting spark.master)."
 )

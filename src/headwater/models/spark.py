@@ -142,7 +142,7 @@ def run(home: Home, lake: Lake, model: Model, start: dt.date, end: dt.date, *, w
 
     ``whole``: replace the whole table (an unpartitioned model, or a rebuild after a type
     change) instead of the partitions ``[start, end]``. ``spark`` defaults to
-    :func:`headwater.spark.session` on the setting ``spark.master``. Every input of the
+    :func:`headwater.spark.session` of ``home``'s settings (``spark.master``, S3A for an S3 lake). Every input of the
     model is registered at its current snapshot (:func:`register`) and the SQL is
     transpiled with ``$start`` / ``$end`` bound as ``DATE`` literals.
     :class:`InvalidInputError` if the result lacks a column of ``model.schema``, a row does
@@ -154,7 +154,7 @@ def run(home: Home, lake: Lake, model: Model, start: dt.date, end: dt.date, *, w
     if spark is None:
         from headwater.spark import session
 
-        spark = session(master=home.settings.spark.master)
+        spark = session(settings=home.settings)
     sql = model.sql(home)
     # a cumulative model also reads its own latest partition before start
     reads = model.inputs + ((model.table,) if model.cumulative else ())

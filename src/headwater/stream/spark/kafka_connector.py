@@ -23,6 +23,7 @@ lacks a required column.
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 
 from headwater.events import EVENT_SCHEMA
@@ -49,15 +50,17 @@ def available(spark) -> bool:
         return False
 
 
-def options(url: str, topic: str) -> dict[str, str]:
+def options(url: str, topic: str, starting: dict[int, int] | None = None) -> dict[str, str]:
     """The connector's options for ``topic`` of the ``kafka://`` log at ``url``: bootstrap
     servers, the URL's client properties as ``kafka.<property>`` (security settings), headers
-    included, read_committed, from the earliest offset (the query's checkpoint then rules)."""
+    included, read_committed, from the earliest offset or ``starting`` (``{partition:
+    offset}``; 0 as the earliest, -2 in the connector's JSON) for a query without a checkpoint
+    (the checkpoint then rules)."""
     parts = urllib.parse.urlsplit(url)
     out = {
         "kafka.bootstrap.servers": parts.netloc.rpartition("@")[2],
         "subscribe": topic,
-        "startingOffsets": "earliest",
+        "startingOffsets": json.dumps({topic: {str(p): o or -2 for p, o in starting.items()}}) if starting and any(starting.values()) else "earliest",
         "includeHeaders": "true",
         "kafka.isolation.level": "read_committed",
     }
@@ -65,10 +68,11 @@ def options(url: str, topic: str) -> dict[str, str]:
     return out
 
 
-def source(spark, url: str, topic: str, max_records_per_partition: int | None = None):
-    """The topic as a streaming DataFrame of :data:`SCHEMA` through the connector; the batch
-    bound is ``max_records_per_partition`` × the topic's partitions (``maxOffsetsPerTrigger``)."""
-    reader = spark.readStream.format("kafka").options(**options(url, topic))
+def source(spark, url: str, topic: str, max_records_per_partition: int | None = None, starting: dict[int, int] | None = None):
+    """The topic as a streaming DataFrame of :data:`SCHEMA` through the connector, from
+    ``starting`` (see :func:`options`); the batch bound is ``max_records_per_partition`` × the
+    topic's partitions (``maxOffsetsPerTrigger``)."""
+    reader = spark.readStream.format("kafka").options(**options(url, topic, starting))
     if max_records_per_partition:
         log = open_log(url)
         try:

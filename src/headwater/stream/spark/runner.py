@@ -40,25 +40,42 @@ Where Spark's semantics differ from headwater's engine (see the parity tests,
   does a session window in ``update`` mode (Spark supports session windows in append only).
 - Spark has no late side output: late rows are dropped and only counted
   (``numRowsDroppedByWatermark``), so this runner writes no ``bronze.late_events``.
+
+Running (``headwater stream`` with setting ``stream.engine = "spark"``): :meth:`SparkPipeline.run`
+keeps the queries running on a processing-time trigger until a stop event, then stops them;
+:meth:`~SparkPipeline.run_available_now` processes the log as it is and returns. After each
+bronze epoch is in both tables, the driver commits the consumer group
+:data:`~headwater.events.STREAM_GROUP`'s offsets to the epoch's end, read from Spark's own
+offset log (``offsets/<epoch>``, written before the epoch runs): as headwater's engine does
+after each batch, so ``headwater status``, the collector's lag limit and Kafka's lag tools
+see Spark's progress, and the log's retention may delete what it consumed. Spark's
+checkpoint stays the source of truth, as for Spark's Kafka source.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from headwater.config import Home
 from headwater.errors import InvalidInputError
-from headwater.events import EVENTS_TOPIC
+from headwater.events import EVENTS_TOPIC, STREAM_GROUP
 from headwater.lake.store import Lake
+from headwater.log import EventLog, open_log
 from headwater.stream.pipeline import Aggregate, Hopping, Pipeline, Session, Tumbling
 from headwater.stream.spark import sink
 from headwater.stream.spark.source import NAME, register
 
 log = logging.getLogger("headwater.stream.spark")
+
+# A query's Python worker missed Spark's hard-coded 10 s connect-back (a loaded machine):
+# restarting the query from its checkpoint is safe (see run_available_now).
+_CONNECT_BACK = "Python worker failed to connect back"
 
 
 def _interval(d: dt.timedelta) -> str:
@@ -73,12 +90,16 @@ class SparkConfig:
     ``max_records_per_partition``: batch bound per log partition (``None``: all available);
     ``replay_offsets``: a headwater checkpoint's ``offsets`` directory whose batches to replay
     (overrides the bound); ``available_now``: ``Trigger.AvailableNow`` (else a processing-time
-    trigger every ``trigger_interval_s``)."""
+    trigger every ``trigger_interval_s``); ``start_at_group``: a query without a checkpoint
+    starts at the consumer group :data:`~headwater.events.STREAM_GROUP`'s committed offsets
+    (as read when the :class:`SparkPipeline` is made), not at the log's start — where the
+    engine this one takes over from stopped (``headwater stream`` sets it)."""
 
     max_records_per_partition: int | None = None
     replay_offsets: Path | None = None
     available_now: bool = True
     trigger_interval_s: float = 0.5
+    start_at_group: bool = False
 
 
 def for_spark(pipeline: Pipeline) -> Pipeline:
@@ -90,25 +111,52 @@ def for_spark(pipeline: Pipeline) -> Pipeline:
     )
 
 
+def check_supported(pipeline: Pipeline) -> None:
+    """:class:`InvalidInputError` naming the first aggregate of ``pipeline`` Spark cannot run:
+    ``allowed_lateness`` > 0, or a session window in update mode (see the module docstring).
+    Needs no Spark session: callers check before starting a JVM."""
+    for a in pipeline.aggregates:
+        if a.allowed_lateness:
+            raise InvalidInputError(f"aggregate {a.name}: allowed_lateness has no Spark Structured Streaming equivalent, got {a.allowed_lateness}",
+                                    field=f"aggregates.{a.name}.allowed_lateness")
+        if isinstance(a.window, Session) and a.output_mode != "append":
+            raise InvalidInputError(f"aggregate {a.name}: Spark supports session windows only in append output mode, got {a.output_mode!r}",
+                                    field=f"aggregates.{a.name}.output_mode")
+
+
+def epoch_offsets(checkpoint: Path, epoch_id: int, topic: str) -> dict[int, int]:
+    """``{partition: end offset}`` of ``topic`` in epoch ``epoch_id`` of a one-source Spark
+    query, from its offset log ``<checkpoint>/offsets/<epoch_id>``: a version line (``v1``),
+    the batch metadata (JSON), then the source's offset as JSON (Spark's ``OffsetSeqLog``) —
+    ``{"<partition>": offset}`` from headwater's data source, ``{"<topic>": {"<partition>":
+    offset}}`` from Spark's Kafka connector."""
+    lines = (checkpoint / "offsets" / str(epoch_id)).read_text().splitlines()
+    offset = json.loads(lines[2])
+    if isinstance(offset.get(topic), dict):
+        offset = offset[topic]
+    return {int(p): int(o) for p, o in offset.items()}
+
+
 class SparkPipeline:
     """The Spark Structured Streaming queries of ``pipeline`` over ``home``'s event log
     (or the log at ``log_url``), writing ``home``'s tables and checkpoints.
 
-    ``ValueError`` for what Spark cannot run: ``allowed_lateness`` > 0, a session window in
-    update mode."""
+    :class:`InvalidInputError` for what Spark cannot run (:func:`check_supported`)."""
 
     def __init__(
         self, spark, home: Home, pipeline: Pipeline, config: SparkConfig | None = None, topic: str = EVENTS_TOPIC, log_url: str | None = None
     ):
-        for a in pipeline.aggregates:
-            if a.allowed_lateness:
-                raise InvalidInputError(f"aggregate {a.name}: allowed_lateness has no Spark Structured Streaming equivalent, got {a.allowed_lateness}")
-            if isinstance(a.window, Session) and a.output_mode != "append":
-                raise InvalidInputError(f"aggregate {a.name}: Spark supports session windows only in append output mode, got {a.output_mode!r}")
+        check_supported(pipeline)
         self.spark, self.home, self.pipeline, self.topic = spark, home, pipeline, topic
         self.lake = Lake.of(home)
         self.log_url = log_url or home.settings.log_url
         self.config = config or SparkConfig()
+        self._log: EventLog | None = None  # the driver's handle for group commits, opened on first use
+        # Read once: the bronze query commits the group as it goes, and the aggregate
+        # queries must start where bronze started, not where it has got to.
+        self.starting: dict[int, int] | None = None
+        if self.config.start_at_group and self.config.replay_offsets is None:
+            self.starting = self._group_log().committed(STREAM_GROUP, topic)
         register(spark)
 
     def app_id(self, output: str) -> str:
@@ -123,8 +171,10 @@ class SparkPipeline:
             from headwater.stream.spark import kafka_connector
 
             if kafka_connector.available(self.spark):
-                return kafka_connector.source(self.spark, self.log_url, self.topic, self.config.max_records_per_partition)
+                return kafka_connector.source(self.spark, self.log_url, self.topic, self.config.max_records_per_partition, self.starting)
         reader = self.spark.readStream.format(NAME).option("url", self.log_url).option("topic", self.topic)
+        if self.starting:
+            reader = reader.option("startingOffsets", json.dumps({str(p): o for p, o in self.starting.items()}))
         if self.config.replay_offsets is not None:
             reader = reader.option("replayOffsets", str(self.config.replay_offsets))
         elif self.config.max_records_per_partition:
@@ -198,13 +248,32 @@ class SparkPipeline:
             F.col("_window.start").alias("window_start"), F.col("_window.end").alias("window_end"), *agg.group_by, *finals
         )
 
+    # -- consumer group ------------------------------------------------------------------
+    def _commit_group(self, epoch_id: int) -> None:
+        """Commit :data:`STREAM_GROUP`'s offsets of the topic to bronze epoch ``epoch_id``'s end
+        (called by the bronze sink on the driver once the epoch is in bronze). Through a
+        handle with the log's retention, as headwater's engine: the committing process applies it."""
+        offsets = epoch_offsets(self.home.checkpoint_dir(self.app_id("bronze")), epoch_id, self.topic)
+        self._group_log().commit(STREAM_GROUP, self.topic, offsets)
+
+    def _group_log(self) -> EventLog:
+        if self._log is None:
+            self._log = open_log(self.log_url, retention_ms=self.home.settings.log.retention_ms)
+        return self._log
+
+    def close(self) -> None:
+        """Close the driver's log handle (reopened if a query commits again)."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     # -- running -------------------------------------------------------------------------
     def outputs(self, bronze: bool = True) -> list[tuple[str, object, sink.BatchFn, str]]:
         """``(output, streaming DataFrame, foreachBatch function, output mode)`` per query:
         bronze (unless ``bronze=False``), then one per aggregate."""
         out = []
         if bronze:
-            fn = sink.bronze_sink(self.lake, self.app_id("bronze"), self.topic)
+            fn = sink.bronze_sink(self.lake, self.app_id("bronze"), self.topic, committed=self._commit_group)
             out.append(("bronze", self.bronze_frame(), fn, "append"))
         for agg in self.pipeline.aggregates:
             keys = ("window_start", *agg.group_by)
@@ -250,15 +319,59 @@ class SparkPipeline:
         if not self.config.available_now:
             raise InvalidInputError("run_available_now: the SparkConfig has available_now=False")
         done = []
-        for output in self.outputs(bronze):
-            for attempt in range(restarts + 1):
-                query = self._start(*output)
-                try:
-                    query.awaitTermination()
-                    break
-                except StreamingQueryException as e:
-                    if "Python worker failed to connect back" not in str(e) or attempt == restarts:
-                        raise
-                    log.warning("query %s: %s; restarting from its checkpoint", output[0], e)
-            done.append(query)
+        try:
+            for output in self.outputs(bronze):
+                for attempt in range(restarts + 1):
+                    query = self._start(*output)
+                    try:
+                        query.awaitTermination()
+                        break
+                    except StreamingQueryException as e:
+                        if not _restartable(output[0], e, attempt, restarts):
+                            raise
+                done.append(query)
+        finally:
+            self.close()
         return done
+
+    def run(self, stop: threading.Event, bronze: bool = True, restarts: int = 3, poll_s: float = 0.5) -> None:
+        """Run every query on the processing-time trigger (``config.trigger_interval_s``) until
+        ``stop`` is set, then stop them all and return. A query that failed is restarted from
+        its checkpoint when :func:`_restartable` (at most ``restarts`` times); any other
+        failure stops the others and is raised (``StreamingQueryException``).
+
+        Stopping interrupts a batch in progress; its epoch is re-run from Spark's offset log
+        at the next start and the sinks' Delta txns keep it exactly once."""
+        if self.config.available_now:
+            raise InvalidInputError("run: the SparkConfig has available_now=True (use run_available_now)")
+        outputs = self.outputs(bronze)
+        queries: dict[str, object] = {}
+        attempts: dict[str, int] = {}  # restarts so far per query
+        try:
+            for output in outputs:
+                if stop.is_set():
+                    return
+                queries[output[0]] = self._start(*output)
+            while not stop.wait(poll_s):
+                for output in outputs:
+                    name, query = output[0], queries[output[0]]
+                    if query.isActive or (error := query.exception()) is None:
+                        continue
+                    if not _restartable(name, error, attempts.get(name, 0), restarts):
+                        raise error
+                    attempts[name] = attempts.get(name, 0) + 1
+                    queries[name] = self._start(*output)
+        finally:
+            for query in queries.values():
+                query.stop()
+            self.close()
+
+
+def _restartable(name: str, error: Exception, attempt: int, restarts: int) -> bool:
+    """Whether query ``name``, failed with ``error`` on its ``attempt``-th restart (0: the
+    first run), is restarted: only for a missed Python-worker connect-back, ``restarts``
+    times at most (logged)."""
+    if _CONNECT_BACK not in str(error) or attempt >= restarts:
+        return False
+    log.warning("query %s: %s; restarting from its checkpoint", name, error)
+    return True

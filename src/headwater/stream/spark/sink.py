@@ -132,23 +132,26 @@ def _remove(stage: Target) -> None:
         stage.filesystem.delete_dir(stage.prefix)
 
 
-def bronze_sink(lake: Lake, app_id: str, topic: str = EVENTS_TOPIC) -> BatchFn:
+def bronze_sink(lake: Lake, app_id: str, topic: str = EVENTS_TOPIC, committed: Callable[[int], None] | None = None) -> BatchFn:
     """``foreachBatch`` function of the bronze query: rows of
     :data:`headwater.stream.spark.source.SCHEMA` (already deduplicated) whose ``_error`` is
     null go to ``bronze.events`` (:data:`EVENT_SCHEMA`, partitioned by ``ds``); the others are
     undecodable log records and go to ``bronze.dead_letter`` (``DEAD_LETTER_SCHEMA``). One
-    Spark job writes both tables' files; each table commits its own (``app_id``, epoch)."""
+    Spark job writes both tables' files; each table commits its own (``app_id``, epoch).
+    ``committed(epoch_id)`` runs once both tables hold the epoch, also when a replayed epoch
+    was already there (the runner commits the consumer group's offsets from it)."""
     tables = (("bronze.events", EVENT_SCHEMA), ("bronze.dead_letter", DEAD_LETTER_SCHEMA))
     transform = functools.partial(split_bronze, topic=topic)
 
     def write(df, epoch_id: int) -> None:
         todo = [not _done(lake, t, app_id, epoch_id) for t, _ in tables]
-        if not any(todo):
-            return
-        adds = spark_delta.write(df, [Target.of(lake, t, schema) for t, schema in tables], transform)
-        for (table, schema), files, needed in zip(tables, adds, todo):
-            if files and needed:
-                lake.commit_files(table, files, schema, app_id=app_id, batch_id=epoch_id)
+        if any(todo):
+            adds = spark_delta.write(df, [Target.of(lake, t, schema) for t, schema in tables], transform)
+            for (table, schema), files, needed in zip(tables, adds, todo):
+                if files and needed:
+                    lake.commit_files(table, files, schema, app_id=app_id, batch_id=epoch_id)
+        if committed is not None:
+            committed(epoch_id)
 
     return write
 

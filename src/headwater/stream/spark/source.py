@@ -16,6 +16,8 @@ Spark ≥ 4.0):
   * neither: everything in the log (one batch per trigger);
 - ``Trigger.AvailableNow`` (``SupportsTriggerAvailableNow``): the log end at query start is
   the target; no batch reads past it;
+- ``startingOffsets={"<partition>": offset}``: where a query without a checkpoint starts
+  (default: each partition's first offset), as Spark's Kafka source's option of that name;
 - ``read`` runs on the executors: each opens the log and reads its range as Arrow
   (:meth:`headwater.log.base.EventLog.read`): no per-event Python. Each dead letter the log
   reports becomes ONE row with ``_error`` set, the raw ``_payload`` and null event columns,
@@ -94,7 +96,8 @@ class LogDataSource(DataSource):
     """``spark.readStream.format("headwater_log")``; options: ``url`` (the event log's URL,
     ``home.settings.log_url``; required), ``topic`` (default ``events``; it must exist),
     ``maxRecordsPerPartition`` (int), ``replayOffsets`` (directory of a headwater checkpoint's
-    offsets files). Raises :class:`InvalidInputError` naming a bad option,
+    offsets files), ``startingOffsets`` (JSON ``{"<partition>": offset}``; partitions not
+    named start at 0). Raises :class:`InvalidInputError` naming a bad option,
     :class:`~headwater.errors.NotFoundError` for a missing topic."""
 
     @classmethod
@@ -117,11 +120,16 @@ class LogDataSource(DataSource):
         finally:
             log.close()
         replay = self.options.get("replayOffsets")
+        try:
+            starting = {str(p): int(o) for p, o in json.loads(self.options.get("startingOffsets", "{}")).items()}
+        except (ValueError, TypeError, AttributeError):
+            raise InvalidInputError("option `startingOffsets`: expected JSON {\"<partition>\": offset}", field="startingOffsets") from None
         return LogStreamReader(
             url=self.options["url"],
             topic=topic,
             max_records_per_partition=int(cap) if cap is not None else None,
             plan=replay_plan(Path(replay), topic) if replay else None,
+            starting=starting,
         )
 
 
@@ -134,10 +142,12 @@ class _Range(InputPartition):
 class LogStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     """Offsets and reads of one topic of the log (see the module docstring)."""
 
-    def __init__(self, url: str, topic: str, max_records_per_partition: int | None, plan: dict[str, dict[str, int]] | None):
+    def __init__(self, url: str, topic: str, max_records_per_partition: int | None, plan: dict[str, dict[str, int]] | None,
+                 starting: dict[str, int] | None = None):
         self.url, self.topic = url, topic
         self.cap = max_records_per_partition
         self.plan = plan
+        self.starting = starting or {}
         self.target: dict[str, int] | None = None
         self._log: EventLog | None = None  # opened on first use, in the planner worker
 
@@ -151,7 +161,7 @@ class LogStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._log.close()
 
     def initialOffset(self) -> dict:
-        return {p: 0 for p in self._ends()}
+        return {p: self.starting.get(p, 0) for p in self._ends()}
 
     def prepareForTriggerAvailableNow(self) -> None:
         self.target = self._ends()
