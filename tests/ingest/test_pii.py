@@ -63,6 +63,19 @@ def test_columns_are_scrubbed_only_where_needed():
     assert [json.loads(r["context"]) for r in out] == [{"library": {"name": "x"}, "locale": "en"}, {}, {"b": 2}]
 
 
+def test_one_column_is_scrubbed_as_it_is_beside_another():
+    """apply() of one column (no join, no split) gives that column's result of a two-column call:
+    scalar drop keys removed textually, triggered rows scrubbed, nulls kept, the rest as sent."""
+    s = PiiScrubber(PiiPolicy(), T)
+    props = ['{"a": 1, "ip": "10.1.2.3"}', '{"email":"a@x.io"}', None, '{"b":2}', '{"c":3 , "IP" :"1.2.3.4"}']
+    both = s.apply(pa.table({"properties": props, "context": ['{"x":1}'] * len(props)}))
+    alone = s.apply(pa.table({"properties": props}), ("properties",))
+    assert alone.column("properties").to_pylist() == both.column("properties").to_pylist()
+    assert alone.column("properties").to_pylist()[:4] == ['{"a": 1}', f'{{"email":"{T("a@x.io")}"}}', None, '{"b":2}']
+    clean = pa.table({"properties": ['{"b":2}', None]})
+    assert s.apply(clean, ("properties",)) is clean  # nothing to drop or scrub: the table itself
+
+
 def test_key_value_pairs_and_cut_values_in_text():
     s = PiiScrubber(PiiPolicy(), T)
     assert s.scrub_text("ts=x | email=a@x.io | ip=10.1.2.3 | n=1") == f"ts=x | email={T('a@x.io')} | ip= | n=1"

@@ -178,12 +178,14 @@ class Lake:
         """Append ``data`` in one commit (created on first use, partitioned as declared)."""
         self._write(table, data, mode="append", partition_by=self._partition_by(table))
 
-    def append_once(self, table: str, data: pa.Table, *, app_id: str, batch_id: int) -> None:
-        """Append ``data`` in one commit carrying txn ``(app_id, batch_id)``.
+    def append_once(self, table: str, data: pa.Table, *, app_id: str, batch_id: int, writer_properties: WriterProperties | None = None) -> None:
+        """Append ``data`` in one commit carrying txn ``(app_id, batch_id)``; Parquet written
+        with ``writer_properties`` (delta-rs defaults if ``None``).
 
         Callers recovering from a crash check :meth:`committed_batch` first; this method
         itself does not re-check, so the common path costs one commit (~50 ms)."""
-        self._write(table, data, mode="append", partition_by=self._partition_by(table), commit_properties=_txn(app_id, batch_id))
+        self._write(table, data, mode="append", partition_by=self._partition_by(table), commit_properties=_txn(app_id, batch_id),
+                    writer_properties=writer_properties)
 
     def committed_batch(self, table: str, app_id: str) -> int | None:
         """The last batch id committed by ``app_id`` into ``table``; ``None`` if none (or no table)."""

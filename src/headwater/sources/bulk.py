@@ -52,6 +52,7 @@ import duckdb
 import filelock
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import ColumnProperties, WriterProperties
 
 from headwater.config import Home
 from headwater.errors import ConflictError
@@ -238,11 +239,21 @@ class _Writer:
             self._append(EVENTS, events, k)
 
     def _append(self, table: str, data: pa.Table, k: int) -> None:
-        self.lake.append_once(table, data, app_id=self.app_id, batch_id=k)
+        self.lake.append_once(table, data, app_id=self.app_id, batch_id=k, writer_properties=BULK_WRITE)
         self.commits += 1
         if on_commit is not None:
             on_commit(self.commits)
 
+
+
+# Parquet of a bulk chunk: ZSTD level 1, and no dictionary for the near-unique columns, where a
+# dictionary only costs time before Parquet falls back to plain encoding. 500k-row chunks,
+# 3 runs: 0.39 CPU-s and 34 MB vs delta-rs' defaults (Snappy, dictionaries) 0.53 CPU-s, 60 MB.
+BULK_WRITE = WriterProperties(
+    compression="ZSTD",
+    compression_level=1,
+    column_properties={c: ColumnProperties(dictionary_enabled=False) for c in ("event_id", "user_id", "anonymous_id", "properties", "event_ts")},
+)
 
 def _committed(lake: Lake, table: str, app_id: str) -> int:
     v = lake.committed_batch(table, app_id)
