@@ -3,8 +3,9 @@ Structured Streaming, chosen by configuration.
 
 Over one generated SQLite log (out of order, 3 % re-sent duplicates, several partitions):
 
-- ``--available-now`` on Spark writes the same ``bronze.events`` as the embedded engine, and
-  commits the stream's consumer group, so ``headwater status`` reports no lag;
+- ``--available-now`` on Spark writes the same ``bronze.events`` and ``bronze.bad_rows`` as the
+  embedded engine, and commits the stream's consumer group of both topics, so ``headwater
+  status`` reports no lag;
 - switching an installation from the embedded engine to Spark mid-log: Spark starts where the
   group stands, and bronze is again the same (nothing read twice);
 - a continuous run (processing-time trigger) stopped by SIGTERM exits 0, and bronze is exact
@@ -35,9 +36,10 @@ from click.testing import CliRunner
 from headwater.cli.main import cli
 from headwater.config import Home
 from headwater.events import STREAM_GROUP
+from headwater.ingest.badrows import BadRow, bad_rows_table
 from headwater.ingest.partitioning import event_appends
 from headwater.lake.store import Lake
-from headwater.log import open_log
+from headwater.log import Append, open_log
 from tests.stream.conftest import table_rows
 from tests.stream.test_spark_parity import events_table, stream
 
@@ -56,23 +58,35 @@ def generated(n: int) -> pa.Table:
     return events_table([dataclasses.replace(e, user=token(e.user)) for e in evs])
 
 
-def home_with_log(path: Path, events: pa.Table, engine: str | None = None) -> Home:
-    """A home whose SQLite log holds ``events``."""
+def bad_rows(n: int) -> pa.Table:
+    """``n`` bad rows as the collector appends them (``bad_rows`` topic)."""
+    at = 1_709_294_400_000_000  # 2024-03-01 12:00 UTC, µs
+    return bad_rows_table([BadRow("envelope_violation", f"missing messageId (request {i})", "web", at + i, f'{{"n": {i}}}', "segment")
+                           for i in range(n)])
+
+
+def home_with_log(path: Path, events: pa.Table, engine: str | None = None, bad: pa.Table | None = None) -> Home:
+    """A home whose SQLite log holds ``events`` (and ``bad`` rows)."""
     path.mkdir(parents=True)
     if engine:
         (path / "headwater.toml").write_text(f'[stream]\nengine = "{engine}"\n')
     home = Home(path)
-    append(home, events)
+    append(home, events, bad)
     return home
 
 
-def append(home: Home, events: pa.Table) -> None:
-    """Append ``events`` to ``home``'s log in requests of 40, split by identity key."""
+def append(home: Home, events: pa.Table, bad: pa.Table | None = None) -> None:
+    """Append ``events`` to ``home``'s log in requests of 40, split by identity key, each
+    request with its share of ``bad`` rows."""
     log = open_log(home.settings.log_url)
     log.ensure_topic("events", PARTITIONS)
     log.ensure_topic("bad_rows", 1)
-    for i in range(0, events.num_rows, 40):
-        log.append(event_appends(events.slice(i, 40), PARTITIONS))
+    requests = range(0, events.num_rows, 40)
+    for r, i in enumerate(requests):
+        appends = event_appends(events.slice(i, 40), PARTITIONS)
+        if bad is not None and r < bad.num_rows:
+            appends.append(Append("bad_rows", 0, bad.slice(r, 1)))
+        log.append(appends)
     log.close()
 
 
@@ -96,10 +110,10 @@ def bronze(home: Home) -> list[dict]:
 
 @pytest.mark.slow
 def test_available_now_on_spark_writes_the_embedded_engines_bronze(spark, tmp_path):
-    events = generated(600)
-    embedded, on_spark = home_with_log(tmp_path / "embedded", events), home_with_log(tmp_path / "spark", events)
+    events, bad = generated(600), bad_rows(8)
+    embedded, on_spark = home_with_log(tmp_path / "embedded", events, bad=bad), home_with_log(tmp_path / "spark", events, bad=bad)
     k = split(events)
-    switched = home_with_log(tmp_path / "switched", events.slice(0, k))
+    switched = home_with_log(tmp_path / "switched", events.slice(0, k), bad=bad.slice(0, 3))
 
     assert run(embedded, "stream", "--available-now").exit_code == 0
     result = run(on_spark, "stream", "--engine", "spark", "--available-now", "--max-records-per-partition", "100")
@@ -111,16 +125,21 @@ def test_available_now_on_spark_writes_the_embedded_engines_bronze(spark, tmp_pa
 
     # Switching engines: the embedded engine consumed the first part, then Spark takes over.
     assert run(switched, "stream", "--available-now").exit_code == 0
-    append(switched, events.slice(k))
+    append(switched, events.slice(k), bad.slice(3))
     result = run(switched, "stream", "--engine", "spark", "--available-now")
     assert result.exit_code == 0, result.output
     assert bronze(switched) == expected
+    # The bad_rows topic too: bronze.bad_rows as the embedded engine writes it, each row once.
+    expected_bad = table_rows(embedded, "bronze.bad_rows", ["reason"])
+    assert len(expected_bad) == 8
+    assert table_rows(on_spark, "bronze.bad_rows", ["reason"]) == table_rows(switched, "bronze.bad_rows", ["reason"]) == expected_bad
     # The default pipeline ran on Spark too (its session windows in append mode).
     tables = Lake.of(on_spark).tables()
     assert {"realtime.events_per_minute", "realtime.users_per_minute", "realtime.users_per_hour"} <= set(tables)
     # The bronze sink committed the consumer group after each epoch: status sees no lag.
     status = json.loads(run(on_spark, "status", "--format", "json").output)
-    assert status["log"]["events"]["lag"] == 0
+    assert status["log"]["events"]["lag"] == status["log"]["bad_rows"]["lag"] == 0
+    assert status["log"]["bad_rows"]["partitions"]["0"]["committed_offset"] == 8
     assert sum(p["committed_offset"] for p in status["log"]["events"]["partitions"].values()) == events.num_rows
     assert len(list((on_spark.checkpoint_dir("spark-default-bronze") / "commits").iterdir())) >= 2  # several epochs
 

@@ -1,5 +1,6 @@
 """The Spark runner's pieces: the log data source (offsets, batch boundaries, decoding, dead
-letters), the idempotent foreachBatch sinks, and the pipeline translation's refusals."""
+letters, floors), the idempotent foreachBatch sinks, the bad_rows query, and the pipeline
+translation's refusals."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import json
 import pyarrow as pa
 import pytest
 
+from headwater.config import Home
+
+from headwater.events import STREAM_GROUP
+from headwater.ingest.badrows import BadRow, bad_rows_table
 from headwater.lake.store import Lake
 from headwater.errors import InvalidInputError, NotFoundError
 from headwater.log import Append, EventLog, open_log
@@ -214,3 +219,80 @@ def test_a_new_query_starts_at_the_given_offsets(home, log):
     reader = LogStreamReader(home.settings.log_url, "events", None, None, starting={"0": 5})
     assert reader.initialOffset() == {"0": 5, "1": 0}
     assert [(p.partition, p.start, p.end) for p in reader.partitions(reader.initialOffset(), reader.latestOffset(reader.initialOffset(), None))] == [(0, 5, 7), (1, 0, 6)]
+
+
+def test_a_floor_is_never_read_and_the_batch_bound_counts_from_it(home, log):
+    """``floorOffsets``: a query whose checkpoint stands before the floor plans its next batch
+    from where it stands (Spark's epochs stay contiguous) but reads only from the floor on."""
+    fill(log)
+    reader = LogStreamReader(home.settings.log_url, "events", 2, None, floor={"0": 5})
+    start = {"0": 2, "1": 0}
+    end = reader.latestOffset(start, None)
+    assert end == {"0": 7, "1": 2}
+    assert [(p.partition, p.start, p.end) for p in reader.partitions(start, end)] == [(0, 5, 7), (1, 0, 2)]
+    assert reader.partitions({"0": 1, "1": 2}, {"0": 4, "1": 2}) == []  # a replayed epoch below the floor reads nothing
+
+
+def bad_rows(n: int, start: int = 0) -> pa.Table:
+    at = int(T0.timestamp() * 1_000_000)
+    return bad_rows_table([BadRow("envelope_violation", f"missing messageId ({i})", "test" if i % 2 else None, at + i, f'{{"n": {i}}}', "segment")
+                           for i in range(start, start + n)])
+
+
+def test_bad_rows_reach_bronze_as_the_embedded_engine_writes_them(spark, tmp_path):
+    """The bad_rows query: ``bronze.bad_rows`` and its dead letters equal headwater's engine's
+    over the same log, exactly once across a second run, the group of bad_rows committed."""
+    homes = {}
+    for name in ("embedded", "spark"):
+        home = homes[name] = Home(tmp_path / name)
+        log = open_log(home.settings.log_url)
+        log.ensure_topic("events", 2), log.ensure_topic("bad_rows", 1)
+        fill(log)
+        log.append([Append("bad_rows", 0, bad_rows(3))])
+        log._insert([("bad_rows", 0, 2, b"not arrow")])
+        log.append([Append("bad_rows", 0, bad_rows(2, start=3))])
+        log.close()
+    BronzeStream(homes["embedded"], StreamConfig(max_records_per_partition=2, compact_every=0), pipeline=Pipeline()).run(available_now=True)
+    SparkPipeline(spark, homes["spark"], Pipeline(name="t"), SparkConfig(max_records_per_partition=2)).run_available_now()
+    order = ["reason"]
+    assert table_rows(homes["spark"], "bronze.bad_rows", order) == table_rows(homes["embedded"], "bronze.bad_rows", order)
+    assert len(table_rows(homes["spark"], "bronze.bad_rows")) == 5
+    dead = lambda h: sorted((d["topic"], d["partition"], d["offset"], d["count"], d["payload"]) for d in table_rows(h, "bronze.dead_letter"))  # noqa: E731
+    assert dead(homes["spark"]) == dead(homes["embedded"]) == [("bad_rows", 0, 3, 2, b"not arrow"), ("events", 1, 1, 3, b"not arrow")]
+
+    log = open_log(homes["spark"].settings.log_url)
+    try:
+        assert log.committed(STREAM_GROUP, "bad_rows") == log.end_offsets("bad_rows") == {0: 7}
+        log.append([Append("bad_rows", 0, bad_rows(1, start=5))])
+        SparkPipeline(spark, homes["spark"], Pipeline(name="t"), SparkConfig()).run_available_now()
+        assert len(table_rows(homes["spark"], "bronze.bad_rows")) == 6 and len(dead(homes["spark"])) == 2
+        assert log.committed(STREAM_GROUP, "bad_rows") == {0: 8}
+    finally:
+        log.close()
+
+
+def test_connector_rows_of_bad_rows_decode_to_the_topics_schema(spark):
+    """Spark's Kafka connector path for ``bad_rows``: the JSON value against BAD_ROW_SCHEMA, a
+    message without a required column dead-lettered; a floor drops rows below it."""
+    from headwater.log.kafka.codec import encode
+    from headwater.stream.spark import kafka_connector
+    from headwater.stream.spark.runner import _above
+    from headwater.stream.spark.source import source_schema
+
+    rows = bad_rows(2)
+    values = [*encode(rows), b'{"reason": "no error_type"}']
+    connector = [
+        {"key": None, "value": v, "topic": "bad_rows", "partition": 0, "offset": i, "timestamp": T0, "timestampType": 0,
+         "headers": [{"key": "headwater-schema-version", "value": b"1"}]}
+        for i, v in enumerate(values)
+    ]
+    ddl = ("key BINARY, value BINARY, topic STRING, partition INT, offset BIGINT, timestamp TIMESTAMP, timestampType INT, "
+           "headers ARRAY<STRUCT<key: STRING, value: BINARY>>")
+    df = kafka_connector.decode(spark.createDataFrame(connector, ddl), "bad_rows")
+    assert df.columns == source_schema("bad_rows").names
+    got = sorted((r.asDict() for r in df.collect()), key=lambda r: r["_offset"])
+    assert [(r["reason"], r["error_type"], r["payload"], r["ds"]) for r in got[:2]] == [
+        (r["reason"], r["error_type"], r["payload"], r["ds"]) for r in rows.to_pylist()
+    ]
+    assert got[2]["_error"] == "null or missing required column(s) received_at,error_type,ds" and got[2]["reason"] is None
+    assert [r["_offset"] for r in _above(df, {0: 1}).collect()] == [1, 2]

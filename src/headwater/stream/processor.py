@@ -40,6 +40,14 @@ same batch timestamp on top of the state of N−1, so it computes the same rows,
 table receives them once. Readers of the Delta tables never block the writer: each query
 reads the snapshot it opened.
 
+Switching engines (:mod:`headwater.stream.handover`): at start, if the consumer group's
+committed offsets are past this checkpoint and the group's last committer was the Spark
+engine (it ran since this query stopped), the query starts where the group stands, with its
+open windows dropped; the batch that starts there records the take-over in its ``offsets/N``
+metadata (``"handover"``), so a replay of it does the same. A batch interrupted before Spark
+took over (an unclean stop) is committed as superseded instead of re-run: Spark wrote its
+offsets. The query records itself as the group's committer before its first group commit.
+
 Faults (docs/faults.md): one process at a time runs the query (the checkpoint's writer lock,
 released by the kernel even on SIGKILL). A batch that raises is counted in the checkpoint;
 ``quarantine_after`` failures in a row with the same error quarantine it, and the query then
@@ -73,7 +81,7 @@ from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENT
 from headwater.lake.maintenance import FileCounter, Policy
 from headwater.lake.store import CommitConflictError, Lake
 from headwater.log import EventLog, open_log
-from headwater.stream import late
+from headwater.stream import handover, late
 from headwater.stream.aggregate import WindowOperator
 from headwater.stream.checkpoint import RETAIN, Checkpoint
 from headwater.stream.dedup import DedupState
@@ -204,6 +212,8 @@ class BronzeStream:
         self._ops = ThreadPoolExecutor(max_workers=WINDOW_THREADS, thread_name_prefix="headwater-window")
         self._next: dict[str, dict[int, int]] = {}
         self._next_batch = 0
+        self._handover: dict[str, Any] = {}  # offsets metadata of the first batch after a take-over
+        self._recorded = False  # whether this process recorded itself as the group's committer
         self._totals: dict[str, int] = {}
         self.files = FileCounter(self.lake, Policy.of(home.settings.lake))  # small files per partition written
         self._recover()
@@ -214,19 +224,75 @@ class BronzeStream:
         self.dedup.load(committed)
         self._load_state(committed)
         self._totals = self.checkpoint.read_commit(committed)["totals"] if committed is not None else {}
-        last = replay if replay is not None else committed
         self._next = {t: {p: 0 for p in range(self.log.partitions(t))} for t in (EVENTS, BAD_ROWS)}
-        if last is not None:
-            for topic, parts in self.checkpoint.read_offsets(last).items():
-                for p, (_, end) in parts.items():
-                    self._next[topic][p] = end
+        if committed is not None:
+            self._advance(committed)
+        ahead = self._group_ahead()  # where this query last committed the group vs where it stands
+        if replay is not None and ahead:
+            self._supersede(replay)
+            committed, replay = replay, None
         if replay is not None:
+            self._advance(replay)
             self.checkpoint.check_quarantine(replay)
             log.info("recovering: re-running batch %d", replay)
             meta = self.checkpoint.read_metadata(replay)
+            if "handover" in meta:
+                self._drop_windows()
             self._attempt(replay, self.checkpoint.read_offsets(replay), meta.get("batch_timestamp_ms", self.clock()), replay=True)
         else:
             self._next_batch = 0 if committed is None else committed + 1
+            if ahead:
+                self._take_over(ahead)
+
+    def _advance(self, batch_id: int) -> None:
+        """Set where the query stands to batch ``batch_id``'s ends."""
+        for topic, parts in self.checkpoint.read_offsets(batch_id).items():
+            for p, (_, end) in parts.items():
+                self._next[topic][p] = end
+
+    def _group_ahead(self) -> dict[str, dict[int, int]]:
+        """``{topic: {partition: group offset}}`` where the consumer group is past this query's
+        last committed batch and the group's last committer was the Spark engine (an engine
+        switch: :mod:`headwater.stream.handover`); ``{}`` otherwise. A group ahead for any other
+        reason is logged, never adopted."""
+        group = {t: self.log.committed(QUERY, t) for t in (EVENTS, BAD_ROWS)}
+        ahead = {t: parts for t in group if (parts := handover.ahead(group[t], self._next[t]))}
+        if not ahead:
+            return {}
+        committer = handover.last_committer(self.home)
+        if committer != handover.SPARK:
+            log.warning("consumer group %s committed past this checkpoint (%s) but its last committer is %s, not the Spark engine: "
+                        "not adopting its offsets", QUERY, ahead, committer or "unrecorded")
+            return {}
+        return ahead
+
+    def _take_over(self, ahead: dict[str, dict[int, int]]) -> None:
+        """Start at the group's offsets ``ahead`` (Spark consumed that far), open windows dropped."""
+        log.info("taking over from the Spark engine: starting at consumer group %s's offsets %s, past this checkpoint's %s; %s",
+                 QUERY, ahead, {t: {p: self._next[t][p] for p in parts} for t, parts in ahead.items()}, handover.NOT_CARRIED)
+        for topic, parts in ahead.items():
+            self._next[topic].update(parts)
+        self._drop_windows()
+        self._handover = {"handover": {"from": handover.SPARK, "group": {t: {str(p): o for p, o in parts.items()} for t, parts in ahead.items()}}}
+
+    def _drop_windows(self) -> None:
+        """Fresh window operators (the other engine emitted the windows of its time)."""
+        self.operators = [WindowOperator(a, None) for a in self.pipeline.aggregates]
+
+    def _supersede(self, batch_id: int) -> None:
+        """Commit interrupted batch ``batch_id`` as superseded instead of re-running it: Spark
+        took over from the group's offsets before it, so Spark wrote its range. Its state is that
+        of batch N−1 without open windows. Rows its sinks committed before the interruption may
+        be in their tables twice (logged, with the tables): an engine switch needs a clean stop."""
+        tables = sorted(t for t in set(self.tables.values()) if (c := self.lake.committed_batch(t, QUERY)) is not None and c >= batch_id)
+        self._drop_windows()
+        self.store.save(batch_id, {}, {"watermark": self.watermark.to_dict()})
+        offsets = self.checkpoint.read_offsets(batch_id)
+        self.checkpoint.write_commit(batch_id, {"batch_id": batch_id, "committed_ms": int(time.time() * 1000), "batch": {}, "totals": self._totals,
+                                                "superseded": {"by": handover.SPARK, "offsets": offsets, "tables_with_batch": tables}})
+        self.checkpoint.clear_failure(batch_id)
+        log.warning("batch %d was interrupted before the Spark engine took over: committed as superseded, not re-run; "
+                    "tables holding part of it (possibly twice, with Spark's rows): %s", batch_id, tables or "none")
 
     def close(self) -> None:
         """Release the writer lock (the process's exit releases it too)."""
@@ -282,7 +348,8 @@ class BronzeStream:
                         raise InvalidInputError(f"plan: {topic}/{p} starts at {start}, this query is at {self._next[topic][p]}")
         batch_id = self._next_batch
         now = self.clock() if batch_timestamp_ms is None else batch_timestamp_ms
-        self.checkpoint.write_offsets(batch_id, plan, {"batch_timestamp_ms": now})
+        self.checkpoint.write_offsets(batch_id, plan, {"batch_timestamp_ms": now, **self._handover})
+        self._handover = {}
         return self._attempt(batch_id, plan, now, replay=False)
 
     def run(self, stop: threading.Event | None = None, available_now: bool = False) -> None:
@@ -474,6 +541,9 @@ class BronzeStream:
             "metrics": self._metrics(plan, started, now_ms, result),
         }
         self.checkpoint.write_commit(batch_id, info)
+        if not self._recorded:
+            handover.record(self.home, handover.EMBEDDED)
+            self._recorded = True
         for topic in (EVENTS, BAD_ROWS):
             ends = {p: end for p, (_, end) in plan[topic].items()}
             self._next[topic].update(ends)

@@ -7,8 +7,8 @@ deployed with ``--packages org.apache.spark:spark-sql-kafka-0-10_2.13:<spark ver
 ``spark.readStream.format("kafka")`` — offsets in Spark's checkpoint, each partition's range
 read on the executors — and :func:`decode` turns the connector's rows (``key``, ``value``,
 ``topic``, ``partition``, ``offset``, ``timestamp``, ``timestampType``, ``headers``) into
-:data:`headwater.stream.spark.source.SCHEMA` with Spark SQL functions: ``from_json`` of the
-value against the event schema (:mod:`headwater.log.kafka.codec`). Otherwise the runner reads
+the topic's :func:`headwater.stream.spark.source.source_schema` with Spark SQL functions:
+``from_json`` of the value against the topic's canonical schema (:mod:`headwater.log.kafka.codec`). Otherwise the runner reads
 through headwater's Python data source (:mod:`.source`), which does the same through
 :class:`~headwater.log.kafka.KafkaLog` on the executors.
 
@@ -26,17 +26,12 @@ from __future__ import annotations
 import json
 import urllib.parse
 
-from headwater.events import EVENT_SCHEMA
+from headwater.events import EVENTS_TOPIC
 from headwater.log import open_log
 from headwater.log.kafka.codec import SCHEMA_VERSION, VERSION_HEADER
-from headwater.stream.spark.source import _SPARK_TYPES, SCHEMA
+from headwater.stream.spark.source import ddl, row_schema, source_schema
 
 PROVIDER = "org.apache.spark.sql.kafka010.KafkaSourceProvider"
-
-# The JSON value's schema for from_json: every canonical column, nullable (the required ones
-# are checked after, so that a missing one dead-letters the message).
-VALUE_DDL = ", ".join(f"`{f.name}` {_SPARK_TYPES[f.type]}" for f in EVENT_SCHEMA)
-REQUIRED = [f.name for f in EVENT_SCHEMA if not f.nullable]
 
 
 def available(spark) -> bool:
@@ -69,9 +64,9 @@ def options(url: str, topic: str, starting: dict[int, int] | None = None) -> dic
 
 
 def source(spark, url: str, topic: str, max_records_per_partition: int | None = None, starting: dict[int, int] | None = None):
-    """The topic as a streaming DataFrame of :data:`SCHEMA` through the connector, from
-    ``starting`` (see :func:`options`); the batch bound is ``max_records_per_partition`` × the
-    topic's partitions (``maxOffsetsPerTrigger``)."""
+    """``topic`` as a streaming DataFrame of its :func:`source_schema` through the connector,
+    from ``starting`` (see :func:`options`); the batch bound is ``max_records_per_partition`` ×
+    the topic's partitions (``maxOffsetsPerTrigger``)."""
     reader = spark.readStream.format("kafka").options(**options(url, topic, starting))
     if max_records_per_partition:
         log = open_log(url)
@@ -80,19 +75,23 @@ def source(spark, url: str, topic: str, max_records_per_partition: int | None = 
         finally:
             log.close()
         reader = reader.option("maxOffsetsPerTrigger", str(total))
-    return decode(reader.load())
+    return decode(reader.load(), topic)
 
 
-def decode(df):
-    """The connector's rows as :data:`SCHEMA`: the events of good messages; one dead-letter row
-    (event columns null, ``_count`` 1, ``_error``, ``_payload`` = the value) per bad one (module
-    doc). Works on a batch or a streaming DataFrame."""
+def decode(df, topic: str = EVENTS_TOPIC):
+    """The connector's rows of ``topic`` as its :func:`source_schema`: the rows of good
+    messages; one dead-letter row (row columns null, ``_count`` 1, ``_error``, ``_payload`` =
+    the value) per bad one (module doc). Works on a batch or a streaming DataFrame."""
     from pyspark.sql import functions as F
 
+    rows = row_schema(topic)
+    # from_json reads every canonical column as nullable; the required ones are checked
+    # after, so that a missing one dead-letters the message.
+    required = [f.name for f in rows if not f.nullable]
     version = F.try_element_at(F.filter("headers", lambda h: h["key"] == VERSION_HEADER), F.lit(1))["value"].cast("string")
-    parsed = F.from_json(F.col("value").cast("string"), VALUE_DDL, {"mode": "PERMISSIVE"})
+    parsed = F.from_json(F.col("value").cast("string"), ddl(rows), {"mode": "PERMISSIVE"})
     df = df.withColumn("_event", parsed).withColumn("_version", version)
-    missing = [F.when(F.col(f"_event.{c}").isNull(), F.lit(c)) for c in REQUIRED]
+    missing = [F.when(F.col(f"_event.{c}").isNull(), F.lit(c)) for c in required]
     error = (
         F.when(F.col("value").isNull(), F.lit("no value (a tombstone)"))
         .when(F.col("_version").isNotNull() & (F.col("_version") != SCHEMA_VERSION.decode()),
@@ -102,7 +101,7 @@ def decode(df):
     )
     df = df.withColumn("_error", error)
     good = F.col("_error").isNull()
-    columns = [F.when(good, F.col(f"_event.{f.name}")).alias(f.name) for f in EVENT_SCHEMA]
+    columns = [F.when(good, F.col(f"_event.{f.name}")).alias(f.name) for f in rows]
     return df.select(
         *columns,
         F.col("partition").cast("int").alias("_partition"),
@@ -111,4 +110,4 @@ def decode(df):
         F.when(~good, F.lit(1)).cast("int").alias("_count"),
         F.col("_error"),
         F.when(~good, F.coalesce(F.col("value"), F.lit(b""))).alias("_payload"),
-    ).select(*[f.name for f in SCHEMA])
+    ).select(*source_schema(topic).names)

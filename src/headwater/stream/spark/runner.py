@@ -11,6 +11,9 @@ Translation (one streaming query per output, each with its own Spark checkpoint 
   dedup.ttl).dropDuplicatesWithinWatermark(["source", dedup.key])`` — Spark's dedup with a state TTL
   measured on processing time (``received_at``), headwater's :class:`Dedup` semantics. Late
   events still reach bronze (no event-time watermark here).
+- **bad_rows** (``bronze.bad_rows`` + ``bronze.dead_letter``): the ``bad_rows`` topic's rows
+  (:data:`~headwater.events.BAD_ROW_SCHEMA`) as they are — no dedup, as headwater's engine
+  writes them.
 - **each aggregate** → ``realtime.<name>``: derived columns (``F.expr``),
   ``withWatermark(watermark.column, watermark.delay)``, ``dropDuplicatesWithinWatermark
   (["source", dedup.key])``, ``groupBy(window, *group_by)``:
@@ -44,17 +47,27 @@ Where Spark's semantics differ from headwater's engine (see the parity tests,
 Running (``headwater stream`` with setting ``stream.engine = "spark"``): :meth:`SparkPipeline.run`
 keeps the queries running on a processing-time trigger until a stop event, then stops them;
 :meth:`~SparkPipeline.run_available_now` processes the log as it is and returns. After each
-bronze epoch is in both tables, the driver commits the consumer group
-:data:`~headwater.events.STREAM_GROUP`'s offsets to the epoch's end, read from Spark's own
-offset log (``offsets/<epoch>``, written before the epoch runs): as headwater's engine does
-after each batch, so ``headwater status``, the collector's lag limit and Kafka's lag tools
-see Spark's progress, and the log's retention may delete what it consumed. Spark's
-checkpoint stays the source of truth, as for Spark's Kafka source.
+epoch of the bronze query (``events``) or the bad_rows query is in its tables, the driver
+commits the consumer group :data:`~headwater.events.STREAM_GROUP`'s offsets of that topic to
+the epoch's end, read from Spark's own offset log (``offsets/<epoch>``, written before the
+epoch runs): as headwater's engine does after each batch, so ``headwater status``, the
+collector's lag limit and Kafka's lag tools see Spark's progress, and the log's retention
+may delete what it consumed. Spark's checkpoint stays the source of truth, as for Spark's
+Kafka source.
+
+Switching engines (``SparkConfig.start_at_group``, :mod:`headwater.stream.handover`): a query
+without a checkpoint starts where the group stands. A query whose checkpoint stands behind the
+group while the group's last committer is headwater's engine (it ran since Spark stopped)
+gets a *floor* at the group's offsets, kept in its checkpoint directory
+(:data:`FLOOR_FILE`): its micro-batches never read below it (the Python data source's
+``floorOffsets``; a filter on Spark's Kafka connector), so nothing reaches the lake twice.
+The driver records Spark as the group's committer before its first group commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import threading
@@ -64,9 +77,11 @@ from pathlib import Path
 
 from headwater.config import Home
 from headwater.errors import InvalidInputError
-from headwater.events import EVENTS_TOPIC, STREAM_GROUP
+from headwater.events import BAD_ROWS_TOPIC, EVENTS_TOPIC, STREAM_GROUP
+from headwater.files import write_atomic
 from headwater.lake.store import Lake
 from headwater.log import EventLog, open_log
+from headwater.stream import handover
 from headwater.stream.pipeline import Aggregate, Hopping, Pipeline, Session, Tumbling
 from headwater.stream.spark import sink
 from headwater.stream.spark.source import NAME, register
@@ -76,6 +91,8 @@ log = logging.getLogger("headwater.stream.spark")
 # A query's Python worker missed Spark's hard-coded 10 s connect-back (a loaded machine):
 # restarting the query from its checkpoint is safe (see run_available_now).
 _CONNECT_BACK = "Python worker failed to connect back"
+# In a query's Spark checkpoint directory: offsets it never reads (module doc; JSON {"<partition>": offset}).
+FLOOR_FILE = "headwater-floor.json"
 
 
 def _interval(d: dt.timedelta) -> str:
@@ -93,7 +110,9 @@ class SparkConfig:
     trigger every ``trigger_interval_s``); ``start_at_group``: a query without a checkpoint
     starts at the consumer group :data:`~headwater.events.STREAM_GROUP`'s committed offsets
     (as read when the :class:`SparkPipeline` is made), not at the log's start — where the
-    engine this one takes over from stopped (``headwater stream`` sets it)."""
+    engine this one takes over from stopped — and a query whose checkpoint is behind the
+    group that headwater's engine committed since gets a floor there (module doc;
+    ``headwater stream`` sets it)."""
 
     max_records_per_partition: int | None = None
     replay_offsets: Path | None = None
@@ -124,6 +143,13 @@ def check_supported(pipeline: Pipeline) -> None:
                                     field=f"aggregates.{a.name}.output_mode")
 
 
+def last_epoch(checkpoint: Path) -> int | None:
+    """The newest epoch of a Spark query's offset log under ``checkpoint`` (``None``: none yet)."""
+    offsets = checkpoint / "offsets"
+    epochs = [int(p.name) for p in offsets.iterdir() if p.name.isdigit()] if offsets.is_dir() else []
+    return max(epochs, default=None)
+
+
 def epoch_offsets(checkpoint: Path, epoch_id: int, topic: str) -> dict[int, int]:
     """``{partition: end offset}`` of ``topic`` in epoch ``epoch_id`` of a one-source Spark
     query, from its offset log ``<checkpoint>/offsets/<epoch_id>``: a version line (``v1``),
@@ -139,53 +165,96 @@ def epoch_offsets(checkpoint: Path, epoch_id: int, topic: str) -> dict[int, int]
 
 class SparkPipeline:
     """The Spark Structured Streaming queries of ``pipeline`` over ``home``'s event log
-    (or the log at ``log_url``), writing ``home``'s tables and checkpoints.
+    (or the log at ``log_url``), writing ``home``'s tables and checkpoints. Creates the log's
+    ``bad_rows`` topic (one partition) if it is missing, as headwater's engine does.
 
     :class:`InvalidInputError` for what Spark cannot run (:func:`check_supported`)."""
 
-    def __init__(
-        self, spark, home: Home, pipeline: Pipeline, config: SparkConfig | None = None, topic: str = EVENTS_TOPIC, log_url: str | None = None
-    ):
+    def __init__(self, spark, home: Home, pipeline: Pipeline, config: SparkConfig | None = None, log_url: str | None = None):
         check_supported(pipeline)
-        self.spark, self.home, self.pipeline, self.topic = spark, home, pipeline, topic
+        self.spark, self.home, self.pipeline = spark, home, pipeline
         self.lake = Lake.of(home)
         self.log_url = log_url or home.settings.log_url
         self.config = config or SparkConfig()
         self._log: EventLog | None = None  # the driver's handle for group commits, opened on first use
+        # The events and bad_rows queries commit the group from two driver threads.
+        self._group_lock = threading.Lock()
+        self._recorded = False  # whether this driver recorded Spark as the group's committer
+        self._group_log().ensure_topic(BAD_ROWS_TOPIC, 1)
         # Read once: the bronze query commits the group as it goes, and the aggregate
         # queries must start where bronze started, not where it has got to.
-        self.starting: dict[int, int] | None = None
+        self.starting: dict[str, dict[int, int]] = {}
         if self.config.start_at_group and self.config.replay_offsets is None:
-            self.starting = self._group_log().committed(STREAM_GROUP, topic)
+            self.starting = {t: self._group_log().committed(STREAM_GROUP, t) for t in (EVENTS_TOPIC, BAD_ROWS_TOPIC)}
+            if handover.last_committer(home) == handover.EMBEDDED:
+                for output, topic in self.queries():
+                    self._take_over(output, topic, self.starting[topic])
+        self.floors = {output: self._read_floor(output) for output, _ in self.queries()}
         register(spark)
 
     def app_id(self, output: str) -> str:
         """Spark query name, checkpoint name and Delta txn app id of ``output``."""
         return f"spark-{self.pipeline.name}-{output}"
 
-    def source(self):
-        """The log as a streaming DataFrame (schema :data:`headwater.stream.spark.source.SCHEMA`):
+    def queries(self) -> list[tuple[str, str]]:
+        """``(output, topic)`` of every query: ``bronze`` and each aggregate read ``events``,
+        ``bad_rows`` reads ``bad_rows``."""
+        return [("bronze", EVENTS_TOPIC), ("bad_rows", BAD_ROWS_TOPIC), *((a.name, EVENTS_TOPIC) for a in self.pipeline.aggregates)]
+
+    # -- taking over from headwater's engine ---------------------------------------------
+    def _floor_path(self, output: str) -> Path:
+        return self.home.checkpoint_dir(self.app_id(output)) / FLOOR_FILE
+
+    def _read_floor(self, output: str) -> dict[int, int]:
+        path = self._floor_path(output)
+        return {int(p): o for p, o in json.loads(path.read_text()).items()} if path.exists() else {}
+
+    def _take_over(self, output: str, topic: str, group: dict[int, int]) -> None:
+        """Give query ``output`` (of ``topic``) a floor at ``group`` where its checkpoint stands
+        behind it: headwater's engine, the group's last committer, consumed that far since
+        Spark stopped (module doc). A query without a checkpoint starts at the group anyway."""
+        checkpoint = self.home.checkpoint_dir(self.app_id(output))
+        epoch = last_epoch(checkpoint)
+        if epoch is None:
+            return
+        own = epoch_offsets(checkpoint, epoch, topic)
+        if not handover.ahead(group, own):
+            return
+        floor = self._read_floor(output)
+        floor = {p: max(o, floor.get(p, 0)) for p, o in group.items()}
+        write_atomic(self._floor_path(output), json.dumps({str(p): o for p, o in floor.items()}).encode())
+        log.info("query %s takes over %s from the embedded engine at consumer group %s's offsets %s (its checkpoint stood at %s); %s",
+                 self.app_id(output), topic, STREAM_GROUP, floor, own, handover.NOT_CARRIED)
+
+    # -- the source ------------------------------------------------------------------------
+    def source(self, topic: str = EVENTS_TOPIC, output: str = "bronze"):
+        """``topic`` of the log as a streaming DataFrame (schema
+        :func:`headwater.stream.spark.source.source_schema`) for query ``output`` (its floor):
         a ``kafka://`` log through Spark's own Kafka connector where its jar is deployed
         (:mod:`.kafka_connector`; not for ``replay_offsets``), else headwater's Python data source."""
+        starting, floor = self.starting.get(topic), self.floors.get(output)
         if self.log_url.startswith("kafka://") and self.config.replay_offsets is None:
             from headwater.stream.spark import kafka_connector
 
             if kafka_connector.available(self.spark):
-                return kafka_connector.source(self.spark, self.log_url, self.topic, self.config.max_records_per_partition, self.starting)
-        reader = self.spark.readStream.format(NAME).option("url", self.log_url).option("topic", self.topic)
-        if self.starting:
-            reader = reader.option("startingOffsets", json.dumps({str(p): o for p, o in self.starting.items()}))
+                df = kafka_connector.source(self.spark, self.log_url, topic, self.config.max_records_per_partition, starting)
+                return _above(df, floor) if floor else df
+        reader = self.spark.readStream.format(NAME).option("url", self.log_url).option("topic", topic)
+        if starting:
+            reader = reader.option("startingOffsets", json.dumps({str(p): o for p, o in starting.items()}))
+        if floor:
+            reader = reader.option("floorOffsets", json.dumps({str(p): o for p, o in floor.items()}))
         if self.config.replay_offsets is not None:
             reader = reader.option("replayOffsets", str(self.config.replay_offsets))
         elif self.config.max_records_per_partition:
             reader = reader.option("maxRecordsPerPartition", str(self.config.max_records_per_partition))
         return reader.load()
 
-    def events(self):
-        """Decoded events only, with the pipeline's derived columns."""
+    def events(self, output: str = "bronze"):
+        """Decoded events only (for query ``output``), with the pipeline's derived columns."""
         from pyspark.sql import functions as F
 
-        df = self.source().where(F.col("_error").isNull())
+        df = self.source(EVENTS_TOPIC, output).where(F.col("_error").isNull())
         for c in self.pipeline.columns:
             df = df.withColumn(c.name, F.expr(c.expr))
         return df
@@ -238,7 +307,7 @@ class SparkPipeline:
                 # (Spark's hll_sketch_estimate rounds to a whole number).
                 finals += [F.lit(None).cast("double").alias(m.name), F.col(sketch)]
         grouped = (
-            self.events()
+            self.events(agg.name)
             .withWatermark(wm.column, _interval(wm.delay))
             .dropDuplicatesWithinWatermark(["source", self.pipeline.dedup.key])
             .groupBy(window.alias("_window"), *agg.group_by)
@@ -249,12 +318,19 @@ class SparkPipeline:
         )
 
     # -- consumer group ------------------------------------------------------------------
-    def _commit_group(self, epoch_id: int) -> None:
-        """Commit :data:`STREAM_GROUP`'s offsets of the topic to bronze epoch ``epoch_id``'s end
-        (called by the bronze sink on the driver once the epoch is in bronze). Through a
-        handle with the log's retention, as headwater's engine: the committing process applies it."""
-        offsets = epoch_offsets(self.home.checkpoint_dir(self.app_id("bronze")), epoch_id, self.topic)
-        self._group_log().commit(STREAM_GROUP, self.topic, offsets)
+    def _commit_group(self, output: str, topic: str, epoch_id: int) -> None:
+        """Commit :data:`STREAM_GROUP`'s offsets of ``topic`` to epoch ``epoch_id``'s end of
+        query ``output`` (called by its sink on the driver once the epoch is in bronze), never
+        below the query's floor. Spark is recorded as the group's committer first
+        (:mod:`headwater.stream.handover`). Through a handle with the log's retention, as
+        headwater's engine: the committing process applies it."""
+        ends = epoch_offsets(self.home.checkpoint_dir(self.app_id(output)), epoch_id, topic)
+        floor = self.floors.get(output, {})
+        with self._group_lock:
+            if not self._recorded:
+                handover.record(self.home, handover.SPARK)
+                self._recorded = True
+            self._group_log().commit(STREAM_GROUP, topic, {p: max(o, floor.get(p, 0)) for p, o in ends.items()})
 
     def _group_log(self) -> EventLog:
         if self._log is None:
@@ -270,11 +346,12 @@ class SparkPipeline:
     # -- running -------------------------------------------------------------------------
     def outputs(self, bronze: bool = True) -> list[tuple[str, object, sink.BatchFn, str]]:
         """``(output, streaming DataFrame, foreachBatch function, output mode)`` per query:
-        bronze (unless ``bronze=False``), then one per aggregate."""
+        bronze and bad_rows (unless ``bronze=False``), then one per aggregate."""
         out = []
         if bronze:
-            fn = sink.bronze_sink(self.lake, self.app_id("bronze"), self.topic, committed=self._commit_group)
-            out.append(("bronze", self.bronze_frame(), fn, "append"))
+            for output, topic, frame in (("bronze", EVENTS_TOPIC, self.bronze_frame()), ("bad_rows", BAD_ROWS_TOPIC, self.source(BAD_ROWS_TOPIC, "bad_rows"))):
+                fn = sink.bronze_sink(self.lake, self.app_id(output), topic, committed=functools.partial(self._commit_group, output, topic))
+                out.append((output, frame, fn, "append"))
         for agg in self.pipeline.aggregates:
             keys = ("window_start", *agg.group_by)
             distinct = [m.name for m in agg.measures if m.kind == "distinct"]
@@ -375,3 +452,12 @@ def _restartable(name: str, error: Exception, attempt: int, restarts: int) -> bo
         return False
     log.warning("query %s: %s; restarting from its checkpoint", name, error)
     return True
+
+
+def _above(df, floor: dict[int, int]):
+    """Rows of source DataFrame ``df`` at or above ``floor`` (``{partition: offset}``; a dead
+    letter by its first offset)."""
+    from pyspark.sql import functions as F
+
+    below = [(F.col("_partition") == p) & (F.col("_offset") < o) for p, o in floor.items() if o > 0]
+    return df.where(~functools.reduce(lambda a, b: a | b, below)) if below else df

@@ -17,7 +17,7 @@ readers never see them and :meth:`~headwater.lake.store.Lake.vacuum` deletes the
 
 Output modes:
 
-- ``append`` (bronze, append-mode windows): the executors write the table's data files;
+- ``append`` (bronze, bad rows, append-mode windows): the executors write the table's data files;
   one append commit per epoch.
 - ``update`` (update-mode windows): a MERGE on the window key. The executors write the
   epoch's rows as staging Parquet files under ``_staging/`` in the table's directory (a
@@ -34,8 +34,10 @@ Output modes:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
+import threading
 import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
@@ -46,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater import spark_delta
-from headwater.events import EVENT_SCHEMA, EVENTS_TOPIC
+from headwater.events import BAD_ROW_SCHEMA, BAD_ROWS_TOPIC, EVENT_SCHEMA, EVENTS_TOPIC
 from headwater.lake.store import Lake
 from headwater.spark_delta import Target
 from headwater.stream import sketches
@@ -54,6 +56,11 @@ from headwater.stream.records import DEAD_LETTER_SCHEMA
 
 BatchFn = Callable[[object, int], None]
 STAGING = "_staging"  # under a table's directory: files of an update-mode epoch before its MERGE
+# The bronze table of each topic's rows (as headwater's engine writes them).
+BRONZE = {EVENTS_TOPIC: ("bronze.events", EVENT_SCHEMA), BAD_ROWS_TOPIC: ("bronze.bad_rows", BAD_ROW_SCHEMA)}
+# The queries of the events and bad_rows topics both commit bronze.dead_letter, from two
+# driver threads: one at a time, or the two first commits race to create the table.
+_DEAD_LETTER_COMMIT = threading.Lock()
 
 
 def _done(lake: Lake, table: str, app_id: str, epoch_id: int) -> bool:
@@ -78,7 +85,7 @@ def with_estimates(batch: pa.RecordBatch, distinct: tuple[str, ...]) -> tuple[pa
 
 
 def split_bronze(batch: pa.RecordBatch, topic: str) -> tuple[pa.RecordBatch, pa.Table]:
-    """Source rows → (events for ``bronze.events``, dead letters for ``bronze.dead_letter``)."""
+    """Source rows of ``topic`` → (its rows for its bronze table, dead letters for ``bronze.dead_letter``)."""
     bad = pc.is_valid(batch["_error"])
     return batch.filter(pc.invert(bad)), dead_letters(batch.filter(bad), topic)
 
@@ -133,14 +140,17 @@ def _remove(stage: Target) -> None:
 
 
 def bronze_sink(lake: Lake, app_id: str, topic: str = EVENTS_TOPIC, committed: Callable[[int], None] | None = None) -> BatchFn:
-    """``foreachBatch`` function of the bronze query: rows of
-    :data:`headwater.stream.spark.source.SCHEMA` (already deduplicated) whose ``_error`` is
-    null go to ``bronze.events`` (:data:`EVENT_SCHEMA`, partitioned by ``ds``); the others are
-    undecodable log records and go to ``bronze.dead_letter`` (``DEAD_LETTER_SCHEMA``). One
-    Spark job writes both tables' files; each table commits its own (``app_id``, epoch).
-    ``committed(epoch_id)`` runs once both tables hold the epoch, also when a replayed epoch
-    was already there (the runner commits the consumer group's offsets from it)."""
-    tables = (("bronze.events", EVENT_SCHEMA), ("bronze.dead_letter", DEAD_LETTER_SCHEMA))
+    """``foreachBatch`` function of a topic's bronze query: rows of the topic's
+    :func:`~headwater.stream.spark.source.source_schema` whose ``_error`` is null go to its
+    bronze table (:data:`BRONZE`: ``events`` → ``bronze.events``, :data:`EVENT_SCHEMA`, the
+    rows already deduplicated; ``bad_rows`` → ``bronze.bad_rows``, :data:`BAD_ROW_SCHEMA`, as
+    they are, as headwater's engine writes them; both partitioned by ``ds``); the others are
+    undecodable log records and go to ``bronze.dead_letter`` (``DEAD_LETTER_SCHEMA``, column
+    ``topic``). One Spark job writes both tables' files; each table commits its own
+    (``app_id``, epoch). ``committed(epoch_id)`` runs once both tables hold the epoch, also
+    when a replayed epoch was already there (the runner commits the consumer group's offsets
+    from it)."""
+    tables = (BRONZE[topic], ("bronze.dead_letter", DEAD_LETTER_SCHEMA))
     transform = functools.partial(split_bronze, topic=topic)
 
     def write(df, epoch_id: int) -> None:
@@ -149,7 +159,8 @@ def bronze_sink(lake: Lake, app_id: str, topic: str = EVENTS_TOPIC, committed: C
             adds = spark_delta.write(df, [Target.of(lake, t, schema) for t, schema in tables], transform)
             for (table, schema), files, needed in zip(tables, adds, todo):
                 if files and needed:
-                    lake.commit_files(table, files, schema, app_id=app_id, batch_id=epoch_id)
+                    with _DEAD_LETTER_COMMIT if table == "bronze.dead_letter" else contextlib.nullcontext():
+                        lake.commit_files(table, files, schema, app_id=app_id, batch_id=epoch_id)
         if committed is not None:
             committed(epoch_id)
 
