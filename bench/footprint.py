@@ -1,11 +1,14 @@
 """Footprint: the resident memory of ``headwater up`` at idle and at a steady 5,000 events/s.
 
     uv run python bench/footprint.py [--quick] [--eps N] [--idle-s S] [--load-s S] [--collector-workers N] [--peer-rev REV]
+                                     [--python PATH]
 
 1. A fresh ``HEADWATER_HOME`` with one source, and ``headwater up`` as a user starts it (the
-   collector's workers, the stream processor, Dagster's code server, daemon and UI), its
-   console kept; ``--collector-workers`` sets ``collector.workers`` (default: the setting's
-   default, one per core).
+   collector's workers, the stream processor, Dagster's code server and daemon; the UI process
+   starts when its port is first asked, setting ``dagster.ui``), its console kept;
+   ``--collector-workers`` sets ``collector.workers`` (default: the setting's default, one per
+   core). Short-lived children count when they are sampled: ``up-heartbeat`` reads the failing
+   quality checks when ``quality.results`` changed (:mod:`headwater.serve.heartbeat`).
 2. **Idle**: ``--idle-s`` (60; ``--quick`` 30) after ``up`` started, the bench samples every
    process of ``up``'s tree: RSS, PSS (``/proc/<pid>/smaps_rollup``: the pages of shared
    libraries split among the processes mapping them, so the sum is the memory the tree
@@ -16,14 +19,27 @@
    ``/v1/batch`` requests of 100 events (unique ``messageId``, event time = send time) sent
    on schedule by 4 keep-alive clients in this process (httpx), each waiting for its answer;
    the tree is sampled every 2 s. Reported: the peak and the last total, the by-role peak,
-   events accepted, and the stream's lag when the load ends. ``target_met``: the peak total
-   RSS under load is at most 1 GiB (issue 13).
-4. **Peer** (``--peer-rev REV``): the same run against the source tree of git revision ``REV``
+   events accepted, the failed requests by status and the setting that refused them (``"429
+   collector.max_loop_delay_ms"``; an exception's name when there was no answer), and the
+   stream's lag when the load ends. ``target_met``: the peak total RSS under load is at most
+   1 GiB (issue 13).
+4. **UI opened**: then the Dagster UI is asked for once (its process starts) and the tree is
+   sampled again: what a user who has the UI open adds (``ui_opened``).
+5. **Peer** (``--peer-rev REV``): the same run against the source tree of git revision ``REV``
    (``git archive``, put first on ``PYTHONPATH``, so ``up`` and all its children run that
    code with the same packages), e.g. the commit before the footprint work; ``ratio`` = this
    tree's peak RSS under load / the peer's. Without it there is no same-run peer, and only
    absolute figures are reported. ``--collector-workers`` applies to this tree only (a tree
    from before the setting rejects it): the peer runs its own default.
+
+``--python``: the interpreter ``headwater up`` runs with, default this one. The project's venv
+holds the dev group, and with it pandas, which pyarrow imports into every process on its first
+conversion of values to Arrow (~55 MB resident each: collector workers, stream, Dagster's code
+server); headwater itself needs no pandas. A user's installation is measured with a venv
+synced without it::
+
+    UV_PROJECT_ENVIRONMENT=/tmp/hw-prod uv sync --locked --no-dev
+    uv run python bench/footprint.py --python /tmp/hw-prod/bin/python
 
 Other jobs on the machine change timings, hardly memory; the load generator runs in this
 process, on the same cores. The table goes to stderr; the last line of stdout is one JSON object.
@@ -63,7 +79,8 @@ def role(proc: psutil.Process) -> str:
     line = " ".join(cmd)
     for needle, name in (("dagster api grpc", "dagster-code"), ("dagster code-server", "dagster-code-proxy"),
                          ("dagster dev", "dagster-dev"), ("dagster._daemon", "dagster-daemon"), ("dagster-daemon", "dagster-daemon"),
-                         ("dagster_webserver", "dagster-ui"), ("dagster-webserver", "dagster-ui"), ("dagster api execute", "dagster-run")):
+                         ("dagster_webserver", "dagster-ui"), ("dagster-webserver", "dagster-ui"), ("dagster api execute", "dagster-run"),
+                         ("quality import alerts", "up-heartbeat")):  # headwater.serve.heartbeat's short-lived child
         if needle in line:
             return name
     if "headwater" in cmd:
@@ -134,6 +151,7 @@ def load(url: str, write_key: str, eps: int, seconds: float, run: str) -> dict:
     auth = {"Authorization": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode(), "Content-Type": "application/json"}
     start = time.monotonic() + 0.5
     counts = {"requests": 0, "accepted": 0, "errors": 0, "late_s": 0.0}
+    refused: dict[str, int] = defaultdict(int)  # failed requests: HTTP status (with the body's "limit") or exception
     lock = threading.Lock()
 
     def client(k: int) -> None:
@@ -142,13 +160,18 @@ def load(url: str, write_key: str, eps: int, seconds: float, run: str) -> dict:
                 delay = start + seq * interval - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                why = None
                 try:
-                    ok = http.post(f"{url}/v1/batch", content=body(run, seq), headers=auth).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
+                    r = http.post(f"{url}/v1/batch", content=body(run, seq), headers=auth)
+                    if r.status_code != 200:
+                        why = f"{r.status_code} {r.json().get('limit') or r.json().get('code')}"
+                except (httpx.HTTPError, ValueError) as e:
+                    why = type(e).__name__
                 with lock:
                     counts["requests"] += 1
-                    counts["accepted" if ok else "errors"] += BATCH if ok else 1
+                    counts["errors" if why else "accepted"] += 1 if why else BATCH
+                    if why:
+                        refused[why] += 1
                     counts["late_s"] = max(counts["late_s"], -delay)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
@@ -159,6 +182,7 @@ def load(url: str, write_key: str, eps: int, seconds: float, run: str) -> dict:
     counts["seconds"] = round(time.monotonic() - start, 1)
     counts["achieved_eps"] = round(counts["accepted"] / counts["seconds"])
     counts["late_s"] = round(counts["late_s"], 2)
+    counts["refused"] = dict(refused)
     return counts
 
 
@@ -189,7 +213,7 @@ def measure(tmp: Path, label: str, args, pythonpath: str | None = None) -> dict:
         env["HEADWATER_COLLECTOR_WORKERS"] = str(args.collector_workers)
     console = tmp / f"{label}.console"
     with open(console, "wb") as out:
-        up = subprocess.Popen([sys.executable, "-m", "headwater", "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        up = subprocess.Popen([args.python, "-m", "headwater", "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout_s=180, proc=up)
         started = time.monotonic()
@@ -217,6 +241,10 @@ def measure(tmp: Path, label: str, args, pythonpath: str | None = None) -> dict:
         for s in samples:
             for name, r in totals(s)["by_role"].items():
                 peak_by_role[name] = max(peak_by_role[name], r["rss_mb"])
+        wait_http(f"http://127.0.0.1:{env['HEADWATER_DAGSTER_PORT']}/server_info", timeout_s=180, proc=up)
+        time.sleep(SAMPLE_S)
+        ui_opened = totals(sample(up.pid))
+        show(f"{label} Dagster UI opened", ui_opened)
     finally:
         up.terminate()  # `headwater up` stops its children on SIGTERM
         try:
@@ -227,6 +255,7 @@ def measure(tmp: Path, label: str, args, pythonpath: str | None = None) -> dict:
     text = console.read_text(errors="replace")
     return {
         "idle": idle,
+        "ui_opened": ui_opened,
         "load": {"offered_eps": args.eps, "seconds": args.load_s, **sent, "lag_end": lag_end,
                  "peak": peak, "end_rss_mb": end["rss_mb"], "end_pss_mb": end["pss_mb"], "peak_rss_by_role_mb": dict(peak_by_role)},
         "console_warnings": [line for line in text.splitlines() if "Warning" in line or "Traceback" in line][:5],
@@ -240,17 +269,20 @@ def main() -> None:
     ap.add_argument("--idle-s", type=float, default=None)
     ap.add_argument("--load-s", type=float, default=None)
     ap.add_argument("--collector-workers", type=int, default=None, help="setting collector.workers for `up` (default: the setting's)")
+    ap.add_argument("--python", default=sys.executable, help="interpreter `headwater up` runs with (module doc)")
     ap.add_argument("--peer-rev", default=None, help="git revision whose source tree is measured in the same run as the peer")
     args = ap.parse_args()
     args.idle_s = args.idle_s if args.idle_s is not None else (30.0 if args.quick else 60.0)
     args.load_s = args.load_s if args.load_s is not None else (20.0 if args.quick else 60.0)
 
-    out: dict = {"bench": "footprint", "quick": args.quick, "target_mb": TARGET_MB, "collector_workers": args.collector_workers}
+    out: dict = {"bench": "footprint", "quick": args.quick, "target_mb": TARGET_MB, "collector_workers": args.collector_workers,
+                 "python": args.python, "pandas_installed": subprocess.run([args.python, "-c", "import pandas"], capture_output=True).returncode == 0}
     with tempfile.TemporaryDirectory(prefix="hw-bench-footprint-") as name:
         tmp = Path(name)
         out["headwater"] = measure(tmp, "headwater", args)
         peak = out["headwater"]["load"]["peak"]["rss_mb"]
         out["idle_rss_mb"], out["load_peak_rss_mb"] = out["headwater"]["idle"]["rss_mb"], peak
+        out["ui_opened_rss_mb"] = out["headwater"]["ui_opened"]["rss_mb"]
         out["target_met"] = peak <= TARGET_MB
         if args.peer_rev:
             tree = tmp / "peer"

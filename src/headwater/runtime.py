@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import ssl
@@ -111,7 +112,9 @@ class Backoff:
 class Platform:
     """Collector (HTTP on 127.0.0.1:``port``: :attr:`collectors`, ``collector.workers``
     processes sharing the port) + stream processor, as supervised children; with
-    ``dagster_port`` also Dagster's code server, daemon and UI (:mod:`headwater.orchestrate.server`); with
+    ``dagster_port`` also Dagster's code server, daemon and UI (:mod:`headwater.orchestrate.server`:
+    the UI on a socket this process listens on from :meth:`start` to :meth:`stop`, started on its
+    first connection with setting ``dagster.ui = "on_demand"``); with
     ``stream=False`` the collector's workers alone (``headwater collector``)."""
 
     home: Home
@@ -123,6 +126,7 @@ class Platform:
     _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # starts vs stop()
     _grpc_port: int = field(default_factory=free_port, repr=False)  # Dagster's code server
+    _ui: socket.socket | None = field(default=None, repr=False)  # the Dagster UI's listening socket
 
     @property
     def collectors(self) -> list[str]:
@@ -151,11 +155,15 @@ class Platform:
             except OSError as e:
                 raise TransientError(f"collector cannot listen on {self.url}: {e.strerror}", field="collector.port") from None
         if self.dagster_port:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", self.dagster_port))
-                except OSError as e:
-                    raise TransientError(f"Dagster UI cannot listen on {self.dagster_url}: {e.strerror}", field="dagster.port") from None
+            ui = socket.socket()
+            try:
+                ui.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+                ui.bind(("127.0.0.1", self.dagster_port))
+                ui.listen(128)
+            except OSError as e:
+                ui.close()
+                raise TransientError(f"Dagster UI cannot listen on {self.dagster_url}: {e.strerror}", field="dagster.port") from None
+            self._ui = ui
         for name in self.collectors:
             self._start(name)
         if self.stream:
@@ -188,13 +196,25 @@ class Platform:
                 if s.connect_ex(("127.0.0.1", self._grpc_port)) == 0:
                     break
         self._start("dagster-daemon")
-        self._start("dagster-ui")
+        if self.home.settings.dagster.ui == "always" or self._ui_demanded():
+            self._start("dagster-ui")
+
+    def _ui_demanded(self) -> bool:
+        """Block until a connection waits in the queue of the Dagster UI's socket (``True``: the
+        UI accepts it once started) or :meth:`stop` (``False``)."""
+        while not self._stopped.is_set():
+            try:
+                if select.select([self._ui], [], [], 0.5)[0]:
+                    return True
+            except (OSError, ValueError):  # the socket closed by stop() meanwhile
+                break
+        return False
 
     def start_component(self, name: str) -> None:
         if name.startswith("dagster-"):
             from headwater.orchestrate import server
 
-            self.procs[name] = server.spawn(self.home, name, self._grpc_port, self.dagster_port)
+            self.procs[name] = server.spawn(self.home, name, self._grpc_port, self._ui)
             return
         # A collector worker joins the port's SO_REUSEPORT group and exits with this process.
         args = ["stream"] if name == "stream" else ["collector", "--port", str(self.port), "--worker-of", str(os.getpid())]
@@ -264,3 +284,5 @@ class Platform:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self._ui is not None:
+            self._ui.close()

@@ -156,6 +156,7 @@ class RegistrySettings(_Section):
 
 class DagsterSettings(_Section):
     port: int | None = Field(None, ge=1, le=65535, description="Dagster UI port of `headwater up`; empty: a free port.")
+    ui: Literal["on_demand", "always"] = Field("on_demand", description="When `headwater up` starts the Dagster UI process: `on_demand` (when its port gets its first connection; until then it uses no memory) or `always` (at start).")
 
 
 class CdcSettings(_Section):

@@ -62,6 +62,7 @@ def test_round_trip_keeps_rows_order_and_partitioning(log, kafka):
     assert offsets == sorted(offsets) and offsets[:5] == [0, 1, 2, 3, 4]
     assert set(got.events.column("_partition").to_pylist()) == {0}
     assert all(abs(ms - dt.datetime.now(dt.timezone.utc).timestamp() * 1000) < 120_000 for ms in got.events.column("_appended_ms").to_pylist())
+    assert log.appended_ms(topic, 0, 0) == got.events.column("_appended_ms")[0].as_py()  # the default: a read
     # Adjacent ranges read every event once, whatever offsets the markers took.
     mid = offsets[6]
     halves = [log.read(topic, 0, 0, mid, EVENT_SCHEMA).events, log.read(topic, 0, mid, ends[0], EVENT_SCHEMA).events]

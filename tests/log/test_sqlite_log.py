@@ -12,6 +12,7 @@ import pytest
 
 from headwater.errors import InvalidInputError, NotFoundError, TransientError
 from headwater.log import Append, open_log
+from headwater.log.base import oldest_unconsumed_ms
 from headwater.log.group_commit import GroupCommitWriter
 from headwater.log.sqlite import SqliteLog, _encode
 from tests.helpers import PerTopicLog
@@ -48,6 +49,23 @@ def test_one_offset_is_one_event_and_reads_return_exactly_the_range(log):
     assert abs(events.column("_appended_ms")[0].as_py() - time.time() * 1000) < 60_000
     empty, dead = read(log, "t", 0, 7, 10)
     assert empty.num_rows == 0 and empty.schema.names == events.schema.names and dead == []
+
+
+def test_appended_ms_of_an_offset_and_the_oldest_unconsumed_event(log):
+    assert oldest_unconsumed_ms(log, "g", "nope") is None  # no topic yet
+    log.append([Append("t", 0, rows(0, 3))])
+    time.sleep(0.01)
+    log.append([Append("t", 0, rows(3, 2)), Append("t", 1, rows(0, 1))])
+    at = read(log, "t", 0, 0, 5).events.column("_appended_ms").to_pylist()
+    assert [log.appended_ms("t", 0, o) for o in range(6)] == [*at, None]  # the unit holding each offset; none past the end
+    assert at[2] < at[3]
+    assert oldest_unconsumed_ms(log, "g", "t") == at[0]
+    log.commit("g", "t", {0: 4, 1: 0})
+    assert oldest_unconsumed_ms(log, "g", "t") == at[3]  # partition 1's event came in the same append as offset 3
+    log.commit("g", "t", {0: 5, 1: 1})
+    assert oldest_unconsumed_ms(log, "g", "t") is None  # caught up
+    with pytest.raises(NotFoundError):
+        log.appended_ms("t", 5, 0)
 
 
 def test_topics_keep_their_partition_count_and_unknown_ones_are_not_found(log):

@@ -1,6 +1,7 @@
 """``headwater up`` serves the Dagster UI on 127.0.0.1 (HEADWATER_DAGSTER_PORT), with the
 batch layer's assets loaded from the home's code location: three Dagster processes (one code
-server, the daemon, the UI), not ``dagster dev``'s five, and no warning on the console."""
+server, the daemon, the UI), not ``dagster dev``'s five, and no warning on the console. The UI
+process starts on the first connection to its port (setting ``dagster.ui = "on_demand"``)."""
 
 import os
 import signal
@@ -23,8 +24,18 @@ def test_up_serves_the_dagster_ui_with_the_assets(tmp_path):
     out = (tmp_path / "up.out").open("w+")
     proc = subprocess.Popen([sys.executable, "-m", "headwater", "up"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{dagster_port}"
+
+    def dagster() -> list[str]:
+        return [" ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(recursive=True) if "dagster" in " ".join(p.cmdline())]
+
     try:
-        deadline, keys = time.monotonic() + 240, []
+        deadline = time.monotonic() + 240
+        while len(dagster()) < 2:  # the code server and the daemon
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "up.out").read_text()
+            time.sleep(0.5)
+        time.sleep(3)
+        assert len(dagster()) == 2, dagster()  # no UI process before anyone asks for the UI
+        keys = []
         while not {"silver/events", "gold/active_users"} <= set(keys):
             assert proc.poll() is None, (tmp_path / "up.out").read_text()
             assert time.monotonic() < deadline, f"Dagster UI at {url} did not serve the assets: {keys}"
@@ -35,8 +46,7 @@ def test_up_serves_the_dagster_ui_with_the_assets(tmp_path):
                 time.sleep(1)
         assert httpx.get(f"{url}/server_info", timeout=5).json()["dagster_webserver_version"]
         assert f"dagster    {url}" in (tmp_path / "up.out").read_text()
-        dagster = [" ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(recursive=True) if "dagster" in " ".join(p.cmdline())]
-        assert len(dagster) == 3 and not any(" dev " in c for c in dagster), dagster
+        assert len(dagster()) == 3 and not any(" dev " in c for c in dagster()), dagster()
         time.sleep(5)  # a sensor and the schedule have been evaluated by the daemon meanwhile
     finally:
         proc.send_signal(signal.SIGTERM)

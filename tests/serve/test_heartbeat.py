@@ -64,6 +64,19 @@ def test_figures_and_line(tmp_path):
     assert LINE.match(line(later)) and line(later).endswith("quality FAILING: completeness_bronze (1)")
 
 
+def test_failing_checks_are_read_by_a_child_only_when_the_results_changed(tmp_path, monkeypatch):
+    home = Home(tmp_path)
+    beat, reads = Heartbeat(home), []
+    child = Heartbeat._read_failing
+    monkeypatch.setattr(Heartbeat, "_read_failing", lambda self: reads.append(1) or child(self))
+    assert beat.failing() == {} and reads == []  # no table yet: nothing to read
+    at = dt.datetime.now(dt.timezone.utc)
+    alerts.record(Lake.of(home), [alerts.Result("volume", "bronze.events", "fail", "low")], at)
+    assert beat.failing() == beat.failing() == {"volume": 1} and len(reads) == 1
+    alerts.record(Lake.of(home), [alerts.Result("volume", "bronze.events", "pass", "ok")], at + dt.timedelta(seconds=1))
+    assert beat.failing() == {} and len(reads) == 2
+
+
 def test_an_unreadable_figure_prints_a_dash(tmp_path):
     (tmp_path / "not-a-dir").write_text("")
     home = Home(tmp_path, load_settings(home=tmp_path, **{"log.url": f"sqlite:///{tmp_path / 'not-a-dir' / 'log.db'}"}))
@@ -93,9 +106,11 @@ def test_up_prints_a_heartbeat_line_per_interval(tmp_path):
             time.sleep(0.5)
             beats = [s for s in out.read_text().splitlines() if s.startswith("heartbeat ")]
         elapsed = time.monotonic() - started
+        maps = open(f"/proc/{proc.pid}/maps").read()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert all(LINE.match(b) for b in beats), beats
+    assert "_duckdb" not in maps  # the supervisor stays small: no query engine (module doc)
     assert len(beats) <= elapsed / HEARTBEAT_S + 1  # one line per interval, no more
     assert float(LINE.match(beats[0])["in"]) > 0  # the 20 events, accepted after the first reading

@@ -49,7 +49,7 @@ from typing import ClassVar, NamedTuple
 
 import pyarrow as pa
 
-from headwater.errors import InvalidInputError
+from headwater.errors import InvalidInputError, NotFoundError
 
 # Columns every read adds after the schema's: the event's log partition and offset, and the
 # backend's append time of the unit that holds it (ms since epoch, UTC; Kafka: the message
@@ -169,6 +169,14 @@ class EventLog(ABC):
         default knows no sizes and returns ``end``."""
         return end
 
+    def appended_ms(self, topic: str, partition: int, offset: int) -> int | None:
+        """The append time (ms since epoch, UTC; the ``_appended_ms`` a read gives) of the unit
+        holding ``offset``, ``None`` if there is no readable event there (not appended yet,
+        deleted by retention). The default reads the event with no columns; a backend may look
+        it up without decoding events. :class:`NotFoundError` for an unknown topic or partition."""
+        got = self.read(topic, partition, offset, offset + 1, pa.schema([])).events.column("_appended_ms")
+        return got[0].as_py() if len(got) else None
+
     @abstractmethod
     def end_offsets(self, topic: str) -> dict[int, int]:
         """Per partition, the offset the next appended event will get."""
@@ -183,3 +191,16 @@ class EventLog(ABC):
 
     def close(self) -> None:  # pragma: no cover - trivial default
         """Release connections."""
+
+
+def oldest_unconsumed_ms(log: EventLog, group: str, topic: str) -> int | None:
+    """Append time (ms, :meth:`EventLog.appended_ms`) of the oldest event of ``topic`` that
+    consumer group ``group`` has not committed, over every partition; ``None`` if the group is
+    caught up or the topic does not exist yet."""
+    try:
+        ends = log.end_offsets(topic)
+    except NotFoundError:
+        return None
+    done = log.committed(group, topic)
+    waiting = [log.appended_ms(topic, p, done.get(p, 0)) for p, end in ends.items() if done.get(p, 0) < end]
+    return min((ms for ms in waiting if ms is not None), default=None)

@@ -346,6 +346,19 @@ class SqliteLog(EventLog):
         return _decode(topic, partition, [r for r in rows if r[0] + r[1] > start], start, end, schema)
 
     @_errors
+    def appended_ms(self, topic: str, partition: int, offset: int) -> int | None:
+        # The record's column: no payload is decoded (a reader that only wants the wait of the
+        # oldest uncommitted event, e.g. `headwater up`'s heartbeat, converts nothing to Arrow).
+        conn = self._conn()
+        self._end_offset(conn, topic, partition)  # NotFoundError for an unknown topic or partition
+        row = conn.execute(
+            "SELECT appended_ms FROM records WHERE topic = ? AND partition = ? AND base_offset <= ? AND base_offset + count > ? "
+            "ORDER BY base_offset DESC LIMIT 1",
+            (topic, partition, offset, offset),
+        ).fetchone()
+        return row[0] if row else None
+
+    @_errors
     def end_within_bytes(self, topic: str, partition: int, start: int, end: int, max_bytes: int) -> int:
         if end <= start:
             return start

@@ -7,7 +7,11 @@ Three processes, each a supervised child of ``headwater up`` (:data:`COMPONENTS`
 - ``dagster-daemon``: ``dagster-daemon run`` — schedules, sensors, the run queue, backfills
   launched from the UI;
 - ``dagster-ui``: ``dagster-webserver`` — the UI and its GraphQL API, on the port of the
-  setting ``dagster.port``.
+  setting ``dagster.port``: on a listening socket the supervisor holds and passes down
+  (:func:`dagster_webserver`), so that with setting ``dagster.ui = "on_demand"`` (the default)
+  the UI process (~150 MB) starts only when its first connection is waiting in that socket's
+  queue, and serves it: the first page takes the few seconds the start takes, no connection
+  is refused meanwhile. ``always`` starts it with the others.
 
 The daemon and the UI reach the definitions through the code server (``--grpc-host`` /
 ``--grpc-port``), as in Dagster's documented deployment with a gRPC server of one's own, so
@@ -23,10 +27,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 from headwater.config import Home
+from headwater.errors import InvalidInputError
 from headwater.orchestrate.instance import dagster_home
 
 COMPONENTS = ("dagster-code", "dagster-daemon", "dagster-ui")
@@ -51,15 +57,38 @@ def prepare(home: Home) -> None:
         subprocess.run([sys.executable, "-c", code], env=_env(home), check=True)
 
 
-def spawn(home: Home, component: str, grpc_port: int, ui_port: int) -> subprocess.Popen:
+def spawn(home: Home, component: str, grpc_port: int, ui: socket.socket | None = None) -> subprocess.Popen:
     """Start ``component`` (one of :data:`COMPONENTS`) for ``home``: the code server on
-    ``127.0.0.1:<grpc_port>``, the daemon, or the UI on ``http://127.0.0.1:<ui_port>``; SIGTERM
-    or SIGINT stops it."""
+    ``127.0.0.1:<grpc_port>``, the daemon, or the UI on ``ui``, a listening TCP socket (the
+    child inherits it); SIGTERM or SIGINT stops it."""
     grpc = ["--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port)]
+    if component == "dagster-ui":
+        if ui is None:
+            raise InvalidInputError("dagster-ui is served on a listening socket: none given", field="dagster.port")
+        host, port = ui.getsockname()[:2]
+        code = f"from headwater.orchestrate.server import dagster_webserver; dagster_webserver({ui.fileno()})"
+        cmd = ["-c", code, *grpc, "-h", host, "-p", str(port), "--dagster-log-level", LOG_LEVEL]
+        return subprocess.Popen([sys.executable, *cmd], env=_env(home), preexec_fn=_default_sigint, pass_fds=(ui.fileno(),))
     cmd = {
         "dagster-code": ["-m", "dagster", "api", "grpc", "-m", "headwater.orchestrate.location", "--location-name", "headwater",
                          "-h", "127.0.0.1", "-p", str(grpc_port), "--log-level", LOG_LEVEL],
         "dagster-daemon": ["-m", "dagster._daemon", "run", *grpc, "--log-level", LOG_LEVEL],
-        "dagster-ui": ["-m", "dagster_webserver", *grpc, "-h", "127.0.0.1", "-p", str(ui_port), "--dagster-log-level", LOG_LEVEL],
     }[component]
     return subprocess.Popen([sys.executable, *cmd], env=_env(home), preexec_fn=_default_sigint)
+
+
+def dagster_webserver(fd: int) -> None:
+    """Run ``dagster-webserver`` with this process's command-line arguments (``sys.argv[1:]``)
+    on the listening socket ``fd`` instead of a socket of its own. Its CLI serves with
+    ``uvicorn.run(app, host=, port=, ...)``; that call is routed to ``uvicorn.Server.run`` with
+    the socket (uvicorn's documented way to serve an existing socket; ``host``/``port`` then only
+    name it in the log). Connections that waited in the socket's queue before are served."""
+    import uvicorn
+    from dagster_webserver.cli import main
+
+    def run(app, **config) -> None:
+        uvicorn.Server(uvicorn.Config(app, **config)).run(sockets=[socket.socket(fileno=fd)])
+
+    uvicorn.run = run
+    sys.argv[0] = "dagster-webserver"
+    main()

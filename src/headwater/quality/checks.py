@@ -60,7 +60,7 @@ from headwater.events import AUTH_FAILURE, EVENTS_TOPIC, STREAM_GROUP
 from headwater.lake import sql as lake_sql
 from headwater.lake.store import Lake
 from headwater.log import open_log
-from headwater.log.base import EventLog
+from headwater.log.base import EventLog, oldest_unconsumed_ms
 from headwater.models import config as model_config
 from headwater.quality.anomaly import log_count, seasonal_score
 from headwater.settings import QualitySettings
@@ -136,25 +136,6 @@ def _day_bounds(ds: dt.date) -> tuple[dt.datetime, dt.datetime]:
 
 
 # -- freshness --------------------------------------------------------------------------------
-def oldest_unconsumed_ms(log: EventLog) -> int | None:
-    """Log append time (ms) of the oldest event the stream's consumer group has not
-    committed, over every partition of the events topic; ``None`` if it is caught up (or
-    the topic does not exist yet)."""
-    try:
-        ends = log.end_offsets(EVENTS_TOPIC)
-    except NotFoundError:
-        return None
-    done = log.committed(STREAM_GROUP, EVENTS_TOPIC)
-    oldest = None
-    for p, end in ends.items():
-        start = done.get(p, 0)
-        if start < end:
-            got = log.read(EVENTS_TOPIC, p, start, start + 1, KEY_SCHEMA).events.column("_appended_ms").to_pylist()
-            if got and (oldest is None or got[0] < oldest):
-                oldest = got[0]
-    return oldest
-
-
 def freshness_realtime(lake: Lake, log: EventLog, now: dt.datetime, q: QualitySettings) -> list[Result]:
     """Per existing ``realtime.*`` table: how long the oldest uncommitted event has waited
     (s; 0 when the stream is caught up). The stream commits every realtime table in the same
@@ -164,7 +145,7 @@ def freshness_realtime(lake: Lake, log: EventLog, now: dt.datetime, q: QualitySe
     tables = [t for t in lake.tables() if t.startswith("realtime.")]
     if not tables:
         return []
-    oldest = oldest_unconsumed_ms(log)
+    oldest = oldest_unconsumed_ms(log, STREAM_GROUP, EVENTS_TOPIC)
     delay = 0.0 if oldest is None else max(0.0, now.timestamp() - oldest / 1000)
     ok = delay <= q.realtime_max_delay_s
     return [Result("freshness_realtime", t, "pass" if ok else "fail",

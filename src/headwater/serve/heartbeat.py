@@ -13,7 +13,8 @@ agree with it:
   (so ``in − out`` is the change of ``lag``);
 * ``lag``: records in the log not yet committed (``headwater status``'s ``lag``);
 * ``freshness``: how long the oldest uncommitted event has waited (0: caught up), the measure
-  of the realtime SLA (:func:`headwater.quality.checks.oldest_unconsumed_ms`);
+  of the realtime SLA (:func:`headwater.log.base.oldest_unconsumed_ms`, as the quality check
+  ``freshness_realtime`` reads it);
 * ``watermark delay``: the bronze query's event-time watermark behind the wall clock
   (:func:`~headwater.serve.progress.query_metrics`; it includes the pipeline's allowed lateness);
 * ``quality FAILING``: the checks whose latest stored run failed
@@ -22,29 +23,47 @@ agree with it:
 
 A figure that cannot be read (no log yet, a table being rewritten) prints ``-``; nothing here
 may stop ``up``.
+
+The heartbeat runs in ``up``'s supervisor, which should stay a small process: every figure but
+the failing checks comes from files and the log's own bookkeeping (no event is decoded). The
+failing checks need a query over the Delta table ``quality.results`` (delta-rs, DuckDB, Arrow
+conversions, which import pandas where it is installed: measured 245 MB resident for the
+supervisor, 111 MB without), so they are read by a short-lived child process (~200 MB for the
+2–4 s it runs), and only when that table changed (a new commit file in its Delta log): a few
+times an hour (the realtime freshness check stores a passing result every 10 minutes).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import pyarrow.fs as pafs
+
 from headwater.config import Home
 from headwater.events import EVENTS_TOPIC, STREAM_GROUP as QUERY
 from headwater.lake.store import Lake
 from headwater.log import open_log
-from headwater.quality import alerts
-from headwater.quality.checks import oldest_unconsumed_ms
+from headwater.log.base import oldest_unconsumed_ms
 from headwater.serve.progress import log_offsets, query_metrics
 
 log = logging.getLogger("headwater.heartbeat")
 
 HEARTBEAT_S = 10.0
+RESULTS = "quality.results"  # headwater.quality.alerts.TABLE (not imported: it loads DuckDB)
+# The child that reads the failing checks (headwater.quality.alerts.failing), as JSON on stdout.
+FAILING = ("import json; from headwater.config import Home; from headwater.lake.store import Lake; "
+           "from headwater.quality import alerts; print(json.dumps(alerts.failing(Lake.of(Home.from_env()))))")
+FAILING_TIMEOUT_S = 120.0
 T = TypeVar("T")
 
 
@@ -93,15 +112,35 @@ class Heartbeat:
 
     home: Home
     _last: tuple[float, int, int] | None = field(default=None, repr=False)  # (monotonic s, end, committed offsets)
+    # (stamp of quality.results' Delta log, its failing checks or None if unreadable)
+    _failing: tuple[tuple | None, dict[str, int] | None] | None = field(default=None, repr=False)
 
     def freshness_s(self, now: dt.datetime) -> float:
         """Wait of the oldest uncommitted event (s; 0 when caught up)."""
         events_log = open_log(self.home.settings.log_url)
         try:
-            oldest = oldest_unconsumed_ms(events_log)
+            oldest = oldest_unconsumed_ms(events_log, QUERY, EVENTS_TOPIC)
         finally:
             events_log.close()
         return 0.0 if oldest is None else max(0.0, now.timestamp() - oldest / 1000)
+
+    def failing(self) -> dict[str, int] | None:
+        """:func:`headwater.quality.alerts.failing` of the lake (``{}`` before any result;
+        ``None`` if it cannot be read), read anew by a child process only when ``quality.results``
+        changed since the previous call (module doc)."""
+        stamp = _log_stamp(Lake.of(self.home).filesystem(RESULTS))
+        if self._failing is None or self._failing[0] != stamp:
+            self._failing = (stamp, self._read_failing() if stamp is not None else {})
+        failing = self._failing[1]
+        return None if failing is None else dict(failing)
+
+    def _read_failing(self) -> dict[str, int] | None:
+        env = {**os.environ, "HEADWATER_HOME": str(self.home.root)}
+        done = subprocess.run([sys.executable, "-c", FAILING], env=env, capture_output=True, text=True, timeout=FAILING_TIMEOUT_S)
+        if done.returncode != 0:
+            log.debug("heartbeat: quality results unreadable (exit code %s): %s", done.returncode, done.stderr[-2000:])
+            return None
+        return json.loads(done.stdout)
 
     def read(self) -> Figures:
         """The figures now (rates: since the previous call; ``None`` on the first)."""
@@ -119,7 +158,7 @@ class Heartbeat:
             if EVENTS_TOPIC in topics:  # before the first event there is no wait to speak of
                 fresh = _or_none("freshness", lambda: self.freshness_s(now))
         metrics = _or_none("stream metrics", lambda: query_metrics(self.home).get(QUERY)) or {}
-        failing = _or_none("quality results", lambda: alerts.failing(Lake.of(self.home)))
+        failing = _or_none("quality results", self.failing)
         if failing is not None and fresh is not None:  # the realtime SLA, judged now
             failing.pop("freshness_realtime", None)
             if fresh > self.home.settings.quality.realtime_max_delay_s:
@@ -133,3 +172,13 @@ class Heartbeat:
             text = _or_none("heartbeat", lambda: line(self.read()))
             if text is not None:
                 echo(text)
+
+
+def _log_stamp(fs: pafs.FileSystem) -> tuple[str, int | None, int] | None:
+    """What changes with every commit of the Delta table at the root of ``fs``: its newest commit
+    file (path, mtime in ns, size; a table deleted and created again differs in the mtime),
+    ``None`` if it has none. One directory listing (an object store: one LIST request)."""
+    infos = fs.get_file_info(pafs.FileSelector("_delta_log", allow_not_found=True))
+    # Commit files are named by their version, zero-padded to 20 digits: the newest sorts last.
+    newest = max((i for i in infos if i.path.endswith(".json")), key=lambda i: i.path, default=None)
+    return None if newest is None else (newest.path, newest.mtime_ns, newest.size)

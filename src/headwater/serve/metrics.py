@@ -20,7 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from headwater.config import Home
 from headwater.serve.progress import RATE_WINDOW_S, log_offsets, query_metrics
-from headwater.stream.processor import QUERY
+from headwater.events import STREAM_GROUP as QUERY  # not stream.processor: a collector worker stays light
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
