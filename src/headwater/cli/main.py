@@ -79,7 +79,7 @@ def up(dagster: bool) -> None:
         click.echo(f"query API  {platform.url}/api  (docs: {platform.url}/api/docs; read tokens: headwater token add)")
         click.echo(f"dashboard  {platform.url}/dashboard  (log in with a read token: headwater token add --role viewer)")
         if platform.dagster_url:
-            click.echo(f"dagster    {platform.dagster_url}  (Dagster UI: assets, runs, backfills; daily schedule, late-data sensor)")
+            click.echo(f"dagster    {platform.dagster_url}  (Dagster UI, started on first visit: assets, runs, backfills; daily schedule, late-data sensor)")
         click.echo(f"write key  {key_line}  (source {name!r})")
         click.echo(f"home       {home.root}")
         platform.supervise(heartbeat=click.echo)  # a heartbeat line every serve.heartbeat.HEARTBEAT_S
