@@ -211,3 +211,15 @@ def test_only_the_named_table_is_registered_however_many_files_the_lake_holds(ma
     monkeypatch.setattr(Lake, "dataset", lambda self, table, _orig=Lake.dataset: opened.append(table) or _orig(self, table))
     got = sql.query(many_files, "SELECT count(*) AS n FROM bronze.late_events WHERE ds = DATE '2020-01-02'")
     assert got.to_pylist() == [{"n": 1}] and opened == ["bronze.late_events"]
+
+
+def test_a_child_forked_after_reads_starts_clean_and_does_not_crash(lake):
+    """The at-fork hook runs in a child forked with ``preexec_fn`` (pyspark starts its gateway
+    so): it must not tear down the parent's DuckDB connections there (that segfaulted)."""
+    import subprocess
+
+    lake.append("bronze.events", events(dt.date(2024, 3, 1), 10, "a"))
+    assert sql.read(lake, "SELECT count(*) AS n FROM bronze.events").to_pylist() == [{"n": 10}]
+    for _ in range(5):
+        assert subprocess.run(["true"], preexec_fn=lambda: None).returncode == 0
+    assert sql.read(lake, "SELECT count(*) AS n FROM bronze.events").to_pylist() == [{"n": 10}]

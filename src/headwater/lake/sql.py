@@ -458,10 +458,19 @@ def _reader(lake: Lake) -> _Reader:
     return reader
 
 
+_INHERITED: list[dict] = []
+
+
 def _forget_readers() -> None:
-    """A forked child starts without its parent's connections (DuckDB's are not fork-safe)."""
-    global _READERS_LOCK
-    _READERS.clear()
+    """A forked child starts without its parent's connections (DuckDB's are not fork-safe).
+
+    The inherited ones are set aside, never released: their destructors would run DuckDB's
+    teardown in the child, whose other threads did not survive the fork (a segfault, seen when
+    pyspark forked its gateway — ``preexec_fn`` runs the at-fork hooks — from a test process
+    holding a reader)."""
+    global _READERS, _READERS_LOCK
+    _INHERITED.append(_READERS)
+    _READERS = {}
     _READERS_LOCK = threading.Lock()
 
 
