@@ -68,7 +68,8 @@ def test_funnel_steps_count_in_strict_order_within_the_window(tmp_path):
         event("5c", late - 70 * M, user="p5", event_name="cart"),
     ])
     day = late.date()
-    run_model(home, MODEL["silver.identity_map"], day, day)
+    for table in ("silver.identity_links", "silver.identity_map"):
+        run_model(home, MODEL[table], day, day)
     run_model(home, MODEL["silver.events"], day, MIDNIGHT.date())
     run_model(home, MODEL["gold.funnels"], day, day)
     got = {(r["platform"], r["step"]): (r["entered"], r["users"], r["median_seconds_to_convert"])

@@ -150,7 +150,8 @@ def test_a_late_login_restitches_earlier_days(tmp_path):
     assert persons(home)["a"] == "anon1" and identity_stale_days(home) == []
     # the login arrives later, on day 5: identity changes, day 0 is stale until restated
     write(home, [identify("late", T0 + 5 * D + H, "anon1", "zoe")], batch_id=1)
-    run_model(home, MODEL["silver.identity_map"], day5, day5)
+    for table in ("silver.identity_links", "silver.identity_map"):
+        run_model(home, MODEL[table], day5, day5)
     assert identity_stale_days(home) == [day0]
     run_model(home, MODEL["silver.events"], day0, day0)
     assert identity_stale_days(home) == [] and persons(home)["a"] == "zoe"

@@ -272,7 +272,8 @@ def test_one_day_on_a_fresh_home_builds_what_it_reads(home, template):
     lines: list[str] = []
     written = build(home, day, day, progress=lines.append)
     assert written["gold.active_users"] == 1
-    assert [line.split(":")[0] for line in lines[:4]] == [
+    assert [line.split(":")[0] for line in lines[:5]] == [
+        "silver.identity_links (whole table)",
         "silver.identity_map (whole table)",
         "silver.identity_refused (whole table)",
         f"silver.events {FIRST}..{min(LAST, day + dt.timedelta(days=366))}",  # retention: all history, 366 days ahead

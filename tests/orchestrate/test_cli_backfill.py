@@ -56,5 +56,5 @@ def test_backfill_command_stops_at_a_failed_run_and_names_the_step(bronze):
     (bronze.root / "models.toml").write_text('[[funnels]]\nname = "too_long"\nwindow_hours = 500\nsteps = ["a", "b"]\n')
     result = invoke(bronze, "--start", "2024-03-01", "--end", "2024-03-01")
     assert result.exit_code == 1 and result.stdout == ""
-    assert "failed:\nsilver__identity_map: silver.identity_map (whole table): ConfigError" in result.stderr
+    assert "failed:\nsilver__identity_links: silver.identity_links (whole table): ConfigError" in result.stderr
     assert "window_hours" in result.stderr

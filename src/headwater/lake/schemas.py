@@ -71,6 +71,18 @@ IDENTITY_MAP_SCHEMA = pa.schema(
     ]
 )
 
+# silver.identity_links: the identity graph's edges, kept so the map is updated from each
+# day's identify / alias events instead of all of bronze (headwater.models.identity)
+IDENTITY_LINKS_SCHEMA = pa.schema(
+    [
+        pa.field("a", pa.string(), nullable=False),  # anonymous_id (identify) / previousId (alias); = b: b is identified
+        pa.field("b", pa.string(), nullable=False),  # the event's user_id
+        pa.field("event_type", pa.string(), nullable=False),  # identify | alias
+        pa.field("event_ts", TS, nullable=False),  # event time of the earliest such link
+        pa.field("event_id", pa.string(), nullable=False),  # its event_id
+    ]
+)
+
 IDENTITY_REFUSED_SCHEMA = pa.schema(
     [
         pa.field("event_id", pa.string(), nullable=False),  # the identify / alias event

@@ -30,6 +30,7 @@ from headwater.config import Home
 from headwater.errors import InvalidInputError
 
 MAX_FUNNEL_WINDOW_HOURS = 168  # gold.funnels reads 7 days after its range (lookahead_days)
+DEDUP_DAYS = 3  # silver.events compares an event's copies within this many days of event time ({{dedup_days}})
 DEFAULT_EXPOSURE_EVENT = "Experiment Viewed"  # Segment A/B testing spec
 DEFAULT_REVENUE_PROPERTY = "revenue"  # Segment's E-commerce spec (Order Completed.revenue)
 
@@ -242,6 +243,7 @@ TABLES: dict[str, Callable[[ModelConfig], str]] = {
     "conversion_events": _conversion_events,  # event_name
     "revenue_property": _revenue_property,  # property (one row)
     "retention_events": _retention_events,  # start_event, return_event (one row; NULL: any event)
+    "dedup_days": lambda c: str(DEDUP_DAYS),  # a literal: silver.events' dedup window in days
 }
 
 _REPEAT = re.compile(r"^[ \t]*-- repeat for k in 2\.\.max_funnel_steps\n(.*?)^[ \t]*-- end repeat\n", re.M | re.S)

@@ -3,8 +3,10 @@
 Four kinds of model, discovered by :func:`dag` in dependency order:
 
 * the SQL models, ``models/<layer>/<name>.sql`` (silver and gold, :data:`MODELS`);
-* the Python identity models (``silver.identity_map``, ``silver.identity_refused``,
-  :mod:`headwater.models.identity`);
+* the Python models: identity (``silver.identity_links``, ``silver.identity_map``,
+  ``silver.identity_refused``, :mod:`headwater.models.identity`) and the dimensions updated
+  in place (``silver.dim_user``, ``silver.dim_device``: their SQL file run over the new
+  ``silver.events`` days merged into the stored table, :func:`_merged_from_silver`);
 * one typed model per event name registered in the contract registry, ``silver.evt_<name>``
   (:mod:`headwater.registry.typed_tables`), discovered when the DAG is built;
 * one SCD2 model per Postgres CDC dimension, ``silver.dim_<name>`` rebuilt from
@@ -29,13 +31,16 @@ person: first / last active day, retention cohort and the periods active in it),
 after it) hold, in partition ``ds``, the state as of the end of ``ds``; each is computed from
 its latest partition before the run and the input days of the run. DAU / WAU / MAU,
 calendar-month actives, retention and experiments read those states only, so day N reads
-day N's events plus the state of N-1, never all history.
+day N's events plus the state of N-1, never all history. The tables updated in place (the
+identity links, ``silver.dim_user``, ``silver.dim_device``) record in their Delta commit
+(an app transaction) the version of the input they hold, and read only what was added since.
 
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from functools import partial
 from importlib import resources
@@ -43,10 +48,11 @@ from typing import Callable
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from headwater.config import Home
-from headwater.errors import InvalidInputError
-from headwater.lake import catalog
+from headwater.errors import InvalidInputError, NotFoundError
+from headwater.lake import catalog, sql
 from headwater.lake.catalog import TableSpec
 from headwater.lake.store import Lake
 from headwater.models import config as model_config
@@ -60,13 +66,15 @@ from headwater.sources.cdc import scd2
 class Run:
     """What a Python model's ``compute`` gets: the ``lake``; ``con``, a SQL catalog connection
     (:mod:`headwater.lake.sql`) holding the model's inputs; the models ``config``; the ``ds``
-    range ``[start, end]`` (dates, inclusive; ignored by an unpartitioned model)."""
+    range ``[start, end]`` (dates, inclusive; ignored by an unpartitioned model); ``full``: a
+    full rebuild (a model updating its own table from its inputs' new rows starts over)."""
 
     lake: Lake
     con: duckdb.DuckDBPyConnection
     config: model_config.ModelConfig
     start: dt.date
     end: dt.date
+    full: bool = False  # a full rebuild: trust nothing the model stored before
 
 
 @dataclass(frozen=True)
@@ -129,12 +137,10 @@ class Model:
         """The model's SQL text with a models configuration rendered in: ``config`` if given
         (the query API computes an ad-hoc funnel or retention on read with the gold model's
         own SQL this way), else ``home``'s (the default configuration without ``home``).
-        :class:`InvalidInputError` for a Python model and
+        A Python model that runs a SQL file of its own (a dimension updated in place) has
+        that file's text. :class:`InvalidInputError` for a Python model without one and
         :class:`headwater.models.config.ConfigError` for an invalid configuration."""
-        if self.sql_file is None:
-            raise InvalidInputError(f"{self.table} is a Python model (compute), it has no SQL", field="model")
-        text = resources.files("headwater.models").joinpath(self.sql_file).read_text()
-        return model_config.render(text, config or model_config.load(home))
+        return _sql_text(self.table, config or model_config.load(home))
 
     @property
     def affected_days(self) -> tuple[int | None, int | None]:
@@ -146,6 +152,116 @@ class Model:
         if not self.partitioned:
             return (None, None)
         return (-self.lookahead_days, None if self.history or self.cumulative else self.lookback_days)
+
+
+LINKS_APP = "headwater-identity-links"
+"""The Delta app id of ``silver.identity_links`` commits: its txn version is the
+``bronze.events`` version whose rows the links hold."""
+
+
+def _sql_text(table: str, config: model_config.ModelConfig) -> str:
+    """``models/<layer>/<name>.sql`` of ``table`` with ``config`` rendered in;
+    :class:`InvalidInputError` if there is no such file."""
+    path = resources.files("headwater.models").joinpath(table.replace(".", "/") + ".sql")
+    if not path.is_file():
+        raise InvalidInputError(f"{table} is a Python model (compute), it has no SQL", field="model")
+    return model_config.render(path.read_text(), config)
+
+
+def _diff(lake: Lake, table: str, since: int) -> tuple[list[dt.date], dt.date | None] | None:
+    """``(days with rows added since version since, the last ds holding rows then)``; ``None``
+    as for :func:`added_days`."""
+    files = lake.add_actions(table)
+    try:
+        before = lake.add_actions(table, since)
+    except NotFoundError:
+        return None
+    counts: dict[dt.date, int] = {}
+    for adds, sign in ((files, 1), (before, -1)):
+        for ds, n in zip(adds.column("partition.ds").cast(pa.date32()).to_pylist(), adds.column("num_records").to_pylist()):
+            counts[ds] = counts.get(ds, 0) + sign * (n or 0)
+    if any(n < 0 for n in counts.values()):
+        return None
+    held = [ds for ds, n in zip(before.column("partition.ds").cast(pa.date32()).to_pylist(),
+                                before.column("num_records").to_pylist()) if n is None or n > 0]
+    files = files.filter(pc.invert(pc.is_in(files.column("path"), value_set=before.column("path"))))
+    n = files.column("num_records")
+    files = files.filter(pc.or_kleene(pc.is_null(n), pc.greater(n, 0)))
+    return pc.unique(files.column("partition.ds").cast(pa.date32())).sort().to_pylist(), max(held, default=None)
+
+
+def added_days(lake: Lake, table: str, since: int) -> list[dt.date] | None:
+    """The ``ds`` of rows added to ``table`` after its version ``since``: those of the data
+    files of the current snapshot that are not in that one (exact for appends, more than
+    needed after a compaction or a partition overwrite). ``None`` (every day) if that version
+    cannot be loaded any more, or a ``ds`` holds fewer rows than then (rows were deleted: what
+    was derived from them cannot be updated by adding)."""
+    diff = _diff(lake, table, since)
+    return None if diff is None else diff[0]
+
+
+def _appended_days(lake: Lake, table: str, since: int | None) -> list[dt.date] | None:
+    """The days of ``table`` to merge into a model last built from its version ``since``:
+    :func:`added_days`, if they all come after every day it held then (new days); ``None``
+    (rebuild from every day) otherwise, or without ``since``."""
+    diff = None if since is None else _diff(lake, table, since)
+    if diff is None:
+        return None
+    days, last = diff
+    return days if not days or last is None or days[0] > last else None
+
+
+def _identity_links(run: Run) -> Output:
+    """``silver.identity_links`` updated from the bronze days with rows newer than the
+    version its last commit records (all of bronze without one, or on a full rebuild)."""
+    lake = run.lake
+    since = None if run.full else lake.committed_batch("silver.identity_links", LINKS_APP)
+    version = lake.version("bronze.events")
+    for table in ("bronze.events", "silver.identity_links"):  # bronze at `version` or newer: never misses a row
+        sql.register(run.con, lake, table)
+    days = added_days(lake, "bronze.events", since) if since is not None else None
+    return Output(identity.links(run.con, days, prior=days is not None), (LINKS_APP, version))
+
+
+def _merged_from_silver(table: str, run: Run, check: Callable[[duckdb.DuckDBPyConnection], bool] | None = None) -> Output:
+    """A dimension ``table`` (its SQL file, parameters ``$start``, ``$end``, ``$merge``)
+    updated from ``silver.events``: merged with the days that changed since the version its
+    last commit records (the txn of app ``"headwater-<table>"``), when those are new days (a
+    daily build); else, and when ``check`` (given the catalog connection holding the stored
+    table) says the stored table no longer fits, rebuilt from all of silver (a restated day:
+    a late event or a re-stitched person may change any row)."""
+    lake, con, app = run.lake, run.con, f"headwater-{table}"
+    since = None if run.full else lake.committed_batch(table, app)
+    version = lake.version("silver.events")
+    sql.register(con, lake, "silver.events")  # at `version` or newer: never misses a row
+    days = _appended_days(lake, "silver.events", since)
+    if not sql.register(con, lake, table):  # a first run: an empty stored table
+        layer, name = table.split(".")
+        con.register(f"_hw_empty_{name}", catalog.spec(table).schema.empty_table())
+        con.execute(f"CREATE OR REPLACE VIEW {layer}.{name} AS SELECT * FROM _hw_empty_{name}")
+    merge = days is not None and (check is None or check(con))
+    if not merge:  # every day of silver
+        start, end = dt.date.min, dt.date.max
+    elif days:
+        start, end = days[0], days[-1]
+    else:  # no new day: the stored table is written again as it is (every run commits once)
+        start, end = dt.date.max, dt.date.min
+    text = _sql_text(table, run.config)
+    return Output(con.sql(text, params={"start": start, "end": end, "merge": merge}).to_arrow_table(), (app, version))
+
+
+def _same_traits(run: Run, con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether silver.dim_user's stored traits are the tracked traits configured now."""
+    stored = con.execute("SELECT traits FROM silver.dim_user LIMIT 1").fetchall()
+    return not stored or sorted(json.loads(stored[0][0])) == sorted(run.config.tracked_traits)
+
+
+def _dim_device(run: Run) -> Output:
+    return _merged_from_silver("silver.dim_device", run)
+
+
+def _dim_user(run: Run) -> Output:
+    return _merged_from_silver("silver.dim_user", run, partial(_same_traits, run))
 
 
 # The two identity tables come from one resolution, run once per table: the link graph is
@@ -165,11 +281,12 @@ is at most 30 days before ``ds``; silver.person_platform_state's 32-day bitmap h
 SILVER = ("silver.events",)
 PERSON_PLATFORM = ("silver.person_platform_state",)
 MODELS: tuple[Model, ...] = (
-    Model("silver.identity_map", ("bronze.events",), compute=_identity_map),
-    Model("silver.identity_refused", ("bronze.events",), compute=_identity_refused),
+    Model("silver.identity_links", ("bronze.events",), compute=_identity_links),
+    Model("silver.identity_map", ("silver.identity_links",), compute=_identity_map),
+    Model("silver.identity_refused", ("silver.identity_links",), compute=_identity_refused),
     Model("silver.events", ("bronze.events", "silver.identity_map")),
-    Model("silver.dim_user", ("bronze.events", "silver.identity_map")),
-    Model("silver.dim_device", SILVER, history=True),
+    Model("silver.dim_user", SILVER, history=True, compute=_dim_user),
+    Model("silver.dim_device", SILVER, history=True, compute=_dim_device),
     Model("silver.exposures", SILVER),
     Model("silver.dim_experiment", ("silver.exposures",), history=True),
     Model("silver.conversions", ("silver.events", "silver.exposures"), history=True),  # exposures of any earlier day

@@ -3,9 +3,12 @@
 ``silver.identity_map`` maps every identifier (anonymous id or user id) that appears in a
 link or as the ``user_id`` of an ``identify``; ``silver.identity_refused`` lists the refused
 links (their grains and schemas: :mod:`headwater.lake.catalog`). Both are global over all
-history (not per day), unpartitioned, and rebuilt whole from ``bronze.events`` on every
-run: the link events are few next to all events, and a full rebuild is deterministic, so
-a late ``identify`` re-stitches everything it touches, in any order of arrival.
+history (not per day), unpartitioned, and resolved whole on every run from
+``silver.identity_links``, the graph's edges (:func:`links`), which a run updates from the
+``bronze.events`` days that received rows since its last run (and rebuilds from all of
+bronze on a full rebuild): a daily build reads one day of events and the graph, whose size
+follows the identifiers, not the days. Resolution is deterministic over the edges, so a late
+``identify`` re-stitches everything it touches, in any order of arrival.
 
 The graph (the union-find of the design, computed as connected components):
 
@@ -37,46 +40,77 @@ graphs. ``silver.events`` then takes ``person_id`` = the mapped person of ``user
 the event has one, else of ``anonymous_id`` (an unmapped id is its own person): anonymous
 events from before a login belong to the person (retroactive stitching), on every day that
 is (re)built after the link arrived — :func:`headwater.models.run.identity_stale_days`
-lists the built days whose stored ``person_id`` no longer matches the map.
+lists the built days whose stored ``person_id`` no longer matches the map
+(:func:`headwater.models.restate.remapped_days` finds them from the ids whose person changed).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+
 import duckdb
 import pyarrow as pa
 
-from headwater.lake.schemas import IDENTITY_MAP_SCHEMA, IDENTITY_REFUSED_SCHEMA
+from headwater.lake.schemas import IDENTITY_LINKS_SCHEMA, IDENTITY_MAP_SCHEMA, IDENTITY_REFUSED_SCHEMA
 
 
-_LINKS = """
-CREATE OR REPLACE TEMP TABLE _hw_links AS
-WITH raw AS (
-    SELECT
-        event_id,
-        event_type,
-        event_ts,
-        CASE WHEN event_type = 'identify' THEN anonymous_id
-             ELSE json_extract_string(properties, '$.previousId') END AS a,
-        user_id AS b
-    FROM bronze.events
-    WHERE event_type IN ('identify', 'alias')
-)
-SELECT a, b, event_type, event_ts, event_id
-FROM raw
-WHERE a IS NOT NULL AND b IS NOT NULL AND a <> b
-QUALIFY row_number() OVER (PARTITION BY least(a, b), greatest(a, b) ORDER BY event_ts, event_id) = 1
-"""
-
+# The edges of the graph as they stand (silver.identity_links, a = b marks an identified id).
 _GRAPH = """
+CREATE OR REPLACE TEMP TABLE _hw_links AS
+    SELECT a, b, event_type, event_ts, event_id FROM silver.identity_links WHERE a <> b;
 CREATE OR REPLACE TEMP TABLE _hw_adj AS
     SELECT a AS src, b AS dst, event_type, event_ts, event_id FROM _hw_links
     UNION ALL
     SELECT b, a, event_type, event_ts, event_id FROM _hw_links;
 CREATE OR REPLACE TEMP TABLE _hw_identified AS
-    SELECT DISTINCT user_id AS id FROM bronze.events WHERE event_type = 'identify' AND user_id IS NOT NULL;
+    SELECT DISTINCT b AS id FROM silver.identity_links WHERE a = b;
 CREATE OR REPLACE TEMP TABLE _hw_nodes AS
     SELECT src AS id FROM _hw_adj UNION SELECT id FROM _hw_identified;
 """
+
+# The links of some bronze days ({days}: a condition on ds) merged into the stored ones
+# ({prior}): one row per unordered pair, the earliest (event time, event_id, then the rest,
+# so the choice never depends on the order rows arrived in). Taking the earliest is
+# idempotent and order-free, so merging day by day equals taking it over all of bronze.
+_LINKS = """
+WITH new AS (
+    SELECT
+        CASE WHEN event_type = 'identify' THEN anonymous_id
+             ELSE json_extract_string(properties, '$.previousId') END AS a,
+        user_id AS b, event_type, event_ts, event_id
+    FROM bronze.events
+    WHERE event_type IN ('identify', 'alias') AND {days}
+    UNION ALL
+    SELECT user_id, user_id, event_type, event_ts, event_id
+    FROM bronze.events
+    WHERE event_type = 'identify' AND user_id IS NOT NULL AND {days}
+),
+merged AS (
+    SELECT a, b, event_type, event_ts, event_id FROM new WHERE a IS NOT NULL AND b IS NOT NULL
+    UNION ALL
+    SELECT a, b, event_type, event_ts, event_id FROM {prior}
+)
+SELECT a, b, event_type, event_ts, event_id
+FROM merged
+QUALIFY row_number() OVER (PARTITION BY least(a, b), greatest(a, b) ORDER BY event_ts, event_id, event_type, a, b) = 1
+ORDER BY a, b
+"""
+
+
+def links(con: duckdb.DuckDBPyConnection, days: list[dt.date] | None, prior: bool) -> pa.Table:
+    """``silver.identity_links`` after the ``bronze.events`` rows of ``days`` (``None``: every
+    day) of catalog connection ``con`` (which holds ``silver.identity_links`` too, empty until
+    written): with ``prior``, merged into the stored links, else from those days alone. A table with
+    :data:`IDENTITY_LINKS_SCHEMA`: one row per unordered pair of ids linked by an identify
+    (``anonymous_id``, ``user_id``) or alias (``properties.previousId``, ``user_id``) event —
+    the earliest link, by event time then event_id — and one row ``a = b = user_id`` per
+    identified user id (the earliest identify naming it). Raises ``duckdb.CatalogException``
+    if ``bronze.events`` does not exist."""
+    where = "TRUE" if days is None else (
+        "ds IN (" + ", ".join(f"DATE '{d.isoformat()}'" for d in days) + ")" if days else "FALSE")
+    source = "silver.identity_links" if prior else "(SELECT * FROM silver.identity_links WHERE FALSE)"
+    return con.sql(_LINKS.format(days=where, prior=source)).to_arrow_table().cast(IDENTITY_LINKS_SCHEMA)
+
 
 # Min-label propagation: every node's label becomes the smallest label among itself and its
 # neighbours until nothing changes (connected components; labels are sort keys).
@@ -130,12 +164,11 @@ def _spread_from_identified(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def resolve(con: duckdb.DuckDBPyConnection, merge_identified_users: bool = False) -> tuple[pa.Table, pa.Table]:
-    """``(identity_map, refused)`` from the ``bronze.events`` of catalog connection ``con``.
+    """``(identity_map, refused)`` from the ``silver.identity_links`` of catalog connection ``con``.
 
     Tables with :data:`IDENTITY_MAP_SCHEMA` / :data:`IDENTITY_REFUSED_SCHEMA`, sorted by id /
     event_id. Creates temporary tables ``_hw_*`` in ``con``. Raises
-    ``duckdb.CatalogException`` if ``bronze.events`` does not exist."""
-    con.execute(_LINKS)
+    ``duckdb.CatalogException`` if ``silver.identity_links`` does not exist."""
     con.execute(_GRAPH)
     if merge_identified_users:
         # sort key: identified ids ('0' prefix) before anonymous ones ('1'), then the id

@@ -31,19 +31,18 @@ import datetime as dt
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from headwater.config import Home
 from headwater.errors import HeadwaterError, InvalidInputError, NotFoundError, TransientError
 from headwater.lake import sql
 from headwater.lake.store import Lake
 from headwater.models import config as model_config
-from headwater.models.dag import TRAILING_DAYS, Model, Output, Run, dag, plan
+from headwater.models import restate
+from headwater.models.dag import TRAILING_DAYS, Model, Output, Run, added_days, dag, plan
 
 
 def _fits(have: pa.DataType, want: pa.DataType) -> bool:
@@ -147,6 +146,8 @@ def run_model(
     end: dt.date,
     con: duckdb.DuckDBPyConnection | None = None,
     engine: str | None = None,
+    lake: Lake | None = None,
+    full: bool = False,
 ) -> int:
     """Run ``model`` for ``ds`` in ``[start, end]`` and write its table (see the module
     docstring); return the rows written (0 empties the range).
@@ -156,12 +157,14 @@ def run_model(
     current snapshot, and the written table is re-registered, so later models on the same
     connection read it. ``engine`` (default the setting ``batch.engine``): ``"spark"`` runs a
     SQL model on Spark SQL (:mod:`headwater.models.spark`); a Python model always runs on
-    DuckDB. Raises the classes of the module docstring, and :class:`InvalidInputError` if
-    ``start > end``."""
+    DuckDB. ``lake``: ``home``'s lake, to share its open tables between runs (a new one if
+    not given). ``full``: part of a full rebuild (a model that updates its own table from its
+    inputs' new rows starts over, :attr:`headwater.models.dag.Run.full`). Raises the classes of
+    the module docstring, and :class:`InvalidInputError` if ``start > end``."""
     if start > end:
         raise InvalidInputError(f"start: {start} is after end {end}", field="start")
     engine = engine or home.settings.batch.engine
-    lake = Lake.of(home)
+    lake = lake or Lake.of(home)
     own = con is None
     con = con or sql.connect(lake)
     try:
@@ -178,7 +181,7 @@ def run_model(
                 if model.cumulative:  # its own latest partition before start: fresh, it was just written
                     sql.register(con, lake, model.table)
                 if model.compute is not None:
-                    output = model.compute(Run(lake, con, model_config.load(home), start, end))
+                    output = model.compute(Run(lake, con, model_config.load(home), start, end, full))
                 else:
                     text = model.sql(home)
                     params = {k: v for k, v in (("start", start), ("end", end)) if f"${k}" in text}  # unused ones are refused
@@ -212,16 +215,21 @@ def build(
     and the late-data sensor keep them so), so a daily build of day N runs silver on N, the
     cumulative states on N from their partition of N-1, and gold on what N changes (the
     retention cohorts of the year before N, yesterday's sessions, the funnels of the week
-    before): the states and gold do not grow with history (the identity map, the dimensions
-    and silver's dedup key scan still read all of bronze / silver). An earlier range (a
+    before): the states and gold do not grow with history, nor do silver's dedup (a window of
+    days), the identity links (updated from the new bronze days) or the user and device
+    dimensions (updated from the new silver days). What still does: the identity map is
+    resolved over the whole link graph (it grows with the identifiers), ``silver.dim_experiment``
+    and ``silver.conversions`` read every exposure, and ``gold.retention`` rewrites the cohorts
+    of up to a year before. An earlier range (a
     backfill, late data) restates the states and their readers forward to the last day they
     hold; a state that holds nothing yet, or stops before ``start``, is built from where it
     stops (or the first bronze day) first.
     Rows that landed in bronze since the last build (its version is kept in
-    ``<home>/checkpoints/batch``) for days built before, and silver days whose ``person_id``
-    the identity map now gives otherwise (a late identify stitching anonymous days,
-    :func:`identity_stale_days`), are restated with everything after them in the states and
-    gold, so the result equals a full rebuild.
+    ``<home>/checkpoints/batch``) for days built before, the days sharing a dedup key with
+    them, and silver days whose ``person_id`` the identity map now gives otherwise (a late
+    identify stitching anonymous days) are restated with everything after them in the
+    states and gold, so the result equals a full rebuild (:mod:`headwater.models.restate`
+    finds those days without reading all history).
     ``full``: trust nothing built before, rebuild every span of bronze from its first day
     (``headwater batch --full-rebuild``); :class:`InvalidInputError` with a range.
 
@@ -238,7 +246,7 @@ def build(
     written: each is consistent on its own)."""
     if full and (start is not None or end is not None):
         raise InvalidInputError("full: a full rebuild covers every day of bronze.events; give no range", field="full")
-    lake = Lake.of(home)
+    lake = Lake.of(home, keep_open=True)  # one handle per table for the whole build (runs are sequential)
     if not lake.exists("bronze.events"):
         raise NotFoundError(f"bronze.events does not exist yet in {lake.root}: nothing to build (ingest events first)",
                             field="bronze.events")
@@ -257,89 +265,93 @@ def build(
         gap = max([TRAILING_DAYS, *(m.lookback_days for m in models)]) + 1
         spans = data_spans(days, start, end, gap) or [(start or bounds[0], end or bounds[1])]
     floor, ceiling = bounds or (None, None)
-    version, seen = lake.version("bronze.events"), _load_cursor(home)
+    version, base = lake.version("bronze.events"), restate.load_baseline(home)
+    # the stored map says what silver holds only if the map table is still the one it was read from
+    map_version = lake.version("silver.identity_map") if lake.exists("silver.identity_map") else None
+    trusted_map = base.identity_map if base.map_version == map_version else None
     written: dict[str, int] = {}
     con = sql.connect(lake)
     try:
         rebuilt: list[tuple[dt.date, dt.date]] = []  # the silver.events ranges run so far
 
-        def run(runs: list[tuple[Model, dt.date, dt.date]]) -> None:
+        def run(runs: list[tuple[Model, dt.date, dt.date]], first_span: bool = False,
+                stitched: set[dt.date] | frozenset[dt.date] = frozenset()) -> None:
+            """``stitched``: days whose silver rows are up to date but for their persons."""
             for model, s, e in runs:
-                if model.table == "silver.events":
+                stitch = model.table == "silver.events" and all(s + dt.timedelta(days=i) in stitched
+                                                                for i in range((e - s).days + 1))
+                if model.table == "silver.events" and not stitch:
                     rebuilt.append((s, e))
                 t0 = time.perf_counter()
-                rows = run_model(home, model, s, e, con, engine)
+                if stitch:
+                    rows = restitch(lake, con, model, s, e)
+                else:
+                    rows = run_model(home, model, s, e, con, engine, lake=lake, full=full and first_span)
                 written[model.table] = written.get(model.table, 0) + rows
                 if progress:
                     span = f"{s}..{e}" if model.partitioned else "(whole table)"
-                    progress(f"{model.table} {span}: {rows} rows in {time.perf_counter() - t0:.2f} s")
+                    what = "rows re-stitched" if stitch else "rows"
+                    progress(f"{model.table} {span}: {rows} {what} in {time.perf_counter() - t0:.2f} s")
 
         for i, (s, e) in enumerate(spans):
             # A full build trusts what it built itself only (its earlier spans). A later span
             # is its own floor: no data lies between spans, so a state is rolled over the gap.
             stored = None if full and i == 0 else _stored(lake, models)
-            run(plan(s, e, models, floor=floor if i == 0 else s, ceiling=ceiling, stored=stored))
+            run(plan(s, e, models, floor=floor if i == 0 else s, ceiling=ceiling, stored=stored), first_span=i == 0)
         if not full:
-            # Late rows for days built before, and retroactive stitching (silver days whose
-            # person_id the identity map now gives otherwise): those silver days, and the
-            # states and gold after them, are restated.
+            # Late rows for days built before, the days sharing a dedup key with them, and
+            # retroactive stitching (silver days whose person_id the identity map now gives
+            # otherwise): those silver days, and the states and gold after them, are restated.
+            t0 = time.perf_counter()
             held = lake.ds_range("silver.events")
-            late = [d for d in (_added_days(lake, seen) if seen is not None else [])
-                    if held and d <= held[1] and not any(s <= d <= e for s, e in rebuilt)]
-            if stale := sorted(set(late) | set(identity_stale_days(home, con))):
+            added = [] if base.bronze_version is None else added_days(lake, "bronze.events", base.bronze_version)
+            added = days if added is None else added
+            late = set(added) | set(restate.dedup_neighbor_days(con, added) if held and added else [])
+            late = {d for d in late if held and held[0] <= d <= held[1] and not any(s <= d <= e for s, e in rebuilt)}
+            _registered(con, lake, ("silver.events", "silver.identity_map", "silver.person_state"), "build")
+            remapped = restate.remapped_days(con, trusted_map) if trusted_map is not None else identity_stale_days(home, con)
+            if progress:
+                progress(f"restatement check: {len(late)} late, {len(remapped)} re-stitched days in {time.perf_counter() - t0:.2f} s")
+            if stale := sorted(late | set(remapped)):
                 # silver and what reads it day by day on the stale days only; the states (and
                 # what reads them) forward from the first; the whole-table models once
                 readers = _downstream(models, "silver.events")
                 stateful = {t for m in readers if m.cumulative for t in (x.table for x in _downstream(models, m.table))}
                 flat = tuple(m for m in readers if m.table not in stateful and m.partitioned)
-                for s, e in data_spans(stale, None, None, 1):
-                    run(plan(s, e, flat, floor=floor, ceiling=ceiling, stored=_stored(lake, models)))
+                stored = _stored(lake, models)
+                spans_runs = [r for s, e in data_spans(stale, None, None, 1)
+                              for r in plan(s, e, flat, floor=floor, ceiling=ceiling, stored=stored)]
+                # days only re-stitched keep their silver rows: only their person_id is rewritten
+                run(_merged(flat, spans_runs), stitched=set(remapped) - late)
                 states = tuple(m for m in readers if m.table in stateful)
                 run(plan(stale[0], stale[0], states, floor=floor, ceiling=ceiling, stored=_stored(lake, models)))
                 run([(m, stale[0], stale[0]) for m in readers if not m.partitioned])
+        restate.save_baseline(home, lake, con, version)  # only once everything above is written
     finally:
         con.close()
-    _save_cursor(home, version)
     return written
-
-
-def _cursor_path(home: Home) -> Path:
-    return home.checkpoint_dir("batch") / "bronze_version"
-
-
-def _load_cursor(home: Home) -> int | None:
-    """The ``bronze.events`` version the last completed build saw, ``None`` if none."""
-    path = _cursor_path(home)
-    return int(path.read_text()) if path.is_file() else None
-
-
-def _save_cursor(home: Home, version: int) -> None:
-    """Record ``version`` as seen (written after a build completed: a killed build re-checks)."""
-    path = _cursor_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(str(version))
-    tmp.replace(path)
-
-
-def _added_days(lake: Lake, since: int) -> list[dt.date]:
-    """The ``ds`` of rows added to ``bronze.events`` after version ``since`` (the data files of
-    the current snapshot not in that one: exact for appends, conservative for a compaction);
-    every ``ds`` if that version cannot be loaded any more."""
-    files = lake.add_actions("bronze.events")
-    try:
-        before = lake.add_actions("bronze.events", since).column("path")
-        files = files.filter(pc.invert(pc.is_in(files.column("path"), value_set=before)))
-    except NotFoundError:
-        pass
-    counts = files.column("num_records")
-    files = files.filter(pc.or_kleene(pc.is_null(counts), pc.greater(counts, 0)))
-    return pc.unique(files.column("partition.ds").cast(pa.date32())).to_pylist()
 
 
 def _stored(lake: Lake, models: tuple[Model, ...]) -> dict[str, tuple[dt.date, dt.date] | None]:
     """``{table: (first, last) ds holding rows}`` of the partitioned models (from the Delta logs)."""
     return {m.table: lake.ds_range(m.table) for m in models if m.partitioned}
+
+
+def _merged(models: tuple[Model, ...], runs: list[tuple[Model, dt.date, dt.date]]) -> list[tuple[Model, dt.date, dt.date]]:
+    """``runs`` (of several plans) as one run per model and run of overlapping or adjacent
+    days, in ``models`` order: a model whose change reaches every later day (an exposure: the
+    later conversions) runs once from its first day, not once per plan."""
+    out = []
+    for model in models:
+        spans = sorted((s, e) for m, s, e in runs if m.table == model.table)
+        joined: list[list[dt.date]] = []
+        for s, e in spans:
+            if joined and s <= joined[-1][1] + dt.timedelta(days=1):
+                joined[-1][1] = max(joined[-1][1], e)
+            else:
+                joined.append([s, e])
+        out += [(model, s, e) for s, e in joined]
+    return out
 
 
 def _downstream(models: tuple[Model, ...], table: str) -> tuple[Model, ...]:
@@ -366,6 +378,29 @@ def data_spans(days: list[dt.date], start: dt.date | None, end: dt.date | None, 
     return [(a, b) for a, b in spans]
 
 
+# silver.events rows with the person the current identity map gives them (silver/events.sql's rule)
+_MAPPED = """FROM silver.events AS e
+            LEFT JOIN silver.identity_map AS mu ON mu.id = e.user_id
+            LEFT JOIN silver.identity_map AS ma ON ma.id = e.anonymous_id"""
+_PERSON = "CASE WHEN e.user_id IS NOT NULL THEN coalesce(mu.person_id, e.user_id) ELSE coalesce(ma.person_id, e.anonymous_id) END"
+
+
+def restitch(lake: Lake, con: duckdb.DuckDBPyConnection, model: Model, start: dt.date, end: dt.date) -> int:
+    """Rewrite ``silver.events`` (``model``) days ``[start, end]`` from themselves with the
+    ``person_id`` the current ``silver.identity_map`` gives (both held by ``con``; the table is
+    re-registered after): what running the model gives on days whose bronze rows did not
+    change, without reading bronze or deduplicating again. One partition overwrite; returns
+    the rows written."""
+    rows = con.sql(
+        f"SELECT e.* REPLACE ({_PERSON} AS person_id) {_MAPPED} WHERE e.ds BETWEEN $start AND $end",
+        params={"start": start, "end": end},
+    ).to_arrow_reader()
+    with _errors(model):
+        written = write_result(lake, model, Output(rows), start, end)
+    sql.register(con, lake, model.table)
+    return written
+
+
 def identity_stale_days(home: Home, con: duckdb.DuckDBPyConnection | None = None) -> list[dt.date]:
     """The ``ds`` of ``silver.events`` holding an event whose stored ``person_id`` differs from
     what the current ``silver.identity_map`` gives (the rule of ``silver/events.sql``): the
@@ -381,13 +416,10 @@ def identity_stale_days(home: Home, con: duckdb.DuckDBPyConnection | None = None
     try:
         _registered(con, lake, needs, "identity_stale_days")
         rows = con.sql(
-            """
+            f"""
             SELECT DISTINCT e.ds
-            FROM silver.events AS e
-            LEFT JOIN silver.identity_map AS mu ON mu.id = e.user_id
-            LEFT JOIN silver.identity_map AS ma ON ma.id = e.anonymous_id
-            WHERE e.person_id IS DISTINCT FROM CASE WHEN e.user_id IS NOT NULL THEN coalesce(mu.person_id, e.user_id)
-                                                    ELSE coalesce(ma.person_id, e.anonymous_id) END
+            {_MAPPED}
+            WHERE e.person_id IS DISTINCT FROM {_PERSON}
             ORDER BY e.ds
             """
         ).fetchall()

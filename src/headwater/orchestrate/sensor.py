@@ -8,7 +8,7 @@ Every evaluation (each 30 s under ``dagster-daemon``) looks at what changed sinc
    cursor the sensor starts from the
    oldest ``input_versions[table]`` recorded by the latest materialisation of each model
    reading the table (what the last build saw), else from the current version;
-2. when ``silver.identity_map`` has a new version since the cursor (it is rebuilt whole by
+2. when ``silver.identity_map`` has a new version since the cursor (it is updated by
    any run — a late ``identify``, or one today that stitches last week's anonymous events),
    the ``silver.events`` days whose stored ``person_id`` no longer matches it
    (:func:`headwater.models.run.identity_stale_days`): retroactive stitching, restated;

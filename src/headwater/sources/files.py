@@ -27,7 +27,8 @@ the column and the rule (CSV / Parquet: ``row N`` = the N-th data row read, head
 rejected lines not counted; JSON lines: ``line N``). Good rows of the file are imported either way.
 
 Re-importing a file (after a crash mid-import, or by mistake) gives the same event ids: on
-the live path the stream's dedup drops them within its TTL, ``silver.events`` exactly; the
+the live path the stream's dedup drops them within its TTL, ``silver.events`` within
+``models.config.DEDUP_DAYS`` days of event time (a re-import keeps event times); the
 bulk path resumes after its last committed chunk and drops ids bronze already holds.
 Memory: DuckDB holds the mapped rows of the whole file (it spills to disk when they exceed
 its memory limit).

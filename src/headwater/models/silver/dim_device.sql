@@ -13,15 +13,18 @@
 -- $os_name or $os, $os_version, $app_version). Each is the latest non-null value sent by the
 -- device (event time, then event_id, then source).
 --
--- SCD type 1, rebuilt whole on every run: a device's attributes are overwritten with their
--- latest values, no history kept. The history is already on the facts: every event keeps
--- the context it was sent with (silver.events.context), so "conversions by the app version
+-- SCD type 1: a device's attributes are overwritten with their latest values, no history
+-- kept. The history is already on the facts: every event keeps the context it was sent with (silver.events.context), so "conversions by the app version
 -- they happened on" reads the event, not this table; what a dimension adds is the device's
 -- current state ("which OS version are our devices on now"), and an SCD2 version per app or
 -- OS upgrade would grow with every release for no question the facts cannot answer. (Traits
 -- are different: they come only with identify calls, not on each event, so silver.dim_user
 -- keeps their history as SCD2.)
--- Reads all of silver.events (history = true). Parameters: none.
+-- Updated, not rebuilt (a Python model runs this SQL: headwater.models.dag._dim_device): with
+-- $merge, the stored table is merged with the devices of silver.events days [$start, $end],
+-- which all come after every event it holds (the model checks), so a device seen again takes
+-- the newer values, keeps its first_seen_at and an attribute the new days did not send;
+-- without $merge, the devices of those days alone ($start, $end spanning all of silver).
 WITH device_events AS (
     SELECT
         anonymous_id,
@@ -42,7 +45,8 @@ WITH device_events AS (
         coalesce(json_extract_string(context, '$.app.version'),
                  json_extract_string(properties, '$."$app_version"')) AS app_version
     FROM silver.events
-    WHERE anonymous_id IS NOT NULL
+    WHERE ds BETWEEN $start AND $end
+      AND anonymous_id IS NOT NULL
       AND person_id IS NOT NULL
 ),
 latest AS (
@@ -63,17 +67,23 @@ latest AS (
         PARTITION BY anonymous_id ORDER BY event_ts, event_id, source
         ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING
     )
+),
+news AS (
+    SELECT * FROM latest WHERE n = 1
+),
+prior AS (
+    SELECT * FROM silver.dim_device WHERE $merge
 )
 SELECT
-    anonymous_id,
-    person_id,
-    platform,
-    device_type,
-    device_model,
-    os_name,
-    os_version,
-    app_version,
-    first_seen_at,
-    last_seen_at
-FROM latest
-WHERE n = 1
+    coalesce(n.anonymous_id, p.anonymous_id) AS anonymous_id,
+    coalesce(n.person_id, p.person_id) AS person_id,
+    coalesce(n.platform, p.platform) AS platform,
+    coalesce(n.device_type, p.device_type) AS device_type,
+    coalesce(n.device_model, p.device_model) AS device_model,
+    coalesce(n.os_name, p.os_name) AS os_name,
+    coalesce(n.os_version, p.os_version) AS os_version,
+    coalesce(n.app_version, p.app_version) AS app_version,
+    coalesce(p.first_seen_at, n.first_seen_at) AS first_seen_at,
+    coalesce(n.last_seen_at, p.last_seen_at) AS last_seen_at
+FROM news AS n
+FULL OUTER JOIN prior AS p ON p.anonymous_id = n.anonymous_id
