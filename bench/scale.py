@@ -17,7 +17,9 @@
    (executors write, the driver commits one overwrite; its inputs, the identity models, are
    built first on DuckDB, untimed). A small untimed warm-up run first.
 4. Figures: events/s of each phase at 1 and 2 workers, ``speedup`` = t(1) / t(2), and
-   ``efficiency`` = speedup / 2 (1.0 = linear). This machine has 2 cores, which the driver,
+   ``efficiency`` = speedup / 2 (1.0 = linear); and ``*_eps_per_executor_core``: events per
+   CPU-second of the executors (JVMs and Python workers, from ``/proc``) in the 2-worker run,
+   the per-core figure of ``docs/scaling.md``. This machine has 2 cores, which the driver,
    the JVM daemons and the 2 executors share: efficiency here is a lower bound of what
    separate machines give.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import tempfile
 import time
@@ -59,6 +62,32 @@ def fill(home: Home, n: int, seed: int) -> None:
     log.close()
 
 
+def executors_cpu_s() -> float:
+    """CPU seconds (user + system, with reaped children's) of the Spark executors on this
+    machine: each ``CoarseGrainedExecutorBackend`` JVM and its descendants (the Python
+    workers), from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats, children = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        pid = int(entry)
+        stats[pid] = (sum(int(f) for f in fields[11:15]), b"CoarseGrainedExecutorBackend" in cmd)
+        children.setdefault(int(fields[1]), []).append(pid)
+    total, stack = 0, [pid for pid, (_, executor) in stats.items() if executor]
+    while stack:
+        pid = stack.pop()
+        total += stats[pid][0]
+        stack += children.get(pid, [])
+    return total / tick
+
+
 def job(spark, home: str, log_url: str, warm_home: str, batch_events: int) -> dict:
     """Driver (on the cluster): warm up on ``warm_home``'s own log, then the timed stream
     phase over ``log_url`` into ``home`` and the timed batch phase on that bronze."""
@@ -70,9 +99,9 @@ def job(spark, home: str, log_url: str, warm_home: str, batch_events: int) -> di
     pipeline = for_spark(DEFAULT_PIPELINE)
     SparkPipeline(spark, Home(Path(warm_home)), pipeline, SparkConfig()).run_available_now()
     target = Home(Path(home))
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), executors_cpu_s()
     queries = SparkPipeline(spark, target, pipeline, SparkConfig(max_records_per_partition=batch_events), log_url=log_url).run_available_now()
-    stream_s = time.perf_counter() - t
+    stream_s, stream_cpu = time.perf_counter() - t, executors_cpu_s() - cpu
     rows = sum(p["numInputRows"] for p in queries[0].recentProgress)
     from headwater.lake.store import Lake
 
@@ -88,10 +117,11 @@ def job(spark, home: str, log_url: str, warm_home: str, batch_events: int) -> di
             todo += by_table[table].inputs
     for table in [m.table for m in MODELS if m.table in upstream]:
         run_model(target, by_table[table], days[0], days[-1], engine="duckdb")
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), executors_cpu_s()
     run_model(target, model, days[0], days[-1], engine="spark")
-    batch_s = time.perf_counter() - t
-    return {"stream_seconds": stream_s, "stream_rows": rows, "batch_seconds": batch_s, "silver_rows": Lake.of(target).row_count("silver.events")}
+    batch_s, batch_cpu = time.perf_counter() - t, executors_cpu_s() - cpu
+    return {"stream_seconds": stream_s, "stream_executor_cpu_s": stream_cpu, "stream_rows": rows, "batch_seconds": batch_s,
+            "batch_executor_cpu_s": batch_cpu, "silver_rows": Lake.of(target).row_count("silver.events")}
 
 
 def main() -> None:
@@ -130,6 +160,8 @@ def main() -> None:
             out[f"{phase}_eps_2_workers"] = round(n / t2)
             out[f"{phase}_speedup"] = round(t1 / t2, 2)
             out[f"{phase}_efficiency"] = round(t1 / t2 / 2, 2)
+            # per core: events per CPU-second of the executors (their JVMs and Python workers)
+            out[f"{phase}_eps_per_executor_core"] = round(n / max(runs[2][f"{phase}_executor_cpu_s"], 1e-9))
         out["silver_rows"] = runs[2]["silver_rows"]
         out["cluster"] = "spark standalone on 127.0.0.1: master + N workers x (1 core, 1536 MB executors); driver in its own process"
     print(json.dumps(out))
