@@ -80,8 +80,14 @@ def _register_worker(args) -> int:
 def test_concurrent_registrations_from_processes(store_url):
     home, url = store_url
     titles = [f"writer {i}" for i in range(6)]
-    with multiprocessing.get_context("spawn").Pool(3) as pool:
-        got = pool.map(_register_worker, [(str(home.root), url, t) for t in titles])
+    pool = multiprocessing.get_context("spawn").Pool(3)
+    try:
+        got = pool.map(_register_worker, [(str(home.root), url, t) for t in titles], chunksize=1)
+    finally:
+        # close + join lets the workers exit on their own; the with-statement's terminate()
+        # SIGTERMs them, and one caught at interpreter shutdown hung join() (seen once, loaded)
+        pool.close()
+        pool.join()
     assert sorted(got) == [1, 2, 3, 4, 5, 6]  # each its own version, none lost or doubled
     os.environ["HEADWATER_REGISTRY_URL"] = url
     try:
