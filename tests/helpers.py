@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -26,6 +25,17 @@ from headwater.log import EventLog, open_log
 from headwater.log.base import Append
 from headwater.log.sqlite import SqliteLog
 from headwater.runtime import free_port, wait_http
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM ``proc`` (a graceful stop) if it still runs; SIGKILL it after ``timeout`` s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 @dataclass
 class CollectorProcess:
@@ -53,13 +63,7 @@ class CollectorProcess:
         """SIGTERM (graceful: pending appends are committed), SIGKILL after ``timeout``."""
         if self._log is not None:
             self._log.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         return self.proc.returncode
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from headwater.runtime import free_port
+from tests.helpers import terminate
 
 
 def tansu() -> Path:
@@ -62,13 +63,8 @@ class KafkaBroker:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
 
     def restart(self) -> None:
         """Stop and start again on the same port and storage."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headwater.runtime import free_port
+from tests.helpers import terminate
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -81,13 +82,7 @@ class S3Server:
         return name
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 def start_s3(timeout_s: float = 60.0, env: dict[str, str] | None = None) -> S3Server:
