@@ -10,7 +10,8 @@ anonymous id, event name, ISO timestamp (CSV) / timestamp (Parquet), three prope
   as Arrow record batches (the reader alone: the floor of any DuckDB-based import);
 - ``bulk``: :func:`headwater.sources.files.import_file` ``mode="bulk"`` into a fresh home —
   read, map, validate, derive event ids, tokenise ids (HMAC), contracts, PII policy, dedup
-  against bronze, and one Delta commit per 500,000-row chunk into ``bronze.events`` (the
+  against bronze, Parquet written by two worker threads, and one Delta commit per chunk
+  (at most 500,000 rows: :func:`headwater.sources.bulk.chunk_size`) into ``bronze.events`` (the
   path history takes; the restatement that ``headwater import`` runs after it is the batch
   build, measured by bench/batch.py);
 - ``live``: the same into the event log (Arrow IPC, durable SQLite appends), for reference:

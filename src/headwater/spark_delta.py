@@ -44,7 +44,7 @@ import re
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -85,19 +85,21 @@ class Target:
     (:meth:`Lake.filesystem`; picklable); ``schema``: the table's Arrow schema, partition
     columns included — every batch is selected and cast to it on the executor; ``partition_by``: the partition columns (Hive
     directories, not stored in the files); ``prefix``: a subdirectory of the table directory
-    to write under instead (staging files that no add action will reference)."""
+    to write under instead (staging files that no add action will reference); ``parquet``:
+    ``pyarrow.parquet.ParquetWriter`` options (default: Snappy, dictionaries on)."""
 
     name: str
     filesystem: pafs.FileSystem
     schema: pa.Schema
     partition_by: tuple[str, ...] = ()
     prefix: str = ""
+    parquet: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, lake: Lake, table: str, schema: pa.Schema, prefix: str = "") -> Target:
+    def of(cls, lake: Lake, table: str, schema: pa.Schema, prefix: str = "", parquet: dict | None = None) -> Target:
         """``table``'s target in ``lake``: its filesystem (local or object store), partitioned
         as the catalog declares."""
-        return cls(table, lake.filesystem(table), schema, tuple(catalog.spec(table).partition_by), prefix)
+        return cls(table, lake.filesystem(table), schema, tuple(catalog.spec(table).partition_by), prefix, parquet or {})
 
 
 # -- on the executors ---------------------------------------------------------------------
@@ -143,6 +145,13 @@ class _TargetFiles:
             self._file(()).write(part)
             return
         table = pa.Table.from_batches([part]) if isinstance(part, pa.RecordBatch) else part
+        if len(by) == 1:  # rows clustered by their partition (a sorted batch): zero-copy slices
+            runs = pc.run_end_encode(table[by[0]].combine_chunks())
+            values, ends = runs.values.to_pylist(), runs.run_ends.to_pylist()
+            if len(set(values)) == len(values):
+                for v, start, end in zip(values, [0, *ends], ends):
+                    self._file((v,)).write(table.slice(start, end - start).drop_columns(list(by)))
+                return
         for key in table.select(list(by)).group_by(list(by)).aggregate([]).to_pylist():
             mask = functools.reduce(pc.and_, (pc.is_null(table[c]) if key[c] is None else pc.equal(table[c], pa.scalar(key[c], table[c].type)) for c in by))
             self._file(tuple(key[c] for c in by)).write(table.filter(mask).drop_columns(list(by)))
@@ -152,8 +161,10 @@ class _TargetFiles:
         if f is None:
             partition = {c: _partition_text(v) for c, v in zip(self.target.partition_by, values)}
             dirs = [f"{c}={HIVE_NULL if v is None else v}" for c, v in partition.items()]
-            path = "/".join([*filter(None, [self.target.prefix.strip("/")]), *dirs, f"part-{uuid.uuid4()}.snappy.parquet"])
-            f = self.open[values] = _File(self.target.filesystem, path, self.data_schema, partition)
+            options = {"compression": "snappy", **self.target.parquet}
+            name = f"part-{uuid.uuid4()}.{options['compression']}.parquet"
+            path = "/".join([*filter(None, [self.target.prefix.strip("/")]), *dirs, name])
+            f = self.open[values] = _File(self.target.filesystem, path, self.data_schema, partition, options)
         return f
 
     def close(self) -> list[dict]:
@@ -174,14 +185,14 @@ def _partition_text(value: object) -> str | None:
 class _File:
     """One Parquet file being written, with its Delta statistics."""
 
-    def __init__(self, fs: pafs.FileSystem, path: str, schema: pa.Schema, partition: dict[str, str | None]):
+    def __init__(self, fs: pafs.FileSystem, path: str, schema: pa.Schema, partition: dict[str, str | None], options: dict):
         self.fs, self.path, self.partition = fs, path, partition
         try:
             self.sink = fs.open_output_stream(path)
         except FileNotFoundError:  # a local directory not made yet (object stores have none)
             fs.create_dir(path.rpartition("/")[0] or ".", recursive=True)
             self.sink = fs.open_output_stream(path)
-        self.writer = pq.ParquetWriter(self.sink, schema, compression="snappy")
+        self.writer = pq.ParquetWriter(self.sink, schema, **options)
         self.pending: list[pa.Table] = []
         self.buffered = self.rows = 0
         self.stats = {f.name: _ColumnStats(f.type) for f in schema}
@@ -291,9 +302,15 @@ def write(df, targets: Sequence[Target], transform: Transform | None = None) -> 
         if error is e:
             raise
         raise error from e
-    adds: list[list[AddAction]] = [[] for _ in targets]
+    return add_actions(rows, len(targets))
+
+
+def add_actions(rows: Sequence, targets: int) -> list[list[AddAction]]:
+    """The add actions of :data:`ADD_SCHEMA` ``rows`` (Spark rows or dicts: indexed by field
+    name) per target, for ``targets`` targets."""
+    adds: list[list[AddAction]] = [[] for _ in range(targets)]
     for r in rows:
-        adds[r.target].append(AddAction(r.path, r.size, json.loads(r.partition_values), r.modification_time, True, r.stats))
+        adds[r["target"]].append(AddAction(r["path"], r["size"], json.loads(r["partition_values"]), r["modification_time"], True, r["stats"]))
     return adds
 
 

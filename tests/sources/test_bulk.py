@@ -99,29 +99,36 @@ def test_a_failed_commit_stops_the_import_and_a_rerun_resumes_it_exactly(tmp_pat
     history_csv(path)
     clean, crashed = new_home(tmp_path / "clean"), new_home(tmp_path / "crashed")
     first = import_file(clean, path, MAP, mode="bulk", chunk_rows=40)
-    real = Lake.append_once
+    real = Lake.commit_files
     calls = []
 
-    def failing(self, table, data, **kw):
+    def failing(self, table, adds, schema, **kw):
         calls.append(table)
         if len(calls) == 5:
             raise OSError("disk full")
-        real(self, table, data, **kw)
+        real(self, table, adds, schema, **kw)
 
-    monkeypatch.setattr(Lake, "append_once", failing)
+    monkeypatch.setattr(Lake, "commit_files", failing)
     with pytest.raises(OSError, match="disk full"):
         import_file(crashed, path, MAP, mode="bulk", chunk_rows=40)
-    monkeypatch.setattr(Lake, "append_once", real)
+    monkeypatch.setattr(Lake, "commit_files", real)
     assert bulk.record(crashed, bulk.import_id(path, "csv", "import", MAP, 40)) is None  # not finished
     again = import_file(crashed, path, MAP, mode="bulk", chunk_rows=40)
     assert 0 < again.resumed < again.chunks and again.restate
     assert (again.first_day, again.last_day) == (first.first_day, first.last_day)  # the committed chunks' days too
-    for table in ("bronze.events", "bronze.bad_rows"):
-        cols = "* EXCLUDE (received_at)" if table == "bronze.events" else "* EXCLUDE (received_at, ds)"
-        rows = lambda h: sorted(map(str, query(h, f"SELECT {cols} FROM {table}").to_pylist()))  # noqa: E731
-        assert rows(crashed) == rows(clean)
+
+    def tables(h: Home) -> list[list[str]]:
+        return [sorted(map(str, query(h, f"SELECT {cols} FROM {table}").to_pylist()))
+                for table, cols in (("bronze.events", "* EXCLUDE (received_at)"), ("bronze.bad_rows", "* EXCLUDE (received_at, ds)"))]
+
+    assert tables(crashed) == tables(clean)
     ids = query(crashed, "SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM bronze.events").to_pylist()
     assert ids[0]["n"] == ids[0]["ids"]
+    # The files of the chunks that never committed are in no Delta version: a vacuum takes them.
+    lake = Lake.of(crashed)
+    orphans = lake.vacuum("bronze.events", 0) + lake.vacuum("bronze.bad_rows", 0)
+    assert orphans and all(p.endswith(".zstd.parquet") for p in orphans)
+    assert tables(crashed) == tables(clean)
 
 
 def test_reimports_are_deduplicated_against_bronze_and_within_the_file(tmp_path):
@@ -212,9 +219,18 @@ def test_one_process_at_a_time_runs_an_import(tmp_path):
     home = new_home(tmp_path / "home")
     path = tmp_path / "history.csv"
     history_csv(path, users=5)
-    held = filelock.FileLock(str(bulk.record_path(home, bulk.import_id(path, "csv", "import", MAP, bulk.CHUNK_ROWS))) + ".lock")
+    held = filelock.FileLock(str(bulk.record_path(home, bulk.import_id(path, "csv", "import", MAP, bulk.MIN_CHUNK_ROWS))) + ".lock")
     bulk.record_path(home, "x").parent.mkdir(parents=True)
     with held:
         with pytest.raises(ConflictError, match="running in another process"):
             import_file(home, path, MAP, mode="bulk")
     assert import_file(home, path, MAP, mode="bulk").accepted > 0
+
+
+def test_default_chunks_are_equal_a_multiple_of_the_workers_and_bounded():
+    assert bulk.chunk_size(10) == bulk.chunk_size(bulk.MIN_CHUNK_ROWS) == bulk.MIN_CHUNK_ROWS  # a small file: one chunk
+    for rows in (200_000, 1_000_000, 1_200_000, 5_000_000, 5_000_001):
+        size = bulk.chunk_size(rows)
+        chunks = -(-rows // size)
+        assert size <= bulk.CHUNK_ROWS and chunks % bulk.WORKERS == 0 and rows - (chunks - 1) * size > size - chunks
+    assert bulk.chunk_size(200_000) == 100_000 and bulk.chunk_size(1_200_000) == 300_000

@@ -117,6 +117,27 @@ def test_parquet_with_epoch_ms_json_properties_types_and_event_ids(home, tmp_pat
     ]
 
 
+
+def test_parquet_rows_are_numbered_in_file_order_across_row_groups_even_with_a_file_row_number_column(home, tmp_path, bronze):
+    # Row numbers come from the reader's file_row_number (a parallel scan); a file with a
+    # column of that name is numbered by row_number() instead, and keeps the column as a property.
+    bad = {3, 2500, 4999}
+    for name in ("numbered.parquet", "own_column.parquet"):
+        table = pa.table({
+            "user": [None if i in bad else f"u{i}" for i in range(1, 5001)],
+            "ts": [dt.datetime(2024, 3, 1, tzinfo=UTC) + dt.timedelta(seconds=i) for i in range(1, 5001)],
+        })
+        if name == "own_column.parquet":
+            table = table.append_column("file_row_number", pa.array(range(7, 5007)))
+        pq.write_table(table, tmp_path / name, row_group_size=1000)
+        counts = import_file(home, tmp_path / name, Mapping(timestamp="ts", user_id="user", event="user"), mode="bulk")
+        assert (counts.accepted, counts.rejected["envelope_violation"]) == (5000 - len(bad), len(bad))
+    reasons = sorted(r["reason"].split(":")[0] for r in bronze("SELECT reason FROM bronze.bad_rows"))
+    assert reasons == sorted(f"row {i}" for i in bad for _ in range(2))
+    props = bronze("SELECT properties FROM bronze.events WHERE user_id IS NOT NULL AND properties LIKE '%file_row_number%' LIMIT 1")
+    assert props and json.loads(props[0]["properties"])["file_row_number"] >= 7
+
+
 def test_jsonl_import_names_malformed_lines_and_keeps_good_ones(home, tmp_path, token, bronze, mode):
     path = tmp_path / "events.jsonl"
     lines = [

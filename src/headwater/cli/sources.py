@@ -61,7 +61,7 @@ _MAPPING_KEYS = ("user_id", "anonymous_id", "event", "timestamp", "timestamp_for
 @click.option("--restate/--no-restate", default=True, show_default=True,
               help="After a bulk import, rebuild silver and gold from the first imported day on (headwater batch --start DAY).")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
-              help="Rows per bulk chunk, 500,000 by default (one Delta commit each; a killed import resumes after its last committed chunk).")
+              help="Rows per bulk chunk; by default at most 500,000, in equal chunks that keep every import worker busy (one Delta commit each; a killed import resumes after its last committed chunk).")
 @_mapping_options({})
 @format_option
 def import_cmd(path: Path, input_format: str | None, source: str, bulk: bool | None, restate: bool, chunk_rows: int | None, fmt: str,

@@ -21,6 +21,7 @@ with their payload redacted. Its output goes to one of two sinks:
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -117,6 +118,13 @@ class Canonicalizer:
         self.id_columns = id_columns
         self.where, self.timestamp_column = where, timestamp_column
         self.future_tolerance_us = int(home.settings.collector.future_tolerance_h * 3_600_000_000)
+
+    def fork(self) -> Canonicalizer:
+        """A copy for another thread: the same source, policy and tokenizer (thread-safe),
+        its own contract validator (one per thread)."""
+        other = copy.copy(self)
+        other.validator = contracts.ContractValidator(self.validator.registry)
+        return other
 
     def prepare(self, mapped: pa.Table | pa.RecordBatch) -> Prepared:
         """Events and bad rows of one batch of :data:`~headwater.sources.mapping.MAPPED_COLUMNS`

@@ -88,14 +88,15 @@ def import_file(
     mode: str = "live",
     watermark_us: int | None = None,
     batch_rows: int = 200_000,
-    chunk_rows: int = bulk.CHUNK_ROWS,
+    chunk_rows: int | None = None,
     log: EventLog | None = None,
 ) -> Imported:
     """Import ``path`` as events of ``source``; returns what was done.
 
     ``mode``: ``live`` (into the event log, batches of ``batch_rows``: the stream processor
     takes them to bronze and the real-time tables), ``bulk`` (straight into bronze, chunks of
-    ``chunk_rows`` rows, each one Delta commit: :mod:`.bulk`) or ``auto`` (:func:`choose`:
+    ``chunk_rows`` rows, each one Delta commit; default :func:`.bulk.chunk_size` of the file's
+    rows: :mod:`.bulk`) or ``auto`` (:func:`choose`:
     bulk for a large file or history, events older than ``watermark_us``, µs since the epoch;
     default: now minus 10 minutes, the default pipeline's watermark delay). ``fmt``: ``csv``,
     ``jsonl`` or ``parquet`` (default: from the file name). ``log``: the event log of the live path.
@@ -116,13 +117,14 @@ def import_file(
         load(con, path, mapping, fmt, source)
         canon = Canonicalizer(home, source, protocol="import", context={"library": {"name": "headwater-import"}, "import": {"file": path.name}},
                               id_columns=mapping.id_columns(), where="line" if fmt == "jsonl" else "row", timestamp_column=mapping.timestamp)
+        count, oldest = con.execute("SELECT count(*), epoch_us(min(event_ts) FILTER (_error IS NULL)) FROM hw_import").fetchall()[0]
         if mode == "auto":
-            rows, oldest = con.execute("SELECT count(*), epoch_us(min(event_ts) FILTER (_error IS NULL)) FROM hw_import").fetchall()[0]
             if watermark_us is None:
                 watermark_us = time.time_ns() // 1000 - DEFAULT_WATERMARK_DELAY_US
-            mode = choose(rows, oldest, watermark_us)
+            mode = choose(count, oldest, watermark_us)
         ids, rows = indexed(con)
         if mode == "bulk":
+            chunk_rows = chunk_rows or bulk.chunk_size(count)
             return bulk.write(home, con, rows, canon, ids, import_id=bulk.import_id(path, fmt, source, mapping, chunk_rows),
                               chunk_rows=chunk_rows, explicit_ids=mapping.event_id is not None)
         tokens = canon.tokenizer.column(ids)
@@ -190,14 +192,29 @@ def _table_query(con: duckdb.DuckDBPyConnection, path: Path, mapping: Mapping, f
     columns = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {sniffed})").fetchall())
     check_columns(mapping, columns, path.name)
     if fmt == "parquet":
-        return _mapped(mapping, f"SELECT row_number() OVER () AS _row, NULL::VARCHAR AS _decode_error, * FROM {sniffed}", columns, "row", columns[mapping.timestamp])
+        return _mapped(mapping, _numbered_parquet(path, columns), columns, "row", columns[mapping.timestamp])
     # CSV: mapped columns are read as text, whatever DuckDB's sniffer guessed from its sample —
     # an id "007" stays "007", and a later non-numeric id cannot turn a good row into a
     # conversion error. Property columns keep their sniffed types (numbers stay numbers);
     # rows that fail those conversions are re-read as text (_csv_cast_retry).
     as_text = "{" + ", ".join(f"{lit(c)}: 'VARCHAR'" for c in mapping.roles().values()) + "}"
     scan = f"read_csv({lit(str(path))}, types = {as_text}, store_rejects = true, rejects_table = 'hw_rejects', rejects_scan = 'hw_rejects_scan')"
-    return _mapped(mapping, f"SELECT row_number() OVER () AS _row, NULL::VARCHAR AS _decode_error, * FROM {scan}", columns, "row", "VARCHAR")
+    # ``row_number() OVER ()`` runs on one thread, and so does every operator of its pipeline:
+    # numbered in a materialised CTE of its own, the scan alone is serial, the mapping is not.
+    numbered = (f"WITH hw_src AS MATERIALIZED (SELECT row_number() OVER () AS _row, * FROM {scan}) "
+                f"SELECT _row, NULL::VARCHAR AS _decode_error, * EXCLUDE (_row) FROM hw_src")
+    return _mapped(mapping, numbered, columns, "row", "VARCHAR")
+
+
+def _numbered_parquet(path: Path, columns: dict[str, str]) -> str:
+    """The rows of Parquet file ``path`` (of ``columns``) with ``_row`` (1, 2, … in file order)
+    and ``_decode_error``: from the reader's ``file_row_number``, which keeps the scan parallel
+    (``row_number() OVER ()`` puts the whole mapping on one thread) — unless the file has a
+    column of that name."""
+    if "file_row_number" in columns:
+        return f"SELECT row_number() OVER () AS _row, NULL::VARCHAR AS _decode_error, * FROM read_parquet({lit(str(path))})"
+    return (f"SELECT file_row_number + 1 AS _row, NULL::VARCHAR AS _decode_error, * EXCLUDE (file_row_number) "
+            f"FROM read_parquet({lit(str(path))}, file_row_number = true)")
 
 
 def _mapped(mapping: Mapping, rows: str, columns: dict[str, str], loc: str, ts_type: str) -> str:
