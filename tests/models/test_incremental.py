@@ -91,10 +91,25 @@ def test_daily_builds_equal_a_full_rebuild(daily, tmp_path):
     generate.write_day(home, EVENTS, day(DAYS), users=USERS)
     build(home, day(DAYS), day(DAYS), progress=lines.append)
     # day N reads day N: silver and the states run on that day only (identity stitching aside)
-    assert f"silver.person_state {day(DAYS)}..{day(DAYS)}" in [line.split(":")[0] for line in lines]
-    assert f"silver.events {day(DAYS)}..{day(DAYS)}" in [line.split(":")[0] for line in lines]
+    ran = [line.split(":")[0] for line in lines]
+    for table in ("silver.events", "silver.person_state", "silver.exposure_state", "silver.conversions"):
+        assert f"{table} {day(DAYS)}..{day(DAYS)}" in ran, (table, ran)
     want = checksums(full_rebuild(home, tmp_path / "full"))
-    assert want["silver.person_state"][0] > 0 and want["gold.retention"][0] > 0 and want["gold.experiments"][0] > 0
+    assert all(want[t][0] > 0 for t in ("silver.person_state", "silver.exposure_state", "gold.retention", "gold.experiments"))
+    # conversions on day N take variants from exposures of earlier days: through the state
+    lake = Lake.of(home)
+    con = sql.connect(lake)
+    try:
+        sql.register(con, lake, "silver.conversions")
+        sql.register(con, lake, "silver.exposures")
+        from_earlier_days = con.sql(
+            "SELECT count(*) FROM silver.conversions AS c WHERE c.ds = $d AND c.experiment_variants <> '{}' "
+            "AND NOT EXISTS (SELECT 1 FROM silver.exposures AS x WHERE x.person_id = c.person_id AND x.ds = $d)",
+            params={"d": day(DAYS)},
+        ).fetchall()[0][0]
+    finally:
+        con.close()
+    assert from_earlier_days > 0
     assert checksums(home) == want
 
 

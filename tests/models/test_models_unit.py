@@ -52,7 +52,11 @@ def test_sql_models_point_at_the_catalog_and_read_their_inputs():
         # string, e.g. the JSON path of PostHog's "$os" property, is not a parameter)
         placeholders = {p.name for p in sqlglot.parse_one(text, read="duckdb").find_all(sqlglot.exp.Placeholder)}
         want = {"start", "end", "merge"} if model.table in merged else {"start", "end"} if model.partitioned else set()
+        # the day of a state read comes from the Delta log (dag.parameters), not from a scan of the state
+        want |= {"prior"} if model.cumulative or model.state else set()
+        want |= {"horizon"} if model.table in ("gold.retention", "silver.dim_experiment") else set()
         assert placeholders == want, model.table
+        assert "max(ds)" not in text.lower(), model.table
 
 
 def test_earliest_delivery_wins_with_deterministic_ties(tmp_path):
@@ -139,9 +143,11 @@ def test_plan_widens_inputs_to_what_readers_read():
     # the trailing windows read the state of their own day only
     assert runs["silver.events"] == (d - days(days=2), d + days(days=2 + 366))  # the sessions of d-1 read d-2
     assert runs["silver.person_state"] == (d, d + days(days=2 + 366))
-    read_the_day_before = ("gold.sessions", "silver.conversions", "silver.exposures")  # by gold.conversions
+    read_the_day_before = ("gold.sessions", "silver.conversions")  # by gold.conversions
     assert all(runs[t] == (d - days(days=1), d + days(days=2)) for t in read_the_day_before)
-    widened = ("silver.events", "silver.person_state", *read_the_day_before)
+    # the conversions of d-1 read the exposure state of the day before, d-2
+    assert runs["silver.exposures"] == runs["silver.exposure_state"] == (d - days(days=2), d + days(days=2))
+    widened = ("silver.events", "silver.person_state", "silver.exposures", "silver.exposure_state", *read_the_day_before)
     assert all(runs[t] == (d, d + days(days=2)) for t in runs if t not in widened)
     # history readers (the dimensions, conversions) take silver from the floor, and so does a
     # cumulative state (it starts there); the ceiling clips
@@ -166,7 +172,7 @@ def test_an_incremental_plan_reads_day_n_and_the_state_of_n_minus_1():
     days = dt.timedelta
     stored = {m.table: (first, n - days(days=1)) for m in MODELS if m.partitioned}
     runs = {m.table: (s, e) for m, s, e in plan(n, n, floor=first, ceiling=n, stored=stored)}
-    one_day = ("silver.events", "silver.exposures", "silver.conversions", "silver.person_state",
+    one_day = ("silver.events", "silver.exposures", "silver.exposure_state", "silver.conversions", "silver.person_state",
                "silver.person_platform_state", "silver.experiment_state", "gold.events_hourly", "gold.active_users",
                "gold.active_users_by_platform", "gold.active_users_monthly", "gold.experiments")
     assert {t: runs[t] for t in one_day} == {t: (n, n) for t in one_day}
@@ -193,8 +199,9 @@ def test_affected_days_mirror_what_each_model_reads():
         "silver.dim_user": (None, None),
         "silver.dim_device": (None, None),
         "silver.exposures": (0, 0),
+        "silver.exposure_state": (0, None),
         "silver.dim_experiment": (None, None),
-        "silver.conversions": (0, None),  # an exposure gives the variant of every later conversion
+        "silver.conversions": (0, 1),  # an exposure of d: its day, and every later one through the state
         "gold.events_hourly": (0, 0),
         "gold.sessions": (-1, 1),
         "gold.sessions_daily": (0, 0),

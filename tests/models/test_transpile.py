@@ -11,7 +11,7 @@ import sqlglot
 from sqlglot.errors import ParseError
 
 from headwater.models import transpile
-from headwater.models.dag import MODELS
+from headwater.models.dag import MODELS, parameters
 from headwater.models.spark import view_name
 from headwater.models.transpile import FIXUPS, bind, literal, rename_tables, to_spark
 
@@ -183,6 +183,7 @@ def test_json_constant_path_is_left_to_sqlglot():
 @pytest.mark.parametrize("model", [m for m in MODELS if m.sql_file], ids=lambda m: m.table)
 def test_every_model_transpiles(model):
     sql = model.sql()
-    out = to_spark(sql, {"start": D1, "end": D2}, {t: view_name(t) for t in model.inputs})
-    assert "$start" not in out and ":start" not in out and "silver.events" not in out
+    params = parameters(model, sql, D1, D2, lambda table: [D1 - dt.timedelta(days=1), D1])  # states' days
+    out = to_spark(sql, params, {t: view_name(t) for t in model.inputs})
+    assert not any(f"${name}" in out for name in ("start", "end", "prior", "horizon")) and ":start" not in out and "silver.events" not in out
     sqlglot.parse_one(out, read="spark")  # the output is valid Spark SQL syntax

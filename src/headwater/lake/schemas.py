@@ -270,6 +270,20 @@ EXPERIMENT_STATE_SCHEMA = pa.schema(
     ]
 )
 
+# silver.exposure_state: one row per configured experiment, variant and person exposed by ds
+# (cumulative state as of ds): what silver.conversions and silver.dim_experiment read
+EXPOSURE_STATE_SCHEMA = pa.schema(
+    [
+        pa.field("experiment_id", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("person_id", pa.string(), nullable=False),
+        pa.field("first_exposed_at", TS, nullable=False),  # the person's first exposure to the variant (event time)
+        pa.field("last_exposed_at", TS, nullable=False),  # the latest (event time, then event_id)
+        pa.field("last_event_id", pa.string(), nullable=False),  # its event_id
+        pa.field("ds", pa.date32(), nullable=False),
+    ]
+)
+
 # -- the modeled layer: conversions fact, device and experiment dimensions ----------------
 REVENUE = pa.decimal128(38, 9)  # exact money: DECIMAL(38, 9) on DuckDB and Spark
 

@@ -18,6 +18,7 @@ configuration inlined as ``VALUES`` tables — the way dbt renders a model from 
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from typing import Any
 from headwater.config import Home
 from headwater.errors import InvalidInputError
 
-MAX_FUNNEL_WINDOW_HOURS = 168  # gold.funnels reads 7 days after its range (lookahead_days)
+MAX_FUNNEL_WINDOW_HOURS = 168  # gold.funnels reads at most 7 days after its range (funnel_lookahead_days)
 DEDUP_DAYS = 3  # silver.events compares an event's copies within this many days of event time ({{dedup_days}})
 DEFAULT_EXPOSURE_EVENT = "Experiment Viewed"  # Segment A/B testing spec
 DEFAULT_REVENUE_PROPERTY = "revenue"  # Segment's E-commerce spec (Order Completed.revenue)
@@ -199,6 +200,13 @@ def _funnel_steps(c: ModelConfig) -> str:
     return _values("funnel_steps", cols, rows)
 
 
+def funnel_lookahead_days(c: ModelConfig) -> int:
+    """Days after its entry day a funnel's last step may fall: the longest configured window
+    in whole days, rounded up (an entry at 23:59 with a 24-hour window converts the next day);
+    0 without funnels. ``gold.funnels`` reads and restates that many days after its range."""
+    return max((math.ceil(f.window_hours / 24) for f in c.funnels), default=0)
+
+
 def _funnel_event_names(c: ModelConfig) -> str:
     names = sorted({step for f in c.funnels for step in f.steps})
     return "(" + (", ".join(_literal(n) for n in names) or "NULL") + ")"  # IN (NULL) holds for no row
@@ -243,6 +251,7 @@ TABLES: dict[str, Callable[[ModelConfig], str]] = {
     "conversion_events": _conversion_events,  # event_name
     "revenue_property": _revenue_property,  # property (one row)
     "retention_events": _retention_events,  # start_event, return_event (one row; NULL: any event)
+    "funnel_lookahead_days": lambda c: str(funnel_lookahead_days(c)),  # a literal: gold.funnels' lookahead in days
     "dedup_days": lambda c: str(DEDUP_DAYS),  # a literal: silver.events' dedup window in days
 }
 

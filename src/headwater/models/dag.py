@@ -26,12 +26,14 @@ ranges with :func:`plan`.
 
 Cumulative state keeps a daily build's cost flat in history. ``silver.person_state`` (per
 person: first / last active day, retention cohort and the periods active in it),
+``silver.exposure_state`` (per experiment, variant and person: first and latest exposure),
 ``silver.person_platform_state`` (per person and platform: a 32-day activity bitmap) and
 ``silver.experiment_state`` (per experiment and person: first exposure, first conversion
 after it) hold, in partition ``ds``, the state as of the end of ``ds``; each is computed from
 its latest partition before the run and the input days of the run. DAU / WAU / MAU,
-calendar-month actives, retention and experiments read those states only, so day N reads
-day N's events plus the state of N-1, never all history. The tables updated in place (the
+calendar-month actives, retention, experiments, the experiment dimension and the variants
+of conversions read those states only, so day N reads day N's events plus the state of N-1,
+never all history (the day of a state to read comes from the Delta log, :func:`parameters`). The tables updated in place (the
 identity links, ``silver.dim_user``, ``silver.dim_device``) record in their Delta commit
 (an app transaction) the version of the input they hold, and read only what was added since.
 
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from importlib import resources
 from typing import Callable
@@ -99,7 +101,9 @@ class Model:
     lookahead_days`` if ``history``. ``cumulative``: partition ``ds`` is a state as of the end
     of ``ds``, computed from the model's own latest partition before ``start`` (rolled forward
     over days without input rows; none before the first run) and the inputs' days in
-    ``[start, end]``: a change on day ``d`` changes every later partition. ``compute`` makes it a Python model (it runs on DuckDB
+    ``[start, end]``: a change on day ``d`` changes every later partition. ``state``: a
+    cumulative input whose partitions from its latest before ``start`` on it reads (the
+    parameter ``$prior``; a cumulative model's is its own table). ``compute`` makes it a Python model (it runs on DuckDB
     whatever the engine); without it the model is the SQL file :attr:`sql_file`. ``derived``:
     a family member's table declaration (``None`` for a table the catalog declares itself).
     """
@@ -110,6 +114,7 @@ class Model:
     lookahead_days: int = 0
     history: bool = False
     cumulative: bool = False
+    state: str | None = None
     compute: Compute | None = None
     derived: TableSpec | None = None
 
@@ -152,6 +157,29 @@ class Model:
         if not self.partitioned:
             return (None, None)
         return (-self.lookahead_days, None if self.history or self.cumulative else self.lookback_days)
+
+
+def parameters(model: Model, text: str, start: dt.date, end: dt.date,
+               days: Callable[[str], list[dt.date]]) -> dict[str, object]:
+    """The prepared parameters ``model``'s SQL ``text`` uses, by name (an engine refuses a
+    parameter the text does not use): ``start`` and ``end``, the range; ``prior``, the latest
+    ``ds`` before ``start`` holding rows of the model's own table if cumulative (the state of
+    the day before, rolled forward), else of its ``state`` input (``None`` if none);
+    ``horizon``, the latest ``ds`` at most ``end + lookahead_days`` (any, for an
+    unpartitioned model) holding rows of its first input (the state ``gold.retention`` and
+    ``silver.dim_experiment`` read; ``None`` if none). ``days(table)``: the sorted ``ds`` holding rows of a
+    table as the query sees it (from the Delta log for a stored table).
+
+    Why not ``WHERE ds = (SELECT max(ds) ...)`` in the SQL: a partition filter reaches the
+    scan only as a constant, so that form reads every partition of the state (its size times
+    the days of history); with the day bound, one partition is read."""
+    found: dict[str, object] = {k: v for k, v in (("start", start), ("end", end)) if f"${k}" in text}
+    if "$prior" in text:
+        found["prior"] = max((d for d in days(model.table if model.cumulative else model.state or "") if d < start), default=None)
+    if "$horizon" in text:
+        limit = end + dt.timedelta(days=model.lookahead_days) if model.partitioned else dt.date.max
+        found["horizon"] = max((d for d in days(model.inputs[0]) if d <= limit), default=None)
+    return found
 
 
 LINKS_APP = "headwater-identity-links"
@@ -288,8 +316,11 @@ MODELS: tuple[Model, ...] = (
     Model("silver.dim_user", SILVER, history=True, compute=_dim_user),
     Model("silver.dim_device", SILVER, history=True, compute=_dim_device),
     Model("silver.exposures", SILVER),
-    Model("silver.dim_experiment", ("silver.exposures",), history=True),
-    Model("silver.conversions", ("silver.events", "silver.exposures"), history=True),  # exposures of any earlier day
+    Model("silver.exposure_state", ("silver.exposures",), cumulative=True),
+    Model("silver.dim_experiment", ("silver.exposure_state",)),
+    # the exposures of the days before, from the state of the day before (lookback_days = 1)
+    Model("silver.conversions", ("silver.events", "silver.exposures", "silver.exposure_state"), lookback_days=1,
+          state="silver.exposure_state"),
     Model("silver.person_state", SILVER, cumulative=True),
     Model("silver.person_platform_state", SILVER, cumulative=True),
     Model("silver.experiment_state", ("silver.events", "silver.exposures"), cumulative=True),
@@ -300,6 +331,7 @@ MODELS: tuple[Model, ...] = (
     Model("gold.active_users_by_platform", PERSON_PLATFORM),
     Model("gold.active_users_monthly", PERSON_PLATFORM),
     Model("gold.retention", ("silver.person_state",), lookahead_days=366),  # the state at month 12 of a month cohort
+    # the longest window the config allows; dag() narrows it to the configured funnels'
     Model("gold.funnels", SILVER, lookahead_days=model_config.MAX_FUNNEL_WINDOW_HOURS // 24),
     Model("gold.experiments", ("silver.experiment_state",)),
     # a conversion's session may have started the day before (history stays in
@@ -351,11 +383,20 @@ def dim_models(home: Home) -> tuple[Model, ...]:
     )
 
 
+def configured(config: model_config.ModelConfig) -> tuple[Model, ...]:
+    """:data:`MODELS` with ``gold.funnels``' lookahead narrowed to ``config``'s funnels
+    (:func:`headwater.models.config.funnel_lookahead_days`, what its SQL reads): a daily
+    build restates the entries of the days a conversion window reaches back, not a week."""
+    lookahead = model_config.funnel_lookahead_days(config)
+    return tuple(replace(m, lookahead_days=lookahead) if m.table == "gold.funnels" else m for m in MODELS)
+
+
 def dag(home: Home) -> tuple[Model, ...]:
-    """Every model of ``home`` in dependency order: :data:`MODELS`, the typed models, the
-    CDC dimensions. Reads the contract registry and ``<home>/cdc/`` (the families' members
-    are those that exist now)."""
-    return MODELS + typed_models(home) + dim_models(home)
+    """Every model of ``home`` in dependency order: :data:`MODELS` as ``home``'s models
+    configuration sets them (:func:`configured`), the typed models, the CDC dimensions. Reads
+    the models configuration, the contract registry and ``<home>/cdc/`` (the families'
+    members are those that exist now)."""
+    return configured(model_config.load(home)) + typed_models(home) + dim_models(home)
 
 
 def plan(

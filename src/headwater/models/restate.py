@@ -131,11 +131,12 @@ def dedup_neighbor_days(con: duckdb.DuckDBPyConnection, days: list[dt.date]) -> 
     return sorted(found - set(wanted))
 
 
-def remapped_days(con: duckdb.DuckDBPyConnection, baseline: pa.Table) -> list[dt.date]:
+def remapped_days(con: duckdb.DuckDBPyConnection, baseline: pa.Table, state_ds: dt.date | None) -> list[dt.date]:
     """The ``ds`` of ``silver.events`` holding a row whose stored ``person_id`` differs from
     what the current ``silver.identity_map`` gives, given that silver was consistent with
     ``baseline`` (``id``, ``person_id``) for every day not rebuilt since. ``con`` holds
-    ``silver.identity_map``, ``silver.events`` and ``silver.person_state``. Sorted.
+    ``silver.identity_map``, ``silver.events`` and ``silver.person_state``, whose latest
+    partition is ``state_ds`` (``None``: it has none). Sorted.
 
     Only the ids whose person differs between the two maps can have such rows; they lie on
     the days their old person was active, which ``silver.person_state``'s latest partition
@@ -159,8 +160,9 @@ def remapped_days(con: duckdb.DuckDBPyConnection, baseline: pa.Table) -> list[dt
             SELECT min(s.first_ds), max(s.last_ds)
             FROM silver.person_state AS s
             SEMI JOIN (SELECT old_person AS person_id FROM _hw_changed) AS c USING (person_id)
-            WHERE s.ds = (SELECT max(ds) FROM silver.person_state)
-            """
+            WHERE s.ds = CAST($state_ds AS DATE)
+            """,
+            {"state_ds": state_ds},
         ).fetchall()[0]
         if lo is None:  # no changed id's old person has a row: nothing stored to restate
             return []

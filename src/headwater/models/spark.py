@@ -41,7 +41,7 @@ from headwater.config import Home
 from headwater.errors import InvalidInputError, NotFoundError
 from headwater.lake import catalog
 from headwater.lake.store import Lake
-from headwater.models.dag import Model
+from headwater.models.dag import Model, parameters
 from headwater.models.transpile import to_spark
 from headwater.spark_delta import Target
 
@@ -144,7 +144,7 @@ def run(home: Home, lake: Lake, model: Model, start: dt.date, end: dt.date, *, w
     change) instead of the partitions ``[start, end]``. ``spark`` defaults to
     :func:`headwater.spark.session` of ``home``'s settings (``spark.master``, S3A for an S3 lake). Every input of the
     model is registered at its current snapshot (:func:`register`) and the SQL is
-    transpiled with ``$start`` / ``$end`` bound as ``DATE`` literals.
+    transpiled with its parameters (:func:`headwater.models.dag.parameters`) bound as ``DATE`` literals.
     :class:`InvalidInputError` if the result lacks a column of ``model.schema``, a row does
     not fit it (a null in a non-nullable column), a row's ``ds`` is outside the range, or
     Spark rejects the transpiled SQL (its ``AnalysisException`` as the cause);
@@ -160,7 +160,7 @@ def run(home: Home, lake: Lake, model: Model, start: dt.date, end: dt.date, *, w
     reads = model.inputs + ((model.table,) if model.cumulative else ())
     views = {table: register(spark, lake, table) for table in reads}
     try:
-        frame = spark.sql(to_spark(sql, {"start": start, "end": end}, views))
+        frame = spark.sql(to_spark(sql, parameters(model, sql, start, end, lake.ds_days), views))
     except AnalysisException as e:
         raise InvalidInputError(f"{model.sql_file}: Spark SQL refused it: {str(e).splitlines()[0]}", field=model.table) from e
     missing = [n for n in model.schema.names if n not in frame.columns]

@@ -41,7 +41,7 @@ from headwater.errors import InvalidInputError, NotFoundError
 from headwater.lake import sql as lake_sql
 from headwater.lake.store import Lake
 from headwater.models import config as model_config
-from headwater.models.dag import MODELS, Model, plan
+from headwater.models.dag import MODELS, Model, parameters, plan
 
 SILVER = "silver.events"
 MAX_DAYS = 92
@@ -139,7 +139,9 @@ def read(home: Home, table: str, sql: str, params: dict[str, Any], filters: tupl
                 if model.cumulative:  # its prior state: none before floor, where plan starts it
                     lake_sql.register(con, lake, model.table)
                 text = model.sql(config=config)
-                bound = {k: v for k, v in (("start", s), ("end", e)) if f"${k}" in text}  # unused ones are refused
+                # the days of a state it reads, as this connection sees it (computed on read or stored)
+                days = lambda t: [d for (d,) in con.sql(f"SELECT DISTINCT ds FROM {t} ORDER BY ds").fetchall()]
+                bound = parameters(model, text, s, e, days)
                 data = con.sql(text, params=bound).to_arrow_table().select(model.schema.names).cast(model.schema)
                 layer, name = model.table.split(".")
                 con.register(f"__on_read_{layer}__{name}", data)

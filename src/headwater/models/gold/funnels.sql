@@ -29,8 +29,8 @@
 -- first row of step k-1 at that instant (first_at_instant: duplicate events do not multiply
 -- the entries; a duplicated entry event repeats its entry, which the per-person aggregates
 -- below ignore). The repeat blocks are rendered for k = 2 .. the longest funnel.
--- Reads silver.events for ds in [$start, $end + 7] (lookahead_days = 7, the longest window
--- the config allows), only the funnels' event names: a literal IN list, which the scan
+-- Reads silver.events for ds in [$start, $end + L], L = the longest configured window in days,
+-- rounded up (funnel_lookahead_days: the model's lookahead_days, at most 7), only the funnels' event names: a literal IN list, which the scan
 -- applies before the join that tags the steps (clustered row groups of other names are skipped).
 WITH steps AS (
     SELECT * FROM {{funnel_steps}} AS s
@@ -39,7 +39,7 @@ step_events AS (
     SELECT e.person_id, e.event_ts, e.platform, e.ds, s.funnel, s.step, s.conversion_window
     FROM silver.events AS e
     JOIN steps AS s ON s.event_name = e.event_name
-    WHERE e.ds BETWEEN $start AND CAST($end AS DATE) + 7
+    WHERE e.ds BETWEEN $start AND CAST($end AS DATE) + {{funnel_lookahead_days}}
       AND e.event_name IN {{funnel_event_names}}
       AND e.person_id IS NOT NULL
       AND e.event_type = 'track'

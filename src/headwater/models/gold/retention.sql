@@ -25,8 +25,8 @@
 -- A week or month cohort is keyed by its last day so that its partition lies within the
 -- days with data (a first week or month starting before the first day of data still has a
 -- partition of its own), and it appears once its last day is built: its members are final.
--- Reads one partition of silver.person_state, the state as of the horizon: the last day it
--- holds up to $end + 366 (lookahead_days = 366: a month cohort's ds is its month's last day;
+-- Reads one partition of silver.person_state, the state as of the horizon ($horizon, found in
+-- the Delta log: models.dag.parameters): the last day it holds up to $end + 366 (lookahead_days = 366: a month cohort's ds is its month's last day;
 -- month 12 ends at most 366 days later, the last day of the same month a year on — a week
 -- cohort needs 84 days, a day cohort 30). That state holds every person's cohort and the
 -- periods they returned in (day_bits, week_bits, month_bits), so a run reads no events: a
@@ -34,7 +34,7 @@
 WITH state AS (
     SELECT *
     FROM silver.person_state
-    WHERE ds = (SELECT max(ds) FROM silver.person_state WHERE ds <= CAST($end AS DATE) + 366)
+    WHERE ds = CAST($horizon AS DATE)
 ),
 horizon AS (
     -- open_month: the month number (year * 12 + month) of the first month not yet complete

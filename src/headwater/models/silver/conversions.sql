@@ -25,8 +25,11 @@
 -- assigns a person the variant of their *first* exposure (intention to treat); here it is
 -- where the person was at that moment.
 --
--- Reads silver.events for ds in [$start, $end] and silver.exposures for every ds up to $end
--- (history = true: exposures of any earlier day).
+-- Reads silver.events and silver.exposures for ds in [$start, $end], and silver.exposure_state
+-- (every person's latest exposure per variant) from its latest partition before $start
+-- ($prior, found in the Delta log: models.dag.parameters; else $start) to $end - 1: a conversion on day d
+-- weighs d's exposures before it and the state as of the latest day before d, never every
+-- exposure of history.
 WITH conversion_events AS (
     SELECT * FROM {{conversion_events}} AS c
 ),
@@ -50,10 +53,29 @@ conversions AS (
       AND e.event_type = 'track'
       AND e.person_id IS NOT NULL
 ),
+states AS (
+    SELECT experiment_id, variant, person_id, last_exposed_at, last_event_id, ds
+    FROM silver.exposure_state
+    WHERE ds BETWEEN coalesce(CAST($prior AS DATE), CAST($start AS DATE)) AND CAST($end AS DATE) - 1
+),
+state_days AS (
+    -- each conversion day's state: the latest partition before it
+    SELECT d.ds, max(s.ds) AS state_ds
+    FROM (SELECT DISTINCT ds FROM conversions) AS d
+    JOIN (SELECT DISTINCT ds FROM states) AS s ON s.ds < d.ds
+    GROUP BY d.ds
+),
 exposures AS (
-    SELECT person_id, event_id, event_ts, experiment_id, variant
+    -- the candidates for the conversions of day ds: that day's exposures and, per variant,
+    -- the person's latest exposure before it (every exposure of an earlier day comes before
+    -- every event of ds)
+    SELECT person_id, event_id, event_ts, experiment_id, variant, ds
     FROM silver.exposures
-    WHERE ds <= $end
+    WHERE ds BETWEEN $start AND $end
+    UNION ALL
+    SELECT s.person_id, s.last_event_id, s.last_exposed_at, s.experiment_id, s.variant, sd.ds
+    FROM states AS s
+    JOIN state_days AS sd ON sd.state_ds = s.ds
 ),
 latest AS (
     SELECT
@@ -65,7 +87,7 @@ latest AS (
             PARTITION BY c.source, c.event_id, x.experiment_id ORDER BY x.event_ts DESC, x.event_id DESC
         ) AS n
     FROM conversions AS c
-    JOIN exposures AS x ON x.person_id = c.person_id AND x.event_ts <= c.event_ts
+    JOIN exposures AS x ON x.person_id = c.person_id AND x.ds = c.ds AND x.event_ts <= c.event_ts
 ),
 assigned AS (
     SELECT

@@ -10,7 +10,8 @@
 -- table.
 -- Rebuilt whole on every run (SCD type 1: the config's current state; the days results were
 -- computed with are in gold.experiments).
--- Reads all of silver.exposures (history = true). Parameters: none.
+-- Reads one partition of silver.exposure_state, its latest ($horizon, found in the Delta log:
+-- models.dag.parameters): every person's first and latest exposure per variant so far.
 WITH experiments AS (
     SELECT * FROM {{experiments}} AS x
 ),
@@ -21,10 +22,11 @@ seen AS (
     SELECT
         experiment_id,
         variant,
-        count(DISTINCT person_id) AS exposed,
-        min(event_ts) AS first_exposure_at,
-        max(event_ts) AS last_exposure_at
-    FROM silver.exposures
+        count(*) AS exposed,
+        min(first_exposed_at) AS first_exposure_at,
+        max(last_exposed_at) AS last_exposure_at
+    FROM silver.exposure_state
+    WHERE ds = CAST($horizon AS DATE)
     GROUP BY experiment_id, variant
 )
 SELECT

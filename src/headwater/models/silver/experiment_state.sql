@@ -27,7 +27,7 @@ prior AS (
     SELECT s.*
     FROM silver.experiment_state AS s
     JOIN experiments AS x ON x.experiment_id = s.experiment_id
-    WHERE s.ds = (SELECT max(ds) FROM silver.experiment_state WHERE ds < $start)
+    WHERE s.ds = CAST($prior AS DATE)
 ),
 first_exposures AS (
     SELECT experiment_id, person_id, variant, event_ts AS exposed_at

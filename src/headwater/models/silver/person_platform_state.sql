@@ -12,7 +12,8 @@
 -- gap without events is rolled over in one step) and silver.events for ds in
 -- [$start, $end]: a daily run reads one day of events and yesterday's state, whatever the
 -- history. A person and platform whose bitmap is 0 (silent for 32 days) leaves the state.
--- Reads silver.events for ds in [$start, $end] and its own latest partition before $start.
+-- Reads silver.events for ds in [$start, $end] and its own latest partition before $start
+-- ($prior, found in the Delta log: models.dag.parameters).
 WITH days AS (
     SELECT CAST(day AS DATE) AS ds
     FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)
@@ -20,7 +21,7 @@ WITH days AS (
 prior AS (
     SELECT person_id, platform, active_days, ds
     FROM silver.person_platform_state
-    WHERE ds = (SELECT max(ds) FROM silver.person_platform_state WHERE ds < $start)
+    WHERE ds = CAST($prior AS DATE)
 ),
 user_days AS (
     SELECT DISTINCT person_id, platform, ds

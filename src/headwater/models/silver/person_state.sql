@@ -20,7 +20,8 @@
 -- [$start, $end]: a daily run reads one day of events and yesterday's state. The state holds
 -- every person ever seen (that is what tells a new person from a returning one), so its
 -- size follows the persons, not the days.
--- Reads silver.events for ds in [$start, $end] and its own latest partition before $start.
+-- Reads silver.events for ds in [$start, $end] and its own latest partition before $start
+-- ($prior, found in the Delta log: models.dag.parameters).
 WITH days AS (
     SELECT CAST(day AS DATE) AS ds
     FROM generate_series(CAST($start AS DATE), CAST($end AS DATE), INTERVAL 1 DAY) AS t (day)
@@ -28,7 +29,7 @@ WITH days AS (
 prior AS (
     SELECT *
     FROM silver.person_state
-    WHERE ds = (SELECT max(ds) FROM silver.person_state WHERE ds < $start)
+    WHERE ds = CAST($prior AS DATE)
 ),
 activity AS (
     SELECT
