@@ -4,7 +4,8 @@
                                      [--python PATH]
 
 1. A fresh ``HEADWATER_HOME`` with one source, and ``headwater up`` as a user starts it (the
-   collector's workers, the stream processor, Dagster's code server and daemon; the UI process
+   collector's workers, the stream processor, Dagster's code server with its daemon in one
+   process; the UI process
    starts when its port is first asked, setting ``dagster.ui``), its console kept;
    ``--collector-workers`` sets ``collector.workers`` (default: the setting's default, one per
    core). Short-lived children count when they are sampled: ``up-heartbeat`` reads the failing
@@ -13,7 +14,8 @@
    process of ``up``'s tree: RSS, PSS (``/proc/<pid>/smaps_rollup``: the pages of shared
    libraries split among the processes mapping them, so the sum is the memory the tree
    really holds) and USS (private pages), per process and by role (``up``, ``collector``,
-   ``stream``, ``dagster-code``, ``dagster-daemon``, ``dagster-ui``, …). RSS is the figure the
+   ``stream``, ``dagster`` (code server and daemon), ``dagster-ui``, …; a ``--peer-rev`` from
+   before: ``dagster-code`` and ``dagster-daemon``). RSS is the figure the
    target is on: it counts a shared library once per process, as ``ps`` and ``top`` do.
 3. **Load**: ``--eps`` (5,000) events/s for ``--load-s`` (60; ``--quick`` 20): Segment
    ``/v1/batch`` requests of 100 events (unique ``messageId``, event time = send time) sent
@@ -77,10 +79,12 @@ def role(proc: psutil.Process) -> str:
     except psutil.Error:
         return "other"
     line = " ".join(cmd)
-    for needle, name in (("dagster api grpc", "dagster-code"), ("dagster code-server", "dagster-code-proxy"),
+    for needle, name in (("dagster_code_server_with_daemon", "dagster"), ("dagster api grpc", "dagster-code"), ("dagster code-server", "dagster-code-proxy"),
                          ("dagster dev", "dagster-dev"), ("dagster._daemon", "dagster-daemon"), ("dagster-daemon", "dagster-daemon"),
                          ("dagster_webserver", "dagster-ui"), ("dagster-webserver", "dagster-ui"), ("dagster api execute", "dagster-run"),
-                         ("quality import alerts", "up-heartbeat")):  # headwater.serve.heartbeat's short-lived child
+                         # headwater.serve.heartbeat's short-lived child: its DataFusion query (a --peer-rev from
+                         # before it: headwater.quality.alerts on DuckDB)
+                         ("QueryBuilder", "up-heartbeat"), ("quality import alerts", "up-heartbeat")):
         if needle in line:
             return name
     if "headwater" in cmd:

@@ -112,7 +112,7 @@ class Backoff:
 class Platform:
     """Collector (HTTP on 127.0.0.1:``port``: :attr:`collectors`, ``collector.workers``
     processes sharing the port) + stream processor, as supervised children; with
-    ``dagster_port`` also Dagster's code server, daemon and UI (:mod:`headwater.orchestrate.server`:
+    ``dagster_port`` also Dagster's code server with its daemon, and its UI (:mod:`headwater.orchestrate.server`:
     the UI on a socket this process listens on from :meth:`start` to :meth:`stop`, started on its
     first connection with setting ``dagster.ui = "on_demand"``); with
     ``stream=False`` the collector's workers alone (``headwater collector``)."""
@@ -180,8 +180,8 @@ class Platform:
         return self
 
     def _start_dagster(self) -> None:
-        """Dagster's storage (once), its code server, then, once that listens, the daemon and
-        the UI (earlier, each would log that it cannot reach it); in a thread, so that ``up``
+        """Dagster's storage (once), its code server with the daemon, then, once that listens,
+        the UI (earlier, it would log that it cannot reach it); in a thread, so that ``up``
         does not wait for Dagster. A restart of one of them later needs none of this."""
         from headwater.orchestrate import server
 
@@ -190,12 +190,9 @@ class Platform:
         except subprocess.CalledProcessError as e:
             log.error("Dagster's storage could not be created (exit code %s): Dagster is not started", e.returncode)
             return
-        self._start("dagster-code")
-        while not self._stopped.wait(0.2):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self._grpc_port)) == 0:
-                    break
-        self._start("dagster-daemon")
+        self._start("dagster")
+        while not server.listening(self._grpc_port) and not self._stopped.wait(0.2):
+            pass
         if self.home.settings.dagster.ui == "always" or self._ui_demanded():
             self._start("dagster-ui")
 
@@ -211,7 +208,7 @@ class Platform:
         return False
 
     def start_component(self, name: str) -> None:
-        if name.startswith("dagster-"):
+        if name.startswith("dagster"):  # server.COMPONENTS
             from headwater.orchestrate import server
 
             self.procs[name] = server.spawn(self.home, name, self._grpc_port, self._ui)

@@ -4,5 +4,6 @@ invariant checks, a daily schedule, a late-data sensor, backfills, and the insta
 under ``<HEADWATER_HOME>/dagster``).
 
 ``headwater.orchestrate.location`` is the code location; one code server serves it to
-``dagster-webserver`` and ``dagster-daemon`` (:mod:`headwater.orchestrate.server`).
+``dagster-webserver`` and to Dagster's daemon, which runs in the code server's process
+(:mod:`headwater.orchestrate.server`).
 """
