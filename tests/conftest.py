@@ -52,6 +52,17 @@ def kafka():
     broker.stop()
 
 
+@pytest.fixture
+def broker():
+    """A broker of this test's own (as ``kafka``): for tests using fixed topic and group names
+    (the collector's and the stream's), or stopping it."""
+    from tests.kafka import start_kafka
+
+    b = start_kafka()
+    yield b
+    b.stop()
+
+
 @pytest.fixture(scope="session")
 def spark_cluster():
     """A Spark standalone cluster (``tests.spark_cluster.SparkCluster``): a master and two

@@ -6,7 +6,10 @@ Storage is memory by default (gone when the broker stops), or an S3 bucket
 :meth:`KafkaBroker.restart`. Known deviations from Kafka (design.md): ListOffsets answers the
 last record batch's base offset + 1 (:class:`headwater.log.kafka.KafkaLog` works around it),
 aborted transactions are visible to read_committed consumers, a metadata request for a
-missing topic creates it, and the replication factor is not checked.
+missing topic creates it, and the replication factor is not checked. On S3 storage a produce
+records the producer's sequence before it writes the batch, so a broker stopped in between
+loses the batch and answers its retry DUPLICATE_SEQUENCE_NUMBER, which librdkafka reports as a
+delivery without an offset (the Kafka log fails such an append).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from headwater.config import Home
 from headwater.runtime import free_port
 from tests.helpers import terminate
 
@@ -79,3 +83,12 @@ def start_kafka(s3=None, bucket: str | None = None) -> KafkaBroker:
         return KafkaBroker(free_port()).start()
     bucket = bucket or s3.create_bucket()
     return KafkaBroker(free_port(), f"s3://{bucket}/", s3.env()).start()
+
+
+def kafka_home(path: Path, broker: KafkaBroker, partitions: int = 4, timeout_s: float = 30, **options: str) -> Home:
+    """A headwater home at ``path`` whose event log is ``broker`` (``partitions`` per topic,
+    ``timeout_s`` per broker round trip, other URL ``options``)."""
+    home = Home(path)
+    home.root.mkdir(parents=True, exist_ok=True)
+    (home.root / "headwater.toml").write_text(f'[log]\nurl = "{broker.url(timeout_s=timeout_s, **options)}"\npartitions = {partitions}\n')
+    return home

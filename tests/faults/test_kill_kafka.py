@@ -14,29 +14,17 @@ import time
 import pytest
 
 from headwater.config import Home
+from headwater.errors import TransientError
 from headwater.log import Append, open_log
 from headwater.runtime import free_port, wait_http
 from headwater.stream.checkpoint import Checkpoint
 from headwater.stream.processor import QUERY
 from tests.faults.test_kill import HEADWATER, KILL_AFTER_COMMIT, WRITE_KEY, Sdk, bronze_ids, env_of, event_rows, kill
-from tests.kafka import KafkaBroker, start_kafka
+from tests.kafka import kafka_home, start_kafka
 from tests.helpers import run_stream
 
 KILLS = 8  # each kill costs a collector or processor start-up (~2-4 s here)
-
-
-def kafka_home(path, broker: KafkaBroker, partitions: int = 4) -> Home:
-    home = Home(path)
-    home.root.mkdir(parents=True, exist_ok=True)
-    (home.root / "headwater.toml").write_text(f'[log]\nurl = "{broker.url(timeout_s=5)}"\npartitions = {partitions}\n')
-    return home
-
-
-@pytest.fixture
-def broker():
-    b = start_kafka()
-    yield b
-    b.stop()
+RESTARTS = 3
 
 
 def collector(home: Home, port: int) -> subprocess.Popen:
@@ -48,7 +36,7 @@ def collector(home: Home, port: int) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sigkill_of_the_collector_on_kafka_loses_no_acknowledged_event(tmp_path, broker):
-    home = kafka_home(tmp_path / "home", broker)
+    home = kafka_home(tmp_path / "home", broker, timeout_s=5)
     home.add_source("server", WRITE_KEY)
     port = free_port()
     rng = random.Random(15)
@@ -77,7 +65,7 @@ def test_sigkill_of_the_collector_on_kafka_loses_no_acknowledged_event(tmp_path,
 
 @pytest.mark.slow
 def test_sigkill_of_the_stream_processor_on_kafka_gives_bronze_exactly_once(tmp_path, broker):
-    home = kafka_home(tmp_path / "home", broker, partitions=4)
+    home = kafka_home(tmp_path / "home", broker, partitions=4, timeout_s=5)
     log = open_log(home.settings.log_url)
     log.ensure_topic("events", 4), log.ensure_topic("bad_rows", 1)
     rng, rng_p = random.Random(17), random.Random(18)
@@ -129,11 +117,16 @@ def test_sigkill_of_the_stream_processor_on_kafka_gives_bronze_exactly_once(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="open: in 2 of 3 runs on 2026-12-07 one acknowledged event (of ~1,000) was missing from bronze after "
-                          "the Tansu broker on S3 storage restarted; not yet known whether the broker or the stream loses it", strict=False)
-def test_a_broker_restart_on_s3_storage_loses_no_acknowledged_event(tmp_path, s3):
+def test_broker_restarts_on_s3_storage_lose_no_acknowledged_event(tmp_path, s3):
+    """Restarts while the collector appends: a batch the broker lost between recording its
+    producer sequence and writing it is answered DUPLICATE_SEQUENCE_NUMBER on retry, which
+    must fail the request (8 of 10 restarts hit it in a trial; headwater.log.kafka.log._produce)."""
     broker = start_kafka(s3)
-    home = kafka_home(tmp_path / "home", broker)
+    # Without transactions: Tansu 0.6 on S3 does not keep transaction state across a restart
+    # (in 1 of 2 runs read_committed fetches then stayed empty). fetch.wait.max.ms 500: a
+    # restarted Tansu reads from S3 and answers a 20 ms fetch with nothing, again and again.
+    # timeout_s 30: a restarted Tansu answers slowly at first.
+    home = kafka_home(tmp_path / "home", broker, transactional="false", **{"fetch.wait.max.ms": "500"})
     home.add_source("server", WRITE_KEY)
     port = free_port()
     proc = None
@@ -141,21 +134,25 @@ def test_a_broker_restart_on_s3_storage_loses_no_acknowledged_event(tmp_path, s3
     try:
         proc = collector(home, port)
         sdk.start()
-        deadline = time.monotonic() + 60
-        while len(sdk.acknowledged) < 300 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        before = len(sdk.acknowledged)
-        broker.restart()  # the SDK's requests fail (503) while it is down, then succeed again
-        deadline = time.monotonic() + 120
-        while len(sdk.acknowledged) < before + 300 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(sdk.acknowledged) >= before + 300, "the collector did not recover from the broker restart"
+        for _ in range(RESTARTS):
+            before = len(sdk.acknowledged)
+            deadline = time.monotonic() + 120
+            while len(sdk.acknowledged) < before + 300 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(sdk.acknowledged) >= before + 300, "the collector did not recover from a broker restart"
+            broker.restart()  # the SDK's requests fail (503) while it is down, then succeed again
         sdk.stop.set()
         sdk.join(30)
         proc.terminate()
-        proc.wait(15)
+        proc.wait(60)  # an append in flight finishes first: up to timeout_s
         broker.restart()  # and once more with everything acknowledged: all of it is still there
-        run_stream(home)
+        t0 = time.monotonic()
+        while True:  # a restarted Tansu may not serve fetches for a while: the stream retries
+            try:
+                run_stream(home)
+                break
+            except TransientError:
+                assert time.monotonic() - t0 < 120, "the stream could not read the restarted broker"
         got = bronze_ids(home)
         assert len(got) == len(set(got))
         assert set(got) == set(sdk.acknowledged)

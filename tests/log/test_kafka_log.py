@@ -16,6 +16,7 @@ from headwater.events import BAD_ROW_SCHEMA, EVENT_SCHEMA
 from headwater.log import Append, open_log, read_schema
 from headwater.log.kafka import KafkaLog, codec
 from headwater.settings import describe, load
+from tests.kafka import kafka_home
 
 TS = dt.datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
 
@@ -185,25 +186,6 @@ def test_a_broker_that_is_down_is_a_transient_error(tmp_path):
 
 
 # -- end to end: collector -> Kafka -> stream processor -> bronze --------------------------------
-@pytest.fixture
-def broker():
-    """A broker of this test's own: the collector and the stream use fixed topic names."""
-    from tests.kafka import start_kafka
-
-    b = start_kafka()
-    yield b
-    b.stop()
-
-
-def kafka_home(path, broker, partitions: int = 4):
-    from headwater.config import Home
-
-    home = Home(path)
-    home.root.mkdir(parents=True, exist_ok=True)
-    (home.root / "headwater.toml").write_text(f'[log]\nurl = "{broker.url()}"\npartitions = {partitions}\n')
-    return home
-
-
 def test_collector_to_bronze_through_kafka_with_more_partitions_than_consumers(tmp_path, broker):
     import httpx
 

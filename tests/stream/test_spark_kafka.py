@@ -18,24 +18,9 @@ from headwater.stream.processor import BronzeStream, StreamConfig
 from headwater.stream.spark import kafka_connector
 from headwater.stream.spark.runner import SparkConfig, SparkPipeline
 from headwater.stream.spark.source import SCHEMA, read_range
+from tests.kafka import kafka_home
 
 from .conftest import T0, canonical, table_rows
-
-
-@pytest.fixture
-def broker():
-    from tests.kafka import start_kafka
-
-    b = start_kafka()
-    yield b
-    b.stop()
-
-
-def kafka_home(path, broker) -> Home:
-    home = Home(path)
-    home.root.mkdir(parents=True, exist_ok=True)
-    (home.root / "headwater.toml").write_text(f'[log]\nurl = "{broker.url()}"\npartitions = 3\n')
-    return home
 
 
 def fill(broker, home: Home) -> None:
@@ -53,7 +38,7 @@ def fill(broker, home: Home) -> None:
 
 
 def test_spark_on_kafka_gives_the_bronze_of_headwaters_engine(spark, tmp_path, broker):
-    engine, on_spark = kafka_home(tmp_path / "engine", broker), kafka_home(tmp_path / "spark", broker)
+    engine, on_spark = kafka_home(tmp_path / "engine", broker, partitions=3), kafka_home(tmp_path / "spark", broker, partitions=3)
     fill(broker, engine)
     pipeline = Pipeline(name="t")
     stream = BronzeStream(engine, StreamConfig(max_records_per_partition=3, compact_every=0), pipeline=pipeline)
@@ -88,7 +73,7 @@ CONNECTOR_DDL = ("key BINARY, value BINARY, topic STRING, partition INT, offset 
 
 
 def test_connector_rows_decode_like_the_python_source(spark, tmp_path, broker):
-    home = kafka_home(tmp_path / "home", broker)
+    home = kafka_home(tmp_path / "home", broker, partitions=3)
     fill(broker, home)
     producer = Producer({"bootstrap.servers": broker.bootstrap})
     producer.produce("events", b'{"event_id": "x"}', partition=1, headers=[("headwater-schema-version", b"1")])  # required columns missing
@@ -112,7 +97,7 @@ def test_connector_rows_decode_like_the_python_source(spark, tmp_path, broker):
 
 
 def test_selection_uses_the_connector_only_when_its_class_is_there(spark, tmp_path, broker, monkeypatch):
-    home = kafka_home(tmp_path / "home", broker)
+    home = kafka_home(tmp_path / "home", broker, partitions=3)
     fill(broker, home)
     runner = SparkPipeline(spark, home, Pipeline(name="t"))
     assert not kafka_connector.available(spark)

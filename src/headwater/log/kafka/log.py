@@ -38,10 +38,18 @@ retries; a message is acknowledged once every in-sync replica has it).
   restart frees the partitions, which is why the collector appends under a stable id.
 - ``transactional=false``: every message of an append is acknowledged before it returns, but
   a failed append may have stored some of its messages (per partition, a prefix in order).
+  Readers use ``isolation.level=read_uncommitted``: no transaction to wait for.
+- A delivery the broker answers DUPLICATE_SEQUENCE_NUMBER (it says it stored the batch
+  before) has no offset, and librdkafka reports it delivered; the append counts it as failed,
+  since a broker may have lost that batch (Tansu 0.6 on S3 does, killed between recording the
+  producer's sequence and writing the batch).
 - Tansu (the test broker) shows aborted transactions to read_committed readers, so there an
   append that raised may leave its messages visible — as with ``transactional=false``. Either
   way, what :meth:`append` acknowledged is stored exactly once and in order; a client's retry
   of a failed request may store its events twice, and the stream deduplicates them by id.
+  Tansu 0.6 on S3 storage also loses transaction state in a restart: seen here, read_committed
+  fetches then returned nothing (no end of partition either) while read_uncommitted read on,
+  and a producer with the collector's id could not start — run it with ``transactional=false``.
 
 Reading: :meth:`read` assigns the partition at ``start`` and consumes until the position
 reaches ``end`` (offsets are not dense: transaction markers take offsets too), or the
@@ -139,6 +147,9 @@ class KafkaLog(EventLog):
         self.replication_factor, self.retention_ms = replication_factor, retention_ms
         self.transactional = transactional
         self.atomic_multi_topic_append = transactional
+        # Without transactions there is nothing to wait for: read_uncommitted, which also
+        # reads a broker whose transaction state is unreliable (module doc: Tansu on S3).
+        self._isolation = "read_committed" if transactional else "read_uncommitted"
         self._client = {"bootstrap.servers": servers, **(client or {})}
         self._lock = threading.Lock()  # producer and admin creation; one transaction at a time
         self._local = threading.local()
@@ -156,8 +167,8 @@ class KafkaLog(EventLog):
             return self._admin
 
     def _new_producer(self) -> Producer:
-        # Only failed deliveries call back (the success path pays no Python per message).
-        conf = {"linger.ms": 5, "message.timeout.ms": int(self.timeout_s * 1000), "delivery.report.only.error": True,
+        # Every delivery calls back: a success without an offset is a failure (:func:`_produce`).
+        conf = {"linger.ms": 5, "message.timeout.ms": int(self.timeout_s * 1000),
                 **self._client, "enable.idempotence": True, "acks": "all"}
         if self.transactional:
             conf["transactional.id"] = self._txn_id
@@ -173,7 +184,7 @@ class KafkaLog(EventLog):
             consumers[group] = consumer = Consumer({
                 "session.timeout.ms": 6000, "fetch.wait.max.ms": 20, "max.partition.fetch.bytes": 8 << 20,
                 **self._client, "group.id": group, "enable.auto.commit": False, "enable.auto.offset.store": False,
-                "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
+                "isolation.level": self._isolation, "enable.partition.eof": True, "auto.offset.reset": "earliest",
             })
             with self._lock:
                 self._consumers.append(consumer)
@@ -243,12 +254,13 @@ class KafkaLog(EventLog):
                     producer.begin_transaction()
                 for topic, partition, values, keys in batches:
                     _produce(producer, topic, partition, values, keys, now, failed)
-                if self.transactional:
-                    producer.commit_transaction(self.timeout_s)  # flushes; raises if a delivery failed
-                elif producer.flush(self.timeout_s):
+                # Every delivery reported before the commit: a failed one aborts the transaction.
+                if producer.flush(self.timeout_s):
                     raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "messages not acknowledged in time"))
                 if failed:
                     raise KafkaException(failed[0])
+                if self.transactional:
+                    producer.commit_transaction(self.timeout_s)
             except (KafkaException, BufferError) as e:
                 self._abandon(producer, e)
                 raise _transient(f"append of {sum(len(b[2]) for b in batches)} events not acknowledged", e) from e
@@ -266,7 +278,12 @@ class KafkaLog(EventLog):
         non-transactional producer is dropped too, so no message of the failed append is
         still retried behind the next one."""
         kafka_error = error.args[0] if isinstance(error, KafkaException) and error.args else None
-        if self.transactional and isinstance(kafka_error, KafkaError) and kafka_error.txn_requires_abort():
+        # A delivery without an offset (_produce) leaves a healthy transaction, and the broker
+        # just answered: abort it now, or it holds back read_committed readers until the next
+        # append's producer fences it (Tansu never times transactions out).
+        abortable = isinstance(kafka_error, KafkaError) and (
+            kafka_error.txn_requires_abort() or kafka_error.code() == KafkaError.DUPLICATE_SEQUENCE_NUMBER)
+        if self.transactional and abortable:
             try:
                 producer.abort_transaction(self.timeout_s)
                 return
@@ -328,7 +345,7 @@ class KafkaLog(EventLog):
         parts = [TopicPartition(topic, p) for p in range(count)]
         try:
             listed = self._admin_client().list_offsets({tp: OffsetSpec.latest() for tp in parts}, request_timeout=self.timeout_s,
-                                                       isolation_level=IsolationLevel.READ_COMMITTED)
+                                                       isolation_level=IsolationLevel[self._isolation.upper()])
             where = {tp.partition: f.result().offset for tp, f in listed.items()}
         except KafkaException as e:
             raise _transient(f"listing the offsets of {topic}", e) from e
@@ -381,11 +398,19 @@ def _keys(events: pa.Table) -> list[bytes | None]:
 def _produce(producer: Producer, topic: str, partition: int, values: list[bytes], keys: list[bytes | None],
              timestamp: int, failed: list[KafkaError]) -> None:
     """Queue the messages of one append to ``topic``/``partition``; delivery errors go to
-    ``failed`` (the producer reports failed deliveries only)."""
+    ``failed``, and so does a delivery without an offset."""
 
-    def report(err, _msg):
+    def report(err, msg):
         if err is not None:
             failed.append(err)
+        elif msg.offset() is None:
+            # librdkafka counts a DUPLICATE_SEQUENCE_NUMBER answer to a retried batch as
+            # delivered, without an offset (rdkafka_request.c; confluentinc/librdkafka#4438):
+            # the broker says it stored the batch before. Tansu 0.6 on S3 records the sequence
+            # before it writes the batch (tansu-storage dynostore.rs, produce), so a broker
+            # killed in between answers that for a batch it lost. Not acknowledged, then: the
+            # append fails, its client retries, and the stream drops what was stored twice.
+            failed.append(KafkaError(KafkaError.DUPLICATE_SEQUENCE_NUMBER, f"{topic}/{partition}: delivered without an offset"))
 
     for value, key in zip(values, keys):
         while True:
