@@ -52,9 +52,22 @@ def test_backfill_command_refuses_a_range_without_data(bronze):
     assert reversed_.exit_code == 2 and "--start 2024-03-02 is after --end 2024-03-01" in reversed_.stderr
 
 
-def test_backfill_command_stops_at_a_failed_run_and_names_the_step(bronze):
+def test_backfill_command_refuses_an_invalid_models_config_before_any_run(bronze):
     (bronze.root / "models.toml").write_text('[[funnels]]\nname = "too_long"\nwindow_hours = 500\nsteps = ["a", "b"]\n')
     result = invoke(bronze, "--start", "2024-03-01", "--end", "2024-03-01")
-    assert result.exit_code == 1 and result.stdout == ""
-    assert "failed:\nsilver__identity_links: silver.identity_links (whole table): ConfigError" in result.stderr
-    assert "window_hours" in result.stderr
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "models.toml: funnels[0].window_hours: must be in (0, 168], got 500" in result.stderr
+
+
+def test_backfill_command_stops_at_a_failed_run_and_names_the_step(bronze, monkeypatch):
+    from headwater.errors import ConflictError
+    from headwater.models import identity
+
+    def failing(*args, **kwargs):
+        raise ConflictError("silver.identity_links changed under the build", field="silver.identity_links")
+
+    monkeypatch.setattr(identity, "links", failing)  # the run's first step fails (in this process: CliRunner)
+    result = invoke(bronze, "--start", "2024-03-01", "--end", "2024-03-01")
+    assert result.exit_code == 1 and result.stdout == "", result.stderr
+    assert "failed:\nsilver__identity_links: silver.identity_links (whole table): ConflictError" in result.stderr
+    assert "changed under the build" in result.stderr
