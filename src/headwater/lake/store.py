@@ -187,6 +187,16 @@ class Lake:
         self._write(table, data, mode="append", partition_by=self._partition_by(table), commit_properties=_txn(app_id, batch_id),
                     writer_properties=writer_properties)
 
+    def checkpoint(self, table: str) -> None:
+        """Write a Delta checkpoint of ``table``'s current version (Delta protocol,
+        "Checkpoints"): opening it then replays its log from there. A checkpoint is of one
+        version, so a writer committing meanwhile is not disturbed. :class:`TransientError` if
+        it cannot be written (the table is unchanged: only its next open is slower)."""
+        try:
+            self._open(table).create_checkpoint()
+        except (DeltaError, OSError) as e:
+            raise TransientError(f"{table}: Delta checkpoint: {str(e).splitlines()[0]}", field=table) from e
+
     def committed_batch(self, table: str, app_id: str) -> int | None:
         """The last batch id committed by ``app_id`` into ``table``; ``None`` if none (or no table)."""
         if not self.exists(table):

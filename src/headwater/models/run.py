@@ -35,8 +35,6 @@ from typing import Callable
 
 import duckdb
 import pyarrow as pa
-from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError
 
 from headwater.config import Home
 from headwater.errors import HeadwaterError, InvalidInputError, NotFoundError, TransientError
@@ -355,17 +353,13 @@ paid per table and build; a daily build makes one to three commits per model tab
 
 
 def checkpoint(lake: Lake, commits: dict[str, int]) -> None:
-    """Write a Delta checkpoint (Delta protocol, "Checkpoints") of each table of ``commits``
+    """Write a Delta checkpoint (:meth:`Lake.checkpoint`) of each table of ``commits``
     (``{table: commits made since the caller last checked}``, by anyone) whose version crossed a
-    multiple of :data:`CHECKPOINT_EVERY` with them (a checkpoint is of one version: a writer
-    committing meanwhile is not disturbed). :class:`TransientError` if one cannot
+    multiple of :data:`CHECKPOINT_EVERY` with them. :class:`TransientError` if one cannot
     be written (the tables are as built: only the next open is slower)."""
     for table, n in commits.items():
         if n and lake.exists(table) and CHECKPOINT_EVERY <= (version := lake.version(table)) and version % CHECKPOINT_EVERY < n:
-            try:
-                DeltaTable(lake.uri(table), storage_options=lake.storage_options).create_checkpoint()
-            except (DeltaError, OSError) as e:
-                raise TransientError(f"{table}: Delta checkpoint: {str(e).splitlines()[0]}", field=table) from e
+            lake.checkpoint(table)
 
 
 def _stored(lake: Lake, models: tuple[Model, ...]) -> dict[str, tuple[dt.date, dt.date] | None]:
