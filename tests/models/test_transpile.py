@@ -147,6 +147,13 @@ FIXUP_CASES = [
         """FROM VALUES ('plan'), ('a b'), ('none') AS t(k) ORDER BY k NULLS LAST""",
         [("a b", "1"), ("none", None), ("plan", "pro")],
     ),
+    FixupCase(
+        transpile.epoch_us,
+        "SELECT epoch_us(TIMESTAMPTZ '2024-03-01 00:00:01.5+00') AS us",
+        "SELECT EPOCH_US(CAST('2024-03-01 00:00:01.5+00' AS TIMESTAMP)) AS us",
+        "SELECT UNIX_MICROS(CAST('2024-03-01 00:00:01.5+00' AS TIMESTAMP)) AS us",
+        [(1709251201500000,)],
+    ),
 ]
 
 

@@ -9,8 +9,9 @@ configuration inlined as ``VALUES`` tables — the way dbt renders a model from 
 * ``{{name}}`` — a configuration table as a subquery (see :data:`TABLES`), e.g.
   ``{{funnel_steps}}`` → ``(SELECT * FROM (VALUES ('checkout', 1, 'product_view',
   INTERVAL 86400 SECOND), ...) AS funnel_steps (funnel, step, event_name, conversion_window))``;
-  ``{{funnel_event_names}}`` is a literal list for ``IN`` instead, ``('add_to_cart', 'product_view')``
-  (a constant filter the scan applies, unlike a join);
+  ``{{funnel_event_names}}`` (and ``conversion_event_names``, ``exposure_event_names``,
+  ``experiment_conversion_event_names``) is a literal list for ``IN`` instead,
+  ``('add_to_cart', 'product_view')`` (a constant filter the scan applies, unlike a join);
 * a block between ``-- repeat for k in 2..max_funnel_steps`` and ``-- end repeat`` lines is
   repeated for ``k = 2 .. `` the longest funnel's step count, with ``{k}`` and ``{k-1}``
   replaced (a funnel's steps are matched one after the other, see ``gold/funnels.sql``).
@@ -207,9 +208,12 @@ def funnel_lookahead_days(c: ModelConfig) -> int:
     return max((math.ceil(f.window_hours / 24) for f in c.funnels), default=0)
 
 
+def _in_list(names: set[str]) -> str:
+    return "(" + (", ".join(_literal(n) for n in sorted(names)) or "NULL") + ")"  # IN (NULL) holds for no row
+
+
 def _funnel_event_names(c: ModelConfig) -> str:
-    names = sorted({step for f in c.funnels for step in f.steps})
-    return "(" + (", ".join(_literal(n) for n in names) or "NULL") + ")"  # IN (NULL) holds for no row
+    return _in_list({step for f in c.funnels for step in f.steps})
 
 
 def _experiments(c: ModelConfig) -> str:
@@ -245,6 +249,10 @@ def _tracked_traits(c: ModelConfig) -> str:
 TABLES: dict[str, Callable[[ModelConfig], str]] = {
     "funnel_steps": _funnel_steps,  # funnel, step (1-based), event_name, conversion_window
     "funnel_event_names": _funnel_event_names,  # ('name', ...): every funnel step's event name, for IN
+    # the same literal lists, so a scan skips other events before a join: ('name', ...)
+    "conversion_event_names": lambda c: _in_list(set(c.conversion_events)),
+    "exposure_event_names": lambda c: _in_list({x.exposure_event for x in c.experiments}),
+    "experiment_conversion_event_names": lambda c: _in_list({x.conversion_event for x in c.experiments}),
     "experiments": _experiments,  # experiment_id, control, conversion_event, exposure_event
     "experiment_variants": _experiment_variants,  # experiment_id, variant, weight (sums to 1)
     "tracked_traits": _tracked_traits,  # trait

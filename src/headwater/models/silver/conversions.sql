@@ -50,6 +50,7 @@ conversions AS (
     JOIN conversion_events AS c ON c.event_name = e.event_name
     CROSS JOIN revenue AS r
     WHERE e.ds BETWEEN $start AND $end
+      AND e.event_name IN {{conversion_event_names}}  -- a constant the scan applies before the join
       AND e.event_type = 'track'
       AND e.person_id IS NOT NULL
 ),

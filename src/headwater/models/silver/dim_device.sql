@@ -25,51 +25,45 @@
 -- which all come after every event it holds (the model checks), so a device seen again takes
 -- the newer values, keeps its first_seen_at and an attribute the new days did not send;
 -- without $merge, the devices of those days alone ($start, $end spanning all of silver).
+-- Cost: one grouping by device (arg_max over the order key, not a sort of every event per
+-- device for six window functions), and each JSON document parsed once for all its paths.
 WITH device_events AS (
     SELECT
         anonymous_id,
         person_id,
         platform,
         event_ts,
-        event_id,
-        source,
-        coalesce(json_extract_string(context, '$.device.type'),
-                 json_extract_string(properties, '$."$device_type"')) AS device_type,
-        coalesce(json_extract_string(context, '$.device.model'),
-                 json_extract_string(properties, '$."$device_model"')) AS device_model,
-        coalesce(json_extract_string(context, '$.os.name'),
-                 json_extract_string(properties, '$."$os_name"'),
-                 json_extract_string(properties, '$."$os"')) AS os_name,
-        coalesce(json_extract_string(context, '$.os.version'),
-                 json_extract_string(properties, '$."$os_version"')) AS os_version,
-        coalesce(json_extract_string(context, '$.app.version'),
-                 json_extract_string(properties, '$."$app_version"')) AS app_version
+        {'ts': event_ts, 'id': event_id, 'source': source} AS k,  -- the order (unique: one row per (source, event_id))
+        json_extract_string(context, ['$.device.type', '$.device.model', '$.os.name', '$.os.version', '$.app.version']) AS c,
+        json_extract_string(properties, ['$."$device_type"', '$."$device_model"', '$."$os_name"', '$."$os"', '$."$os_version"', '$."$app_version"']) AS p
     FROM silver.events
     WHERE ds BETWEEN $start AND $end
       AND anonymous_id IS NOT NULL
       AND person_id IS NOT NULL
 ),
-latest AS (
-    SELECT
-        anonymous_id,
-        person_id,
-        platform,
-        last_value(device_type IGNORE NULLS) OVER w AS device_type,
-        last_value(device_model IGNORE NULLS) OVER w AS device_model,
-        last_value(os_name IGNORE NULLS) OVER w AS os_name,
-        last_value(os_version IGNORE NULLS) OVER w AS os_version,
-        last_value(app_version IGNORE NULLS) OVER w AS app_version,
-        min(event_ts) OVER (PARTITION BY anonymous_id) AS first_seen_at,
-        event_ts AS last_seen_at,
-        row_number() OVER (PARTITION BY anonymous_id ORDER BY event_ts DESC, event_id DESC, source DESC) AS n
+attributes AS (
+    SELECT anonymous_id, person_id, platform, event_ts, k,
+           coalesce(c[1], p[1]) AS device_type,
+           coalesce(c[2], p[2]) AS device_model,
+           coalesce(c[3], p[3], p[4]) AS os_name,
+           coalesce(c[4], p[5]) AS os_version,
+           coalesce(c[5], p[6]) AS app_version
     FROM device_events
-    WINDOW w AS (
-        PARTITION BY anonymous_id ORDER BY event_ts, event_id, source
-        ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING
-    )
 ),
 news AS (
-    SELECT * FROM latest WHERE n = 1
+    SELECT
+        anonymous_id,
+        arg_max(person_id, k) AS person_id,
+        arg_max(platform, k) AS platform,
+        arg_max(device_type, k) FILTER (WHERE device_type IS NOT NULL) AS device_type,
+        arg_max(device_model, k) FILTER (WHERE device_model IS NOT NULL) AS device_model,
+        arg_max(os_name, k) FILTER (WHERE os_name IS NOT NULL) AS os_name,
+        arg_max(os_version, k) FILTER (WHERE os_version IS NOT NULL) AS os_version,
+        arg_max(app_version, k) FILTER (WHERE app_version IS NOT NULL) AS app_version,
+        min(event_ts) AS first_seen_at,
+        max(event_ts) AS last_seen_at
+    FROM attributes
+    GROUP BY anonymous_id
 ),
 prior AS (
     SELECT * FROM silver.dim_device WHERE $merge

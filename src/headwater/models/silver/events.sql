@@ -24,28 +24,36 @@
 -- more than once are ranked, from the key columns of the window; every other row passes
 -- through a hash anti-join instead of a sort of the full-width rows (the sort was most of the
 -- model's time at 10M events a day), and full rows of the neighbouring days are read only for
--- keys found on several days.
+-- keys also found outside the range (their person_id is left null: they are only compared, never kept).
+-- person_id is joined to the day's rows before the dedup, one lookup on the id the rule reads
+-- (user_id, else anonymous_id): DuckDB sees no row counts on the lake's Arrow scans, and a join
+-- to the result of the anti-joins below built its hash table on the 10M full-width rows, not on
+-- the identity map. Whether a key has copies outside the range comes from the counts of the one
+-- grouping of the keys (a count(DISTINCT ds) grouped every key a second time and joined back).
 WITH keys AS (
     SELECT source, event_id, ds
     FROM bronze.events
     WHERE ds BETWEEN CAST($start AS DATE) - {{dedup_days}} AND CAST($end AS DATE) + {{dedup_days}}
 ),
 resent AS (
-    -- keys of the range delivered more than once in the window; across_days: on several days
-    SELECT source, event_id, count(DISTINCT ds) > 1 AS across_days
+    -- keys of the range delivered more than once in the window; outside: also outside the range
+    SELECT source, event_id, count(*) FILTER (WHERE ds BETWEEN $start AND $end) < count(*) AS outside
     FROM keys
     GROUP BY source, event_id
     HAVING count(*) > 1 AND count(*) FILTER (WHERE ds BETWEEN $start AND $end) > 0
 ),
 in_range AS (
-    SELECT * FROM bronze.events WHERE ds BETWEEN $start AND $end
+    SELECT e.*, coalesce(m.person_id, e.user_id, e.anonymous_id) AS person_id
+    FROM bronze.events AS e
+    LEFT JOIN silver.identity_map AS m ON m.id = coalesce(e.user_id, e.anonymous_id)
+    WHERE e.ds BETWEEN $start AND $end
 ),
 copies AS (
     SELECT * FROM in_range SEMI JOIN resent USING (source, event_id)
     UNION ALL
-    SELECT *
+    SELECT *, CAST(NULL AS VARCHAR) AS person_id
     FROM bronze.events
-    SEMI JOIN (SELECT source, event_id FROM resent WHERE across_days) AS a USING (source, event_id)
+    SEMI JOIN (SELECT source, event_id FROM resent WHERE outside) AS a USING (source, event_id)
     WHERE ds BETWEEN CAST($start AS DATE) - {{dedup_days}} AND CAST($end AS DATE) + {{dedup_days}}
       AND NOT (ds BETWEEN $start AND $end)
 ),
@@ -80,35 +88,19 @@ beaten AS (
 winners AS (
     SELECT
         event_id, event_type, event_name, anonymous_id, user_id, event_ts, received_at,
-        source, surface, platform, properties, context, schema_version, ds
+        source, surface, platform, properties, context, schema_version, person_id, ds
     FROM in_range
     ANTI JOIN resent USING (source, event_id)
     UNION ALL
     SELECT
         event_id, event_type, event_name, anonymous_id, user_id, event_ts, received_at,
-        source, surface, platform, properties, context, schema_version, ds
+        source, surface, platform, properties, context, schema_version, person_id, ds
     FROM ranked
     ANTI JOIN beaten USING (source, event_id, copy_rank)
     WHERE ds BETWEEN $start AND $end
 )
 SELECT
-    r.event_id,
-    r.event_type,
-    r.event_name,
-    r.anonymous_id,
-    r.user_id,
-    r.event_ts,
-    r.received_at,
-    r.source,
-    r.surface,
-    coalesce(r.platform, 'unknown') AS platform,
-    r.properties,
-    r.context,
-    r.schema_version,
-    CASE WHEN r.user_id IS NOT NULL THEN coalesce(mu.person_id, r.user_id)
-         ELSE coalesce(ma.person_id, r.anonymous_id) END AS person_id,
-    r.ds
-FROM winners AS r
-LEFT JOIN silver.identity_map AS mu ON mu.id = r.user_id
-LEFT JOIN silver.identity_map AS ma ON ma.id = r.anonymous_id
-WHERE r.ds BETWEEN $start AND $end
+    event_id, event_type, event_name, anonymous_id, user_id, event_ts, received_at, source, surface,
+    coalesce(platform, 'unknown') AS platform,
+    properties, context, schema_version, person_id, ds
+FROM winners

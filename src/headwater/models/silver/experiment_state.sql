@@ -58,6 +58,7 @@ conversions AS (
      AND e.event_name = x.conversion_event
      AND e.event_ts >= m.exposed_at
     WHERE e.ds BETWEEN $start AND $end
+      AND e.event_name IN {{experiment_conversion_event_names}}  -- a constant the scan applies before the joins
       AND e.event_type = 'track'
       AND m.converted_at IS NULL
     GROUP BY m.experiment_id, m.person_id, e.ds

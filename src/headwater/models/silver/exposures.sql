@@ -30,5 +30,6 @@ JOIN variants AS v
   ON v.experiment_id = x.experiment_id
  AND v.variant = json_extract_string(e.properties, '$.variation_id')
 WHERE e.ds BETWEEN $start AND $end
+  AND e.event_name IN {{exposure_event_names}}  -- a constant the scan applies before the joins
   AND e.event_type = 'track'
   AND e.person_id IS NOT NULL
