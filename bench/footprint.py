@@ -23,7 +23,8 @@
    the tree is sampled every 2 s. Reported: the peak and the last total, the by-role peak,
    events accepted, the failed requests by status and the setting that refused them (``"429
    collector.max_loop_delay_ms"``; an exception's name when there was no answer), and the
-   stream's lag when the load ends. ``target_met``: the peak total RSS under load is at most
+   stream's lag when the load ends, and the 1-minute load average then (``load_avg_1m``, also
+   at the idle sample: the machine's other jobs). ``target_met``: the peak total RSS under load is at most
    1 GiB (issue 13).
 4. **UI opened**: then the Dagster UI is asked for once (its process starts) and the tree is
    sampled again: what a user who has the UI open adds (``ui_opened``).
@@ -222,8 +223,8 @@ def measure(tmp: Path, label: str, args, pythonpath: str | None = None) -> dict:
         wait_http(f"http://127.0.0.1:{port}/health", timeout_s=180, proc=up)
         started = time.monotonic()
         time.sleep(args.idle_s)
-        idle = totals(sample(up.pid))
-        show(f"{label} idle ({time.monotonic() - started:.0f} s after start)", idle)
+        idle = {**totals(sample(up.pid)), "load_avg_1m": round(os.getloadavg()[0], 2)}
+        show(f"{label} idle ({time.monotonic() - started:.0f} s after start; load average {idle['load_avg_1m']})", idle)
         samples: list[list[dict]] = []
         done = threading.Event()
 
@@ -234,6 +235,7 @@ def measure(tmp: Path, label: str, args, pythonpath: str | None = None) -> dict:
         thread = threading.Thread(target=sampler, daemon=True)
         thread.start()
         sent = load(f"http://127.0.0.1:{port}", write_key, args.eps, args.load_s, label)
+        sent["load_avg_1m"] = round(os.getloadavg()[0], 2)  # other jobs on the 2 cores slow the stream, hardly memory
         done.set()
         thread.join()
         lag_end = lag(home)

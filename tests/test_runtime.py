@@ -13,7 +13,7 @@ from segment.analytics import Client
 
 from headwater.config import Home
 from headwater.lake.store import Lake
-from headwater.runtime import Backoff, Platform, free_port
+from headwater.runtime import Backoff, Platform, child_env, free_port
 from headwater.serve.status import status
 
 
@@ -107,6 +107,16 @@ def test_restart_backoff_doubles_up_to_the_cap_and_resets_after_a_healthy_run():
     assert [backoff.delay(ran_s=0.5) for _ in range(6)] == [1, 2, 4, 8, 10, 10]
     assert backoff.delay(ran_s=10) == 1  # it ran as long as the longest wait: healthy
     assert backoff.delay(ran_s=0.1) == 2
+
+
+def test_children_run_on_the_allocator_defaults_unless_the_environment_sets_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's choice wins
+    env = child_env(Home(tmp_path))
+    assert (env["MALLOC_ARENA_MAX"], env["HEADWATER_HOME"]) == ("4", str(tmp_path))
+    pool = subprocess.run([sys.executable, "-c", "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert pool == "system"  # ARROW_DEFAULT_MEMORY_POOL is the name pyarrow reads
 
 
 def test_supervise_restarts_a_crashing_child_with_backoff_and_logs_its_exit_code(tmp_path, caplog):

@@ -77,6 +77,16 @@ def test_failing_checks_are_read_by_a_child_only_when_the_results_changed(tmp_pa
     assert beat.failing() == {} and len(reads) == 2
 
 
+def test_the_supervisor_reads_its_figures_without_loading_delta_rs(tmp_path):
+    home = Home(tmp_path)
+    alerts.record(Lake.of(home), [alerts.Result("volume", "bronze.events", "fail", "low")], dt.datetime.now(dt.timezone.utc))
+    code = ("import sys; import headwater.cli.main, headwater.runtime; from headwater.config import Home; "
+            "from headwater.serve.heartbeat import Heartbeat; f = Heartbeat(Home(sys.argv[1])).read(); "
+            "print(f.failing, 'deltalake' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "{'volume': 1} False"  # delta-rs only in its short-lived children (module doc)
+
+
 def test_an_unreadable_figure_prints_a_dash(tmp_path):
     (tmp_path / "not-a-dir").write_text("")
     home = Home(tmp_path, load_settings(home=tmp_path, **{"log.url": f"sqlite:///{tmp_path / 'not-a-dir' / 'log.db'}"}))

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 
 from headwater.config import Home
 from headwater.errors import InvalidInputError
@@ -57,8 +58,8 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _env(home: Home) -> dict[str, str]:
-    return {**os.environ, "HEADWATER_HOME": str(home.root), "DAGSTER_HOME": str(dagster_home(home))}
+def _env(home: Home, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {**(os.environ if env is None else env), "HEADWATER_HOME": str(home.root), "DAGSTER_HOME": str(dagster_home(home))}
 
 
 def prepare(home: Home) -> None:
@@ -69,11 +70,13 @@ def prepare(home: Home) -> None:
         subprocess.run([sys.executable, "-c", code], env=_env(home), check=True)
 
 
-def spawn(home: Home, component: str, grpc_port: int, ui: socket.socket | None = None) -> subprocess.Popen:
+def spawn(home: Home, component: str, grpc_port: int, ui: socket.socket | None = None,
+          env: Mapping[str, str] | None = None) -> subprocess.Popen:
     """Start ``component`` (one of :data:`COMPONENTS`) for ``home``: the code server on
     ``127.0.0.1:<grpc_port>`` with the daemon, or the UI on ``ui``, a listening TCP socket (the
-    child inherits it); SIGTERM or SIGINT stops it."""
-    env = _env(home)
+    child inherits it); SIGTERM or SIGINT stops it. ``env``: the child's environment (default
+    this process's), to which ``HEADWATER_HOME`` and ``DAGSTER_HOME`` are added."""
+    env = _env(home, env)
     if component == "dagster":
         code = f"from headwater.orchestrate.server import dagster_code_server_with_daemon; dagster_code_server_with_daemon({grpc_port})"
         return subprocess.Popen([sys.executable, "-c", code], env=env, preexec_fn=_default_sigint)
