@@ -300,6 +300,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200, help="distinct pre-encoded request bodies")
     ap.add_argument("--gzip", action="store_true", help="send Content-Encoding: gzip bodies")
     ap.add_argument("--profile", metavar="FILE", help="sample the collector with py-spy (on PATH) into FILE (.svg flame graph, .txt collapsed stacks); skips the bare peer")
+    ap.add_argument("--no-bare", action="store_true", help="skip the bare Starlette peer (vs_bare is then null)")
     ap.add_argument("--generate", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -315,7 +316,7 @@ def main() -> None:
     print(f"collector bench: batches of {BATCH} events, {args.connections} keep-alive connections per worker, "
           f"{args.duration:g} s (+{args.warmup:g} s warm-up) per server, workers {counts}, {os.cpu_count()} cores"
           f"{', gzip' if args.gzip else ''}", flush=True)
-    if args.profile:
+    if args.profile or args.no_bare:
         bare = {"eps": 0, "p50_ms": None, "p99_ms": None}
     else:
         bare = _phase("bare", [sys.executable, "-c", _BARE], {**os.environ}, args)

@@ -93,3 +93,24 @@ def test_a_batch_past_the_queue_room_refuses_only_the_requests_that_do_not_fit(t
     outcomes, weights = serve(home, body)
     assert weights == [1, 2]  # max_queue 2, the writer busy with the first: two of the batch of three fit
     assert outcomes == [None, None, "QueueFull"]
+
+
+def test_requests_arriving_while_the_previous_submission_commits_wait_and_form_one_batch(tmp_path):
+    home = make_home(tmp_path)
+
+    async def body(collector, weights):
+        with write_locked(collector.log):
+            first = asyncio.ensure_future(collector.record_batched(*request(collector, "web", "first")))
+            while not weights or collector._writer.waiting:  # submitted and taken by the writer, blocked on the lock
+                await asyncio.sleep(0.01)
+            later = []
+            for k in range(3):  # in three turns of the event loop
+                later.append(asyncio.ensure_future(collector.record_batched(*request(collector, "web", f"l{k}"))))
+                await asyncio.sleep(0.02)
+            assert collector.queued == 3 and weights == [1]  # held back, counted against collector.max_queue
+        await asyncio.gather(first, *later)
+
+    _, weights = serve(home, body)
+    assert weights == [1, 3]
+    events = read_topic(open_log(home.settings.log_url), "events").to_pylist()
+    assert len(events) == 12

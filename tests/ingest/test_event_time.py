@@ -223,3 +223,13 @@ def test_server_log_applies_the_same_rules(tmp_path):
         log.close()
     assert bad["reason"] == f'line 2: column "ts" (timestamp): {RANGE}' and bad["protocol"] == "serverlog"
     assert msgspec.json.decode(bad["payload"])["event_ts"].startswith("1900-01-01")
+
+
+def test_one_sent_at_for_the_request_corrects_every_event_like_its_own():
+    # The request's sentAt is one offset for every event; an event's own sentAt wins over it.
+    ts = RECEIVED - 2 * H
+    by_request = build([row("a", ts=ts), row("b")], sent_at=RECEIVED - 3 * H).events
+    own = build([row("a", ts=ts, sent=RECEIVED - 3 * H), row("b", sent=RECEIVED - 3 * H)]).events
+    assert by_request.column("event_ts").to_pylist() == own.column("event_ts").to_pylist() == [RECEIVED + H, RECEIVED]
+    mixed = build([row("a", ts=ts, sent=RECEIVED - 2 * H), row("b", ts=ts)], sent_at=RECEIVED - 3 * H).events
+    assert mixed.column("event_ts").to_pylist() == [RECEIVED, RECEIVED + H]

@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 
 from headwater.config import PiiPolicy
-from headwater.ingest.pii import MAX_DEPTH, TOO_DEEP, PiiScrubber, drop_cut_tail, normalize_key
+from headwater.ingest.pii import MAX_DEPTH, TOO_DEEP, PiiScrubber, contains_any, drop_cut_tail, normalize_key
 from headwater.ingest.tokens import Tokenizer, is_token
 
 from .conftest import HMAC_KEY
@@ -146,3 +146,21 @@ def test_text_scrubbing_stays_linear():
         s.scrub_text(text)
         s.scrub_prefix(text, 1024, cut=True)
     assert time.perf_counter() - start < 1.0  # quadratic patterns took ~1 s per 32 KB string
+
+
+def test_contains_any_searches_the_values_of_a_column_never_missing_one():
+    col = pa.array(["abc", None, "x@y", "zz"])
+    assert contains_any(col, (b"@",)) and not contains_any(col, (b"+", b":"))
+    assert not contains_any(col.slice(3), (b"@",)) and not contains_any(col.slice(0, 2), (b"@",))  # a slice's own bytes
+    assert contains_any(pa.chunked_array([col.slice(0, 1), col.slice(2)]), (b"@",))
+    assert not contains_any(pa.array([], pa.string()), (b"@",)) and contains_any(pa.array(["é@"], pa.large_string()), (b"@",))
+    assert contains_any(col.cast(pa.string_view()), (b"q",))  # another layout: assumed to (the caller then searches row by row)
+
+
+def test_text_columns_without_trigger_characters_are_left_as_they_are():
+    scrub = PiiScrubber(PiiPolicy(), Tokenizer(HMAC_KEY))
+    table = pa.table({"event_id": ["3f2a-11", "ann@example.com"], "event_name": ["Viewed", "Viewed"], "platform": ["ios", "web"],
+                      "properties": ["{}", "{}"]})
+    out = scrub.apply(table, ("properties",))
+    assert out.column("event_id").to_pylist() == ["3f2a-11", Tokenizer(HMAC_KEY)("ann@example.com")]
+    assert out.column("event_name").to_pylist() == ["Viewed", "Viewed"] and out.column("platform").to_pylist() == ["ios", "web"]

@@ -34,6 +34,16 @@ def test_column_tokenises_each_value_and_keeps_nulls(tokenizer):
     assert got.to_pylist() == [tokenizer("a"), None, tokenizer("b"), tokenizer("a")]
 
 
+def test_column_without_the_cache_gives_the_same_tokens_and_fills_no_cache():
+    fresh = Tokenizer(HMAC_KEY)
+    values = pa.array(["a", None, "b", "a"])
+    assert fresh.column(values, cache=False).to_pylist() == fresh.column(values).to_pylist()
+    replay = Tokenizer(HMAC_KEY, keep_tokens=True)
+    token = fresh("a")
+    assert replay.column(pa.array([token, "a"]), cache=False).to_pylist() == [token, token]  # tokens kept, raw ids hashed
+    assert replay.cache_info().currsize == 0
+
+
 def test_keep_tokens_leaves_tokens_and_tokenises_raw_ids(tokenizer):
     replay = Tokenizer(HMAC_KEY, keep_tokens=True)
     assert replay(tokenizer("ann@example.com")) == tokenizer("ann@example.com")  # already a token: kept

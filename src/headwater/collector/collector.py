@@ -22,13 +22,17 @@ Steps of one request (:meth:`Collector.handle`), each a method:
 4. :meth:`~Collector.validate` — the wire adapter's normalisation and contract validation
    (on the values as sent), per request;
 5. :meth:`~Collector.record_batched` — the source's PII policy (the log only sees scrubbed
-   values), partitioning, and the log: the requests that reach this step in the same turn of
-   the event loop form a *batch*, scrubbed and partitioned together (per source) and submitted
-   to the :class:`GroupCommitWriter` as **one** submission. A batch is the group commit's idea
-   applied to CPU: the Arrow compute calls of scrubbing and partitioning cost 10–100 µs each
-   whatever the row count (RE2 compiles its pattern per call), so a request of 100 events
-   costs 0.68 ms of CPU there alone, 0.47 ms in a batch of 2, 0.33 ms in one of 4 (under
-   ``bench/collector.py``'s load a worker's batches hold 2.1 requests on average). The
+   values), partitioning, and the log: the requests that reach this step while this worker's
+   previous submission is still in the :class:`GroupCommitWriter` (queued or committing), or
+   else in the same turn of the event loop, form a *batch*, scrubbed and partitioned together
+   (per source) and submitted as **one** submission once that previous one has committed. A
+   batch is the group commit's idea applied to CPU: the Arrow compute calls of scrubbing and
+   partitioning cost 10–100 µs each whatever the row count (RE2 compiles its pattern per
+   call), so a request of 100 events costs 0.68 ms of CPU there alone, 0.47 ms in a batch of
+   2, 0.33 ms in one of 4. Waiting for the previous commit costs a request little latency
+   (the batch's preparation, ~1 ms, once that commit is done): its submission would have
+   queued behind that commit anyway, the writer taking everything queued in one transaction (under ``bench/collector.py``'s load a worker's batches held 2.1
+   requests when only one turn of the loop was batched, 4.0 with this). The
    response is sent only after the submission committed — a 200 means the events survive a
    crash; 503 with ``Retry-After`` if the append fails or is not durable within
    ``collector.append_timeout_s``, 429 if the group-commit queue is full (``max_queue``
@@ -68,6 +72,7 @@ from headwater.collector.body import OVERSIZE_PAYLOAD_BYTES, Oversize, read_body
 from headwater.collector.health import LoadMonitor, LoopDelay, Refusal
 from headwater.collector.wire import MAX_REQUEST_BYTES, MAX_RESPONSE_ERRORS, Envelope, Limits, Wire, WireError
 from headwater.config import Home, PiiPolicy
+from headwater.errors import TransientError
 from headwater.events import AUTH_FAILURE, BAD_ROWS_TOPIC, EVENTS_TOPIC, SIZE_VIOLATION
 from headwater.ingest.badrows import MAX_BAD_PAYLOAD_CHARS, BadRow, bad_rows_append
 from headwater.ingest.canonical import Normalized
@@ -117,7 +122,8 @@ class Collector:
         self._writer: GroupCommitWriter | None = None
         self._monitor: LoadMonitor | None = None
         self._loop_delay: LoopDelay | None = None
-        self._batch: list[_Pending] | None = None  # requests waiting for this turn's record_batched
+        self._batch: list[_Pending] | None = None  # requests waiting for the next submission (record_batched)
+        self._submitted: asyncio.Future | None = None  # the last submission to the writer
 
     @classmethod
     def from_home(cls, home: Home, log: EventLog, tokenizer: Tokenizer | None = None) -> "Collector":
@@ -214,7 +220,11 @@ class Collector:
         loop = asyncio.get_running_loop()
         if self._batch is None:
             self._batch = []
-            loop.call_soon(self._flush_batch)
+            previous = self._submitted
+            if previous is not None and not previous.done():  # flushed once it has committed (module doc, step 5)
+                previous.add_done_callback(lambda _: self._flush_batch())
+            else:
+                loop.call_soon(self._flush_batch)
         waiter = loop.create_future()
         self._batch.append(_Pending(source, events, bad_rows, waiter))
         await asyncio.wait_for(waiter, self.settings.collector.append_timeout_s)
@@ -224,6 +234,10 @@ class Collector:
         ``collector.max_queue`` counts requests: those past the writer's room are refused."""
         batch = [p for p in self._batch if not p.waiter.done()]
         self._batch = None
+        if self._writer is None:  # closed while the batch waited for the previous commit: a 503, retried
+            for p in batch:
+                p.waiter.set_exception(TransientError("the collector is stopping", field="writer", retry_after_s=1.0))
+            return
         room = self._writer.room()
         if room is not None and room < len(batch):
             full = QueueFull(f"{self._writer.waiting} requests already waiting for the group commit (limit {self._writer.max_queue})",
@@ -243,7 +257,7 @@ class Collector:
                 events = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0] if tables else requests[0].events
                 appends += self.appends(scrubber(self.policy(source), self.tokenizer).apply(events),
                                         [row for p in requests for row in p.bad_rows], source)
-            submitted = asyncio.wrap_future(self._writer.submit(appends, weight=len(batch)))
+            submitted = self._submitted = asyncio.wrap_future(self._writer.submit(appends, weight=len(batch)))
         except Exception as e:  # QueueFull, or a bug scrubbing: every request of the batch learns it
             if not isinstance(e, QueueFull):
                 logger.exception("collector: preparing %d requests for the event log failed", len(batch))
@@ -338,6 +352,12 @@ class Collector:
         return error_response(e.status, e.code, e.message)
 
     # -- load and health ------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the group commit: in the writer's queue, and in the batch
+        waiting for this worker's previous submission to commit (:meth:`record_batched`)."""
+        return self._writer.waiting + (len(self._batch) if self._batch is not None else 0)
+
     def admit(self) -> Refusal | None:
         """The 429 / 503 refusing a new request (module doc, step 0), or None to take it.
         Reads counters and the monitor's last sample only: no I/O, no body."""
@@ -347,9 +367,9 @@ class Collector:
         if self.in_flight >= limits.max_in_flight:
             return Refusal(429, "overloaded", "collector.max_in_flight",
                            f"{self.in_flight} requests in progress (limit {limits.max_in_flight}); retry later", 1)
-        if self._writer.waiting >= limits.max_queue:
+        if (queued := self.queued) >= limits.max_queue:
             return Refusal(429, "overloaded", "collector.max_queue",
-                           f"{self._writer.waiting} requests waiting for the event log (limit {limits.max_queue}); retry later", 1)
+                           f"{queued} requests waiting for the event log (limit {limits.max_queue}); retry later", 1)
         if self._loop_delay is not None and (refused := self._loop_delay.refusal()) is not None:
             return refused
         return self._monitor.refusal()
@@ -375,7 +395,7 @@ class Collector:
         # Backends with background work (SqliteLog) list its failures in ``problems``.
         problems = list(getattr(self.log, "problems", ()))
         body = {
-            "writer": {"status": "ok" if alive else "down", "alive": alive, "pid": os.getpid(), "queued": writer.waiting if writer else 0,
+            "writer": {"status": "ok" if alive else "down", "alive": alive, "pid": os.getpid(), "queued": self.queued if writer else 0,
                        "max_queue": limits.max_queue, "in_flight": self.in_flight, "max_in_flight": limits.max_in_flight,
                        "loop_delay_ms": round(self._loop_delay.delay_ms, 1) if self._loop_delay else None},
             **(self._monitor.report() if self._monitor is not None else {}),

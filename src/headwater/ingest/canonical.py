@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 
 from headwater.events import EVENT_SCHEMA, TS
 from headwater.ingest.badrows import BadRow
+from headwater.ingest.pii import contains_any
 
 # Namespace of derived event ids (uuid5 over source + raw message bytes).
 EVENT_ID_NAMESPACE = uuid.UUID("5f6d8a3e-2c1b-5d4e-9a7f-0b1c2d3e4f50")
@@ -140,27 +141,35 @@ def event_time(columns: EventColumns, *, received_at_us: int, sent_at: datetime 
     given = ts
     if _present(c.original_timestamps):
         ts = pc.coalesce(ts, _flat(c.original_timestamps, TS))
-    own_sent = _flat(c.sent_ats, TS) if _present(c.sent_ats) else pa.nulls(n, TS)
-    sent = pc.coalesce(own_sent, pa.scalar(sent_at, TS)) if sent_at is not None else own_sent
     # Segment's skew correction: the client clock is off by (sentAt - received_at), the same
     # offset for every message of a request, so event time = t + (received_at - sentAt).
     # Null sentAt → null sum → uncorrected t. Times parsed from RFC 3339 lie within years
     # 1..9999 (± a day of zone offset), so these sums cannot leave int64 (±292,000 years).
-    candidates = [pc.add(ts, pc.subtract(recv, sent)), ts]
+    # Arrow compute calls cost ~5 µs each whatever the rows (a request holds ~100), so the
+    # common cases take fewer: one sentAt for the whole request is one offset (a scalar).
+    own_sent = _flat(c.sent_ats, TS) if _present(c.sent_ats) else None
+    if own_sent is not None:
+        corrected = pc.add(ts, pc.subtract(recv, pc.coalesce(own_sent, pa.scalar(sent_at, TS)) if sent_at is not None else own_sent))
+    elif sent_at is not None:
+        corrected = pc.add(ts, pa.scalar(received_at_us - pa.scalar(sent_at, TS).value, pa.duration("us")))
+    else:
+        corrected = None
+    candidates = [corrected, ts] if corrected is not None else [ts]
     if len(c.offsets_ms) and _present(c.offsets_ms):
         off = c.offsets_ms
         if not isinstance(off, (pa.Array, pa.ChunkedArray)):  # a client's int may exceed int64
             off = [None if o is None else max(-_MAX_OFFSET_MS, min(o, _MAX_OFFSET_MS)) for o in off]
         offsets = pc.max_element_wise(pc.min_element_wise(_flat(off, pa.int64()), _MAX_OFFSET_MS, skip_nulls=False), -_MAX_OFFSET_MS, skip_nulls=False)
         candidates.append(pc.subtract(recv, pc.cast(pc.multiply(offsets, 1000), pa.duration("us"))))
-    event_ts = pc.coalesce(*candidates, recv)
+    event_ts = candidates[0] if candidates[0].null_count == 0 else pc.coalesce(*candidates, recv)
 
     us_ = pc.cast(event_ts, pa.int64())
-    valid = pc.and_(pc.greater_equal(us_, MIN_EVENT_US), pc.less(us_, MAX_EVENT_US))
+    lo, hi = (v.as_py() for v in pc.min_max(us_).values())  # None, None without rows
     violations: list[TimeViolation] = []
-    if pc.all(valid).as_py():
+    if lo is None or (lo >= MIN_EVENT_US and hi < MAX_EVENT_US):
         valid = None
     else:
+        valid = pc.and_(pc.greater_equal(us_, MIN_EVENT_US), pc.less(us_, MAX_EVENT_US))
         # Which input put each bad row out of range: its own time, else the sent time.
         t_us = pc.cast(ts, pa.int64())
         for i in pc.indices_nonzero(pc.invert(valid)).to_pylist():
@@ -170,10 +179,12 @@ def event_time(columns: EventColumns, *, received_at_us: int, sent_at: datetime 
             elif not MIN_EVENT_US <= t < MAX_EVENT_US:
                 field_ = "timestamp" if given[i].is_valid else "original_timestamp"
             else:
-                field_ = "sent_at" if own_sent[i].is_valid else "request_sent_at"
+                field_ = "sent_at" if own_sent is not None and own_sent[i].is_valid else "request_sent_at"
             violations.append(TimeViolation(i, field_))
         event_ts = pc.if_else(valid, event_ts, recv)  # keeps the later arithmetic (ds) in range
 
+    if hi is None or (valid is None and hi <= received_at_us + future_tolerance_us):
+        return EventTime(event_ts, valid, None, pa.nulls(n, TS), violations)
     future = pc.greater(us_, received_at_us + future_tolerance_us)
     if valid is not None:
         future = pc.and_(future, valid)
@@ -237,10 +248,12 @@ _encode_json = msgspec.json.Encoder().encode
 def _flag_contexts(contexts: pa.Array | pa.ChunkedArray, future: pa.Array | None, original: pa.Array) -> pa.Array | pa.ChunkedArray:
     """``contexts`` (JSON object text) with ``headwater`` set on ``future`` rows (module doc)
     and a client-sent ``headwater`` key removed elsewhere. Only those rows are re-encoded."""
-    touch = pc.fill_null(pc.match_substring(contexts, '"headwater"'), False)
+    # A search of the column's bytes first (~8 µs for a request's 100 rows, against ~40 µs for
+    # pc.match_substring): a client-sent "headwater" key is rare.
+    touch = pc.fill_null(pc.match_substring(contexts, '"headwater"'), False) if contains_any(contexts, (b'"headwater"',)) else None
     if future is not None:
-        touch = pc.or_(touch, future)
-    if not pc.any(touch).as_py():
+        touch = future if touch is None else pc.or_(touch, future)
+    if touch is None or not pc.any(touch).as_py():
         return contexts
     rows = pc.indices_nonzero(touch)
     flagged = pc.fill_null(pc.take(future, rows), False).to_pylist() if future is not None else [False] * len(rows)

@@ -47,6 +47,7 @@ import re
 from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -75,6 +76,7 @@ MAX_CUT_WORD = 256
 _CUT_PHONE = re.compile(r"\+\d[\d ().\-]*$")
 
 _TEXT_TRIGGER = r"[@+:]|\d\.\d"  # superset of _VALUES in plain text (no JSON escapes, no keys)
+_TEXT_BYTES = (b"@", b"+", b":", b".")  # a value without any of these cannot match _TEXT_TRIGGER
 MAX_DEPTH = 256  # levels of JSON nesting the scrubber walks (the collector refuses deeper messages first)
 TOO_DEEP = "[removed: nested too deep]"
 TEXT_COLUMNS = ("event_id", "event_name", "platform")  # plain strings from client input, scrubbed by apply()
@@ -171,13 +173,17 @@ class PiiScrubber:
         return table
 
     def _apply_text_columns(self, table: pa.Table) -> pa.Table:
-        """:data:`TEXT_COLUMNS` of ``table`` with detected values tokenised: per column one
-        vectorised search with a short pattern (~20 µs for 100 rows: RE2 compiles it per
-        call), then only the rows that may hold a value are scrubbed in Python."""
+        """:data:`TEXT_COLUMNS` of ``table`` with detected values tokenised: per column a
+        search of its bytes for the trigger's characters (a column of UUIDs, event names and
+        platforms usually holds none: done), else one vectorised search with a short pattern
+        (~30 µs for 100 rows: RE2 compiles it per call), then only the rows that may hold a
+        value are scrubbed in Python."""
         for name in TEXT_COLUMNS:
             if name not in table.column_names:
                 continue
             col = _one_chunk(table.column(name))
+            if not contains_any(col, _TEXT_BYTES):
+                continue
             mask = pc.match_substring_regex(col, _TEXT_TRIGGER)
             if mask.true_count:
                 mask = pc.fill_null(mask, False)
@@ -315,6 +321,30 @@ def _unquote(value: str) -> str:
 
 def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
     return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
+_OFFSETS = {pa.string(): np.int32, pa.binary(): np.int32, pa.large_string(): np.int64, pa.large_binary(): np.int64}
+
+
+def contains_any(col: pa.Array | pa.ChunkedArray, needles: tuple[bytes, ...]) -> bool:
+    """Whether some value of a string column may contain one of ``needles`` (False: none
+    does). ``bytes.find`` over the column's data buffer, every value at once and no Arrow
+    kernel to set up (~0.2 ms per MB per byte needle, memchr; ~1 ms per MB for longer ones):
+    an order of magnitude under a ``match_substring`` call on a request's 100 rows. Null
+    slots may add bytes and a match may span two values, so it may over-report, never miss;
+    a column of another layout (string views) counts as containing them."""
+    for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else (col,):
+        width = _OFFSETS.get(chunk.type)
+        if width is None:
+            return True
+        _, offsets, data = chunk.buffers()
+        if data is None or not len(chunk):
+            continue
+        start, end = np.frombuffer(offsets, width)[[chunk.offset, chunk.offset + len(chunk)]]  # the chunk's bytes
+        text = data[int(start) : int(end)].to_pybytes()
+        if any(text.find(n) >= 0 for n in needles):
+            return True
+    return False
 
 
 # `"key": "value"` / `"key": 123` in JSON-like text; `key=value` in log lines and query

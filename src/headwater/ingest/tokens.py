@@ -54,30 +54,34 @@ class Tokenizer:
         inner, outer = _hmac_states(bytes(key))
         inner_copy, outer_copy = inner.copy, outer.copy
 
-        @functools.lru_cache(maxsize=cache_size)
-        def _token(raw_id: str) -> str:
+        def _hmac(raw_id: str) -> str:
             h = inner_copy()
             h.update(raw_id.encode("utf-8"))
             out = outer_copy()
             out.update(h.digest())
             return out.hexdigest()[:TOKEN_CHARS]
 
+        _token = functools.lru_cache(maxsize=cache_size)(_hmac)
         #: ``token(raw_id) -> str``: the memoised function itself (hot loops bind it once).
         self.token = (lambda raw: raw if is_token(raw) else _token(raw)) if keep_tokens else _token
+        self._uncached = (lambda raw: raw if is_token(raw) else _hmac(raw)) if keep_tokens else _hmac
         self._cached = _token
 
     def __call__(self, raw_id: str) -> str:
         return self.token(raw_id)
 
-    def column(self, values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    def column(self, values: pa.Array | pa.ChunkedArray, *, cache: bool = True) -> pa.Array:
         """Tokens of a string column, same length; nulls stay null. Columnar: each distinct
         id is looked up once (``pc.unique``; the LRU cache spares the HMAC of ids seen in
         earlier batches), then tokens are gathered by index (file and log sources tokenise
-        millions of rows of far fewer ids this way)."""
+        millions of rows of far fewer ids this way). ``cache=False`` for the one call over a
+        whole input's distinct ids (a bulk import): the LRU bookkeeping of a miss costs half
+        as much again as the HMAC (0.23 against 0.15 CPU-s for 200k ids)."""
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
         distinct = pc.unique(values.drop_null())
-        tokens = pa.array([self.token(v) for v in distinct.to_pylist()], pa.string())
+        token = self.token if cache else self._uncached
+        tokens = pa.array([token(v) for v in distinct.to_pylist()], pa.string())
         return pc.take(tokens, pc.index_in(values, distinct))
 
     def cache_info(self):

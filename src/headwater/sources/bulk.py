@@ -187,7 +187,7 @@ class _Writer:
         # DuckDB orders the rows (on its own threads, without the GIL) while this thread tokenises.
         with ThreadPoolExecutor(1, thread_name_prefix="bulk-order") as pool:
             ordering = pool.submit(self._ordered, con, rows, chunk_rows, explicit_ids)
-            tokens = self.canon.tokenizer.column(ids)
+            tokens = self.canon.tokenizer.column(ids, cache=False)  # each id once: no cache to fill
             reader = ordering.result()
         # WORKERS chunks are canonicalised and written as Parquet at once (Arrow compute and
         # the Parquet writer release the GIL); this thread reads the chunks and commits them, in order.
