@@ -31,6 +31,8 @@
    ``realtime.*`` upserts) − its log append time (``_appended_ms``). p50 / p95 over all events.
 4. **Peak RSS**: sum of the resident sets of the engine's process tree (for Spark: the
    Python driver, the JVM and its Python workers), sampled every 0.2 s.
+5. **Load**: the machine's 1-minute load average at the start and the end of the run
+   (``load_avg_1m_start`` / ``_end``): on a shared machine the throughputs depend on it.
 
 The last line of stdout is one JSON object.
 """
@@ -318,7 +320,8 @@ def main() -> None:
     n = args.events or (100_000 if args.quick else 2_000_000)
     fresh_s = args.freshness_seconds or (5.0 if args.quick else 30.0)
 
-    out: dict = {"bench": "stream", "events": n, "quick": args.quick}
+    # The machine's 1-minute load average with the figures: a shared 2-core box skews them.
+    out: dict = {"bench": "stream", "events": n, "quick": args.quick, "load_avg_1m_start": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(prefix="hw-bench-stream-") as tmp:
         root = Path(tmp)
         home = Home(root / "headwater")
@@ -376,6 +379,7 @@ def main() -> None:
         out["peak_rss_mb"] = max(out["headwater_peak_rss_mb"], out["live_peak_rss_mb"])
         out["input"] = {"late_share": LATE_SHARE, "max_late_s": MAX_LATE_S, "duplicate_share": DUP_SHARE, "hot_user_share": HOT_SHARE,
                         "hot_user_events": hot, "users": USERS, "partitions": PARTITIONS, "request_events": args.request_events}
+    out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
 
 

@@ -39,3 +39,17 @@ def test_an_existing_session_and_a_gap_filling_event_merge_into_one():
     assert out["_session"].n_unique() == 2  # [0,15) + [12,22) merge; [30,45) stays apart
     items = items.vstack(pl.DataFrame({"k": ["a"], "window_start": [21], "window_end": [31]}))
     assert session_ids(items, ["k"])["_session"].n_unique() == 1
+
+
+def test_a_long_session_of_one_key_never_absorbs_another_keys_events():
+    # b's events fall inside a's long session, and c's end is the largest of all: the running
+    # maximum end must restart at each key.
+    items = pl.DataFrame(
+        {"k": ["a", "b", "b", "c", "a"], "window_start": [0, 50, 80, 10, 200], "window_end": [150, 60, 90, 1_000, 210]}
+    )
+    got = session_ids(items, ["k"])
+    sessions = got.group_by("_session").agg(pl.col("k").unique(), pl.col("window_start").min(), pl.col("window_end").max()).sort("window_start", "k")
+    assert [(s["k"], s["window_start"], s["window_end"]) for s in sessions.iter_rows(named=True)] == [
+        (["a"], 0, 150), (["c"], 10, 1_000), (["b"], 50, 60), (["b"], 80, 90), (["a"], 200, 210)
+    ]
+    assert got["_session"].n_unique() == 5  # ids are unique across keys

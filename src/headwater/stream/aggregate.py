@@ -56,7 +56,7 @@ class WindowOperator:
     def _distinct(self):
         return [m for m in self.spec.measures if m.kind == "distinct"]
 
-    def _sketches(self, result: pl.DataFrame, old: pl.DataFrame, new: pl.DataFrame | None) -> pl.DataFrame:
+    def _sketches(self, result: pl.DataFrame, old: pl.DataFrame, new: pl.LazyFrame | None) -> pl.DataFrame:
         """Add ``<name>_sketch`` to ``result`` (output windows numbered by ``_row``): the union
         of the state's sketches in ``old`` (``_row`` + ``<name>_sketch``) and of the values in
         ``new`` (``_row`` + the measure's column), updated once per distinct (row, value)."""
@@ -64,7 +64,8 @@ class WindowOperator:
         for m in self._distinct():
             sk = f"{m.name}_sketch"
             prior = old.select("_row", sketch=pl.col(sk)) if sk in old.columns else pl.DataFrame(schema={"_row": pl.UInt32, "sketch": pl.Binary})
-            values = new.select("_row", value=pl.col(m.column).cast(pl.String)).drop_nulls("value").unique().sort("_row", "value")
+            # Lazy: the join that numbers the events, the dedup and the sort run as one plan.
+            values = new.select("_row", value=pl.col(m.column).cast(pl.String)).drop_nulls("value").unique().sort("_row", "value").collect()
             cols.append(pl.Series(sk, sketches.combine(result.height, prior, values, m.lg_k), pl.Binary))
         return result.with_columns(cols) if cols else result
 
@@ -107,7 +108,7 @@ class WindowOperator:
         if self.state is not None:
             partial = partial.join(self.state, on=self.keys, how="left", nulls_equal=True, suffix="_old", maintain_order="left")
             partial = partial.with_columns([(pl.col(c) + pl.col(f"{c}_old").fill_null(0)).alias(c) for c in self._additive()])
-        new = assigned.join(partial.select([*self.keys, "_row"]), on=self.keys, nulls_equal=True) if self._distinct() else partial
+        new = assigned.lazy().join(partial.lazy().select([*self.keys, "_row"]), on=self.keys, nulls_equal=True) if self._distinct() else None
         changed = self._sketches(partial, partial, new).select(self._state_columns())
         self._replace(changed, [])
         return changed
@@ -125,28 +126,30 @@ class WindowOperator:
         items = windows.session_ids(pl.concat([old, new], how="diagonal_relaxed") if old.height else new, self.group)
         if "_old_start" not in items.columns:
             items = items.with_columns(_old_start=pl.lit(None, pl.Int64))
+        # Session ids are unique across keys and increase in (key, start) order: grouping by
+        # the id alone keeps that order, which is the output order.
         merged = (
-            items.group_by([*self.group, "_session"])
+            items.group_by("_session", maintain_order=True)
             .agg(
+                *[pl.col(g).first() for g in self.group],
                 pl.col("window_start").min(),
                 pl.col("window_end").max(),
                 *[pl.col(c).sum() for c in self._additive()],
                 pl.col("_new").any(),
             )
             .filter(pl.col("_new"))
-            .sort(self.group + ["window_start"])
             .with_row_index("_row")
         )
-        target = merged.select([*self.group, "_session", "_row", pl.col("window_start").alias("_start")])
+        target = merged.select(["_session", "_row", pl.col("window_start").alias("_start")])
         # Only the (few) state rows need their merged session; the batch's events only when a
         # distinct measure must find its session's row.
-        olds = items.filter(~pl.col("_new")).join(target, on=[*self.group, "_session"])
+        olds = items.filter(~pl.col("_new")).join(target, on="_session")
         # Old sessions absorbed into a session that now starts earlier: their rows go away.
         deleted = olds.filter(pl.col("_old_start") != pl.col("_start")).select([pl.col("window_start"), pl.col("window_end"), *self.group])
         new = None
         if self._distinct():
-            new = items.filter(pl.col("_new")).join(target, on=[*self.group, "_session"])
-            new = events.join(new.select(["_row", *self.group, pl.col("window_start").alias("_ts")]).unique(), on=[*self.group, "_ts"])
+            new = items.lazy().filter(pl.col("_new")).join(target.lazy(), on="_session")
+            new = events.lazy().join(new.select(["_row", *self.group, pl.col("window_start").alias("_ts")]).unique(), on=[*self.group, "_ts"])
         changed = self._sketches(merged, olds, new).select(self._state_columns())
         self._replace(changed, [olds.select(self.group + ["window_start"])])
         return changed, deleted.select(self.keys)

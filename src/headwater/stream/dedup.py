@@ -219,13 +219,14 @@ class DedupState:
     def filter_new(self, events: pl.DataFrame) -> pl.DataFrame:
         """Rows of ``events`` (needs the key column) whose key is neither in the state nor
         earlier in ``events`` itself; the first occurrence wins, input order is kept."""
-        events = events.filter(pl.col(self.key).is_first_distinct())
+        keys = events.get_column(self.key)
+        keep = keys.is_first_distinct()
         if not self._batches or events.height == 0:
-            return events
-        h = _hash(events.get_column(self.key))
-        maybe = self._bloom.may_contain(h)
+            return events.filter(keep)
+        h = _hash(keys)
+        maybe = self._bloom.may_contain(h) & keep.to_numpy()
         if not maybe.any():
-            return events
+            return events.filter(keep)
         wanted = np.unique(h[maybe])
         oldest = next(iter(self._batches))  # live batches are the newest ones (the clock never goes back)
         seen = []
@@ -238,9 +239,9 @@ class DedupState:
                 found = table.select(["batch_id", "key"]).take(rows)
                 live = np.asarray(found.column("batch_id")) >= oldest
                 seen.append(found.column("key").filter(pa.array(live)))
-        if not seen:
-            return events
-        return events.filter(~pl.col(self.key).is_in(pl.concat([pl.Series(s) for s in seen]).implode()))
+        if seen:  # one filter, one copy of the batch
+            keep &= ~keys.is_in(pl.concat([pl.Series(s) for s in seen]).implode())
+        return events.filter(keep)
 
     # -- updates ----------------------------------------------------------------------
     def _clock(self, max_received_us: int, batch_ts_us: int) -> int:
@@ -264,7 +265,9 @@ class DedupState:
         self._merge()
         clock = self._clock(max_received_us, batch_ts_us)
         h = _hash(keys)
-        order = np.argsort(h, kind="stable")
+        # Introsort (deterministic, ~5x a stable sort here): the keys are distinct, so equal
+        # hashes mean a collision, and a lookup reads every row of an equal hash anyway.
+        order = np.argsort(h)
         self._batches[batch_id] = (clock, batch_ts_us, len(keys))
         self._live_keys += len(keys)
         run = _Run(batch_id, batch_id, 0, len(keys))

@@ -30,9 +30,10 @@ Per micro-batch N (recovery protocol in :mod:`headwater.stream.checkpoint`):
 
 Concurrency inside a batch (all of it joins before ``commits/N``): the sinks of step 7 commit
 on a small thread pool while the operators of step 6 run side by side, and the state of step 8
-is written meanwhile (it only counts once ``commits/N`` exists); with ``available_now`` the
-next batch's log range is read ahead while batch N computes (used only if batch N+1's plan is
-exactly that range). Each table's commit carries its own txn, so the order of the commits
+is written meanwhile (it only counts once ``commits/N`` exists); with ``available_now`` batch
+N+1 is planned (step 1, whose byte bound scans the log's index) and read on a reader thread
+while batch N computes, and runs as planned: its plan is recorded in ``offsets/N+1`` before it
+runs, like any other. Each table's commit carries its own txn, so the order of the commits
 within a batch never matters for exactly-once.
 
 A kill -9 anywhere leaves at most batch N half done; its replay reads the same offsets at the
@@ -64,7 +65,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,8 +209,10 @@ class BronzeStream:
         self._sinks = ThreadPoolExecutor(max_workers=SINK_THREADS, thread_name_prefix="headwater-sink")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headwater-read-ahead")
         self._read_ahead = False
-        self._prefetch: tuple[dict, Any] | None = None  # (plan, future of _read(plan))
+        self._prefetch: Any = None  # future of _plan_and_read from where the running batch ends
         self._ops = ThreadPoolExecutor(max_workers=WINDOW_THREADS, thread_name_prefix="headwater-window")
+        self._op_seconds = [0.0] * len(pipeline.aggregates)  # each operator's last update: the costliest starts first
+        self._state = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headwater-state")  # the dedup delta of step 8
         self._next: dict[str, dict[int, int]] = {}
         self._next_batch = 0
         self._handover: dict[str, Any] = {}  # offsets metadata of the first batch after a take-over
@@ -337,8 +340,22 @@ class BronzeStream:
         :meth:`~Checkpoint.read_metadata`): same input, same batch boundaries, same
         processing time, hence the same output. ``ValueError`` if the plan does not start
         where this query stands."""
+        ahead, self._prefetch = self._prefetch, None
+        read = None
         if plan is None:
-            plan = self._plan()
+            # The batch planned and read ahead from where this query now stands is used as is:
+            # any bounded range from here is a valid plan, and it is recorded in offsets/N below
+            # before the batch runs, like any other.
+            got = None
+            if ahead is not None:
+                try:
+                    got = ahead.result()
+                except Exception as e:  # planned and read again by the batch, where a failure counts
+                    log.info("reading ahead failed, reading again: %s", e)
+            if got is not None and all(self._next[t][p] == start for t, parts in got[0].items() for p, (start, _) in parts.items()):
+                plan, read = got
+            else:
+                plan = self._plan()
             if plan is None:
                 return None
         else:
@@ -350,7 +367,7 @@ class BronzeStream:
         now = self.clock() if batch_timestamp_ms is None else batch_timestamp_ms
         self.checkpoint.write_offsets(batch_id, plan, {"batch_timestamp_ms": now, **self._handover})
         self._handover = {}
-        return self._attempt(batch_id, plan, now, replay=False)
+        return self._attempt(batch_id, plan, now, replay=False, read=read)
 
     def run(self, stop: threading.Event | None = None, available_now: bool = False) -> None:
         """Run micro-batches until ``stop`` is set; with ``available_now`` stop once the
@@ -388,12 +405,12 @@ class BronzeStream:
                 stop.wait(max(0.0, started + self.config.trigger_interval_s - time.monotonic()))
 
     # -- one batch --------------------------------------------------------------------
-    def _attempt(self, batch_id: int, plan: dict[str, dict[int, tuple[int, int]]], now_ms: int, replay: bool) -> BatchResult:
+    def _attempt(self, batch_id: int, plan: dict[str, dict[int, tuple[int, int]]], now_ms: int, replay: bool, read: tuple | None = None) -> BatchResult:
         """:meth:`_run`, counting its failures in the checkpoint (they survive restarts: the
         supervisor restarting a crashed processor is what repeats them); the failure that
         reaches ``quarantine_after`` raises :class:`BatchQuarantinedError` instead."""
         try:
-            result = self._run(batch_id, plan, now_ms, replay)
+            result = self._run(batch_id, plan, now_ms, replay, read)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
             rec = self.checkpoint.record_failure(batch_id, error, self.config.quarantine_after)
@@ -437,10 +454,12 @@ class BronzeStream:
         self._sink(EVENTS, events.take(rows).select(EVENT_SCHEMA.names), batch_id, replay)
 
     @staticmethod
-    def _aggregate(op: WindowOperator, events: pl.DataFrame, watermark_us: int | None) -> tuple[pa.Table, int]:
-        """``op``'s sink rows for this batch and the number of windows it emitted."""
-        emit, deleted = op.update(events, watermark_us)
-        return op.output(emit, deleted), emit.height
+    def _aggregate(op: WindowOperator, events: pl.DataFrame, late: str, watermark_us: int | None) -> tuple[pa.Table, int, float]:
+        """``op``'s sink rows for this batch (from the ``events`` whose boolean column ``late``
+        is false), the number of windows it emitted and the seconds it took."""
+        started = time.perf_counter()
+        emit, deleted = op.update(events.filter(~pl.col(late)), watermark_us)
+        return op.output(emit, deleted), emit.height, time.perf_counter() - started
 
     def _frame(self, events: pa.Table) -> pl.DataFrame:
         """The columns the operators need, as Polars: ``_row`` (index into ``events``),
@@ -465,16 +484,19 @@ class BronzeStream:
         bad, dead_bad = read_topic(self.log, BAD_ROWS, plan[BAD_ROWS], BAD_ROW_SCHEMA)
         return events.combine_chunks(), dead_ev, bad, dead_bad
 
-    def _run(self, batch_id: int, plan: dict[str, dict[int, tuple[int, int]]], now_ms: int, replay: bool) -> BatchResult:
+    def _plan_and_read(self, start: dict[str, dict[int, int]]) -> tuple[dict[str, dict[int, tuple[int, int]]], tuple] | None:
+        """The plan of the batch starting at ``start`` and its :meth:`_read` (``None``: nothing
+        to read); reading ahead, on the reader thread. Free of side effects."""
+        plan = self._plan(start)
+        return None if plan is None else (plan, self._read(plan))
+
+    def _run(self, batch_id: int, plan: dict[str, dict[int, tuple[int, int]]], now_ms: int, replay: bool, read: tuple | None = None) -> BatchResult:
         started = time.time()
         result = BatchResult(batch_id)
-        ahead, self._prefetch = self._prefetch, None
-        # Reading is free of side effects: a batch read ahead is used only if it is exactly
-        # this batch's plan (the offset log stays the single source of what a batch reads).
-        if ahead is not None and ahead[0] == plan:
-            events, dead_ev, bad, dead_bad = ahead[1].result()
-        else:
-            events, dead_ev, bad, dead_bad = self._read(plan)
+        events, dead_ev, bad, dead_bad = read if read is not None else self._read(plan)
+        if self._read_ahead:  # plan and read batch N+1 while batch N computes and commits
+            after = {t: {**self._next[t], **{p: e for p, (_, e) in plan[t].items()}} for t in (EVENTS, BAD_ROWS)}
+            self._prefetch = self._reader.submit(self._plan_and_read, after)
 
         df = self._frame(events)
         fresh = self.dedup.filter_new(df)
@@ -503,26 +525,27 @@ class BronzeStream:
             result.dead_letters = len(dead)
             pending.append(self._sinks.submit(self._sink, "dead_letter", dead_letter_table(dead), batch_id, replay))
             pending.append(self._sinks.submit(self._sink, "late_events", late_rows, batch_id, replay))
-            if self._read_ahead:  # read batch N+1 from the log while batch N computes and commits
-                after = {t: {**self._next[t], **{p: e for p, (_, e) in plan[t].items()}} for t in (EVENTS, BAD_ROWS)}
-                nxt = self._plan(after)
-                if nxt is not None:
-                    self._prefetch = (nxt, self._reader.submit(self._read, nxt))
-            # The operators are independent of each other: they run side by side too.
-            updates = [self._ops.submit(self._aggregate, op, fresh.filter(~pl.col(f"_late_{i}")), wm_after) for i, op in enumerate(self.operators)]
+            # The operators are independent of each other: they run side by side too, the
+            # costliest (in the previous batch) first, so that the last to finish is a short one;
+            # each one's sink is submitted as soon as it is done.
+            order = sorted(range(len(self.operators)), key=lambda i: -self._op_seconds[i])
+            updates = {self._ops.submit(self._aggregate, self.operators[i], fresh, f"_late_{i}", wm_after): i for i in order}
+            # State version N (dedup delta, window snapshot) is keyed by N and only counts once
+            # commits/N exists, so it is written while the operators and sinks run.
+            delta = [self._state.submit(self.dedup.add, batch_id, fresh.get_column(DEDUP_KEY),
+                                      int(df.get_column("received_at").dt.epoch("us").max()), now_ms * 1000)] if df.height else []
             try:
-                for op, update in zip(self.operators, updates):
-                    out, emitted = update.result()
+                for update in as_completed(updates):
+                    i = updates[update]
+                    op = self.operators[i]
+                    out, emitted, self._op_seconds[i] = update.result()
                     result.window_rows += emitted
                     keys = op.merge_keys if op.spec.output_mode == "update" else None
                     pending.append(self._sinks.submit(self._sink, op.spec.table, out, batch_id, replay, keys))
             finally:
-                wait(updates)
-            # State version N (dedup delta, window snapshot) is keyed by N and only counts once
-            # commits/N exists, so it is written while the sinks commit.
-            if df.height:
-                received = int(df.get_column("received_at").dt.epoch("us").max())
-                self.dedup.add(batch_id, fresh.get_column(DEDUP_KEY), received, now_ms * 1000)
+                wait([*updates, *delta])
+            for f in delta:
+                f.result()
             self.store.save(
                 batch_id, {op.spec.name: op.snapshot() for op in self.operators}, {"watermark": self.watermark.to_dict()}
             )

@@ -9,11 +9,13 @@
   starts before the running maximum end of the items before it (half-open intervals that
   overlap merge — events exactly ``gap`` apart are two sessions, as in Spark's
   ``session_window``). This is the interval-merging rule of Spark and Flink session windows,
-  written as a cumulative max + cumulative sum over a sort, not a loop.
+  written as a running max + cumulative sum over one sort by key and start, not a loop
+  and not a group-by.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from headwater.stream.pipeline import Hopping, Tumbling, us
@@ -34,10 +36,22 @@ def assign(df: pl.DataFrame, window: Tumbling | Hopping, ts: str = "_ts") -> pl.
 
 
 def session_ids(items: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """``items`` (int64 ``window_start``/``window_end`` intervals, any key columns) sorted by
-    start, with ``_session`` (int) numbering the merged sessions within each key."""
-    # Sorting by time alone is enough: ``over(keys)`` runs each key's rows in frame order.
-    items = items.sort(["window_start", "window_end"])
-    prev_end = pl.col("window_end").cum_max().shift(1).over(keys)
-    items = items.with_columns(_opens=prev_end.is_null() | (pl.col("window_start") >= prev_end))
-    return items.with_columns(_session=pl.col("_opens").cum_sum().over(keys)).drop("_opens")
+    """``items`` (int64 ``window_start``/``window_end`` intervals, non-null key columns
+    ``keys``) sorted by ``(*keys, window_start, window_end)``, with ``_session`` (int64)
+    numbering the merged sessions: one id per session, unique across keys, increasing in
+    that order."""
+    items = items.sort([*keys, "window_start", "window_end"])
+    first = np.ones(items.height, bool)  # the first item of its key
+    if items.height > 1:
+        differs = items.select(pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys]).fill_null(True))
+        first = differs.to_series().to_numpy()
+    start = items.get_column("window_start").to_numpy()
+    # The running maximum end within each key, without a group-by: ends are replaced by
+    # their rank among the distinct ends (order-preserving, < n), and key number g adds g·n,
+    # so one global running maximum never crosses a key (no overflow while n² < 2⁶³).
+    ends, rank = np.unique(items.get_column("window_end").to_numpy(), return_inverse=True)
+    offset = (np.cumsum(first) - 1) * len(ends)
+    running = ends[np.maximum.accumulate(rank + offset) - offset]
+    opens = first.copy()
+    opens[1:] |= start[1:] >= running[:-1]
+    return items.with_columns(_session=pl.Series(np.cumsum(opens), dtype=pl.Int64))
