@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pyarrow as pa
+from deltalake import DeltaTable
 
 from headwater.lake.store import Lake
 
@@ -33,3 +34,44 @@ def test_a_kept_handle_sees_every_commit_and_the_txns(tmp_path):
     other.compact("gold.events_hourly")  # a rewrite under the handle
     kept.append_once("gold.events_hourly", hourly([D1], [5]), app_id="q", batch_id=4)
     assert rows(other) == [1, 2, 3, 4, 5]
+
+
+def test_a_pinned_scope_reads_one_version_and_its_own_writes(tmp_path, monkeypatch):
+    lake, other = Lake(tmp_path / "lake"), Lake(tmp_path / "lake")
+    table = "gold.events_hourly"
+    with lake.pinned():
+        assert not lake.exists(table)
+        other.append_once(table, hourly([D1], [1]), app_id="q", batch_id=0)  # another writer creates it
+        assert not lake.exists(table)  # the scope's answer holds
+        lake.append(table, hourly([D1], [2]))  # created here as far as the scope knows: asked again
+        assert lake.exists(table) and rows(lake) == [1, 2]
+        other.append_once(table, hourly([D2], [3]), app_id="q", batch_id=1)
+        assert rows(lake) == [1, 2] and lake.ds_days(table) == [D1]  # pinned: not seen
+
+        calls = {"listings": 0}
+        real_update, real_is = DeltaTable.update_incremental, DeltaTable.is_deltatable
+
+        def update(self):
+            calls["listings"] += 1
+            real_update(self)
+
+        def is_table(uri, storage_options=None):
+            calls["listings"] += 1
+            return real_is(uri, storage_options)
+
+        monkeypatch.setattr(DeltaTable, "update_incremental", update)
+        monkeypatch.setattr(DeltaTable, "is_deltatable", staticmethod(is_table))
+        for _ in range(3):  # what a build asks about a table, again and again: no listing
+            assert lake.exists(table) and lake.ds_days(table) == [D1] and lake.version(table) == 1
+            lake.dataset(table)
+        assert calls["listings"] == 0
+        monkeypatch.undo()
+
+        # its own writes are seen at once, on top of what they were committed over
+        lake.overwrite_partitions(table, hourly([D1], [4]), D1, D1)
+        assert rows(lake) == [3, 4] and lake.ds_days(table) == [D1, D2]
+        lake.delete(table, "events = 4")
+        lake.compact(table)
+        assert rows(lake) == [3] and lake.ds_days(table) == [D2]
+    other.append_once(table, hourly([D2], [5]), app_id="q", batch_id=2)
+    assert rows(lake) == [3, 5] and lake.exists(table)  # outside the scope: up to date again

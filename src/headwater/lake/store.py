@@ -39,6 +39,12 @@ Snapshots: :meth:`Lake.dataset` keeps, per table, the pyarrow dataset of the las
 opened, and reuses it while the table's version is unchanged (a long-lived reader pays for
 a table's log and file list once per commit, not once per query). Keep one ``Lake`` per
 process to share that cache; it is thread-safe.
+
+Pinned reads: inside :meth:`Lake.pinned` (a batch build) each table is opened once, and read at
+the version this ``Lake`` first saw or last wrote, without asking the store again: answers of
+:meth:`Lake.exists`, the open handles and their file lists are kept for the scope and
+updated by the scope's own writes only. A build so pays one log listing per table instead of
+one per question (~240 on a daily build, ~0.5 ms each once a table has months of commits).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +99,7 @@ class Lake:
         self._lock = threading.Lock()
         self._snapshots: dict[str, tuple[DeltaTable, int, pads.Dataset]] = {}
         self._handles: dict[str, DeltaTable] | None = {} if keep_open else None
+        self._pin: _Pin | None = None
 
     @classmethod
     def of(cls, home: Home, keep_open: bool = False) -> Lake:
@@ -114,9 +122,42 @@ class Lake:
 
     def exists(self, table: str) -> bool:
         """Whether ``table`` has a Delta log (at least one commit). An object store that cannot
-        be reached or refuses the credentials raises (:func:`_errors`), never answers no."""
-        with _errors(table):
-            return DeltaTable.is_deltatable(self.uri(table), self.storage_options)
+        be reached or refuses the credentials raises (:func:`_errors`), never answers no.
+        Inside :meth:`pinned`, the first answer holds until this ``Lake`` writes the table."""
+        pin = self._pin
+        if pin is None:
+            with _errors(table):
+                return DeltaTable.is_deltatable(self.uri(table), self.storage_options)
+        if table not in pin.exists:  # opened now (one log listing), as it will be read anyway
+            try:
+                with _errors(table):
+                    self._open(table)
+                pin.exists[table] = True
+            except NotFoundError:
+                pin.exists[table] = False
+        return pin.exists[table]
+
+    @contextmanager
+    def pinned(self) -> Iterator[Lake]:
+        """A scope in which every table is read at one version: the version current when the
+        scope first used it, or the one this ``Lake``'s own writes in the scope made. Within
+        it a table is opened once (its handle kept, as with ``keep_open``, but not brought up
+        to date before each use), and :meth:`exists`, :meth:`add_actions` and
+        :meth:`dataset` answer from what the scope already knows; commits of other writers
+        (the stream appending to bronze) are seen by the next scope. For a sequence of
+        operations that must see one consistent state of the lake and its own writes: a
+        batch build (:func:`headwater.models.run.build`). Not for concurrent use by several
+        threads. Nested scopes are the outer one."""
+        if self._pin is not None:
+            yield self
+            return
+        outer = self._handles
+        self._handles = {} if outer is None else outer
+        self._pin = _Pin(stale=set(self._handles))  # handles opened before: bring up to date once
+        try:
+            yield self
+        finally:
+            self._pin, self._handles = None, outer
 
     def tables(self) -> list[str]:
         """Names of every existing table, sorted: the fixed tables of the catalog that exist,
@@ -155,24 +196,42 @@ class Lake:
     def _open(self, table: str, version: int | None = None) -> DeltaTable:
         if self._handles is None or version is not None:
             return DeltaTable(self.uri(table), version=version, storage_options=self.storage_options)
+        pin = self._pin
         handle = self._handles.get(table)
         if handle is not None:
+            if pin is not None and table not in pin.stale:
+                return handle
             try:
                 handle.update_incremental()
+                if pin is not None:
+                    pin.stale.discard(table)
                 return handle
             except Exception:  # noqa: BLE001 - the table was deleted or replaced under it: open it anew
                 del self._handles[table]
         handle = self._handles[table] = DeltaTable(self.uri(table), storage_options=self.storage_options)
+        if pin is not None:
+            pin.stale.discard(table)
         return handle
+
+    def _reload(self, table: str) -> None:
+        """Inside :meth:`pinned`: this ``Lake`` committed (or tried to) to ``table`` other
+        than through an operation that brings its kept handle up to date (delta-rs' write
+        and MERGE on a handle do): the next use asks the store again."""
+        if self._pin is not None:
+            self._pin.exists.pop(table, None)
+            self._pin.stale.add(table)
 
     # -- writing ----------------------------------------------------------------------
     def _write(self, table: str, data: pa.Table | pa.RecordBatchReader, **kw: Any) -> None:
         uri = self.uri(table)
         with _errors(table, lambda: self._schema_if_exists(table), data):
             if self._handles is not None and self.exists(table):
-                write_deltalake(self._open(table), data, **kw)
+                write_deltalake(self._open(table), data, **kw)  # brings the handle up to date
             else:
-                write_deltalake(uri, data, storage_options=self.storage_options, **kw)
+                try:
+                    write_deltalake(uri, data, storage_options=self.storage_options, **kw)
+                finally:  # created, or perhaps by a writer it raced
+                    self._reload(table)
 
     def append(self, table: str, data: pa.Table) -> None:
         """Append ``data`` in one commit (created on first use, partitioned as declared)."""
@@ -193,7 +252,7 @@ class Lake:
         version, so a writer committing meanwhile is not disturbed. :class:`TransientError` if
         it cannot be written (the table is unchanged: only its next open is slower)."""
         try:
-            self._open(table).create_checkpoint()
+            self._open(table).create_checkpoint()  # no new version: the handle stays current
         except (DeltaError, OSError) as e:
             raise TransientError(f"{table}: Delta checkpoint: {str(e).splitlines()[0]}", field=table) from e
 
@@ -251,7 +310,7 @@ class Lake:
                 builder = builder.when_matched_update(update, update_if)
             if insert is not None:
                 builder = builder.when_not_matched_insert(insert, insert_if)
-            builder.execute()
+            builder.execute()  # brings the handle up to date
 
     def overwrite_partitions(self, table: str, data: pa.Table, start: dt.date, end: dt.date) -> None:
         """Atomically replace every ``ds`` partition in ``[start, end]`` (inclusive) with ``data``
@@ -310,6 +369,7 @@ class Lake:
             if not self.exists(table):
                 create_table_with_add_actions(self.uri(table), DeltaSchema.from_arrow(schema), list(adds), mode="error", partition_by=partition_by,
                                               storage_options=self.storage_options, commit_properties=props)
+                self._reload(table)
                 return
             have = pa.schema(self._open(table).schema().to_arrow())
             # delta-rs takes ``schema`` as the table's new schema: append keeps the table's,
@@ -319,6 +379,7 @@ class Lake:
             elif days is not None:
                 schema = pa.schema([*have, *(f for f in schema if f.name not in have.names)])
             self._open(table).create_write_transaction(list(adds), mode, schema, partition_by, filters, commit_properties=props)
+        self._reload(table)
 
     def compact(self, table: str, days: list[dt.date] | None = None, target_bytes: int | None = None) -> dict[str, int]:
         """Rewrite the table's files smaller than ``target_bytes`` (default: the table's
@@ -334,6 +395,7 @@ class Lake:
             return {"files_removed": 0, "files_added": 0}
         with _errors(table):
             metrics = self._open(table).optimize.compact(partition_filters=_days_filter(days), target_size=target_bytes)
+        self._reload(table)
         return {"files_removed": metrics["numFilesRemoved"], "files_added": metrics["numFilesAdded"]}
 
     def cluster(
@@ -386,6 +448,7 @@ class Lake:
         for a predicate delta-rs cannot plan."""
         with _errors(table):
             metrics = self._open(table).delete(predicate)
+        self._reload(table)
         return int(metrics.get("num_deleted_rows") or 0)
 
     def vacuum(self, table: str, retention_h: float) -> list[str]:
@@ -413,6 +476,7 @@ class Lake:
             candidates = {p.removeprefix(uri).lstrip("/") for p in self._open(table).vacuum(dry_run=True, **options)}
             present = self._present(table, sorted(candidates))
             self._open(table).vacuum(dry_run=False, **options)
+        self._reload(table)  # delta-rs logs a vacuum as commits
         return present
 
     def _present(self, table: str, paths: list[str]) -> list[str]:
@@ -453,8 +517,18 @@ class Lake:
         statistics (delta-rs ``get_add_actions(flatten=True)``).
         :class:`NotFoundError` if the table, or that version of it, cannot be loaded (its
         log was cleaned up)."""
+        pin = self._pin
+        if pin is not None and version is not None and (table, version) in pin.adds:  # a version never changes
+            return pin.adds[(table, version)]
         with _errors(table, version=version):
-            return pa.table(self._open(table, version).get_add_actions(flatten=True))
+            handle = self._open(table, version)
+            key = (table, handle.version())
+            if pin is not None and key in pin.adds:
+                return pin.adds[key]
+            adds = pa.table(handle.get_add_actions(flatten=True))
+        if pin is not None:
+            pin.adds[key] = adds
+        return adds
 
     def row_count(self, table: str) -> int:
         """Rows in the current snapshot, from the Delta log's file statistics (no data read).
@@ -495,7 +569,7 @@ class Lake:
         with self._lock:
             cached = self._snapshots.get(table)
             with _errors(table):
-                if cached is not None:
+                if cached is not None and self._pin is None:
                     handle = cached[0]
                     try:
                         handle.update_incremental()
@@ -560,6 +634,17 @@ class Lake:
 
 
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+@dataclass
+class _Pin:
+    """What a :meth:`Lake.pinned` scope knows: ``exists`` answers, tables whose kept handle
+    must be brought up to date before its next use (``stale``), and the add actions of a
+    table's version (``adds``: ``{(table, version): add actions}``; a version never changes)."""
+
+    stale: set[str]
+    exists: dict[str, bool] = field(default_factory=dict)
+    adds: dict[tuple[str, int], pa.Table] = field(default_factory=dict)
 
 
 class CommitConflictError(TransientError):

@@ -223,7 +223,9 @@ def build(
     hold every person seen (they grow with the persons), ``gold.retention`` rewrites the
     cohorts of up to a year before, and opening a table reads one log entry per data file
     (a file or more per day; a Delta checkpoint every :data:`CHECKPOINT_EVERY` commits keeps
-    the JSON replayed short). An earlier range (a
+    the JSON replayed short). The build runs in one :meth:`Lake.pinned` scope: each table
+    is opened once and read at one version (bronze as of the build's start, a model table as
+    of its last write by the build), not listed again for every question. An earlier range (a
     backfill, late data) restates the states and their readers forward to the last day they
     hold; a state that holds nothing yet, or stops before ``start``, is built from where it
     stops (or the first bronze day) first.
@@ -249,7 +251,14 @@ def build(
     written: each is consistent on its own)."""
     if full and (start is not None or end is not None):
         raise InvalidInputError("full: a full rebuild covers every day of bronze.events; give no range", field="full")
-    lake = Lake.of(home, keep_open=True)  # one handle per table for the whole build (runs are sequential)
+    lake = Lake.of(home)
+    with lake.pinned():  # each table opened once, read at one version: the start's or the build's own write
+        return _build(home, lake, start, end, progress, engine, full)
+
+
+def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
+           progress: Callable[[str], None] | None, engine: str | None, full: bool) -> dict[str, int]:
+    """:func:`build` inside its :meth:`Lake.pinned` scope of ``lake``."""
     if not lake.exists("bronze.events"):
         raise NotFoundError(f"bronze.events does not exist yet in {lake.root}: nothing to build (ingest events first)",
                             field="bronze.events")
