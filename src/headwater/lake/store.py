@@ -1,11 +1,8 @@
-"""Where and how the lake's tables are stored: :class:`Lake`, the only code that locates a table.
+"""How the lake's tables are stored: :class:`Lake`, the only code that reads and writes a table.
 
-A table is addressed by its catalog name ``"layer.table"`` (checked against
-:func:`headwater.lake.catalog.spec`: an undeclared name raises :class:`NotFoundError`) and
-lives at ``<root>/<layer>/<table>``: a local path, or an object-store URI
-(``s3://bucket/prefix``: its settings become delta-rs ``storage_options`` and a pyarrow
-filesystem, :mod:`headwater.lake.objectstore`). Partition columns come from the table's
-declaration.
+A ``Lake`` is a :class:`headwater.lake.location.Location`, the only code that locates a
+table: ``"layer.table"`` (checked against the catalog) lives at ``<root>/<layer>/<table>``,
+a local path or an object-store URI. Partition columns come from the table's declaration.
 
 Two write paths carry the platform's guarantees:
 
@@ -70,6 +67,7 @@ from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from headwater.errors import ConflictError, InvalidInputError, NotFoundError, TransientError
 from headwater.lake import catalog, objectstore
+from headwater.lake.location import Location
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pads  # imports pandas (~0.5 s): only where a table is read
@@ -77,48 +75,22 @@ if TYPE_CHECKING:
     from headwater.config import Home
 
 
-class Lake:
-    """The tables under one root URI (``settings.lake_root``).
+class Lake(Location):
+    """The tables under one root URI (``settings.lake_root``): a :class:`Location` (root,
+    storage options, where each table lives) that reads and writes them.
 
-    ``storage_options``: delta-rs storage options for an object-store root (credentials,
-    endpoint, commit mode: :func:`headwater.lake.objectstore.storage_options`); ``None`` for a
-    local path. An ``s3://`` root whose options name no commit mode for concurrent writers is
-    refused (:class:`InvalidInputError` naming ``lake.s3_commit``). ``keep_open``: keep one
+    ``keep_open``: keep one
     ``DeltaTable`` per table and bring it up to date before each use (``update_incremental``, ~1 ms) instead of opening the
     table anew (~20 ms: its log since the last checkpoint is replayed, twice per append): for
     a writer committing every second, such as the stream. Its handles must not be used by two
     threads for one table at once."""
 
     def __init__(self, root: str | Path, storage_options: dict[str, str] | None = None, keep_open: bool = False):
-        self.root = str(root)
-        self.storage_options = storage_options
-        self._local = "://" not in self.root or self.root.startswith("file://")
-        if objectstore.is_s3(self.root):
-            objectstore.check_commit_mode(self.root, storage_options)
-        self._remote_fs: tuple[pafs.FileSystem, str] | None = None
+        super().__init__(root, storage_options)
         self._lock = threading.Lock()
         self._snapshots: dict[str, tuple[DeltaTable, int, pads.Dataset]] = {}
         self._handles: dict[str, DeltaTable] | None = {} if keep_open else None
         self._pin: _Pin | None = None
-
-    @classmethod
-    def of(cls, home: Home, keep_open: bool = False) -> Lake:
-        """The lake of a :class:`headwater.config.Home` (``home.settings.lake_root``, with the
-        storage options of its ``lake.s3_*`` settings)."""
-        return cls(home.settings.lake_root, objectstore.storage_options(home.settings), keep_open=keep_open)
-
-    def __repr__(self) -> str:
-        return f"Lake({self.root!r})"
-
-    # -- locating ---------------------------------------------------------------------
-    def uri(self, table: str) -> str:
-        """Location of ``table`` (``<root>/<layer>/<name>``). :class:`NotFoundError` if the
-        catalog does not declare it, :class:`InvalidInputError` for a malformed name."""
-        catalog.spec(table)  # validates the name, then that it is declared
-        layer, _, name = table.partition(".")
-        if self._local:
-            return str(Path(self.root.removeprefix("file://")) / layer / name)
-        return f"{self.root.rstrip('/')}/{layer}/{name}"
 
     def exists(self, table: str) -> bool:
         """Whether ``table`` has a Delta log (at least one commit). An object store that cannot
@@ -180,18 +152,6 @@ class Lake:
         with _errors(f"lake root {self.root}"):
             infos = fs.get_file_info(pafs.FileSelector(f"{base}/{layer}", allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
-
-    def _remote(self) -> tuple[pafs.FileSystem, str]:
-        """The pyarrow filesystem of an object-store root and the root's path in it
-        (``bucket/prefix``), built once (an S3 client holds a connection pool)."""
-        if self._remote_fs is None:
-            if objectstore.is_s3(self.root):
-                path = self.root.split("://", 1)[1]
-                self._remote_fs = (objectstore.s3_filesystem(self.storage_options), path.rstrip("/"))
-            else:  # another store pyarrow knows (gs://, abfs://): configured by its own environment
-                fs, path = pafs.FileSystem.from_uri(self.root)
-                self._remote_fs = (fs, path.rstrip("/"))
-        return self._remote_fs
 
     def _open(self, table: str, version: int | None = None) -> DeltaTable:
         if self._handles is None or version is not None:
@@ -607,27 +567,6 @@ class Lake:
         paths = [urllib.parse.unquote(p) for p in adds.column("path").to_pylist()]
         fmt = pads.ParquetFileFormat(default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=True))
         return pads.dataset(paths, schema=schema, format=fmt, filesystem=filesystem, partitioning=partitioning)
-
-    def filesystem(self, table: str) -> pafs.FileSystem:
-        """A pyarrow filesystem rooted at ``table``'s directory (paths inside it are the
-        relative paths of the Delta log's ``add`` actions), for reading its files and for
-        writers outside delta-rs (Spark executors) to put new files there. Picklable, so it
-        travels to executors: for an ``s3://`` root an ``S3FileSystem`` configured from the
-        lake's storage options (:func:`headwater.lake.objectstore.s3_filesystem`)."""
-        if self._local:
-            return pafs.SubTreeFileSystem(str(Path(self.uri(table)).resolve()), pafs.LocalFileSystem())
-        fs, base = self._remote()
-        layer, _, name = table.partition(".")
-        return pafs.SubTreeFileSystem(f"{base}/{layer}/{name}", fs)
-
-    def hadoop_uri(self, table: str) -> str:
-        """``table``'s location as Hadoop filesystems (Spark) name it: an absolute local path,
-        or ``s3a://bucket/prefix/<layer>/<name>`` for an ``s3://`` root (Spark's S3 connector,
-        hadoop-aws, docs/object-storage.md)."""
-        uri = self.uri(table)
-        if self._local:
-            return str(Path(uri).resolve())
-        return "s3a://" + uri.split("://", 1)[1] if objectstore.is_s3(uri) else uri
 
     def _partition_by(self, table: str) -> list[str] | None:
         return list(catalog.spec(table).partition_by) or None

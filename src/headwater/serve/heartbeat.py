@@ -34,18 +34,16 @@ engine (``deltalake.QueryBuilder``): measured 86 MB resident for 0.1 s, where
 :func:`headwater.quality.alerts.failing` (DuckDB, headwater's settings and Arrow) took 247 MB
 for 3.2 s; run in this process, the query would add ~45 MB for good (the engine's threads and
 buffers). Where the table lives (its URI, and the pyarrow filesystem its Delta log is listed
-with) is :class:`headwater.lake.store.Lake`'s answer, asked once by another short-lived child
-(:data:`LOCATE`), so that this process never imports delta-rs: that import alone held 24 MB
-of its ~115 MB (``python -X importtime``, resident set before and after).
+with) comes from :class:`headwater.lake.location.Location`, which does not import delta-rs,
+so this process never holds it: that import alone held 24 MB of its ~115 MB (resident set
+before and after).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import logging
-import pickle
 import subprocess
 import sys
 import threading
@@ -58,7 +56,7 @@ import pyarrow.fs as pafs
 
 from headwater.config import Home
 from headwater.events import EVENTS_TOPIC, STREAM_GROUP as QUERY
-from headwater.lake import objectstore
+from headwater.lake.location import Location
 from headwater.log import open_log
 from headwater.log.base import oldest_unconsumed_ms
 from headwater.serve.progress import log_offsets, query_metrics
@@ -80,12 +78,6 @@ FAILING = ("import json, sys; from deltalake import DeltaTable, QueryBuilder; a 
            "t = QueryBuilder().register('results', DeltaTable(a['uri'], storage_options=a['options'])).execute(a['sql']).read_all(); "
            "print(json.dumps(dict(zip(t['check_name'].to_pylist(), t['failed'].to_pylist()))))")
 FAILING_TIMEOUT_S = 120.0
-# The child that locates the table, once: the lake's root and storage options (this process's
-# settings; options on stdin) in, the table's URI and pyarrow filesystem (picklable, as
-# Lake.filesystem promises) out, pickled.
-LOCATE = ("import base64, json, pickle, sys; from headwater.lake.store import Lake; a = json.load(sys.stdin); "
-          "lake = Lake(a['root'], a['options']); "
-          "print(base64.b64encode(pickle.dumps((lake.uri(a['table']), lake.filesystem(a['table'])))).decode())")
 T = TypeVar("T")
 
 
@@ -136,8 +128,6 @@ class Heartbeat:
     _last: tuple[float, int, int] | None = field(default=None, repr=False)  # (monotonic s, end, committed offsets)
     # (stamp of quality.results' Delta log, its failing checks or None if unreadable)
     _failing: tuple[tuple | None, dict[str, int] | None] | None = field(default=None, repr=False)
-    # quality.results' (URI, pyarrow filesystem), from LOCATE
-    _results: tuple[str, pafs.FileSystem] | None = field(default=None, repr=False)
 
     def freshness_s(self, now: dt.datetime) -> float:
         """Wait of the oldest uncommitted event (s; 0 when caught up)."""
@@ -152,26 +142,15 @@ class Heartbeat:
         """:func:`headwater.quality.alerts.failing` of the lake (``{}`` before any result;
         ``None`` if it cannot be read), read anew by a child process only when ``quality.results``
         changed since the previous call (module doc)."""
-        stamp = _log_stamp(self._located()[1])
+        stamp = _log_stamp(Location.of(self.home).filesystem(RESULTS))
         if self._failing is None or self._failing[0] != stamp:
             self._failing = (stamp, self._read_failing() if stamp is not None else {})
         failing = self._failing[1]
         return None if failing is None else dict(failing)
 
-    def _located(self) -> tuple[str, pafs.FileSystem]:
-        """``quality.results``' URI and filesystem, asked of a :data:`LOCATE` child on the first
-        call; :class:`subprocess.CalledProcessError` if it fails (asked again next time)."""
-        if self._results is None:
-            where = json.dumps({"root": self.home.settings.lake_root, "options": objectstore.storage_options(self.home.settings),
-                                "table": RESULTS})
-            done = subprocess.run([sys.executable, "-c", LOCATE], input=where, capture_output=True, text=True,
-                                  timeout=FAILING_TIMEOUT_S, check=True)
-            self._results = pickle.loads(base64.b64decode(done.stdout))  # our own child's output
-        return self._results
-
     def _read_failing(self) -> dict[str, int] | None:
-        options = objectstore.storage_options(self.home.settings)
-        table = json.dumps({"uri": self._located()[0], "options": options, "sql": FAILING_SQL})
+        lake = Location.of(self.home)
+        table = json.dumps({"uri": lake.uri(RESULTS), "options": lake.storage_options, "sql": FAILING_SQL})
         done = subprocess.run([sys.executable, "-c", FAILING], input=table, capture_output=True, text=True, timeout=FAILING_TIMEOUT_S)
         if done.returncode != 0:
             log.debug("heartbeat: quality results unreadable (exit code %s): %s", done.returncode, done.stderr[-2000:])
