@@ -31,8 +31,9 @@ Steps of one request (:meth:`Collector.handle`), each a method:
    call), so a request of 100 events costs 0.68 ms of CPU there alone, 0.47 ms in a batch of
    2, 0.33 ms in one of 4. Waiting for the previous commit costs a request little latency
    (the batch's preparation, ~1 ms, once that commit is done): its submission would have
-   queued behind that commit anyway, the writer taking everything queued in one transaction (under ``bench/collector.py``'s load a worker's batches held 2.1
-   requests when only one turn of the loop was batched, 4.0 with this). The
+   queued behind that commit anyway, the writer taking everything queued in one
+   transaction (under ``bench/collector.py``'s load a worker's batches held 2.1 requests
+   when only one turn of the loop was batched, 4.0 with this). The
    response is sent only after the submission committed — a 200 means the events survive a
    crash; 503 with ``Retry-After`` if the append fails or is not durable within
    ``collector.append_timeout_s``, 429 if the group-commit queue is full (``max_queue``
