@@ -227,7 +227,9 @@ def session(lake: Lake, sql: str, *, tables: Callable[[str], bool] | None = None
         with errors():
             register_referenced(con, lake, sql, tables)
             if hw_token is not None:
-                con.create_function("hw_token", hw_token, ["VARCHAR"], "VARCHAR", type="arrow")
+                # DuckDB takes every parameter of the Python signature as a SQL argument,
+                # keyword-only ones with defaults included: the function it sees has one.
+                con.create_function("hw_token", lambda ids: hw_token(ids), ["VARCHAR"], "VARCHAR", type="arrow")
             if tables is not None:
                 con.execute("SET enable_external_access = false")
                 con.execute("SET lock_configuration = true")
