@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 
 from headwater.config import Home
+from headwater.models import identity
 from headwater.models.run import build, identity_stale_days, run_model
 from tests.models.bronze import MODEL, T0, alias, event, identify, rows, write
 
@@ -109,6 +110,24 @@ def test_merging_two_identified_users_is_refused_and_recorded(tmp_path):
     assert rows(home, "SELECT count(DISTINCT person_id) AS n FROM silver.events")[0]["n"] == 3
 
 
+def test_one_resolution_per_build_serves_both_identity_tables(tmp_path, monkeypatch):
+    """silver.identity_map and silver.identity_refused take their parts of one resolution of
+    the links a build wrote; the next build, with new links, resolves them again."""
+    resolutions = []
+    real = identity._resolve
+    monkeypatch.setattr(identity, "_resolve", lambda con, merge: (resolutions.append(merge), real(con, merge)))
+    home = Home(tmp_path)
+    write(home, [identify("k2", T0 + H, "kiosk", "carol"), identify("k3", T0 + 2 * H, "kiosk", "dave")])
+    build(home)
+    assert len(resolutions) == 1
+    assert [r["event_id"] for r in rows(home, "SELECT event_id FROM silver.identity_refused")] == ["k3"]
+    write(home, [alias("e2", T0 + D, "erin", "carol"), identify("e1", T0 + D, "erin-device", "erin")], batch_id=1)
+    build(home)
+    assert len(resolutions) == 2
+    assert id_map(home)["erin"] == "erin"
+    assert [r["event_id"] for r in rows(home, "SELECT event_id FROM silver.identity_refused ORDER BY event_id")] == ["e2", "k3"]
+
+
 def test_merging_identified_users_can_be_allowed(tmp_path):
     home = Home(tmp_path)
     (tmp_path / "models.toml").write_text("[identity]\nmerge_identified_users = true\n")
@@ -157,9 +176,17 @@ def test_a_late_login_restitches_earlier_days(tmp_path):
     assert identity_stale_days(home) == [] and persons(home)["a"] == "zoe"
     # build() of the late day alone re-stitches all history (silver is rebuilt from the floor)
     write(home, [identify("later", T0 + 5 * D + 2 * H, "anon2", "zoe"), event("c", T0 + D, user=None, anon="anon2")], batch_id=2)
-    build(home, day5, day5)
+    lines: list[str] = []
+    build(home, day5, day5, progress=lines.append)
     assert persons(home)["c"] == "zoe" and identity_stale_days(home) == []
     assert dau(home)[day5] == 1
+    # the dimensions updated in place run once, after the restatement (not also before it)
+    assert any(line.startswith("restatement check: 1 late") for line in lines)
+    for table in ("silver.dim_user", "silver.dim_device"):
+        assert sum(line.startswith(f"{table} ") for line in lines) == 1
+    assert rows(home, "SELECT anonymous_id, person_id FROM silver.dim_device ORDER BY anonymous_id") == [
+        {"anonymous_id": "anon1", "person_id": "zoe"}, {"anonymous_id": "anon2", "person_id": "zoe"},
+        {"anonymous_id": "z", "person_id": "zoe"}]
 
 
 @pytest.mark.parametrize("merge", [False, True])

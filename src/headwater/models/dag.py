@@ -292,14 +292,23 @@ def _dim_user(run: Run) -> Output:
     return _merged_from_silver("silver.dim_user", run, partial(_same_traits, run))
 
 
-# The two identity tables come from one resolution, run once per table: the link graph is
-# small next to the events, and each model stays a plain function of its inputs.
+# The two identity tables come from one resolution per build: the first of them to run
+# resolves, the second reads what it left in the connection, keyed by the links' Delta
+# version (the version the connection holds: run_model re-registers a table after writing
+# it, and a build reads every table at one version, Lake.pinned), so a resolution is reused
+# only for the very links it was computed from.
+def _links_key(run: Run) -> str | None:
+    """None (resolve anyway) while the links table does not exist."""
+    lake = run.lake
+    return str(lake.version("silver.identity_links")) if lake.exists("silver.identity_links") else None
+
+
 def _identity_map(run: Run) -> Output:
-    return Output(identity.resolve(run.con, run.config.merge_identified_users)[0])
+    return Output(identity.identity_map(run.con, run.config.merge_identified_users, _links_key(run)))
 
 
 def _identity_refused(run: Run) -> Output:
-    return Output(identity.resolve(run.con, run.config.merge_identified_users)[1])
+    return Output(identity.refused(run.con, run.config.merge_identified_users, _links_key(run)))
 
 
 TRAILING_DAYS = 30

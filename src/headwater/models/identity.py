@@ -163,12 +163,19 @@ def _spread_from_identified(con: duckdb.DuckDBPyConnection) -> None:
             return
 
 
-def resolve(con: duckdb.DuckDBPyConnection, merge_identified_users: bool = False) -> tuple[pa.Table, pa.Table]:
-    """``(identity_map, refused)`` from the ``silver.identity_links`` of catalog connection ``con``.
+def _held(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The key of the resolution ``con``'s temporary tables hold (``None``: none)."""
+    try:
+        rows = con.execute("SELECT k FROM _hw_resolved").fetchall()
+    except duckdb.CatalogException:
+        return None
+    return rows[0][0] if rows else None
 
-    Tables with :data:`IDENTITY_MAP_SCHEMA` / :data:`IDENTITY_REFUSED_SCHEMA`, sorted by id /
-    event_id. Creates temporary tables ``_hw_*`` in ``con``. Raises
-    ``duckdb.CatalogException`` if ``silver.identity_links`` does not exist."""
+
+def _resolve(con: duckdb.DuckDBPyConnection, merge_identified_users: bool) -> None:
+    """Resolve the links of ``con`` into _hw_person (id, person_id, linked_by, linked_at,
+    link_event_id), next to the graph's temporary tables (_hw_links, _hw_identified, ...)."""
+    con.execute("DROP TABLE IF EXISTS _hw_resolved")
     con.execute(_GRAPH)
     if merge_identified_users:
         # sort key: identified ids ('0' prefix) before anonymous ones ('1'), then the id
@@ -209,14 +216,47 @@ def resolve(con: duckdb.DuckDBPyConnection, merge_identified_users: bool = False
             ) AS first ON first.src = l.id
             """
         )
-    identity_map = con.sql(
+
+
+def _resolved(con: duckdb.DuckDBPyConnection, merge_identified_users: bool, key: str | None) -> None:
+    """Make ``con``'s temporary tables hold the resolution of its links for ``key`` (see
+    :func:`identity_map`), resolving only if they do not already."""
+    held = f"{merge_identified_users}:{key}"
+    if key is None or _held(con) != held:
+        _resolve(con, merge_identified_users)
+        if key is not None:  # after _resolve: a failed resolution leaves no key behind
+            con.execute("CREATE OR REPLACE TEMP TABLE _hw_resolved AS SELECT CAST($k AS VARCHAR) AS k", {"k": held})
+
+
+def identity_map(con: duckdb.DuckDBPyConnection, merge_identified_users: bool = False,
+                 key: str | None = None) -> pa.Table:
+    """``silver.identity_map`` from the ``silver.identity_links`` of catalog connection ``con``:
+    a table with :data:`IDENTITY_MAP_SCHEMA`, sorted by id.
+
+    Creates temporary tables ``_hw_*`` in ``con``. ``key`` names the links ``con`` holds (the
+    caller's choice: their Delta version): a later call of this or :func:`refused` on ``con``
+    with the same ``key`` and ``merge_identified_users`` reuses the resolution left in
+    ``con``'s temporary tables instead of resolving again (``None``: always resolve), so the
+    two identity tables of one build come from one resolution. Raises
+    ``duckdb.CatalogException`` if ``silver.identity_links`` does not exist."""
+    _resolved(con, merge_identified_users, key)
+    return con.sql(
         """
         SELECT p.id, p.person_id, p.id IN (SELECT id FROM _hw_identified) AS identified,
                p.linked_by, p.linked_at, p.link_event_id
         FROM _hw_person AS p ORDER BY p.id
         """
-    ).to_arrow_table()
-    refused = con.sql(
+    ).to_arrow_table().cast(IDENTITY_MAP_SCHEMA)
+
+
+def refused(con: duckdb.DuckDBPyConnection, merge_identified_users: bool = False,
+            key: str | None = None) -> pa.Table:
+    """``silver.identity_refused``, the links whose two ends resolve to different persons,
+    from the ``silver.identity_links`` of ``con``: a table with
+    :data:`IDENTITY_REFUSED_SCHEMA`, sorted by event_id. ``key`` and errors as for
+    :func:`identity_map`."""
+    _resolved(con, merge_identified_users, key)
+    return con.sql(
         """
         SELECT l.event_id, l.event_type, l.event_ts AS linked_at, l.a AS id, l.b AS user_id,
                pa.person_id AS id_person_id, pb.person_id AS user_person_id,
@@ -227,5 +267,4 @@ def resolve(con: duckdb.DuckDBPyConnection, merge_identified_users: bool = False
         WHERE pa.person_id <> pb.person_id
         ORDER BY l.event_id
         """
-    ).to_arrow_table()
-    return identity_map.cast(IDENTITY_MAP_SCHEMA), refused.cast(IDENTITY_REFUSED_SCHEMA)
+    ).to_arrow_table().cast(IDENTITY_REFUSED_SCHEMA)

@@ -307,11 +307,15 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
                     what = "rows re-stitched" if stitch else "rows"
                     progress(f"{model.table} {span}: {rows} {what} in {time.perf_counter() - t0:.2f} s")
 
+        # the whole-table readers of silver.events (the dimensions; nothing reads them) run once,
+        # at the end: a run before a restatement would be thrown away by the one after it
+        last = () if full else tuple(m for m in _downstream(models, "silver.events") if not m.partitioned)
         for i, (s, e) in enumerate(spans):
             # A full build trusts what it built itself only (its earlier spans). A later span
             # is its own floor: no data lies between spans, so a state is rolled over the gap.
             stored = None if full and i == 0 else _stored(lake, models)
-            run(plan(s, e, models, floor=floor if i == 0 else s, ceiling=ceiling, stored=stored), first_span=i == 0)
+            run([r for r in plan(s, e, models, floor=floor if i == 0 else s, ceiling=ceiling, stored=stored)
+                 if r[0] not in last], first_span=i == 0)
         if not full:
             # Late rows for days built before, the days sharing a dedup key with them, and
             # retroactive stitching (silver days whose person_id the identity map now gives
@@ -342,7 +346,7 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
                 run(_merged(flat, spans_runs), stitched=set(remapped) - late)
                 states = tuple(m for m in readers if m.table in stateful)
                 run(plan(stale[0], stale[0], states, floor=floor, ceiling=ceiling, stored=_stored(lake, models)))
-                run([(m, stale[0], stale[0]) for m in readers if not m.partitioned])
+            run([(m, *spans[-1]) for m in last])
         restate.save_baseline(home, lake, con, version)  # only once everything above is written
         # bronze too: every build opens it (its writers, one commit a batch, leave delta-rs'
         # checkpoint every 100 commits: up to 99 JSON commits replayed per open)
