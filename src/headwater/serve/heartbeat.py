@@ -128,6 +128,7 @@ class Heartbeat:
     _last: tuple[float, int, int] | None = field(default=None, repr=False)  # (monotonic s, end, committed offsets)
     # (stamp of quality.results' Delta log, its failing checks or None if unreadable)
     _failing: tuple[tuple | None, dict[str, int] | None] | None = field(default=None, repr=False)
+    _lake: Location | None = field(default=None, repr=False)  # built once: an S3 root's client pools connections
 
     def freshness_s(self, now: dt.datetime) -> float:
         """Wait of the oldest uncommitted event (s; 0 when caught up)."""
@@ -142,14 +143,19 @@ class Heartbeat:
         """:func:`headwater.quality.alerts.failing` of the lake (``{}`` before any result;
         ``None`` if it cannot be read), read anew by a child process only when ``quality.results``
         changed since the previous call (module doc)."""
-        stamp = _log_stamp(Location.of(self.home).filesystem(RESULTS))
+        stamp = _log_stamp(self._location().filesystem(RESULTS))
         if self._failing is None or self._failing[0] != stamp:
             self._failing = (stamp, self._read_failing() if stamp is not None else {})
         failing = self._failing[1]
         return None if failing is None else dict(failing)
 
+    def _location(self) -> Location:
+        if self._lake is None:
+            self._lake = Location.of(self.home)
+        return self._lake
+
     def _read_failing(self) -> dict[str, int] | None:
-        lake = Location.of(self.home)
+        lake = self._location()
         table = json.dumps({"uri": lake.uri(RESULTS), "options": lake.storage_options, "sql": FAILING_SQL})
         done = subprocess.run([sys.executable, "-c", FAILING], input=table, capture_output=True, text=True, timeout=FAILING_TIMEOUT_S)
         if done.returncode != 0:
