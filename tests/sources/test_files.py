@@ -5,6 +5,7 @@ named by row/line, column and rule; re-imports deduplicated."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import subprocess
@@ -269,3 +270,22 @@ def test_csv_ids_stay_text_and_late_type_changes_do_not_reject_good_rows(home, t
     assert (counts.accepted, sum(counts.rejected.values())) == (n + 1, 0)
     got = bronze(f"SELECT properties FROM bronze.events WHERE user_id IN ('{token('007')}', '{token('u-late')}') ORDER BY event_ts")
     assert [json.loads(r["properties"]) for r in got] == [{"qty": 7}, {"qty": "n/a"}]
+
+
+def test_derived_ids_number_identical_rows_counting_rows_with_ids_and_trimmed_values(home, tmp_path, token, bronze, mode):
+    # The id rule re-imports rely on (mapping module doc): md5 of source, mapped values
+    # (trimmed: a no-break space is trimmed too) and occurrence number among identical rows,
+    # in row order — rows that carry their own event id count as occurrences too.
+    path = tmp_path / "ids.csv"
+    path.write_text("eid,user,event,ts\ne1,u1,Click,2024-03-01T12:00:00Z\n,u1,Click,2024-03-01T12:00:00Z\n,u1,Click,2024-03-01T12:00:00Z\n"
+                    ", u2\u00a0,Click,2024-03-01T12:00:00Z\n,u2,Click,2024-03-01T12:00:00Z\n", encoding="utf-8")
+    counts = import_file(home, path, Mapping(timestamp="ts", user_id="user", event="event", event_id="eid"), source="src", mode=mode)
+    assert counts.accepted == 5
+
+    def derived(user: str, occurrence: int) -> str:
+        h = hashlib.md5("\x1f".join(["src", user, "track", "Click", "1709294400000000", "{}", str(occurrence)]).encode()).hexdigest()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    got = {(r["event_id"], r["user_id"]) for r in bronze("SELECT event_id, user_id FROM bronze.events")}
+    assert got == {("e1", token("u1")), (derived("u1", 2), token("u1")), (derived("u1", 3), token("u1")),
+                   (derived("u2", 1), token("u2")), (derived("u2", 2), token("u2"))}

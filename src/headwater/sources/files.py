@@ -52,7 +52,7 @@ from headwater.sources import bulk
 from headwater.sources.bulk import Imported
 from headwater.sources.canonical import Canonicalizer, LogSink, with_tokens
 from headwater.sources.lines import LINES_SCHEMA, object_sql, read_lines
-from headwater.sources.mapping import MAPPED_COLUMNS, Mapping, check_columns, ident, lit, mapped_query
+from headwater.sources.mapping import MAPPED_COLUMNS, Mapping, check_columns, ident, lit, mapped_query, renumber_repeats
 
 FILE_FORMATS = ("csv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -159,12 +159,13 @@ def load(con: duckdb.DuckDBPyConnection, path: Path, mapping: Mapping, fmt: str,
     :class:`InvalidInputError` when the file cannot be read in its format."""
     try:
         query = _jsonl_query(con, path, mapping) if fmt == "jsonl" else _table_query(con, path, mapping, fmt)
-        con.execute(f"CREATE TEMP TABLE hw_import AS SELECT 0 AS _part, {_COLUMNS} FROM ({query})", {"source": source}).fetchall()
+        con.execute(f"CREATE TEMP TABLE hw_import AS SELECT 0 AS _part, {_COLUMNS}, _repeat, _derived FROM ({query})", {"source": source}).fetchall()
     except duckdb.Error as e:
         raise InvalidInputError(f"{path.name}: cannot be read as {fmt}: {e}", field="path") from e
     if fmt == "csv":
         _csv_cast_retry(con, path, mapping, source)
-        con.execute(f"INSERT INTO hw_import SELECT 2 AS _part, {_COLUMNS} FROM ({_CSV_REJECTS})").fetchall()
+        con.execute(f"INSERT INTO hw_import SELECT 2 AS _part, {_COLUMNS}, NULL::UBIGINT AS _repeat, false AS _derived FROM ({_CSV_REJECTS})").fetchall()
+    renumber_repeats(con, "hw_import", source)
 
 
 def indexed(con: duckdb.DuckDBPyConnection) -> tuple[pa.Array, str]:
@@ -254,7 +255,7 @@ def _csv_cast_retry(con: duckdb.DuckDBPyConnection, path: Path, mapping: Mapping
         rows = (f"SELECT l._line AS _row, NULL::VARCHAR AS _decode_error, s.* EXCLUDE (_i) FROM "
                 f"(SELECT row_number() OVER () AS _i, * FROM {scan}) s JOIN hw_retry_lines l USING (_i)")
         query = _mapped(mapping, rows, columns, "line", "VARCHAR")
-        con.execute(f"INSERT INTO hw_import SELECT 1 AS _part, {_COLUMNS} FROM ({query})", {"source": source}).fetchall()
+        con.execute(f"INSERT INTO hw_import SELECT 1 AS _part, {_COLUMNS}, _repeat, _derived FROM ({query})", {"source": source}).fetchall()
 
 
 def _struct_json(columns: list[str]) -> str:
