@@ -118,8 +118,9 @@ class Lake(Location):
         :meth:`dataset` answer from what the scope already knows; commits of other writers
         (the stream appending to bronze) are seen by the next scope. For a sequence of
         operations that must see one consistent state of the lake and its own writes: a
-        batch build (:func:`headwater.models.run.build`). Not for concurrent use by several
-        threads. Nested scopes are the outer one."""
+        batch build (:func:`headwater.models.run.build`). Several threads may use it for
+        different tables (the build runs two models at once); a table is written by one
+        thread at a time, and read only once its writer is done. Nested scopes are the outer one."""
         if self._pin is not None:
             yield self
             return
@@ -543,6 +544,34 @@ class Lake(Location):
                 data = self._snapshot(handle, table)
             self._snapshots[table] = (handle, version, data)
             return data
+
+    def parquet_files(self, table: str) -> tuple[list[str], bool] | None:
+        """The data files of the snapshot :meth:`dataset` gives, for a Parquet reader of its
+        own (DuckDB's native scan): ``(absolute local paths, uniform)`` when the files hold
+        the table's columns under their own names and each lies in the Hive directory of its
+        partition values (``ds=2024-03-01/…``); ``uniform``: the log's statistics show every
+        file holds every column (otherwise a reader must match columns by name and fill the
+        missing ones with nulls). ``None`` when they cannot be read that way: an object store,
+        a protocol with reader features or column mapping, another layout, no file at all.
+        :class:`NotFoundError` if the table does not exist."""
+        data = self.dataset(table)
+        if not self._local:
+            return None
+        with self._lock:
+            handle, _, cached = self._snapshots[table]
+        metadata = handle.metadata()
+        if cached is not data or handle.protocol().reader_features or metadata.configuration.get("delta.columnMapping.mode", "none") != "none":
+            return None
+        adds = pa.table(handle.get_add_actions(flatten=True))
+        if adds.num_rows == 0 or not _hive_layout(adds, metadata.partition_columns):
+            return None
+        root = Path(self.uri(table)).resolve()
+        stats = [n for n in adds.column_names if n.startswith("null_count.")]
+        uniform = all(
+            any((s == f"null_count.{f.name}" or s.startswith(f"null_count.{f.name}.")) and adds.column(s).null_count == 0 for s in stats)
+            for f in data.schema if f.name not in metadata.partition_columns
+        )
+        return [str(root / urllib.parse.unquote(p)) for p in adds.column("path").to_pylist()], uniform
 
     def _snapshot(self, handle: DeltaTable, table: str) -> pads.Dataset:
         """The files of ``handle``'s snapshot as a dataset.

@@ -28,9 +28,12 @@ race :class:`TransientError` (the one worth retrying). The library error is the
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable
 
 import duckdb
@@ -166,7 +169,7 @@ def run_model(
     engine = engine or home.settings.batch.engine
     lake = lake or Lake.of(home)
     own = con is None
-    con = con or sql.connect(lake)
+    con = con or sql.connect(lake, files=True)
     try:
         with _errors(model):
             whole = rebuild_range(lake, model)
@@ -238,8 +241,9 @@ def build(
     ``full``: trust nothing built before, rebuild every span of bronze from its first day
     (``headwater batch --full-rebuild``); :class:`InvalidInputError` with a range.
 
-    Models run in dependency order over one catalog connection; each run is one atomic
-    partition overwrite (or table replace), so re-running any range gives the same tables,
+    Models run in dependency order, on DuckDB up to two at once (:func:`_run_steps`: a model
+    starts once those it reads are written; the same tables as one after another); each run
+    is one atomic partition overwrite (or table replace), so re-running any range gives the same tables,
     and a build killed midway and run again ends as a clean one. ``progress`` receives one
     line per model run, e.g. ``"silver.events 2024-01-04..2024-06-29: 31076 rows in 0.42 s"``.
     ``engine`` as for :func:`run_model`.
@@ -283,29 +287,36 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
     trusted_map = base.identity_map if base.map_version == map_version else None
     written: dict[str, int] = {}
     commits: dict[str, int] = {}  # commits per table made by this build
-    con = sql.connect(lake)
+    con = sql.connect(lake, files=True)
+    con.execute(_MEMORY_LIMIT)
     try:
         rebuilt: list[tuple[dt.date, dt.date]] = []  # the silver.events ranges run so far
 
         def run(runs: list[tuple[Model, dt.date, dt.date]], first_span: bool = False,
                 stitched: set[dt.date] | frozenset[dt.date] = frozenset()) -> None:
             """``stitched``: days whose silver rows are up to date but for their persons."""
+            steps = []
             for model, s, e in runs:
                 stitch = model.table == "silver.events" and all(s + dt.timedelta(days=i) in stitched
                                                                 for i in range((e - s).days + 1))
                 if model.table == "silver.events" and not stitch:
                     rebuilt.append((s, e))
-                t0 = time.perf_counter()
-                if stitch:
-                    rows = restitch(lake, con, model, s, e)
-                else:
-                    rows = run_model(home, model, s, e, con, engine, lake=lake, full=full and first_span)
-                written[model.table] = written.get(model.table, 0) + rows
-                commits[model.table] = commits.get(model.table, 0) + 1
+                steps.append(_Step(model, s, e, stitch))
+
+            def execute(step: _Step, c: duckdb.DuckDBPyConnection) -> int:
+                if step.stitch:
+                    return restitch(lake, c, step.model, step.start, step.end)
+                return run_model(home, step.model, step.start, step.end, c, engine, lake=lake, full=full and first_span)
+
+            def done(step: _Step, rows: int, seconds: float) -> None:
+                written[step.model.table] = written.get(step.model.table, 0) + rows
+                commits[step.model.table] = commits.get(step.model.table, 0) + 1
                 if progress:
-                    span = f"{s}..{e}" if model.partitioned else "(whole table)"
-                    what = "rows re-stitched" if stitch else "rows"
-                    progress(f"{model.table} {span}: {rows} {what} in {time.perf_counter() - t0:.2f} s")
+                    span = f"{step.start}..{step.end}" if step.model.partitioned else "(whole table)"
+                    what = "rows re-stitched" if step.stitch else "rows"
+                    progress(f"{step.model.table} {span}: {rows} {what} in {seconds:.2f} s")
+
+            _run_steps(steps, lake, con, execute, done, workers=_WORKERS if (engine or home.settings.batch.engine) == "duckdb" else 1)
 
         # the whole-table readers of silver.events (the dimensions; nothing reads them) run once,
         # at the end: a run before a restatement would be thrown away by the one after it
@@ -356,6 +367,95 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
     finally:
         con.close()
     return written
+
+
+_WORKERS = 2
+"""Model runs of a DuckDB build in flight at once. One run leaves much of a core idle (its
+Delta write and Arrow casts are serial, as are parts of DuckDB's plans: sorts' finalisation,
+window partitions), and the machine the build targets has two."""
+# Each connection is a DuckDB instance of its own, by default allowed 80 % of the memory: the
+# runs in flight share that (a run spills to disk sooner; the machine does not swap).
+_MEMORY_LIMIT = f"SET memory_limit = '{80 // _WORKERS}%'"
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One run of a build: ``model`` over ``[start, end]``; ``stitch``: re-stitched only (:func:`restitch`)."""
+
+    model: Model
+    start: dt.date
+    end: dt.date
+    stitch: bool
+
+
+def _run_steps(steps: list[_Step], lake: Lake, con: duckdb.DuckDBPyConnection,
+               execute: Callable[[_Step, duckdb.DuckDBPyConnection], int],
+               done: Callable[[_Step, int, float], None], workers: int) -> None:
+    """Run ``steps`` (in dependency order) with ``execute(step, connection)`` -> rows, up to
+    ``workers`` at once, calling ``done(step, rows, seconds)`` as each finishes (in the
+    calling thread).
+
+    A step starts once every earlier step writing a table it reads, or its own, is done: each
+    result is what running them one after another gives. SQL models run on a fresh catalog
+    connection each (their inputs registered there at the snapshot the pinned ``lake`` reads:
+    the one its writes left); Python models and re-stitching run on ``con``, one at a time
+    and in order, as they may keep state in it (the identity resolution does). Each written
+    table is registered again in ``con`` before a step reading it starts. On an error no
+    other step starts, those running finish (each is one commit, consistent on its own), and
+    the error of the earliest failed step is raised."""
+    if workers <= 1:
+        for step in steps:
+            t0 = time.perf_counter()
+            rows = execute(step, con)
+            done(step, rows, time.perf_counter() - t0)
+        return
+    shared = [s.stitch or s.model.compute is not None for s in steps]
+    needs = []
+    for j, step in enumerate(steps):
+        reads = {*step.model.inputs, step.model.table, *([step.model.state] if step.model.state else [])}
+        needs.append({i for i in range(j) if steps[i].model.table in reads or (shared[i] and shared[j])})
+    con_lock = threading.Lock()
+
+    def work(j: int) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        step = steps[j]
+        if shared[j]:
+            with con_lock:
+                rows = execute(step, con)
+        else:
+            own = sql.connect(lake, files=True)
+            own.execute(_MEMORY_LIMIT)
+            try:
+                rows = execute(step, own)
+            finally:
+                own.close()
+            with con_lock:
+                sql.register(con, lake, step.model.table)  # for the Python models to come
+        return rows, time.perf_counter() - t0
+
+    finished: set[int] = set()
+    running: dict[Future, int] = {}
+    failed: dict[int, BaseException] = {}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headwater-build") as pool:
+        while True:
+            if not failed:
+                for j in range(len(steps)):
+                    if len(running) < workers and j not in finished and j not in running.values() and needs[j] <= finished:
+                        running[pool.submit(work, j)] = j
+            if not running:
+                break
+            complete, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(complete, key=running.__getitem__):
+                j = running.pop(future)
+                try:
+                    rows, seconds = future.result()
+                except BaseException as e:  # noqa: BLE001 - raised below, once the running steps are done
+                    failed[j] = e
+                    continue
+                finished.add(j)
+                done(steps[j], rows, seconds)
+    if failed:
+        raise failed[min(failed)]
 
 
 CHECKPOINT_EVERY = 10
@@ -455,7 +555,7 @@ def identity_stale_days(home: Home, con: duckdb.DuckDBPyConnection | None = None
     if not all(lake.exists(t) for t in needs):
         return []
     own = con is None
-    con = con or sql.connect(lake)
+    con = con or sql.connect(lake, files=True)
     try:
         _registered(con, lake, needs, "identity_stale_days")
         rows = con.sql(

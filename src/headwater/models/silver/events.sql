@@ -25,21 +25,25 @@
 -- through a hash anti-join instead of a sort of the full-width rows (the sort was most of the
 -- model's time at 10M events a day), and full rows of the neighbouring days are read only for
 -- keys also found outside the range (their person_id is left null: they are only compared, never kept).
+-- The keys delivered more than once are found by grouping one 64-bit hash of (source, event_id),
+-- not the two strings (half the model's time at 10M events): a hash shared by two keys only
+-- sends both to the exact ranking below (by source, event_id), where each is its own winner, so
+-- the rows kept are the same (Spark's 32-bit hash sends a few more there).
 -- person_id is joined to the day's rows before the dedup, one lookup on the id the rule reads
 -- (user_id, else anonymous_id): DuckDB sees no row counts on the lake's Arrow scans, and a join
 -- to the result of the anti-joins below built its hash table on the 10M full-width rows, not on
 -- the identity map. Whether a key has copies outside the range comes from the counts of the one
 -- grouping of the keys (a count(DISTINCT ds) grouped every key a second time and joined back).
 WITH keys AS (
-    SELECT source, event_id, ds
+    SELECT hash(source, event_id) AS h, ds
     FROM bronze.events
     WHERE ds BETWEEN CAST($start AS DATE) - {{dedup_days}} AND CAST($end AS DATE) + {{dedup_days}}
 ),
 resent AS (
-    -- keys of the range delivered more than once in the window; outside: also outside the range
-    SELECT source, event_id, count(*) FILTER (WHERE ds BETWEEN $start AND $end) < count(*) AS outside
+    -- key hashes of the range delivered more than once in the window; outside: also outside the range
+    SELECT h, count(*) FILTER (WHERE ds BETWEEN $start AND $end) < count(*) AS outside
     FROM keys
-    GROUP BY source, event_id
+    GROUP BY h
     HAVING count(*) > 1 AND count(*) FILTER (WHERE ds BETWEEN $start AND $end) > 0
 ),
 in_range AS (
@@ -49,13 +53,13 @@ in_range AS (
     WHERE e.ds BETWEEN $start AND $end
 ),
 copies AS (
-    SELECT * FROM in_range SEMI JOIN resent USING (source, event_id)
+    SELECT e.* FROM in_range AS e SEMI JOIN resent AS r ON r.h = hash(e.source, e.event_id)
     UNION ALL
-    SELECT *, CAST(NULL AS VARCHAR) AS person_id
-    FROM bronze.events
-    SEMI JOIN (SELECT source, event_id FROM resent WHERE outside) AS a USING (source, event_id)
-    WHERE ds BETWEEN CAST($start AS DATE) - {{dedup_days}} AND CAST($end AS DATE) + {{dedup_days}}
-      AND NOT (ds BETWEEN $start AND $end)
+    SELECT e.*, CAST(NULL AS VARCHAR) AS person_id
+    FROM bronze.events AS e
+    SEMI JOIN (SELECT h FROM resent WHERE outside) AS a ON a.h = hash(e.source, e.event_id)
+    WHERE e.ds BETWEEN CAST($start AS DATE) - {{dedup_days}} AND CAST($end AS DATE) + {{dedup_days}}
+      AND NOT (e.ds BETWEEN $start AND $end)
 ),
 ranked AS (
     SELECT
@@ -89,8 +93,8 @@ winners AS (
     SELECT
         event_id, event_type, event_name, anonymous_id, user_id, event_ts, received_at,
         source, surface, platform, properties, context, schema_version, person_id, ds
-    FROM in_range
-    ANTI JOIN resent USING (source, event_id)
+    FROM in_range AS e
+    ANTI JOIN resent AS r ON r.h = hash(e.source, e.event_id)
     UNION ALL
     SELECT
         event_id, event_type, event_name, anonymous_id, user_id, event_ts, received_at,
