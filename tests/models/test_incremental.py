@@ -138,3 +138,26 @@ def test_a_full_rebuild_takes_no_range(daily, monkeypatch):
     monkeypatch.setenv("HEADWATER_HOME", str(daily.root))
     result = CliRunner().invoke(cli, ["batch", "--full-rebuild", "--start", str(day(0))])
     assert result.exit_code == 2 and "--full-rebuild covers every day of bronze" in result.output
+
+
+
+def test_a_large_range_runs_two_models_at_once_and_equals_a_full_rebuild_run_one_at_a_time(daily, tmp_path, monkeypatch):
+    from headwater.models import run
+
+    seen: list[int] = []
+    steps = run._run_steps
+
+    def spy(*args, workers: int) -> None:
+        seen.append(workers)
+        steps(*args, workers=workers)
+
+    monkeypatch.setattr(run, "_run_steps", spy)
+    home = copy(daily, tmp_path / "home")
+    generate.write_day(home, EVENTS, day(DAYS), users=USERS)
+    full = full_rebuild(home, tmp_path / "full")  # a small range: one model at a time
+    assert set(seen) == {1}
+    seen.clear()
+    monkeypatch.setattr(run, "PARALLEL_MIN_ROWS", EVENTS)  # the day's rows make this range "large"
+    build(home, day(DAYS), day(DAYS))
+    assert set(seen) == {run._WORKERS}
+    assert checksums(home) == checksums(full)
