@@ -206,8 +206,9 @@ def total_commits(home: Home) -> int:
 def test_sigkill_of_a_batch_run_then_a_rerun_equals_a_clean_run(bronze_window, tmp_path):
     from tests.orchestrate.conftest import checksums
 
-    crashed = Home(tmp_path / "crashed")
+    crashed, pristine = Home(tmp_path / "crashed"), tmp_path / "pristine"
     shutil.copytree(bronze_window.root, crashed.root)
+    shutil.copytree(bronze_window.root, pristine)
     # The clean run, timed: start-up (imports) and then the phase that writes tables.
     started, base = time.monotonic(), total_commits(bronze_window)
     proc = subprocess.Popen([*HEADWATER, "batch"], env=env_of(bronze_window), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -235,6 +236,9 @@ def test_sigkill_of_a_batch_run_then_a_rerun_equals_a_clean_run(bronze_window, t
             kills += 1
             kill(proc)
             mid_write += total_commits(crashed) > commits
+        else:  # it finished first: start again from bronze alone, or every later run has nothing to write
+            shutil.rmtree(crashed.root)
+            shutil.copytree(pristine, crashed.root)
         assert proc.returncode in (0, -signal.SIGKILL)
     assert mid_write >= KILLS // 2, "too few kills landed while the run was writing tables"
     subprocess.run([*HEADWATER, "batch"], env=env_of(crashed), check=True, timeout=300, capture_output=True)
