@@ -221,6 +221,27 @@ def test_a_new_query_starts_at_the_given_offsets(home, log):
     assert [(p.partition, p.start, p.end) for p in reader.partitions(reader.initialOffset(), reader.latestOffset(reader.initialOffset(), None))] == [(0, 5, 7), (1, 0, 6)]
 
 
+def test_epoch_0_re_run_after_its_group_commit_reads_its_own_offsets_again(spark, home, log):
+    """A stop after epoch 0's sink and group commits but before Spark's ``commits/0`` (seen
+    under SIGTERM): the next run re-runs epoch 0 from where it first started, not from the
+    group (now at the epoch's end), so the dedup state holds its ids and a re-sent copy in
+    epoch 1 is dropped."""
+    log.append([Append("events", 0, canonical(["a0", "a1"]))])
+    pipeline, config = Pipeline(name="t"), SparkConfig(max_records_per_partition=2, start_at_group=True)
+    SparkPipeline(spark, home, pipeline, config).run_available_now()
+    # The checkpoint as that stop leaves it: epoch 0 planned, nothing after it (the run's
+    # no-data epoch 1, which only moved the watermark, and every commit removed).
+    checkpoint = home.checkpoint_dir("spark-t-bronze")
+    later = [f for f in (checkpoint / "offsets").iterdir() if not f.name.lstrip(".").startswith("0")]
+    for f in [*(checkpoint / "commits").iterdir(), *later, *(checkpoint / "state").rglob("*delta*")]:
+        if not f.name.lstrip(".").startswith("1.delta"):
+            f.unlink()
+    assert log.committed(STREAM_GROUP, "events")[0] == 2
+    log.append([Append("events", 0, canonical(["a1", "a2"]))])
+    SparkPipeline(spark, home, pipeline, config).run_available_now()
+    assert [r["event_id"] for r in table_rows(home, "bronze.events", ["event_id"])] == ["a0", "a1", "a2"]
+
+
 def test_a_floor_is_never_read_and_the_batch_bound_counts_from_it(home, log):
     """``floorOffsets``: a query whose checkpoint stands before the floor plans its next batch
     from where it stands (Spark's epochs stay contiguous) but reads only from the floor on."""

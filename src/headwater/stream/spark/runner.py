@@ -61,7 +61,9 @@ group while the group's last committer is headwater's engine (it ran since Spark
 gets a *floor* at the group's offsets, kept in its checkpoint directory
 (:data:`FLOOR_FILE`): its micro-batches never read below it (the Python data source's
 ``floorOffsets``; a filter on Spark's Kafka connector), so nothing reaches the lake twice.
-The driver records Spark as the group's committer before its first group commit.
+The driver records Spark as the group's committer before its first group commit. Where a
+query's first epoch starts is kept in its checkpoint directory (:data:`START_FILE`): Spark
+asks the source again when epoch 0 re-runs, and the group may have moved to its end by then.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ log = logging.getLogger("headwater.stream.spark")
 _CONNECT_BACK = "Python worker failed to connect back"
 # In a query's Spark checkpoint directory: offsets it never reads (module doc; JSON {"<partition>": offset}).
 FLOOR_FILE = "headwater-floor.json"
+# In a query's Spark checkpoint directory: where its first epoch starts (JSON {"<partition>": offset}).
+START_FILE = "headwater-start.json"
 
 
 def _interval(d: dt.timedelta) -> str:
@@ -226,13 +230,30 @@ class SparkPipeline:
         log.info("query %s takes over %s from the embedded engine at consumer group %s's offsets %s (its checkpoint stood at %s); %s",
                  self.app_id(output), topic, STREAM_GROUP, floor, own, handover.NOT_CARRIED)
 
+    def _starting(self, output: str, topic: str) -> dict[int, int] | None:
+        """Where query ``output``'s first epoch starts: the group's offsets read now, kept in
+        its checkpoint (:data:`START_FILE`) once that epoch is planned. Spark asks the source
+        for its initial offset again whenever epoch 0 re-runs (a stop after the epoch's sink
+        and group commits but before Spark's ``commits/0``); by then the group stands at the
+        epoch's end, and an epoch re-run from there would read nothing and rebuild an empty
+        dedup state (Spark's Kafka source keeps its initial offsets in the checkpoint too)."""
+        checkpoint = self.home.checkpoint_dir(self.app_id(output))
+        path = checkpoint / START_FILE
+        if last_epoch(checkpoint) is not None and path.exists():
+            return {int(p): o for p, o in json.loads(path.read_text()).items()}
+        starting = self.starting.get(topic)
+        if starting:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps({str(p): o for p, o in starting.items()}).encode())
+        return starting
+
     # -- the source ------------------------------------------------------------------------
     def source(self, topic: str = EVENTS_TOPIC, output: str = "bronze"):
         """``topic`` of the log as a streaming DataFrame (schema
         :func:`headwater.stream.spark.source.source_schema`) for query ``output`` (its floor):
         a ``kafka://`` log through Spark's own Kafka connector where its jar is deployed
         (:mod:`.kafka_connector`; not for ``replay_offsets``), else headwater's Python data source."""
-        starting, floor = self.starting.get(topic), self.floors.get(output)
+        starting, floor = self._starting(output, topic), self.floors.get(output)
         if self.log_url.startswith("kafka://") and self.config.replay_offsets is None:
             from headwater.stream.spark import kafka_connector
 
