@@ -21,9 +21,15 @@ RECEIVED_US = int(RECEIVED.timestamp()) * 1_000_000
 def one_worker():
     """The collectors of this package serve from one process (``collector.workers = 1``): the
     tests count requests in flight, RSS and rate limits of that process. ``test_workers.py``
-    runs a subset with two."""
+    runs a subset with two.
+
+    Nor do they shed load on event-loop delay (``collector.max_loop_delay_ms = 0``): on a
+    loaded test machine the loop runs >250 ms late after a large request, and a test of
+    another rule would get the delay's 429 instead of its own answer. The delay rule has its
+    own test (``test_health.py``, a limit set explicitly)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HEADWATER_COLLECTOR_WORKERS", "1")
+        mp.setenv("HEADWATER_COLLECTOR_MAX_LOOP_DELAY_MS", "0")
         yield
 
 
