@@ -242,7 +242,7 @@ class SparkPipeline:
         if last_epoch(checkpoint) is not None and path.exists():
             return {int(p): o for p, o in json.loads(path.read_text()).items()}
         starting = self.starting.get(topic)
-        if starting:
+        if starting is not None:  # {} too (a log without commits): the group may commit before epoch 0 does
             checkpoint.mkdir(parents=True, exist_ok=True)
             write_atomic(path, json.dumps({str(p): o for p, o in starting.items()}).encode())
         return starting
