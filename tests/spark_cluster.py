@@ -141,8 +141,8 @@ def start_cluster(workers: int = 2, cores: int = 1, memory: str = "1536m", timeo
             try:
                 if cluster.status().get("aliveworkers") == workers:
                     return cluster
-            except OSError:
-                pass  # the master's UI is not up yet
+            except (OSError, ValueError):  # the master's UI is not up yet (its HTML page answers /json/ while it starts)
+                pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{workers} workers did not register within {timeout_s} s")
             time.sleep(0.5)
