@@ -35,6 +35,7 @@ from pathlib import Path
 import duckdb
 
 from headwater.config import Home
+from headwater.runtime import use_allocator
 from headwater.sources.files import import_file
 from headwater.sources.mapping import Mapping
 
@@ -94,6 +95,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="200,000 rows (CI-sized)")
     ap.add_argument("--rows", type=int, default=None)
     args = ap.parse_args()
+    use_allocator()  # the Arrow memory pool of the `headwater` CLI, which runs `headwater import`
     rows = args.rows or (200_000 if args.quick else 5_000_000)
     result: dict = {"bench": "sources", "rows": rows}
     with tempfile.TemporaryDirectory(prefix="hw-bench-sources-") as tmp:

@@ -8,12 +8,15 @@ import sys
 import threading
 import time
 
+from click.testing import CliRunner
 from deltalake import DeltaTable
+import pyarrow as pa
 from segment.analytics import Client
 
+from headwater.cli.main import cli
 from headwater.config import Home
 from headwater.lake.store import Lake
-from headwater.runtime import Backoff, Platform, child_env, free_port
+from headwater.runtime import Backoff, Platform, child_env, free_port, use_allocator
 from headwater.serve.status import status
 
 
@@ -117,6 +120,22 @@ def test_children_run_on_the_allocator_defaults_unless_the_environment_sets_them
     pool = subprocess.run([sys.executable, "-c", "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"],
                           env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert pool == "system"  # ARROW_DEFAULT_MEMORY_POOL is the name pyarrow reads
+
+
+def test_the_cli_process_takes_the_childrens_arrow_pool_unless_the_environment_names_one(tmp_path, monkeypatch):
+    before = pa.default_memory_pool()
+    try:
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")  # the user's choice wins
+        pa.set_memory_pool(pa.mimalloc_memory_pool())
+        use_allocator()
+        assert pa.default_memory_pool().backend_name == "mimalloc"
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL")
+        monkeypatch.setenv("HEADWATER_HOME", str(tmp_path))
+        result = CliRunner().invoke(cli, ["query", "SELECT 1 AS one", "--format", "json"])
+        assert result.exit_code == 0, result.output
+        assert pa.default_memory_pool().backend_name == "system"  # what child_env gives the children
+    finally:
+        pa.set_memory_pool(before)
 
 
 def test_supervise_restarts_a_crashing_child_with_backoff_and_logs_its_exit_code(tmp_path, caplog):

@@ -62,7 +62,22 @@ def free_port() -> int:
 # workers 240–254 -> 232–250 MB; the stream's CPU time per event unchanged (1M events: 5.50–5.55
 # vs 5.62–5.66 s). DuckDB, polars and delta-rs bring jemalloc of their own: its
 # settings (_RJEM_MALLOC_CONF) made no measurable difference.
+# The CLI's own process (``headwater import``, ``batch``, ``query``) takes the same Arrow pool
+# (:func:`use_allocator`): a bulk import of 1M rows spent 3.6 s in the kernel on mimalloc
+# against 1.2 s on the system pool (pages of freed chunks returned and faulted in again), for
+# 0.22–0.29M against 0.38–0.42M rows/s (bench/sources.py; the batch build: no difference).
 ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "2", "ARROW_DEFAULT_MEMORY_POOL": "system"}
+
+
+def use_allocator() -> None:
+    """Make this process's default Arrow memory pool the one :data:`ALLOCATOR_ENV` names,
+    unless the environment names one (``ARROW_DEFAULT_MEMORY_POOL``, which pyarrow read at
+    import). Arrays allocated before keep their pool. ``MALLOC_ARENA_MAX`` only applies to a
+    process started with it (glibc reads it once), so it stays a child's setting."""
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        import pyarrow as pa
+
+        pa.set_memory_pool(getattr(pa, f"{ALLOCATOR_ENV['ARROW_DEFAULT_MEMORY_POOL']}_memory_pool")())
 
 
 def child_env(home: Home) -> dict[str, str]:

@@ -27,7 +27,10 @@ from headwater.config import Home
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
     """headwater: product-analytics data platform (embedded default)."""
+    from headwater.runtime import use_allocator
+
     ctx.meta[DEBUG] = debug
+    use_allocator()
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
 
 
