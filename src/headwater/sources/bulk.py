@@ -244,6 +244,7 @@ class _Writer:
     def _write(self, k: int, chunk: pa.Table, tokens: pa.Array) -> _Written:
         """Chunk ``k`` (rows of :meth:`_ordered`) canonicalised, duplicates dropped first, and
         its events and bad rows (when not committed yet) written as files — nothing committed."""
+        chunk = chunk.combine_chunks()
         dup = chunk.column("_dup")
         duplicates = pc.sum(dup).as_py() or 0
         mapped = with_tokens(chunk.filter(pc.invert(dup)) if duplicates else chunk, tokens)
@@ -316,7 +317,9 @@ def _committed(lake: Lake, table: str, app_id: str) -> int:
 
 def _chunks(reader: pa.RecordBatchReader, size: int) -> Iterator[pa.Table]:
     """The rows of ``reader`` as tables of exactly ``size`` rows (the last one may be short):
-    DuckDB's record batches do not come in a fixed size."""
+    DuckDB's record batches do not come in a fixed size. Each is its batches as they came
+    (zero-copy slices): the worker that takes it makes its columns contiguous, off the
+    reading thread (0.16 s per 1M rows)."""
     held: list[pa.RecordBatch] = []
     count = 0
     for batch in reader:
@@ -324,11 +327,11 @@ def _chunks(reader: pa.RecordBatchReader, size: int) -> Iterator[pa.Table]:
         count += batch.num_rows
         while count >= size:
             table = pa.Table.from_batches(held)
-            yield table.slice(0, size).combine_chunks()
+            yield table.slice(0, size)
             rest = table.slice(size)
             held, count = rest.to_batches(), rest.num_rows
     if count:
-        yield pa.Table.from_batches(held).combine_chunks()
+        yield pa.Table.from_batches(held)
 
 
 def _good_times(chunk: pa.Table) -> pa.ChunkedArray:
