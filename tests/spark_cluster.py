@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -126,26 +127,37 @@ def start_cluster(workers: int = 2, cores: int = 1, memory: str = "1536m", timeo
             cluster.procs.append(subprocess.Popen([str(home / "bin" / "spark-class"), *args], env=env, stdout=out,
                                                   stderr=subprocess.STDOUT, start_new_session=True))
 
+    def wait(what: str, up) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if any(p.poll() is not None for p in cluster.procs):
+                raise RuntimeError("a cluster process exited")
+            try:
+                if up():
+                    return
+            except (OSError, ValueError):  # not listening yet; the master's UI answers /json/ with its HTML page while it starts
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} within {timeout_s} s")
+            time.sleep(0.1)
+
+    def master_listens() -> bool:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+
     try:
         launch("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(webui))
+        # The workers start once the master listens: a worker that finds no master retries only
+        # after 5-15 s (Spark's registration back-off; seen under load: 30 s to start, not 18 s).
+        wait("the master did not listen", master_listens)
         for i in range(workers):
             work = log_dir / f"worker-{i}"
             work.mkdir()
             launch(f"worker-{i}", "org.apache.spark.deploy.worker.Worker", cluster.master_url, "--host", "127.0.0.1",
                    "--cores", str(cores), "--memory", memory, "--port", str(free_port()), "--webui-port", str(free_port()),
                    "--work-dir", str(work))
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if any(p.poll() is not None for p in cluster.procs):
-                raise RuntimeError("a cluster process exited")
-            try:
-                if cluster.status().get("aliveworkers") == workers:
-                    return cluster
-            except (OSError, ValueError):  # the master's UI is not up yet (its HTML page answers /json/ while it starts)
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{workers} workers did not register within {timeout_s} s")
-            time.sleep(0.5)
+        wait(f"{workers} workers did not register", lambda: cluster.status().get("aliveworkers") == workers)
+        return cluster
     except BaseException as e:
         logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(log_dir.glob("*.log")))
         cluster.stop()

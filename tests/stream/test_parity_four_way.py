@@ -117,19 +117,22 @@ def as_evs(rows: pa.Table) -> list:
     return [Ev(r["event_id"], r["event_ts"], r["event_name"], r["user_id"]) for r in rows.to_pylist()]
 
 
-def spark_stream(spark, home: str, log_url: str, offsets: str) -> int:
-    """Driver (on the cluster): Spark replays a headwater checkpoint's batches of ``log_url``
-    into ``home``'s bronze and realtime tables; returns the data batches of the bronze query."""
+def spark_runs(spark, streams: list[dict], gold_home: str, start: str, end: str) -> list[int]:
+    """Driver (on the cluster), one application for all of Spark's work — a driver and two
+    executor JVMs start once, not three times: each of ``streams`` (``home``, ``log_url``,
+    ``offsets``) replays a headwater checkpoint's batches of ``log_url`` into ``home``'s bronze
+    and realtime tables, one after the other (each query runs to its end before the next
+    starts; each has its own checkpoint and state); then the batch models on Spark SQL over
+    ``gold_home``'s bronze. Returns the data batches of each stream's bronze query."""
     from headwater.stream.spark.runner import SparkConfig, SparkPipeline
 
-    queries = SparkPipeline(spark, Home(Path(home)), PIPELINE, SparkConfig(replay_offsets=Path(offsets)), log_url=log_url).run_available_now()
-    return max(sum(1 for p in q.recentProgress if p["numInputRows"]) for q in queries)
-
-
-def spark_gold(spark, home: str, start: str, end: str) -> bool:
-    """Driver (on the cluster): the batch models on Spark SQL over ``home``'s bronze."""
-    build(Home(Path(home)), dt.date.fromisoformat(start), dt.date.fromisoformat(end), engine="spark")
-    return True
+    batches = []
+    for s in streams:
+        queries = SparkPipeline(spark, Home(Path(s["home"])), PIPELINE, SparkConfig(replay_offsets=Path(s["offsets"])),
+                                log_url=s["log_url"]).run_available_now()
+        batches.append(max(sum(1 for p in q.recentProgress if p["numInputRows"]) for q in queries))
+    build(Home(Path(gold_home)), dt.date.fromisoformat(start), dt.date.fromisoformat(end), engine="spark")
+    return batches
 
 
 def bronze(home: Home) -> pa.Table:
@@ -168,13 +171,15 @@ def test_four_ways_give_identical_bronze_windows_and_gold(tmp_path, spark_cluste
                 fill(home.settings.log_url, events.slice(i, CHUNK))
                 trigger(home)
         runs = {"embedded/sqlite": batches_of(sqlite_home), "embedded/kafka": batches_of(kafka_home)}
-        spark_homes = {}
-        for name, source in (("spark/kafka", kafka_home), ("spark/sqlite", sqlite_home)):
-            spark_homes[name] = home_on(tmp_path / name.replace("/", "-"))
-            run = spark_cluster.drive(f"{__name__}:spark_stream", home=str(spark_homes[name].root), log_url=source.settings.log_url,
-                                      offsets=str(source.checkpoint_dir(QUERY) / "offsets"))
-            assert run.returncode == 0, run.output[-4000:]
-            assert run.result == len(runs[f"embedded/{name.split('/')[1]}"])  # the same batches, replayed
+        day = events["ds"][0].as_py()
+        last = max(events["ds"].to_pylist())
+        sources = {"spark/kafka": kafka_home, "spark/sqlite": sqlite_home}
+        spark_homes = {name: home_on(tmp_path / name.replace("/", "-")) for name in sources}
+        run = spark_cluster.drive(f"{__name__}:spark_runs", gold_home=str(spark_homes["spark/kafka"].root), start=str(day), end=str(last),
+                                  streams=[{"home": str(spark_homes[name].root), "log_url": source.settings.log_url,
+                                            "offsets": str(source.checkpoint_dir(QUERY) / "offsets")} for name, source in sources.items()])
+        assert run.returncode == 0, run.output[-4000:]
+        assert run.result == [len(runs[f"embedded/{name.split('/')[1]}"]) for name in sources]  # the same batches, replayed
         homes = {"embedded/sqlite": sqlite_home, "embedded/kafka": kafka_home, **spark_homes}
 
         # The input keeps clear of where the engines' watermark rules differ, on both logs' batches.
@@ -193,12 +198,8 @@ def test_four_ways_give_identical_bronze_windows_and_gold(tmp_path, spark_cluste
             assert {k: v[0] for k, v in got.items()} == expected, name
             assert got == windows(sqlite_home), name  # distinct-user estimates too
 
-        day = events["ds"][0].as_py()
-        last = max(events["ds"].to_pylist())
         for home in (sqlite_home, kafka_home, spark_homes["spark/sqlite"]):
-            build(home, day, last)
-        run = spark_cluster.drive(f"{__name__}:spark_gold", home=str(spark_homes["spark/kafka"].root), start=str(day), end=str(last))
-        assert run.returncode == 0, run.output[-4000:]
+            build(home, day, last)  # spark/kafka's gold: Spark SQL's, built by the driver above
         want_gold = gold(sqlite_home)
         assert want_gold["gold.active_users"].num_rows > 0
         for name, home in homes.items():
