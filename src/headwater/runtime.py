@@ -65,7 +65,8 @@ def free_port() -> int:
 # The CLI's own process (``headwater import``, ``batch``, ``query``) takes the same Arrow pool
 # (:func:`use_allocator`): a bulk import of 1M rows spent 3.6 s in the kernel on mimalloc
 # against 1.2 s on the system pool (pages of freed chunks returned and faulted in again), for
-# 0.22–0.29M against 0.38–0.42M rows/s (bench/sources.py; the batch build: no difference).
+# 0.22–0.29M against 0.38–0.42M rows/s; of 5M rows, CSV 0.28M against 0.34M rows/s, Parquet
+# alike (0.48M) (bench/sources.py; the batch build: no difference).
 ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "2", "ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 
