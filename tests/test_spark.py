@@ -69,3 +69,13 @@ def test_a_local_lake_has_no_s3a_settings_and_the_default_master(tmp_path, monke
     assert options["spark.master"] == "local[2]"
     assert not any(k.startswith(S3A) for k in options)
     assert built(monkeypatch, None)["spark.master"] == "local[2]"  # no settings: local[cores]
+
+
+def test_the_spark_extra_brings_pandas_which_map_in_arrow_requires():
+    """The Spark engines write Delta through ``DataFrame.mapInArrow``, which pyspark builds on
+    ``pandas_udf``: without pandas it raises before any row moves. ``headwater[spark]`` must
+    therefore install pyspark's ``sql`` extra (pandas, pyarrow), not bare pyspark."""
+    from importlib.metadata import requires
+
+    spark_extra = [r for r in requires("headwater") or [] if r.replace('"', "'").endswith("extra == 'spark'")]
+    assert [r for r in spark_extra if r.startswith("pyspark[sql]")], spark_extra
