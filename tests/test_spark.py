@@ -2,9 +2,14 @@
 of ``spark.master`` and, for an ``s3://`` lake, Hadoop S3A's properties from ``lake.s3_*``.
 
 The hadoop-aws jar is not on this machine, so no S3A read runs here: the builder's options
-are captured instead of starting a session."""
+are captured instead of starting a session. And the import policy that goes with Spark:
+the `headwater` program keeps pandas out until a Spark session starts."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 from pyspark.sql import SparkSession
@@ -79,3 +84,44 @@ def test_the_spark_extra_brings_pandas_which_map_in_arrow_requires():
 
     spark_extra = [r for r in requires("headwater") or [] if r.replace('"', "'").endswith("extra == 'spark'")]
     assert [r for r in spark_extra if r.startswith("pyspark[sql]")], spark_extra
+
+
+# Runs the ``headwater`` program's entry (headwater.cli.main.main) with argv, then reports
+# whether pandas was loaded and what importing it now gives.
+AFTER_THE_COMMAND = """
+import atexit, sys
+
+def report():
+    loaded = "pandas" in sys.modules
+    try:
+        import pandas  # noqa: F401
+        now = "imported"
+    except ModuleNotFoundError as e:
+        now = str(e)
+    print(f"loaded={loaded} now={now}", file=sys.stderr)
+
+atexit.register(report)
+if sys.argv[1] == "--spark-session":  # what headwater.spark.session does first, without a JVM
+    from headwater import spark
+    spark.defer_pandas()
+    spark._allow_pandas()
+else:
+    from headwater.cli.main import main
+    main()
+"""
+
+
+def test_the_headwater_program_keeps_pandas_out_and_a_spark_session_lets_it_in(tmp_path):
+    """pandas is installed here (the dev group), and pyarrow would import it on its first
+    conversion of a value; a real command (a query converting rows to Arrow and JSON) runs
+    without it, and an import of it names the rule. Before a Spark session it is importable
+    again (the Spark CLI tests run the whole path: tests/cli/test_stream_spark.py)."""
+    env = {**os.environ, "HEADWATER_HOME": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", AFTER_THE_COMMAND, "query", "SELECT [1, 2] AS a, now() AS t", "--format", "json"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert '"a": [1, 2]' in run.stdout
+    assert "loaded=False now=No module named 'pandas': headwater loads pandas only with a Spark session" in run.stderr
+    lifted = subprocess.run([sys.executable, "-c", AFTER_THE_COMMAND, "--spark-session"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert "loaded=False now=imported" in lifted.stderr, lifted.stderr

@@ -1,3 +1,3 @@
-from headwater.cli.main import cli
+from headwater.cli.main import main
 
-cli()
+main()

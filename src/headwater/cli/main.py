@@ -345,3 +345,15 @@ cli.add_command(_quarantine)
 from headwater.cli.tokens import identity as _identity, token as _token  # noqa: E402
 cli.add_command(_token)
 cli.add_command(_identity)
+
+
+def main() -> None:
+    """The ``headwater`` program (its console script and ``python -m headwater``): this
+    process's import policy, then :func:`cli`. pandas stays out of the process unless it starts
+    a Spark session (:func:`headwater.spark.defer_pandas`); that policy is set here, not in the
+    group, because a host process that invokes :func:`cli` itself (a test's ``CliRunner``)
+    keeps its own imports."""
+    from headwater.spark import defer_pandas
+
+    defer_pandas()
+    cli()

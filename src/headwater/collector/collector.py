@@ -166,8 +166,10 @@ class Collector:
             self._loop_delay = None
 
     def _warm_up(self) -> None:
-        """pyarrow imports pandas (if installed) lazily on its first datetime conversion —
-        about a second that would otherwise land on the first request."""
+        """The first request's one-time costs, paid at start-up: the first conversions of
+        each kind, and pandas, which pyarrow imports on its first conversion where it can
+        (a process not started by the ``headwater`` program: :func:`headwater.spark.defer_pandas`)
+        — about a second that would otherwise land on the first request."""
         body = b'{"batch":[{"type":"track","event":"warm-up","userId":"u","timestamp":"2024-01-01T00:00:00Z"}],"sentAt":"2024-01-01T00:00:00Z"}'
         norm = segment.normalize(segment.parse_request(body), source="warm-up", received_at_us=time.time_ns() // 1000,
                                  tokenizer=Tokenizer(b"warm-up"))

@@ -550,7 +550,7 @@ def _tables_of(sql: str) -> frozenset[str] | None:
 
 def warm(lake: Lake) -> None:
     """Pay the read path's one-time costs of this process now rather than in its first
-    request: the Arrow dataset module (it imports pandas, ~0.5 s) and a pooled connection."""
+    request: the Arrow dataset module (~0.5 s, more where it imports pandas) and a pooled connection."""
     import pyarrow.dataset  # noqa: F401
 
     with _reader(lake).connection():

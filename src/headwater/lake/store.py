@@ -70,7 +70,7 @@ from headwater.lake import catalog, objectstore
 from headwater.lake.location import Location
 
 if TYPE_CHECKING:
-    import pyarrow.dataset as pads  # imports pandas (~0.5 s): only where a table is read
+    import pyarrow.dataset as pads  # ~0.5 s to import (pandas too, where importable): only where a table is read
 
     from headwater.config import Home
 

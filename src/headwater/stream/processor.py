@@ -201,8 +201,9 @@ class BronzeStream:
             **{a.table: a.table for a in pipeline.aggregates},
         }
         self._sql = duckdb.connect(":memory:")
-        # pyarrow imports pandas on its first conversion from numpy (~0.9 s here): pay it at
-        # start-up, not inside the first micro-batch, whose events would wait for it.
+        # pyarrow's first conversion from numpy imports pandas where it can (~0.9 s here; the
+        # headwater program keeps it out, headwater.spark.defer_pandas): pay it at start-up,
+        # not inside the first micro-batch, whose events would wait for it.
         pa.array(np.zeros(1, np.int64))
         self._commits = 0
         self._commit_lock = threading.Lock()
