@@ -36,10 +36,10 @@
    from before the setting rejects it): the peer runs its own default.
 
 ``--python``: the interpreter ``headwater up`` runs with, default this one. The project's venv
-holds the dev group, and with it pandas, which pyarrow imports into every process on its first
-conversion of values to Arrow (~55 MB resident each: collector workers, stream, Dagster's code
-server); headwater itself needs no pandas. A user's installation is measured with a venv
-synced without it::
+holds the dev group, and with it pandas, which pyarrow imports on its first conversion of
+values to Arrow wherever it can (~45-55 MB resident a process). The ``headwater`` program keeps
+it out of its processes (:func:`headwater.spark.defer_pandas`), so both venvs now measure the
+same code; a user's installation (no dev group) is measured with a venv synced without it::
 
     UV_PROJECT_ENVIRONMENT=/tmp/hw-prod uv sync --locked --no-dev
     uv run python bench/footprint.py --python /tmp/hw-prod/bin/python

@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from headwater.config import Home
 from headwater.errors import InvalidInputError
 from headwater.orchestrate.instance import dagster_home
+from headwater.spark import defer_pandas
 
 COMPONENTS = ("dagster", "dagster-ui")
 LOG_LEVEL = "warning"
@@ -102,7 +103,10 @@ def dagster_code_server_with_daemon(grpc_port: int) -> None:
     this thread: it maps SIGTERM to KeyboardInterrupt, which Python delivers to the main thread
     only) and run Dagster's daemon against it in a thread (what ``dagster-daemon run --grpc-host
     --grpc-port`` runs), once it listens. Returns when the server stops; a daemon that fails
-    stops the server, so that the process exits and ``up`` restarts both."""
+    stops the server, so that the process exits and ``up`` restarts both. pandas stays out of
+    the process as out of the ``headwater`` program's (:func:`headwater.spark.defer_pandas`):
+    its sensors read tables through pyarrow."""
+    defer_pandas()
     from dagster._cli.api import grpc_command
 
     threading.Thread(target=_daemon, args=(grpc_port,), name="dagster-daemon", daemon=True).start()
