@@ -30,7 +30,8 @@
    wall-clock time its batch committed (``commits/N`` ``committed_ms``, after the
    ``realtime.*`` upserts) − its log append time (``_appended_ms``). p50 / p95 over all events.
 4. **Peak RSS**: sum of the resident sets of the engine's process tree (for Spark: the
-   Python driver, the JVM and its Python workers), sampled every 0.2 s.
+   Python driver, the JVM and its Python workers), sampled every 0.2 s. headwater's
+   processes keep pandas out as the ``headwater stream`` program does (``defer_pandas``).
 5. **Load**: the machine's 1-minute load average at the start and the end of the run
    (``load_avg_1m_start`` / ``_end``): on a shared machine the throughputs depend on it.
 
@@ -185,9 +186,13 @@ def run_measured(
     return json.loads(out.strip().splitlines()[-1]), peak
 
 
+# Both headwater processes keep pandas out, as the `headwater stream` program does
+# (headwater.spark.defer_pandas): pyarrow would otherwise import it (~45 MB resident).
 _HEADWATER = """
 import json, sys, time
 from pathlib import Path
+from headwater.spark import defer_pandas
+defer_pandas()
 from headwater.config import Home
 from headwater.stream.processor import BronzeStream
 stream = BronzeStream(Home(Path(sys.argv[1])))
@@ -227,6 +232,8 @@ spark.stop()
 _LIVE = """
 import signal, sys, threading
 from pathlib import Path
+from headwater.spark import defer_pandas
+defer_pandas()
 from headwater.config import Home
 from headwater.stream.processor import BronzeStream, StreamConfig
 stop = threading.Event()
