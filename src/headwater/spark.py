@@ -78,9 +78,9 @@ def defer_pandas() -> None:
 
     Why: pyarrow imports pandas, when it is installed, on its first conversion of any value
     (``pa.array([1])``; pyarrow's ``pandas-shim.pxi``), and pandas is installed wherever Spark
-    is (``headwater[spark]``, the dev group). Measured here on a quiet machine: ~1.0 s of a
-    collector's 2.3 s start and ~60 MB resident, in every collector worker, stream and CLI
-    process, none of which uses pandas. Only pyspark needs it (``DataFrame.mapInArrow`` goes
+    is (``headwater[spark]``, the dev group). Measured here (load 0.7): 1.2-1.7 s of a
+    collector's 2.8-3.5 s start and 44 MB of its 176 MB resident; alike in every stream and
+    CLI process, none of which uses pandas. Only pyspark needs it (``DataFrame.mapInArrow`` goes
     through ``pandas_udf``), and :func:`session` lets it in again. pyarrow, DuckDB, polars and
     delta-rs run without it. No effect once pandas is imported. Call it at a program's entry
     (the ``headwater`` command), not in a library: the host process's imports are its own."""
