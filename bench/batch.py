@@ -15,7 +15,8 @@ every row) of every built table is taken; ``same_rows`` says whether the engines
 
 History (``--history-days``, default 90; 0 skips it): another home gets ``--history-events``
 a day (default: ``--events``; the same users every day, so identity merges, late stitching
-and returning persons are as in a real installation) for days 1..90, each built the way the
+and returning persons are as in a real installation; ``--stitch-lookback-days`` sets the models'
+``identity.stitch_lookback_days``, reported as ``stitch_lookback_days``) for days 1..90, each built the way the
 daily schedule builds it (``build(home, day, day)``, incremental on DuckDB: day N reads day N
 and the cumulative state of N-1). Reported: ``day1_s``, ``day90_s`` (the builds of the first
 and the last day, each with ``_load``, the 1-minute load average after it: the machine may be
@@ -52,6 +53,7 @@ import pyarrow as pa
 
 from headwater.config import Home
 from headwater.demo import generate
+from headwater.models.config import load as load_models_config
 from headwater.models.dag import MODELS
 from headwater.models.run import build
 from headwater.lake import sql
@@ -117,14 +119,19 @@ def expire_tombstones(home: Home, seconds: float) -> None:
             {"delta.deletedFileRetentionDuration": f"interval {max(round(seconds), 1)} seconds"})
 
 
-def history(root: Path, events: int, days: int, first: dt.date, tombstone_days: int = 7) -> dict[str, object]:
+def history(root: Path, events: int, days: int, first: dt.date, tombstone_days: int = 7,
+            stitch_lookback_days: int | None = None) -> dict[str, object]:
     """Build ``days`` days of ``events`` each, day by day (incremental), then a full rebuild
     of a copy; the figures of the module docstring. ``tombstone_days``: the Delta tombstone
     retention in simulated days (:func:`expire_tombstones`, set after day 1 from its wall
-    time); 0 keeps Delta's week of real time (no tombstone of the run ever expires)."""
+    time); 0 keeps Delta's week of real time (no tombstone of the run ever expires).
+    ``stitch_lookback_days``: the models' ``identity.stitch_lookback_days`` (``None``: the default)."""
     home = Home(root / "history")
     home.root.mkdir()
-    (home.root / "models.toml").write_text(generate.MODELS_TOML)
+    toml = generate.MODELS_TOML
+    if stitch_lookback_days is not None:
+        toml += f"\n[identity]\nstitch_lookback_days = {stitch_lookback_days}\n"
+    (home.root / "models.toml").write_text(toml)
     seconds: list[float] = []
     cpu: list[float] = []  # in-process CPU of each build: comparable on a shared machine, unlike wall time
     last_lines: list[str] = []
@@ -149,7 +156,7 @@ def history(root: Path, events: int, days: int, first: dt.date, tombstone_days: 
     split = silver_runs[1] if len(silver_runs) > 1 else len(runs)
     full = Home(root / "full")
     full.root.mkdir()
-    (full.root / "models.toml").write_text(generate.MODELS_TOML)
+    (full.root / "models.toml").write_text(toml)
     shutil.copytree(Lake.of(home).uri("bronze.events"), Lake.of(full).uri("bronze.events"))
     t0 = time.perf_counter()
     build(full, full=True)
@@ -160,6 +167,7 @@ def history(root: Path, events: int, days: int, first: dt.date, tombstone_days: 
         "history_events_per_day": events,
         "history_days": days,
         "tombstone_days": tombstone_days,
+        "stitch_lookback_days": load_models_config(home).stitch_lookback_days,
         "day1_s": round(seconds[0], 2),
         "day1_cpu_s": round(cpu[0], 2),
         "day1_load": round(load[1], 2),
@@ -194,6 +202,8 @@ def main() -> None:
     parser.add_argument("--history-events", type=int, default=None, help="events per history day (default: --events)")
     parser.add_argument("--tombstone-days", type=int, default=7,
                         help="Delta tombstone retention of the history, in simulated days (0: a real week, never passes)")
+    parser.add_argument("--stitch-lookback-days", type=int, default=None,
+                        help="identity.stitch_lookback_days of the history's models (default: the shipped default)")
     args = parser.parse_args()
     events = args.events or (200_000 if args.quick else 10_000_000)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -228,7 +238,8 @@ def main() -> None:
 
             session().stop()
         if args.history_days > 0:
-            figures |= history(root, args.history_events or events, args.history_days, args.day, args.tombstone_days)
+            figures |= history(root, args.history_events or events, args.history_days, args.day, args.tombstone_days,
+                               args.stitch_lookback_days)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

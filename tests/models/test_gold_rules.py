@@ -143,6 +143,8 @@ def test_month_cohorts_follow_calendar_months_for_a_year(tmp_path):
         ("[[experiments]]\nid = 'e'\nvariants = ['a', 'b']\ncontrol = 'z'\nconversion_event = 'c'\n", r"experiments\[0\]\.control: 'z' is not one of"),
         ("[[experiments]]\nid = 'e'\nvariants = ['a', 'b']\n", r"experiments\[0\]\.conversion_event: expected str"),
         ("[identity]\nmerge_identified_users = 'yes'\n", r"identity\.merge_identified_users: expected bool"),
+        ("[identity]\nstitch_lookback_days = -1\n", r"identity\.stitch_lookback_days: must be in \[0, 3650\] days, got -1"),
+        ("[identity]\nstitch_lookback_days = 7.5\n", r"identity\.stitch_lookback_days: expected int"),
         ("[dim_user]\ntracked_traits = [1]\n", r"dim_user\.tracked_traits\[0\]: expected str"),
         ("[[funnels]\n", r"not valid TOML"),
     ],

@@ -81,6 +81,30 @@ def test_alias_chains_resolve_transitively(tmp_path):
     got = persons(home)
     assert got["x1e"] == got["x2e"] == "bob" and got["y3e"] == "y1"
     assert rows(home, "SELECT * FROM silver.identity_refused") == []
+    # stitched_at: when the id's links (none later) first joined it to its person's root, over
+    # the path whose latest link is earliest — y3's own link (T0) reaches y1 through a4 (T0 + 1 h)
+    stitched = {r["id"]: r["stitched_at"] for r in rows(home, "SELECT id, stitched_at FROM silver.identity_map")}
+    assert stitched == {"bob": None, "x1": T0 + 2 * H, "x2": T0 + 2 * H, "x3": T0 + 3 * H,
+                        "y1": None, "y2": T0 + H, "y3": T0 + H}
+
+
+def test_stitched_at_takes_the_path_whose_latest_link_is_earliest(tmp_path):
+    """An id joined to its person directly on day 5 and through another id on day 1: it was
+    that person's from day 1 (the minimax path), so the lookback counts from day 1."""
+    home = Home(tmp_path)
+    (tmp_path / "models.toml").write_text("[identity]\nstitch_lookback_days = 1\n")
+    write(home, [
+        event("t0", T0 - D, user=None, anon="tablet"),  # 2 days before day 1: out of the lookback
+        event("t1", T0 + H, user=None, anon="tablet"),  # 1 day before day 1 (4 before the direct link)
+        alias("early1", T0, "tablet", "phone"),
+        identify("early2", T0 + D, "phone", "erin"),
+        identify("late", T0 + 5 * D, "tablet", "erin"),
+    ])
+    build(home)
+    stitched = {r["id"]: r["stitched_at"] for r in rows(home, "SELECT id, stitched_at FROM silver.identity_map")}
+    assert stitched == {"erin": None, "phone": T0 + D, "tablet": T0 + D}
+    got = persons(home)
+    assert (got["t0"], got["t1"]) == ("tablet", "erin")
 
 
 def test_merging_two_identified_users_is_refused_and_recorded(tmp_path):

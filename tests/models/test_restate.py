@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 
+import pytest
+
 from headwater.config import Home
 from headwater.lake.store import Lake
 from headwater.models.run import build, run_model
@@ -55,22 +57,69 @@ def steady(k: int) -> list[dict]:
             event(f"o{k}", T0 + k * D + H, user=None, anon="other")]
 
 
-def test_a_login_restates_only_the_days_its_anonymous_history_lies_on(tmp_path):
+@pytest.mark.parametrize(
+    ("lookback", "stitched"),
+    [(None, (3, 5)), (3650, (1, 3, 5)), (0, ())],  # None: the default, 7 days
+)
+def test_a_login_restates_only_the_days_of_its_anonymous_history_within_the_lookback(tmp_path, lookback, stitched):
     home = Home(tmp_path / "home")
+    home.root.mkdir(parents=True)
+    if lookback is not None:
+        (home.root / "models.toml").write_text(f"[identity]\nstitch_lookback_days = {lookback}\n")
     days = {k: steady(k) for k in range(10)}
     for k in (1, 3, 5):  # kate browses anonymously on three days
         days[k].append(event(f"k{k}", T0 + k * D + 2 * H, user=None, anon="kate-laptop"))
     days[9] += [identify("login", T0 + 9 * D + 3 * H, "kate-laptop", "kate"),
                 event("k9", T0 + 9 * D + 4 * H, user="kate", anon="kate-laptop")]
     lines = daily(home, days)
-    # day 9 runs silver on itself, then on the stitched days only; the states forward from day 1
-    assert runs(lines[9], "silver.events") == [(day(9), day(9)), (day(1), day(1)), (day(3), day(3)), (day(5), day(5))]
+    # day 9 runs silver on itself, then on the stitched days only; the states forward from the first
+    assert runs(lines[9], "silver.events") == [(day(9), day(9))] + [(day(k), day(k)) for k in stitched]
     # their bronze rows did not change: silver's own rows get the new person, no dedup again
-    assert [("re-stitched" in line) for line in lines[9] if line.startswith("silver.events ")] == [False, True, True, True]
-    assert runs(lines[9], "silver.person_state")[-1] == (day(1), day(9))
+    assert [("re-stitched" in line) for line in lines[9] if line.startswith("silver.events ")] == [False] + [True] * len(stitched)
+    if stitched:
+        assert runs(lines[9], "silver.person_state")[-1] == (day(stitched[0]), day(9))
     assert runs(lines[8], "silver.events") == [(day(8), day(8))]  # nothing to stitch: day 8 alone
     got = {r["event_id"]: r["person_id"] for r in rows(home, "SELECT event_id, person_id FROM silver.events")}
-    assert {got[f"k{k}"] for k in (1, 3, 5, 9)} == {"kate"}
+    # events older than the lookback before the login keep the anonymous id as their person
+    assert got == {**got, **{f"k{k}": "kate" if k in stitched else "kate-laptop" for k in (1, 3, 5)}, "k9": "kate"}
+    assert checksums(home) == checksums(full_rebuild(home, tmp_path / "full"))
+
+
+def test_changing_the_lookback_restates_the_days_it_moves(tmp_path):
+    """silver was built under one lookback; a build under another finds the days whose
+    person the new rule gives otherwise (the saved map does not apply to it) and ends equal
+    to a full rebuild under the new one."""
+    home = Home(tmp_path / "home")
+    home.root.mkdir(parents=True)
+    days = {k: steady(k) for k in range(10)}
+    days[1].append(event("k1", T0 + D + 2 * H, user=None, anon="kate-laptop"))
+    days[9].append(identify("login", T0 + 9 * D + 3 * H, "kate-laptop", "kate"))
+    daily(home, {k: v for k, v in days.items() if k < 10})
+    assert rows(home, "SELECT person_id FROM silver.events WHERE event_id = 'k1'") == [{"person_id": "kate-laptop"}]
+    (home.root / "models.toml").write_text("[identity]\nstitch_lookback_days = 30\n")
+    write(home, steady(10), batch_id=10)
+    lines = []
+    build(home, day(10), day(10), progress=lines.append)
+    assert (day(1), day(1)) in runs(lines, "silver.events")
+    assert rows(home, "SELECT person_id FROM silver.events WHERE event_id = 'k1'") == [{"person_id": "kate"}]
+    assert checksums(home) == checksums(full_rebuild(home, tmp_path / "full"))
+
+
+def test_an_earlier_login_arriving_late_moves_the_lookback_back(tmp_path):
+    """A link stitched on day 9 is found (a late delivery) to have been made on day 6: the
+    id's stitched_at moves back, so its events between the two lookbacks are restated."""
+    home = Home(tmp_path / "home")
+    home.root.mkdir(parents=True)
+    (home.root / "models.toml").write_text("[identity]\nstitch_lookback_days = 2\n")
+    days = {k: steady(k) for k in range(11)}
+    for k in (3, 5, 7):
+        days[k].append(event(f"k{k}", T0 + k * D + 2 * H, user=None, anon="kate-laptop"))
+    days[9].append(identify("login", T0 + 9 * D + 3 * H, "kate-laptop", "kate"))
+    days[10].append(identify("early", T0 + 4 * D + 3 * H, "kate-laptop", "kate"))  # received on day 10
+    lines = daily(home, days)
+    got = {r["event_id"]: r["person_id"] for r in rows(home, "SELECT event_id, person_id FROM silver.events WHERE event_id LIKE 'k%'")}
+    assert got == {"k3": "kate", "k5": "kate", "k7": "kate"}  # day 4 - 2 = day 2 on
+    assert runs(lines[9], "silver.events")[1:] == [(day(7), day(7))]  # day 9 - 2: day 7 only
     assert checksums(home) == checksums(full_rebuild(home, tmp_path / "full"))
 
 

@@ -41,9 +41,11 @@ def typed_rows(home, day) -> int:
 
 def full_rebuild(home, tmp, end) -> Home:
     """A copy of ``home``'s bronze (and its contract) built from scratch for FIRST..end on
-    the direct path (no Dagster)."""
+    the direct path (no Dagster), under the same models configuration."""
     other = Home(tmp / "rebuild")
     shutil.copytree(Lake.of(home).uri("bronze.events"), Lake.of(other).uri("bronze.events"))
+    if (home.root / "models.toml").is_file():
+        shutil.copy(home.root / "models.toml", other.root / "models.toml")
     register_contract(other)
     build(other, FIRST, end)
     return other
@@ -108,8 +110,10 @@ def test_late_events_restate_their_day_and_downstream_windows(built, window_even
 def test_identify_on_a_new_day_restates_the_earlier_anonymous_days(built, window_events, tmp_path):
     """Retroactive stitching under orchestration: anonymous events on VISIT_DAY; the daily run
     of a later, new day carries an identify linking them to a user; the sensor finds
-    VISIT_DAY stale by content and restates it (and its downstream)."""
+    VISIT_DAY stale by content and restates it (and its downstream). VISIT_DAY lies 9 days
+    before the identify: the models' stitching lookback is set to reach it."""
     home = built
+    (home.root / "models.toml").write_text("[identity]\nstitch_lookback_days = 30\n")
     defs = definitions(home)
     with instance(home) as inst:
         cursor = tick(defs, inst, None).cursor

@@ -68,6 +68,9 @@ IDENTITY_MAP_SCHEMA = pa.schema(
         pa.field("linked_by", pa.string(), nullable=False),  # root | identify | alias
         pa.field("linked_at", TS),  # event time of the link that attached it (null for a root)
         pa.field("link_event_id", pa.string()),  # event_id of that link
+        # the earliest event time by which links (none later) join it to its person (null for a
+        # root): events more than identity.stitch_lookback_days before it keep the id as person
+        pa.field("stitched_at", TS),
     ]
 )
 

@@ -32,6 +32,8 @@ from headwater.config import Home
 from headwater.errors import InvalidInputError
 
 MAX_FUNNEL_WINDOW_HOURS = 168  # gold.funnels reads at most 7 days after its range (funnel_lookahead_days)
+DEFAULT_STITCH_LOOKBACK_DAYS = 7  # identity.stitch_lookback_days (see ModelConfig)
+MAX_STITCH_LOOKBACK_DAYS = 3650  # ten years: in effect every day of history
 DEDUP_DAYS = 3  # silver.events compares an event's copies within this many days of event time ({{dedup_days}})
 DEFAULT_EXPOSURE_EVENT = "Experiment Viewed"  # Segment A/B testing spec
 DEFAULT_REVENUE_PROPERTY = "revenue"  # Segment's E-commerce spec (Order Completed.revenue)
@@ -61,6 +63,11 @@ class Experiment:
 @dataclass(frozen=True)
 class ModelConfig:
     merge_identified_users: bool = False
+    # An event takes the person its id was linked to only if it lies at most this many days
+    # (UTC ds) before the day of the id's silver.identity_map.stitched_at; older events keep
+    # the id itself as their person. Bounds how far back a late identify restates (each day
+    # of lookback can cost a daily build one restated day: silver, sessions, funnels).
+    stitch_lookback_days: int = DEFAULT_STITCH_LOOKBACK_DAYS
     tracked_traits: tuple[str, ...] = ()
     funnels: tuple[Funnel, ...] = ()
     experiments: tuple[Experiment, ...] = ()
@@ -108,6 +115,9 @@ def load(home: Home | None = None) -> ModelConfig:
 
     identity = need(doc.get("identity", {}), dict, "identity")
     merge = need(identity.get("merge_identified_users", False), bool, "identity.merge_identified_users")
+    lookback = need(identity.get("stitch_lookback_days", DEFAULT_STITCH_LOOKBACK_DAYS), int, "identity.stitch_lookback_days")
+    if not 0 <= lookback <= MAX_STITCH_LOOKBACK_DAYS:
+        raise ConfigError(f"{file}: identity.stitch_lookback_days: must be in [0, {MAX_STITCH_LOOKBACK_DAYS}] days, got {lookback}")
     dim_user = need(doc.get("dim_user", {}), dict, "dim_user")
     traits = strings(dim_user.get("tracked_traits", []), "dim_user.tracked_traits")
 
@@ -161,7 +171,7 @@ def load(home: Home | None = None) -> ModelConfig:
     if not revenue or any(c in revenue for c in "\"'\\"):  # it becomes a quoted JSON path key on both engines
         raise ConfigError(f"{file}: conversions.revenue_property: must be a non-empty property name "
                           f"without quotes or backslashes, got {revenue!r}")
-    return ModelConfig(merge, traits, tuple(funnels), tuple(experiments), tuple(sorted(set(events))), revenue)
+    return ModelConfig(merge, lookback, traits, tuple(funnels), tuple(experiments), tuple(sorted(set(events))), revenue)
 
 
 def _unique(names: list[str], file: Path, field: str) -> None:
@@ -246,6 +256,14 @@ def _tracked_traits(c: ModelConfig) -> str:
     return _values("tracked_traits", (("trait", "VARCHAR"),), [(t,) for t in c.tracked_traits])
 
 
+def _person_id(c: ModelConfig) -> str:
+    # The one rule giving an event its person; silver/events.sql and the restatement
+    # (headwater.models.run, .restate) render it. Every event's map row is looked up by the
+    # id the rule reads (user_id, else anonymous_id); an unmapped id is its own person.
+    return (f"CASE WHEN e.ds < CAST(m.stitched_at AS DATE) - {c.stitch_lookback_days} THEN m.id "
+            "ELSE coalesce(m.person_id, e.user_id, e.anonymous_id) END")
+
+
 TABLES: dict[str, Callable[[ModelConfig], str]] = {
     "funnel_steps": _funnel_steps,  # funnel, step (1-based), event_name, conversion_window
     "funnel_event_names": _funnel_event_names,  # ('name', ...): every funnel step's event name, for IN
@@ -261,6 +279,9 @@ TABLES: dict[str, Callable[[ModelConfig], str]] = {
     "retention_events": _retention_events,  # start_event, return_event (one row; NULL: any event)
     "funnel_lookahead_days": lambda c: str(funnel_lookahead_days(c)),  # a literal: gold.funnels' lookahead in days
     "dedup_days": lambda c: str(DEDUP_DAYS),  # a literal: silver.events' dedup window in days
+    # an expression: the person_id of event row ``e`` whose silver.identity_map row is ``m``
+    # (joined on m.id = coalesce(e.user_id, e.anonymous_id)), stitch_lookback_days applied
+    "person_id": _person_id,
 }
 
 _REPEAT = re.compile(r"^[ \t]*-- repeat for k in 2\.\.max_funnel_steps\n(.*?)^[ \t]*-- end repeat\n", re.M | re.S)

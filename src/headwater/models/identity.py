@@ -36,10 +36,18 @@ one person, named by its smallest identified id (smallest id if none is identifi
 
 Each round is one set-based DuckDB statement over all nodes (no per-event Python loop); the
 number of rounds is the longest shortest path from a person's root, small for identity
-graphs. ``silver.events`` then takes ``person_id`` = the mapped person of ``user_id`` when
-the event has one, else of ``anonymous_id`` (an unmapped id is its own person): anonymous
-events from before a login belong to the person (retroactive stitching), on every day that
-is (re)built after the link arrived — :func:`headwater.models.run.identity_stale_days`
+graphs. Each id also gets ``stitched_at``: the earliest event time by which links between
+ids of its person, none of them later, join it to the person's root (a minimax path over
+the links, :func:`_stitched_at`; null for a root), i.e. when it became that person's.
+
+``silver.events`` then takes ``person_id`` = the mapped person of ``user_id`` when the event
+has one, else of ``anonymous_id`` (an unmapped id is its own person) — unless the event lies
+more than ``identity.stitch_lookback_days`` days before the day of its id's ``stitched_at``,
+when the id stays its person (the rule ``{{person_id}}`` of :mod:`headwater.models.config`).
+So anonymous events from before a login belong to the person (retroactive stitching) back to
+the lookback, on every day that is (re)built after the link arrived, and a late link restates
+at most that many days before its own (a bound on a daily build's cost that a full rebuild
+applies alike: the rule reads only the data) — :func:`headwater.models.run.identity_stale_days`
 lists the built days whose stored ``person_id`` no longer matches the map
 (:func:`headwater.models.restate.remapped_days` finds them from the ids whose person changed).
 """
@@ -163,6 +171,43 @@ def _spread_from_identified(con: duckdb.DuckDBPyConnection) -> None:
             return
 
 
+def _stitched_at(con: duckdb.DuckDBPyConnection) -> None:
+    """_hw_stitched (id, stitched_at) for the ids of _hw_person: the earliest event time by
+    which links between ids of the same person, none of them later, connect the id to its
+    person's root; null for a root. A minimax (bottleneck) path: each round extends the
+    paths by one link, as Bellman-Ford relaxes distances (with max for + and min for min),
+    until no id's value falls; the rounds are the longest such path, as for the BFS."""
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _hw_padj AS
+        SELECT a.src, a.dst, a.event_ts FROM _hw_adj AS a
+        JOIN _hw_person AS ps ON ps.id = a.src
+        JOIN _hw_person AS pd ON pd.id = a.dst AND pd.person_id = ps.person_id;
+        CREATE OR REPLACE TEMP TABLE _hw_stitched AS
+        SELECT id, person_id,
+               CASE WHEN id = person_id THEN TIMESTAMPTZ '-infinity' ELSE TIMESTAMPTZ 'infinity' END AS stitched_at
+        FROM _hw_person
+        """
+    )
+    while True:
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _hw_next AS
+            SELECT s.id, s.person_id, least(s.stitched_at, min(greatest(n.stitched_at, a.event_ts))) AS stitched_at
+            FROM _hw_stitched AS s
+            LEFT JOIN _hw_padj AS a ON a.dst = s.id
+            LEFT JOIN _hw_stitched AS n ON n.id = a.src
+            GROUP BY s.id, s.person_id, s.stitched_at
+            """
+        )
+        changed = con.execute(
+            "SELECT count(*) FROM _hw_next JOIN _hw_stitched USING (id) WHERE _hw_next.stitched_at < _hw_stitched.stitched_at"
+        ).fetchone()[0]
+        con.execute("CREATE OR REPLACE TEMP TABLE _hw_stitched AS SELECT * FROM _hw_next")
+        if not changed:
+            return
+
+
 def _held(con: duckdb.DuckDBPyConnection) -> str | None:
     """The key of the resolution ``con``'s temporary tables hold (``None``: none)."""
     try:
@@ -174,7 +219,8 @@ def _held(con: duckdb.DuckDBPyConnection) -> str | None:
 
 def _resolve(con: duckdb.DuckDBPyConnection, merge_identified_users: bool) -> None:
     """Resolve the links of ``con`` into _hw_person (id, person_id, linked_by, linked_at,
-    link_event_id), next to the graph's temporary tables (_hw_links, _hw_identified, ...)."""
+    link_event_id) and _hw_stitched (id, stitched_at), next to the graph's temporary tables
+    (_hw_links, _hw_identified, ...)."""
     con.execute("DROP TABLE IF EXISTS _hw_resolved")
     con.execute(_GRAPH)
     if merge_identified_users:
@@ -216,6 +262,7 @@ def _resolve(con: duckdb.DuckDBPyConnection, merge_identified_users: bool) -> No
             ) AS first ON first.src = l.id
             """
         )
+    _stitched_at(con)
 
 
 def _resolved(con: duckdb.DuckDBPyConnection, merge_identified_users: bool, key: str | None) -> None:
@@ -243,8 +290,9 @@ def identity_map(con: duckdb.DuckDBPyConnection, merge_identified_users: bool = 
     return con.sql(
         """
         SELECT p.id, p.person_id, p.id IN (SELECT id FROM _hw_identified) AS identified,
-               p.linked_by, p.linked_at, p.link_event_id
-        FROM _hw_person AS p ORDER BY p.id
+               p.linked_by, p.linked_at, p.link_event_id,
+               CASE WHEN p.id = p.person_id THEN NULL ELSE s.stitched_at END AS stitched_at
+        FROM _hw_person AS p JOIN _hw_stitched AS s USING (id) ORDER BY p.id
         """
     ).to_arrow_table().cast(IDENTITY_MAP_SCHEMA)
 

@@ -50,9 +50,10 @@ import pyarrow.parquet as pq
 
 from headwater.config import Home
 from headwater.lake.store import Lake
-from headwater.models.config import DEDUP_DAYS
+from headwater.models.config import DEDUP_DAYS, ModelConfig, render
 
 _VERSION_KEY = b"headwater.identity_map_version"
+_LOOKBACK_KEY = b"headwater.stitch_lookback_days"
 
 
 def _dir(home: Home) -> Path:
@@ -69,12 +70,20 @@ def _replace(path: Path, write) -> None:
 @dataclass(frozen=True)
 class Baseline:
     """What the stored tables were last built from, as saved by the last completed build:
-    ``bronze_version`` (``None``: never) and ``identity_map`` (``id``, ``person_id``: the map
-    silver holds; ``None`` if unknown) read at version ``map_version`` of ``silver.identity_map``."""
+    ``bronze_version`` (``None``: never) and ``identity_map`` (``id``, ``person_id``,
+    ``stitched_at``: the map silver holds; ``None`` if unknown) read at version ``map_version``
+    of ``silver.identity_map`` and applied with ``stitch_lookback_days``."""
 
     bronze_version: int | None
     identity_map: pa.Table | None
     map_version: int | None
+    stitch_lookback_days: int | None = None
+
+    def trusted_map(self, map_version: int | None, stitch_lookback_days: int) -> pa.Table | None:
+        """The saved map if silver still holds it — the map table is at the version it was read
+        at, and the person rule's lookback is the same — else ``None`` (check every day)."""
+        same = self.map_version == map_version and self.stitch_lookback_days == stitch_lookback_days
+        return self.identity_map if same else None
 
 
 def load_baseline(home: Home) -> Baseline:
@@ -84,16 +93,22 @@ def load_baseline(home: Home) -> Baseline:
     if not stored.is_file():
         return Baseline(version, None, None)
     table = pq.read_table(stored)
-    return Baseline(version, table, int((table.schema.metadata or {}).get(_VERSION_KEY, b"-1")))
+    meta = table.schema.metadata or {}
+    if _LOOKBACK_KEY not in meta:  # saved before the lookback existed: unknown
+        return Baseline(version, None, None)
+    return Baseline(version, table, int(meta.get(_VERSION_KEY, b"-1")), int(meta[_LOOKBACK_KEY]))
 
 
-def save_baseline(home: Home, lake: Lake, con: duckdb.DuckDBPyConnection, bronze_version: int) -> None:
+def save_baseline(home: Home, lake: Lake, con: duckdb.DuckDBPyConnection, bronze_version: int,
+                  stitch_lookback_days: int) -> None:
     """Record ``bronze_version`` and the current ``silver.identity_map`` (read through ``con``,
-    which holds it at its latest commit) as what the stored tables are now built from."""
+    which holds it at its latest commit), applied with ``stitch_lookback_days``, as what the
+    stored tables are now built from."""
     if lake.exists("silver.identity_map"):
         map_version = lake.version("silver.identity_map")
-        table = con.sql("SELECT id, person_id FROM silver.identity_map").to_arrow_table()
-        table = table.replace_schema_metadata({_VERSION_KEY: str(map_version).encode()})
+        table = con.sql("SELECT id, person_id, stitched_at FROM silver.identity_map").to_arrow_table()
+        table = table.replace_schema_metadata({_VERSION_KEY: str(map_version).encode(),
+                                               _LOOKBACK_KEY: str(stitch_lookback_days).encode()})
         _replace(_dir(home) / "identity_map.parquet", lambda p: pq.write_table(table, p))
     _replace(_dir(home) / "bronze_version", lambda p: p.write_text(str(bronze_version)))
 
@@ -131,48 +146,57 @@ def dedup_neighbor_days(con: duckdb.DuckDBPyConnection, days: list[dt.date]) -> 
     return sorted(found - set(wanted))
 
 
-def remapped_days(con: duckdb.DuckDBPyConnection, baseline: pa.Table, state_ds: dt.date | None) -> list[dt.date]:
+def remapped_days(con: duckdb.DuckDBPyConnection, baseline: pa.Table, state_ds: dt.date | None,
+                  config: ModelConfig) -> list[dt.date]:
     """The ``ds`` of ``silver.events`` holding a row whose stored ``person_id`` differs from
-    what the current ``silver.identity_map`` gives, given that silver was consistent with
-    ``baseline`` (``id``, ``person_id``) for every day not rebuilt since. ``con`` holds
-    ``silver.identity_map``, ``silver.events`` and ``silver.person_state``, whose latest
-    partition is ``state_ds`` (``None``: it has none). Sorted.
+    what the current ``silver.identity_map`` gives under ``config``'s person rule, given that
+    silver was consistent with ``baseline`` (``id``, ``person_id``, ``stitched_at``) under the
+    same rule for every day not rebuilt since. ``con`` holds ``silver.identity_map``,
+    ``silver.events`` and ``silver.person_state``, whose latest partition is ``state_ds``
+    (``None``: it has none). Sorted.
 
-    Only the ids whose person differs between the two maps can have such rows; they lie on
-    the days their old person was active, which ``silver.person_state``'s latest partition
-    bounds (first and last active day; it holds every person silver holds, as of its last
-    day), so only those days of silver are scanned, for those ids."""
+    Only the ids whose map row (person, stitched_at) differs between the two maps can have
+    such rows; they lie on the days their old person (or the id itself, its person before
+    the lookback) was active, which ``silver.person_state``'s latest partition bounds (first
+    and last active day; it holds every person silver holds, as of its last day), and not
+    before the lookback of the earlier of the two ``stitched_at`` (a row older than both
+    keeps the id as its person under either map): only those days of silver are scanned."""
     con.register("_hw_baseline", baseline)
     try:
         con.execute(
-            """
+            f"""
             CREATE OR REPLACE TEMP TABLE _hw_changed AS
-            SELECT coalesce(n.id, o.id) AS id,
-                   coalesce(o.person_id, coalesce(n.id, o.id)) AS old_person,
-                   coalesce(n.person_id, coalesce(n.id, o.id)) AS new_person
+            SELECT coalesce(n.id, o.id) AS id, coalesce(o.person_id, n.id) AS old_person,
+                   n.person_id, n.stitched_at,
+                   CAST(least(o.stitched_at, n.stitched_at) AS DATE) - {config.stitch_lookback_days} AS since
             FROM silver.identity_map AS n
             FULL OUTER JOIN _hw_baseline AS o ON o.id = n.id
-            WHERE coalesce(o.person_id, coalesce(n.id, o.id)) <> coalesce(n.person_id, coalesce(n.id, o.id))
+            WHERE coalesce(o.person_id, n.id) <> coalesce(n.person_id, o.id)
+               OR o.stitched_at IS DISTINCT FROM n.stitched_at
             """
         )
+        # A null stitched_at (a root, or no row) means the id is its own person on every day, so
+        # a changed id has one on one side at least, and least() skips the null: its rows change
+        # from the lookback of the earlier stitched_at on, never before.
         lo, hi = con.execute(
             """
-            SELECT min(s.first_ds), max(s.last_ds)
+            SELECT greatest(min(s.first_ds), (SELECT min(since) FROM _hw_changed)), max(s.last_ds)
             FROM silver.person_state AS s
-            SEMI JOIN (SELECT old_person AS person_id FROM _hw_changed) AS c USING (person_id)
+            SEMI JOIN (SELECT old_person AS person_id FROM _hw_changed UNION SELECT id FROM _hw_changed) AS c USING (person_id)
             WHERE s.ds = CAST($state_ds AS DATE)
             """,
             {"state_ds": state_ds},
         ).fetchall()[0]
         if lo is None:  # no changed id's old person has a row: nothing stored to restate
             return []
+        person = render("{{person_id}}", config)
         rows = con.execute(
-            """
+            f"""
             SELECT DISTINCT e.ds
             FROM silver.events AS e
-            JOIN _hw_changed AS c ON c.id = coalesce(e.user_id, e.anonymous_id)
+            JOIN _hw_changed AS m ON m.id = coalesce(e.user_id, e.anonymous_id)
             WHERE e.ds BETWEEN $lo AND $hi
-              AND e.person_id IS DISTINCT FROM c.new_person
+              AND e.person_id IS DISTINCT FROM {person}
             ORDER BY e.ds
             """,
             {"lo": lo, "hi": hi},

@@ -284,9 +284,9 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
     floor, ceiling = bounds or (None, None)
     workers = _workers(lake, spans) if (engine or home.settings.batch.engine) == "duckdb" else 1
     version, base = lake.version("bronze.events"), restate.load_baseline(home)
-    # the stored map says what silver holds only if the map table is still the one it was read from
+    config = model_config.load(home)
     map_version = lake.version("silver.identity_map") if lake.exists("silver.identity_map") else None
-    trusted_map = base.identity_map if base.map_version == map_version else None
+    trusted_map = base.trusted_map(map_version, config.stitch_lookback_days)
     written: dict[str, int] = {}
     commits: dict[str, int] = {}  # commits per table made by this build
     con = sql.connect(lake, files=True)
@@ -308,7 +308,7 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
 
             def execute(step: _Step, c: duckdb.DuckDBPyConnection) -> int:
                 if step.stitch:
-                    return restitch(lake, c, step.model, step.start, step.end)
+                    return restitch(lake, c, step.model, step.start, step.end, config)
                 return run_model(home, step.model, step.start, step.end, c, engine, lake=lake, full=full and first_span)
 
             def done(step: _Step, rows: int, seconds: float) -> None:
@@ -342,7 +342,8 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
             late = {d for d in late if held and held[0] <= d <= held[1] and not any(s <= d <= e for s, e in rebuilt)}
             _registered(con, lake, ("silver.events", "silver.identity_map", "silver.person_state"), "build")
             if trusted_map is not None:
-                remapped = restate.remapped_days(con, trusted_map, (lake.ds_range("silver.person_state") or (None, None))[1])
+                state_ds = (lake.ds_range("silver.person_state") or (None, None))[1]
+                remapped = restate.remapped_days(con, trusted_map, state_ds, config)
             else:
                 remapped = identity_stale_days(home, con)
             if progress:
@@ -361,7 +362,7 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
                 states = tuple(m for m in readers if m.table in stateful)
                 run(plan(stale[0], stale[0], states, floor=floor, ceiling=ceiling, stored=_stored(lake, models)))
             run([(m, *spans[-1]) for m in last])
-        restate.save_baseline(home, lake, con, version)  # only once everything above is written
+        restate.save_baseline(home, lake, con, version, config.stitch_lookback_days)  # only once everything above is written
         # bronze too: every build opens it (its writers, one commit a batch, leave delta-rs'
         # checkpoint every 100 commits: up to 99 JSON commits replayed per open)
         if base.bronze_version is not None:
@@ -542,21 +543,20 @@ def data_spans(days: list[dt.date], start: dt.date | None, end: dt.date | None, 
     return [(a, b) for a, b in spans]
 
 
-# silver.events rows with the person the current identity map gives them (silver/events.sql's rule)
-_MAPPED = """FROM silver.events AS e
-            LEFT JOIN silver.identity_map AS mu ON mu.id = e.user_id
-            LEFT JOIN silver.identity_map AS ma ON ma.id = e.anonymous_id"""
-_PERSON = "CASE WHEN e.user_id IS NOT NULL THEN coalesce(mu.person_id, e.user_id) ELSE coalesce(ma.person_id, e.anonymous_id) END"
+# silver.events rows next to their id's silver.identity_map row, for the person rule {{person_id}}
+_MAPPED = "FROM silver.events AS e LEFT JOIN silver.identity_map AS m ON m.id = coalesce(e.user_id, e.anonymous_id)"
 
 
-def restitch(lake: Lake, con: duckdb.DuckDBPyConnection, model: Model, start: dt.date, end: dt.date) -> int:
+def restitch(lake: Lake, con: duckdb.DuckDBPyConnection, model: Model, start: dt.date, end: dt.date,
+             config: model_config.ModelConfig) -> int:
     """Rewrite ``silver.events`` (``model``) days ``[start, end]`` from themselves with the
-    ``person_id`` the current ``silver.identity_map`` gives (both held by ``con``; the table is
-    re-registered after): what running the model gives on days whose bronze rows did not
-    change, without reading bronze or deduplicating again. One partition overwrite; returns
-    the rows written."""
+    ``person_id`` the current ``silver.identity_map`` gives under ``config``'s rule (both
+    tables held by ``con``; the table is re-registered after): what running the model gives on
+    days whose bronze rows did not change, without reading bronze or deduplicating again. One
+    partition overwrite; returns the rows written."""
+    person = model_config.render("{{person_id}}", config)
     rows = con.sql(
-        f"SELECT e.* REPLACE ({_PERSON} AS person_id) {_MAPPED} WHERE e.ds BETWEEN $start AND $end",
+        f"SELECT e.* REPLACE ({person} AS person_id) {_MAPPED} WHERE e.ds BETWEEN $start AND $end",
         params={"start": start, "end": end},
     ).to_arrow_reader()
     with _errors(model):
@@ -579,14 +579,8 @@ def identity_stale_days(home: Home, con: duckdb.DuckDBPyConnection | None = None
     con = con or sql.connect(lake, files=True)
     try:
         _registered(con, lake, needs, "identity_stale_days")
-        rows = con.sql(
-            f"""
-            SELECT DISTINCT e.ds
-            {_MAPPED}
-            WHERE e.person_id IS DISTINCT FROM {_PERSON}
-            ORDER BY e.ds
-            """
-        ).fetchall()
+        person = model_config.render("{{person_id}}", model_config.load(home))
+        rows = con.sql(f"SELECT DISTINCT e.ds {_MAPPED} WHERE e.person_id IS DISTINCT FROM {person} ORDER BY e.ds").fetchall()
         return [r[0] for r in rows]
     finally:
         if own:

@@ -29,8 +29,9 @@
 -- not the two strings (half the model's time at 10M events): a hash shared by two keys only
 -- sends both to the exact ranking below (by source, event_id), where each is its own winner, so
 -- the rows kept are the same (Spark's 32-bit hash sends a few more there).
--- person_id is joined to the day's rows before the dedup, one lookup on the id the rule reads
--- (user_id, else anonymous_id): DuckDB sees no row counts on the lake's Arrow scans, and a join
+-- person_id is headwater.models.config's rule ({{person_id}}: the mapped person, unless the event
+-- lies more than identity.stitch_lookback_days before its id was stitched to it), joined to
+-- the day's rows before the dedup, one lookup on the id the rule reads (user_id, else anonymous_id): DuckDB sees no row counts on the lake's Arrow scans, and a join
 -- to the result of the anti-joins below built its hash table on the 10M full-width rows, not on
 -- the identity map. Whether a key has copies outside the range comes from the counts of the one
 -- grouping of the keys (a count(DISTINCT ds) grouped every key a second time and joined back).
@@ -47,7 +48,7 @@ resent AS (
     HAVING count(*) > 1 AND count(*) FILTER (WHERE ds BETWEEN $start AND $end) > 0
 ),
 in_range AS (
-    SELECT e.*, coalesce(m.person_id, e.user_id, e.anonymous_id) AS person_id
+    SELECT e.*, {{person_id}} AS person_id
     FROM bronze.events AS e
     LEFT JOIN silver.identity_map AS m ON m.id = coalesce(e.user_id, e.anonymous_id)
     WHERE e.ds BETWEEN $start AND $end
