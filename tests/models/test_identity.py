@@ -69,7 +69,7 @@ def test_alias_chains_resolve_transitively(tmp_path):
         event("x2e", T0 + H, user=None, anon="x2"),
         alias("a2", T0 + 2 * H, "x2", "bob"),
         identify("i1", T0 + 3 * H, "x3", "bob"),
-        # a chain of anonymous ids nobody identified: one anonymous person, named by its smallest id
+        # a chain of ids nobody identified: one person, named by its smallest alias user id (y2 < y3)
         alias("a3", T0, "y2", "y3"),
         alias("a4", T0 + H, "y1", "y2"),
         event("y3e", T0, user=None, anon="y3"),
@@ -77,15 +77,15 @@ def test_alias_chains_resolve_transitively(tmp_path):
     build(home)
     m = id_map(home)
     assert {k: m[k] for k in ("x1", "x2", "x3", "bob")} == dict.fromkeys(("x1", "x2", "x3", "bob"), "bob")
-    assert {k: m[k] for k in ("y1", "y2", "y3")} == dict.fromkeys(("y1", "y2", "y3"), "y1")
+    assert {k: m[k] for k in ("y1", "y2", "y3")} == dict.fromkeys(("y1", "y2", "y3"), "y2")
     got = persons(home)
-    assert got["x1e"] == got["x2e"] == "bob" and got["y3e"] == "y1"
+    assert got["x1e"] == got["x2e"] == "bob" and got["y3e"] == "y2"
     assert rows(home, "SELECT * FROM silver.identity_refused") == []
-    # stitched_at: when the id's links (none later) first joined it to its person's root, over
-    # the path whose latest link is earliest — y3's own link (T0) reaches y1 through a4 (T0 + 1 h)
+    # stitched_at: when the id's links (none later) first joined it to its person's root — x1's
+    # own link (T0 + 1 h) reaches bob through a2 (T0 + 2 h)
     stitched = {r["id"]: r["stitched_at"] for r in rows(home, "SELECT id, stitched_at FROM silver.identity_map")}
     assert stitched == {"bob": None, "x1": T0 + 2 * H, "x2": T0 + 2 * H, "x3": T0 + 3 * H,
-                        "y1": None, "y2": T0 + H, "y3": T0 + H}
+                        "y1": T0 + H, "y2": None, "y3": T0}
 
 
 def test_stitched_at_takes_the_path_whose_latest_link_is_earliest(tmp_path):

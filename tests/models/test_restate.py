@@ -85,6 +85,24 @@ def test_a_login_restates_only_the_days_of_its_anonymous_history_within_the_look
     assert checksums(home) == checksums(full_rebuild(home, tmp_path / "full"))
 
 
+def test_an_alias_user_id_that_identifies_later_keeps_its_person(tmp_path):
+    """alias(legacy -> lena) makes a person of the two before lena ever identifies; it is
+    named lena (the alias's user id), so lena's first identify, days later, renames nothing
+    and restates no earlier day, whatever the lookback."""
+    home = Home(tmp_path / "home")
+    home.root.mkdir(parents=True)
+    (home.root / "models.toml").write_text("[identity]\nstitch_lookback_days = 0\n")
+    days = {k: steady(k) for k in range(8)}
+    days[1] += [alias("al", T0 + D + H, "legacy-7", "lena")]
+    for k in range(1, 8):
+        days[k].append(event(f"l{k}", T0 + k * D + 2 * H, user="lena", anon=f"lena-{k}"))
+    days[6].append(identify("li", T0 + 6 * D + 3 * H, "lena-6", "lena"))
+    lines = daily(home, days)
+    assert rows(home, "SELECT DISTINCT person_id FROM silver.events WHERE user_id = 'lena'") == [{"person_id": "lena"}]
+    assert runs(lines[6], "silver.events") == [(day(6), day(6))]
+    assert checksums(home) == checksums(full_rebuild(home, tmp_path / "full"))
+
+
 def test_changing_the_lookback_restates_the_days_it_moves(tmp_path):
     """silver was built under one lookback; a build under another finds the days whose
     person the new rule gives otherwise (the saved map does not apply to it) and ends equal
