@@ -103,6 +103,25 @@ def test_an_alias_user_id_that_identifies_later_keeps_its_person(tmp_path):
     assert checksums(home) == checksums(full_rebuild(home, tmp_path / "full"))
 
 
+def test_a_device_whose_latest_event_is_restitched_takes_the_new_person(tmp_path):
+    """An alias sent from another device stitches a tablet whose last event was days ago:
+    silver.dim_device, merged rather than rebuilt for the re-stitched days, gives the tablet
+    its new person, as a full rebuild does; the phone's device row is untouched."""
+    home = Home(tmp_path / "home")
+    home.root.mkdir(parents=True)
+    (home.root / "models.toml").write_text("[identity]\nstitch_lookback_days = 30\n")
+    days = {k: steady(k) for k in range(7)}
+    days[2].append(event("t2", T0 + 2 * D + H, user=None, anon="tina-tablet", platform="ios"))
+    days[3].append(event("t3", T0 + 3 * D + H, user=None, anon="tina-tablet", platform="ios"))
+    days[6] += [identify("ti", T0 + 6 * D + H, "tina-phone", "tina"),
+                alias("ta", T0 + 6 * D + 2 * H, "tina-tablet", "tina")]
+    lines = daily(home, days)
+    assert runs(lines[6], "silver.events")[1:] == [(day(2), day(3))]
+    devices = {r["anonymous_id"]: r["person_id"] for r in rows(home, "SELECT anonymous_id, person_id FROM silver.dim_device")}
+    assert (devices["tina-tablet"], devices["tina-phone"], devices["sam-phone"]) == ("tina", "tina", "sam")
+    assert checksums(home) == checksums(full_rebuild(home, tmp_path / "full"))
+
+
 def test_changing_the_lookback_restates_the_days_it_moves(tmp_path):
     """silver was built under one lookback; a build under another finds the days whose
     person the new rule gives otherwise (the saved map does not apply to it) and ends equal

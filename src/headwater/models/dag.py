@@ -77,6 +77,8 @@ class Run:
     start: dt.date
     end: dt.date
     full: bool = False  # a full rebuild: trust nothing the model stored before
+    # silver.events days this build only re-stitched: their rows are as before but for person_id
+    stitched: frozenset[dt.date] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -228,15 +230,18 @@ def added_days(lake: Lake, table: str, since: int) -> list[dt.date] | None:
     return None if diff is None else diff[0]
 
 
-def _appended_days(lake: Lake, table: str, since: int | None) -> list[dt.date] | None:
+def _appended_days(lake: Lake, table: str, since: int | None,
+                   stitched: frozenset[dt.date] = frozenset()) -> tuple[list[dt.date], list[dt.date]] | None:
     """The days of ``table`` to merge into a model last built from its version ``since``:
-    :func:`added_days`, if they all come after every day it held then (new days); ``None``
-    (rebuild from every day) otherwise, or without ``since``."""
+    ``(new, restitched)``, the days of :func:`added_days` that come after every day it held
+    then, and the others, if those are all in ``stitched`` (days whose rows changed only in
+    ``person_id``); ``None`` (rebuild from every day) otherwise, or without ``since``."""
     diff = None if since is None else _diff(lake, table, since)
     if diff is None:
         return None
     days, last = diff
-    return days if not days or last is None or days[0] > last else None
+    old = [d for d in days if last is not None and d <= last]
+    return ([d for d in days if d not in old], old) if set(old) <= stitched else None
 
 
 def _identity_links(run: Run) -> Output:
@@ -251,18 +256,25 @@ def _identity_links(run: Run) -> Output:
     return Output(identity.links(run.con, days, prior=days is not None), (LINKS_APP, version))
 
 
-def _merged_from_silver(table: str, run: Run, check: Callable[[duckdb.DuckDBPyConnection], bool] | None = None) -> Output:
+Restitch = Callable[[duckdb.DuckDBPyConnection, pa.Table, list[dt.date]], pa.Table]
+
+
+def _merged_from_silver(table: str, run: Run, check: Callable[[duckdb.DuckDBPyConnection], bool] | None = None,
+                        restitch: Restitch | None = None) -> Output:
     """A dimension ``table`` (its SQL file, parameters ``$start``, ``$end``, ``$merge``)
     updated from ``silver.events``: merged with the days that changed since the version its
     last commit records (the txn of app ``"headwater-<table>"``), when those are new days (a
     daily build); else, and when ``check`` (given the catalog connection holding the stored
     table) says the stored table no longer fits, rebuilt from all of silver (a restated day:
-    a late event or a re-stitched person may change any row)."""
+    a late event may change any row). Days this build only re-stitched (:attr:`Run.stitched`)
+    are not new but changed only ``person_id``: ``restitch(con, merged, days)`` corrects the
+    table merged with the new days for them (without ``restitch``: rebuilt)."""
     lake, con, app = run.lake, run.con, f"headwater-{table}"
     since = None if run.full else lake.committed_batch(table, app)
     version = lake.version("silver.events")
     sql.register(con, lake, "silver.events")  # at `version` or newer: never misses a row
-    days = _appended_days(lake, "silver.events", since)
+    appended = _appended_days(lake, "silver.events", since, run.stitched if restitch else frozenset())
+    days, stitched = appended if appended is not None else (None, [])
     if not sql.register(con, lake, table):  # a first run: an empty stored table
         layer, name = table.split(".")
         con.register(f"_hw_empty_{name}", catalog.spec(table).schema.empty_table())
@@ -275,7 +287,10 @@ def _merged_from_silver(table: str, run: Run, check: Callable[[duckdb.DuckDBPyCo
     else:  # no new day: the stored table is written again as it is (every run commits once)
         start, end = dt.date.max, dt.date.min
     text = _sql_text(table, run.config)
-    return Output(con.sql(text, params={"start": start, "end": end, "merge": merge}).to_arrow_table(), (app, version))
+    result = con.sql(text, params={"start": start, "end": end, "merge": merge}).to_arrow_table()
+    if merge and stitched and restitch is not None:
+        result = restitch(con, result, stitched)
+    return Output(result, (app, version))
 
 
 def _same_traits(run: Run, con: duckdb.DuckDBPyConnection) -> bool:
@@ -284,12 +299,42 @@ def _same_traits(run: Run, con: duckdb.DuckDBPyConnection) -> bool:
     return not stored or sorted(json.loads(stored[0][0])) == sorted(run.config.tracked_traits)
 
 
+# A re-stitched day's rows changed only person_id, which silver.dim_device takes from the
+# device's latest event: a device whose latest event (last_seen_at, unchanged) lies on such a
+# day takes that event's person as it stands now (arg_max over the same order key as the SQL
+# file; events sharing that time share its day), every other device keeps its row.
+_DEVICE_PERSONS = """
+SELECT d.* REPLACE (CASE WHEN d.last_seen_at = s.last_ts THEN s.person_id ELSE d.person_id END AS person_id)
+FROM _hw_merged AS d
+LEFT JOIN (
+    SELECT anonymous_id, arg_max(person_id, {'ts': event_ts, 'id': event_id, 'source': source}) AS person_id,
+           max(event_ts) AS last_ts
+    FROM silver.events
+    WHERE ds IN ({days}) AND anonymous_id IS NOT NULL AND person_id IS NOT NULL
+    GROUP BY anonymous_id
+) AS s ON s.anonymous_id = d.anonymous_id
+"""
+
+
+def _device_persons(con: duckdb.DuckDBPyConnection, merged: pa.Table, days: list[dt.date]) -> pa.Table:
+    """``merged`` (silver.dim_device) with the persons of the re-stitched ``days`` (see above)."""
+    con.register("_hw_merged", merged)
+    try:
+        listed = ", ".join(f"DATE '{d.isoformat()}'" for d in days)
+        return con.sql(_DEVICE_PERSONS.replace("{days}", listed)).to_arrow_table()
+    finally:
+        con.unregister("_hw_merged")
+
+
 def _dim_device(run: Run) -> Output:
-    return _merged_from_silver("silver.dim_device", run)
+    return _merged_from_silver("silver.dim_device", run, restitch=_device_persons)
 
 
 def _dim_user(run: Run) -> Output:
-    return _merged_from_silver("silver.dim_user", run, partial(_same_traits, run))
+    # dim_user reads identify events only, whose person is that of their user_id: an identified
+    # id, its own person whatever is stitched, unless identified users merge
+    unchanged = None if run.config.merge_identified_users else (lambda con, merged, days: merged)
+    return _merged_from_silver("silver.dim_user", run, partial(_same_traits, run), restitch=unchanged)
 
 
 # The two identity tables come from one resolution per build: the first of them to run

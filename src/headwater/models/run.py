@@ -152,6 +152,7 @@ def run_model(
     engine: str | None = None,
     lake: Lake | None = None,
     full: bool = False,
+    stitched: frozenset[dt.date] = frozenset(),
 ) -> int:
     """Run ``model`` for ``ds`` in ``[start, end]`` and write its table (see the module
     docstring); return the rows written (0 empties the range).
@@ -163,7 +164,8 @@ def run_model(
     SQL model on Spark SQL (:mod:`headwater.models.spark`); a Python model always runs on
     DuckDB. ``lake``: ``home``'s lake, to share its open tables between runs (a new one if
     not given). ``full``: part of a full rebuild (a model that updates its own table from its
-    inputs' new rows starts over, :attr:`headwater.models.dag.Run.full`). Raises the classes of
+    inputs' new rows starts over, :attr:`headwater.models.dag.Run.full`). ``stitched``: the
+    ``silver.events`` days the build only re-stitched (:attr:`headwater.models.dag.Run.stitched`). Raises the classes of
     the module docstring, and :class:`InvalidInputError` if ``start > end``."""
     if start > end:
         raise InvalidInputError(f"start: {start} is after end {end}", field="start")
@@ -185,7 +187,7 @@ def run_model(
                 if model.cumulative:  # its own latest partition before start: fresh, it was just written
                     sql.register(con, lake, model.table)
                 if model.compute is not None:
-                    output = model.compute(Run(lake, con, model_config.load(home), start, end, full))
+                    output = model.compute(Run(lake, con, model_config.load(home), start, end, full, stitched))
                 else:
                     text = model.sql(home)
                     params = parameters(model, text, start, end, lake.ds_days)
@@ -294,6 +296,7 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
         con.execute(_MEMORY_LIMIT)
     try:
         rebuilt: list[tuple[dt.date, dt.date]] = []  # the silver.events ranges run so far
+        restitched: frozenset[dt.date] = frozenset()  # silver days only re-stitched (for the dimensions)
 
         def run(runs: list[tuple[Model, dt.date, dt.date]], first_span: bool = False,
                 stitched: set[dt.date] | frozenset[dt.date] = frozenset()) -> None:
@@ -309,7 +312,8 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
             def execute(step: _Step, c: duckdb.DuckDBPyConnection) -> int:
                 if step.stitch:
                     return restitch(lake, c, step.model, step.start, step.end, config)
-                return run_model(home, step.model, step.start, step.end, c, engine, lake=lake, full=full and first_span)
+                return run_model(home, step.model, step.start, step.end, c, engine, lake=lake, full=full and first_span,
+                                 stitched=restitched)
 
             def done(step: _Step, rows: int, seconds: float) -> None:
                 written[step.model.table] = written.get(step.model.table, 0) + rows
@@ -358,7 +362,8 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
                 spans_runs = [r for s, e in data_spans(stale, None, None, 1)
                               for r in plan(s, e, flat, floor=floor, ceiling=ceiling, stored=stored)]
                 # days only re-stitched keep their silver rows: only their person_id is rewritten
-                run(_merged(flat, spans_runs), stitched=set(remapped) - late)
+                restitched = frozenset(set(remapped) - late)  # bronze unchanged there: only person_id moves
+                run(_merged(flat, spans_runs), stitched=restitched)
                 states = tuple(m for m in readers if m.table in stateful)
                 run(plan(stale[0], stale[0], states, floor=floor, ceiling=ceiling, stored=_stored(lake, models)))
             run([(m, *spans[-1]) for m in last])
