@@ -173,40 +173,40 @@ def _spread_from_identified(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _stitched_at(con: duckdb.DuckDBPyConnection) -> None:
-    """_hw_stitched (id, stitched_at) for the ids of _hw_person: the earliest event time by
-    which links between ids of the same person, none of them later, connect the id to its
-    person's root; null for a root. A minimax (bottleneck) path: each round extends the
-    paths by one link, as Bellman-Ford relaxes distances (with max for + and min for min),
-    until no id's value falls; the rounds are the longest such path, as for the BFS."""
+    """_hw_stitched (id, person_id, stitched_at) for the ids of _hw_person: the earliest event
+    time by which links between ids of the same person, none of them later, connect the id to
+    its person's root; -infinity for a root. A minimax (bottleneck) path, found as Bellman-Ford
+    finds shortest paths (max for +, min for min), but relaxing only the links out of the ids
+    whose value fell in the round before (the frontier, the roots first): a value falls only
+    after a neighbour's did, and most ids settle in one round. At 1M users (2.5M ids) this
+    takes 1.1-1.5 s of a 3.7-4.4 s resolution; a pass over every id per round took 3.0 s."""
     con.execute(
         """
-        CREATE OR REPLACE TEMP TABLE _hw_padj AS
-        SELECT a.src, a.dst, a.event_ts FROM _hw_adj AS a
-        JOIN _hw_person AS ps ON ps.id = a.src
-        JOIN _hw_person AS pd ON pd.id = a.dst AND pd.person_id = ps.person_id;
         CREATE OR REPLACE TEMP TABLE _hw_stitched AS
         SELECT id, person_id,
                CASE WHEN id = person_id THEN TIMESTAMPTZ '-infinity' ELSE TIMESTAMPTZ 'infinity' END AS stitched_at
-        FROM _hw_person
+        FROM _hw_person;
+        CREATE OR REPLACE TEMP TABLE _hw_frontier AS SELECT * FROM _hw_stitched WHERE id = person_id;
         """
     )
     while True:
+        # links to an id of another person (a refused merge) carry nothing: the join on person_id
         con.execute(
             """
-            CREATE OR REPLACE TEMP TABLE _hw_next AS
-            SELECT s.id, s.person_id, least(s.stitched_at, min(greatest(n.stitched_at, a.event_ts))) AS stitched_at
-            FROM _hw_stitched AS s
-            LEFT JOIN _hw_padj AS a ON a.dst = s.id
-            LEFT JOIN _hw_stitched AS n ON n.id = a.src
-            GROUP BY s.id, s.person_id, s.stitched_at
+            CREATE OR REPLACE TEMP TABLE _hw_frontier AS
+            SELECT s.id, s.person_id, b.stitched_at
+            FROM (
+                SELECT a.dst AS id, f.person_id, min(greatest(f.stitched_at, a.event_ts)) AS stitched_at
+                FROM _hw_frontier AS f JOIN _hw_adj AS a ON a.src = f.id
+                GROUP BY a.dst, f.person_id
+            ) AS b
+            JOIN _hw_stitched AS s ON s.id = b.id AND s.person_id = b.person_id
+            WHERE b.stitched_at < s.stitched_at
             """
         )
-        changed = con.execute(
-            "SELECT count(*) FROM _hw_next JOIN _hw_stitched USING (id) WHERE _hw_next.stitched_at < _hw_stitched.stitched_at"
-        ).fetchone()[0]
-        con.execute("CREATE OR REPLACE TEMP TABLE _hw_stitched AS SELECT * FROM _hw_next")
-        if not changed:
+        if not con.execute("SELECT count(*) FROM _hw_frontier").fetchall()[0][0]:
             return
+        con.execute("UPDATE _hw_stitched AS s SET stitched_at = f.stitched_at FROM _hw_frontier AS f WHERE s.id = f.id")
 
 
 def _held(con: duckdb.DuckDBPyConnection) -> str | None:
@@ -229,7 +229,7 @@ _ALIAS_TARGET_KEY = "CASE WHEN id IN (SELECT b FROM _hw_links WHERE event_type =
 
 def _resolve(con: duckdb.DuckDBPyConnection, merge_identified_users: bool) -> None:
     """Resolve the links of ``con`` into _hw_person (id, person_id, linked_by, linked_at,
-    link_event_id) and _hw_stitched (id, stitched_at), next to the graph's temporary tables
+    link_event_id) and _hw_stitched (id, person_id, stitched_at), next to the graph's temporary tables
     (_hw_links, _hw_identified, ...)."""
     con.execute("DROP TABLE IF EXISTS _hw_resolved")
     con.execute(_GRAPH)
