@@ -296,14 +296,14 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
         con.execute(_MEMORY_LIMIT)
     try:
         rebuilt: list[tuple[dt.date, dt.date]] = []  # the silver.events ranges run so far
-        restitched: frozenset[dt.date] = frozenset()  # silver days only re-stitched (for the dimensions)
+        # silver days whose rows are up to date but for their persons: re-stitched, not rebuilt,
+        # and the dimensions only correct what that changes (set by the restatement below)
+        restitched: frozenset[dt.date] = frozenset()
 
-        def run(runs: list[tuple[Model, dt.date, dt.date]], first_span: bool = False,
-                stitched: set[dt.date] | frozenset[dt.date] = frozenset()) -> None:
-            """``stitched``: days whose silver rows are up to date but for their persons."""
+        def run(runs: list[tuple[Model, dt.date, dt.date]], first_span: bool = False) -> None:
             steps = []
             for model, s, e in runs:
-                stitch = model.table == "silver.events" and all(s + dt.timedelta(days=i) in stitched
+                stitch = model.table == "silver.events" and all(s + dt.timedelta(days=i) in restitched
                                                                 for i in range((e - s).days + 1))
                 if model.table == "silver.events" and not stitch:
                     rebuilt.append((s, e))
@@ -363,7 +363,7 @@ def _build(home: Home, lake: Lake, start: dt.date | None, end: dt.date | None,
                               for r in plan(s, e, flat, floor=floor, ceiling=ceiling, stored=stored)]
                 # days only re-stitched keep their silver rows: only their person_id is rewritten
                 restitched = frozenset(set(remapped) - late)  # bronze unchanged there: only person_id moves
-                run(_merged(flat, spans_runs), stitched=restitched)
+                run(_merged(flat, spans_runs))
                 states = tuple(m for m in readers if m.table in stateful)
                 run(plan(stale[0], stale[0], states, floor=floor, ceiling=ceiling, stored=_stored(lake, models)))
             run([(m, *spans[-1]) for m in last])
